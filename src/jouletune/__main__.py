@@ -1,0 +1,5 @@
+import sys
+
+from jouletune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""The benchmark spec: one typed model behind both the CLI's YAML file and the CRD's schema.
+
+`jouletune tune FILE.yaml` validates the file with `load_spec`; the operator reads the same
+model from an `EnergyBenchmark`'s `.spec`, and `crds/` is generated from `BenchmarkSpec`'s JSON
+schema. Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "AdoptSpec",
+    "Backend",
+    "BenchmarkSpec",
+    "BudgetSpec",
+    "EngineSpec",
+    "GpuSpec",
+    "LatencyMetric",
+    "SearchSpace",
+    "SloSpec",
+    "SpecError",
+    "WorkloadSpec",
+    "load_spec",
+    "parse_spec",
+]
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message names the field path and the reason, one line each."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Backend(StrEnum):
+    """What serves the trials: the built-in simulator, or a real vLLM."""
+
+    SIM = "sim"
+    VLLM = "vllm"
+
+
+class LatencyMetric(StrEnum):
+    """Latency statistics a spec may optimise or bound; names match the bench result keys."""
+
+    TTFT_MEAN = "ttft_mean"
+    TTFT_P50 = "ttft_p50"
+    TTFT_P90 = "ttft_p90"
+    TTFT_P99 = "ttft_p99"
+    TPOT_MEAN = "tpot_mean"
+    TPOT_P50 = "tpot_p50"
+    TPOT_P90 = "tpot_p90"
+    TPOT_P99 = "tpot_p99"
+    ITL_P50 = "itl_p50"
+    ITL_P90 = "itl_p90"
+    ITL_P99 = "itl_p99"
+    E2EL_P50 = "e2el_p50"
+    E2EL_P90 = "e2el_p90"
+    E2EL_P99 = "e2el_p99"
+
+    @property
+    def result_key(self) -> tuple[str, str]:
+        """(`ttft_ms`, `p90`): where this statistic sits in a bench result."""
+        family, stat = self.value.split("_")
+        return f"{family}_ms", stat
+
+
+class EngineSpec(_Model):
+    """The serving engine: image for pods, and the arguments every trial shares."""
+
+    image: str = "vllm/vllm-openai:v0.11.0"
+    args: list[str] = Field(default_factory=list, description="fixed extra `vllm serve` args")
+    max_model_len: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
+    startup_timeout_s: Annotated[float, Field(gt=0, le=7200)] = 900.0
+
+
+class GpuSpec(_Model):
+    """The GPUs one trial gets."""
+
+    type: str = Field("h100-80gb", description="simulator GPU type; a label for real GPUs")
+    count: Annotated[int, Field(ge=1, le=16)] = 1
+    read_only: bool = Field(
+        False, description="never change a GPU setting: power limits stay as they are"
+    )
+
+
+class SearchSpace(_Model):
+    """The values each knob may take; a knob with one value is fixed."""
+
+    max_num_seqs: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1)] = [
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+    ]
+    tensor_parallel_size: Annotated[
+        list[Annotated[int, Field(ge=1, le=16)]], Field(min_length=1)
+    ] = [1]
+    power_limit_w: list[Annotated[float, Field(gt=0, le=2000)]] = Field(
+        default_factory=list, description="GPU power caps to try; empty keeps the current one"
+    )
+    max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
+        default_factory=list, description="empty keeps vLLM's default"
+    )
+
+
+class WorkloadSpec(_Model):
+    """The traffic each trial is measured under (the flags of `vllm bench serve`)."""
+
+    dataset: Literal["random", "sharegpt", "custom"] = "random"
+    dataset_path: str | None = None
+    input_len: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    output_len: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    num_prompts: Annotated[int, Field(ge=1)] = 1000
+    request_rate: Annotated[float, Field(gt=0)] = math.inf
+    burstiness: Annotated[float, Field(gt=0)] = 1.0
+    max_concurrency: Annotated[int, Field(ge=1)] | None = 256
+    duration_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="stop sending after this long; the window is taken from what ran"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _dataset_path_needed(self) -> WorkloadSpec:
+        if self.dataset != "random" and not self.dataset_path:
+            raise ValueError(f"datasetPath is required for dataset {self.dataset!r}")
+        return self
+
+
+class SloSpec(_Model):
+    """Latency bound a feasible configuration must meet."""
+
+    metric: LatencyMetric
+    max_ms: Annotated[float, Field(gt=0)]
+
+
+class BudgetSpec(_Model):
+    """How much measuring the search may spend."""
+
+    max_trials: Annotated[int, Field(ge=1, le=10_000)] = 20
+    max_failed_trials: Annotated[int, Field(ge=1)] = 5
+    parallel_trials: Annotated[int, Field(ge=1, le=64)] = 1
+    trial_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    finalist_repeats: Annotated[int, Field(ge=0, le=10)] = 2
+
+
+class AdoptSpec(_Model):
+    """What to do with the recommendation once the search ends."""
+
+    class TargetRef(_Model):
+        kind: Literal["Deployment"] = "Deployment"
+        name: Annotated[str, Field(min_length=1)]
+        container: str | None = None
+
+    target_ref: TargetRef | None = None
+    mode: Literal["Recommend", "Apply"] = "Recommend"
+
+
+class BenchmarkSpec(_Model):
+    """Everything one energy benchmark needs: what to serve, what to search, what to meet."""
+
+    backend: Backend = Backend.SIM
+    model: Annotated[str, Field(min_length=1)] = "meta-llama/Llama-3.1-8B-Instruct"
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    gpu: GpuSpec = Field(default_factory=GpuSpec)
+    search_space: SearchSpace = Field(default_factory=SearchSpace)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    objective: LatencyMetric = Field(
+        LatencyMetric.TPOT_P90, description="latency statistic minimised beside J/output-token"
+    )
+    slos: list[SloSpec] = Field(default_factory=list)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    seed: int = 0
+    storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in out dir")
+    adopt: AdoptSpec = Field(default_factory=AdoptSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BenchmarkSpec:
+        too_wide = [tp for tp in self.search_space.tensor_parallel_size if tp > self.gpu.count]
+        if too_wide:
+            raise ValueError(
+                f"searchSpace.tensorParallelSize {too_wide} exceeds gpu.count={self.gpu.count}"
+            )
+        if self.gpu.read_only and self.search_space.power_limit_w:
+            raise ValueError(
+                "searchSpace.powerLimitW must be empty when gpu.readOnly is true: "
+                "read-only mode never changes a GPU's power limit"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join([prefix, *(str(p) for p in e["loc"])]) if e["loc"] else prefix
+        lines.append(f"{path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, *, prefix: str = "spec") -> BenchmarkSpec:
+    """Validate a spec mapping (a CRD's `.spec` or a YAML file's `spec:`); raise SpecError."""
+    try:
+        return BenchmarkSpec.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, prefix)) from None
+
+
+def load_spec(path: Path) -> tuple[str, BenchmarkSpec]:
+    """Read a YAML file holding an `EnergyBenchmark` (or a bare spec); return (name, spec)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    if "spec" in doc:
+        name = str((doc.get("metadata") or {}).get("name") or path.stem)
+        return name, parse_spec(doc["spec"])
+    return path.stem, parse_spec(doc)
