@@ -1,0 +1,76 @@
+"""Real processes for end-to-end tests: start a `jouletune` command, wait until it answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A running `jouletune` process and where it listens."""
+
+    popen: subprocess.Popen[bytes]
+    url: str
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+def wait_http_ok(url: str, timeout_s: float = 30.0, proc: Proc | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited {proc.popen.returncode}:\n{proc.log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s}s")
+
+
+@contextmanager
+def jouletune_process(
+    args: list[str], *, port: int, health_path: str, timeout_s: float = 30.0
+) -> Iterator[Proc]:
+    """Run `python -m jouletune ARGS` until the block ends; yields once `health_path` is 200."""
+    log = tempfile.NamedTemporaryFile(prefix="jouletune-", suffix=".log", delete=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "jouletune", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    proc = Proc(popen=popen, url=f"http://127.0.0.1:{port}", log_path=log.name)
+    try:
+        wait_http_ok(proc.url + health_path, timeout_s, proc)
+        yield proc
+    finally:
+        popen.terminate()
+        try:
+            popen.wait(10)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+        log.close()
+        os.unlink(log.name)
