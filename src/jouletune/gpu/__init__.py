@@ -1,1 +1,28 @@
-"""jouletune.gpu"""
+"""jouletune.gpu: read GPUs and change their power limits, always restoring them.
+
+Real GPUs come from NVML (`open_nvml_gpus`), a sim-server's GPUs over HTTP (`open_sim_gpus`).
+Both satisfy the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` is the
+only way jouletune changes a limit.
+"""
+
+from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
+from jouletune.gpu._limits import power_limit
+from jouletune.gpu._nvml import NvmlGpu, nvml_versions, open_nvml_gpus
+from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus, sample_all
+from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+
+__all__ = [
+    "Gpu",
+    "GpuError",
+    "GpuPermissionError",
+    "GpuSample",
+    "NvmlGpu",
+    "NvmlUnavailableError",
+    "PowerLimitRange",
+    "RemoteSimGpu",
+    "nvml_versions",
+    "open_nvml_gpus",
+    "open_sim_gpus",
+    "power_limit",
+    "sample_all",
+]

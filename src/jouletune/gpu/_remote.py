@@ -1,0 +1,182 @@
+"""A sim-server's GPUs over HTTP, so tools can read and cap them like real ones.
+
+The sim-server serves `GET /sim/gpus` → `{"gpus": [GpuSample JSON, ...]}` (each entry may also
+carry `"power_limit_range": {"min_w", "max_w", "default_w"}`) and
+`PUT /sim/gpus/{index}/power-limit` with `{"watts": W}`. One GET returns every GPU, so
+`sample_all()` reads all GPUs of one server with a single request.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from jouletune.gpu._errors import GpuError
+from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+
+__all__ = ["RemoteSimGpu", "open_sim_gpus", "sample_all"]
+
+# Loopback answers in about a millisecond; a sim-server that has not answered in 5 s is stuck.
+_DEFAULT_TIMEOUT_S = 5.0
+
+
+class _SimClient:
+    """The HTTP side shared by all `RemoteSimGpu`s of one sim-server."""
+
+    def __init__(self, *, url: str, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        self._timeout_s = timeout_s
+
+    def read(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
+        """Every GPU of the server, by index, with its power-limit range when the server
+        reports one."""
+        body = self._request("GET", "/sim/gpus")
+        entries = body.get("gpus") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise GpuError(f"sim-server {self.url}/sim/gpus did not return {{'gpus': [...]}}")
+        out: dict[int, tuple[GpuSample, PowerLimitRange | None]] = {}
+        try:
+            for entry in entries:
+                raw_range = entry.get("power_limit_range")
+                limits = None if raw_range is None else PowerLimitRange.from_json(raw_range)
+                sample = GpuSample.from_json(entry)
+                out[sample.index] = (sample, limits)
+        except (ValueError, AttributeError) as err:
+            raise GpuError(f"sim-server {self.url}/sim/gpus sent a bad GPU entry: {err}") from None
+        return out
+
+    def put_power_limit(self, index: int, watts: float) -> None:
+        """Ask the server to cap GPU `index` at `watts`."""
+        self._request("PUT", f"/sim/gpus/{index}/power-limit", {"watts": watts})
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout_s) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace").strip().splitlines()
+            reason = detail[0] if detail else err.reason
+            raise GpuError(
+                f"sim-server {method} {path} failed: HTTP {err.code}: {reason}"
+            ) from None
+        except (urllib.error.URLError, OSError) as err:
+            why = err.reason if isinstance(err, urllib.error.URLError) else err
+            raise GpuError(f"sim-server {self.url} is unreachable: {why}") from None
+        except json.JSONDecodeError:
+            raise GpuError(f"sim-server {method} {path} did not answer JSON") from None
+
+
+class RemoteSimGpu:
+    """One GPU of a running `jouletune sim-server`; create with `open_sim_gpus(url)`."""
+
+    def __init__(
+        self,
+        *,
+        client: _SimClient,
+        index: int,
+        uuid: str,
+        name: str,
+        limits: PowerLimitRange | None,
+    ) -> None:
+        self._client = client
+        self._index = index
+        self._uuid = uuid
+        self._name = name
+        self._limits = limits
+
+    def __repr__(self) -> str:
+        return f"RemoteSimGpu(url={self._client.url!r}, index={self._index}, name={self._name!r})"
+
+    @property
+    def index(self) -> int:
+        """The sim-server's index of this GPU."""
+        return self._index
+
+    @property
+    def uuid(self) -> str:
+        """The simulated GPU's UUID."""
+        return self._uuid
+
+    @property
+    def name(self) -> str:
+        """The simulated GPU's model name."""
+        return self._name
+
+    @property
+    def url(self) -> str:
+        """The sim-server's base URL."""
+        return self._client.url
+
+    def sample(self) -> GpuSample:
+        """Read this GPU now (one GET of all the server's GPUs; `sample_all` shares it)."""
+        return _pick(self._client.read(), self._index, self._client.url)[0]
+
+    def power_limit_range(self) -> PowerLimitRange:
+        """The range the sim-server reported for this GPU when it was opened."""
+        if self._limits is None:
+            raise GpuError(
+                f"sim-server {self._client.url} reports no power_limit_range for GPU {self._index}"
+            )
+        return self._limits
+
+    def set_power_limit_w(self, watts: float) -> None:
+        """Cap this simulated GPU; use `power_limit()`, which validates and restores."""
+        self._client.put_power_limit(self._index, watts)
+
+
+def open_sim_gpus(
+    url: str, *, indices: Sequence[int] | None = None, timeout_s: float = _DEFAULT_TIMEOUT_S
+) -> list[RemoteSimGpu]:
+    """The GPUs of the sim-server at `url` (all, or those at `indices`).
+
+    Raises:
+        GpuError: the server does not answer or answers malformed data.
+        ValueError: an index is not a GPU of that server.
+    """
+    client = _SimClient(url=url, timeout_s=timeout_s)
+    found = client.read()
+    chosen = sorted(found) if indices is None else list(indices)
+    missing = sorted(set(chosen) - set(found))
+    if missing:
+        raise ValueError(f"no GPU with index {missing}: sim-server {url} has {sorted(found)}")
+    return [
+        RemoteSimGpu(
+            client=client,
+            index=i,
+            uuid=found[i][0].uuid,
+            name=found[i][0].name,
+            limits=found[i][1],
+        )
+        for i in chosen
+    ]
+
+
+def sample_all(gpus: Sequence[Gpu]) -> list[GpuSample]:
+    """Read every GPU once, in order; GPUs of one sim-server share a single GET."""
+    reads: dict[int, dict[int, tuple[GpuSample, PowerLimitRange | None]]] = {}
+    samples = []
+    for gpu in gpus:
+        if isinstance(gpu, RemoteSimGpu):
+            client = gpu._client
+            if id(client) not in reads:
+                reads[id(client)] = client.read()
+            samples.append(_pick(reads[id(client)], gpu.index, client.url)[0])
+        else:
+            samples.append(gpu.sample())
+    return samples
+
+
+def _pick(
+    found: dict[int, tuple[GpuSample, PowerLimitRange | None]], index: int, url: str
+) -> tuple[GpuSample, PowerLimitRange | None]:
+    try:
+        return found[index]
+    except KeyError:
+        raise GpuError(f"sim-server {url} no longer reports GPU {index}") from None
