@@ -1,1 +1,12 @@
-"""jouletune.exporter"""
+"""jouletune.exporter: GPU energy and power for Prometheus (`jouletune exporter`).
+
+`GpuCollector` is a custom prometheus_client collector that reads the GPUs inside
+`collect()`; register it in a registry you own. `make_app` wraps a registry into the WSGI app
+that serves `/metrics` and `/healthz`.
+"""
+
+from jouletune.exporter._collector import GpuCollector
+from jouletune.exporter._server import ExporterServer, make_app
+from jouletune.exporter._source import GpuSource
+
+__all__ = ["ExporterServer", "GpuCollector", "GpuSource", "make_app"]

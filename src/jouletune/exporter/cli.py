@@ -1,0 +1,135 @@
+"""`jouletune exporter`: serve GPU energy and power to Prometheus.
+
+    jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL] [--gpus 0,1]
+
+NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. In a pod, the
+`pod` and `namespace` labels come from POD_NAME and POD_NAMESPACE (the downward API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from prometheus_client import CollectorRegistry
+
+from jouletune.exporter._collector import GpuCollector
+from jouletune.exporter._server import ExporterServer, make_app
+from jouletune.exporter._source import GpuSource
+from jouletune.gpu import GpuError, NvmlGpu, NvmlUnavailableError, open_nvml_gpus, open_sim_gpus
+
+__all__ = ["main"]
+
+_log = logging.getLogger("jouletune.exporter")
+
+# Exit codes: 2 for bad input or a host where NVML cannot run at all, 1 for other failures.
+_EXIT_USAGE = 2
+_EXIT_FAILURE = 1
+
+
+def main(argv: list[str]) -> int:
+    """Run the exporter until SIGTERM or Ctrl-C; return the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    source = _source(args.sim, args.gpus)
+    try:
+        gpus = source.gpus()
+    except (NvmlUnavailableError, ValueError) as err:
+        return _fail(str(err), _EXIT_USAGE)
+    except GpuError as err:
+        if args.sim is None:
+            return _fail(str(err), _EXIT_FAILURE)
+        # A sidecar may start before its sim-server; /healthz says 503 until it answers.
+        _log.warning("%s; serving 503 on /healthz until it answers", err)
+    else:
+        _log.info("exporting %s from %s", ", ".join(map(repr, gpus)), source.where)
+    registry = CollectorRegistry()
+    registry.register(
+        GpuCollector(
+            read=source.read,
+            pod=os.environ.get("POD_NAME"),
+            namespace=os.environ.get("POD_NAMESPACE"),
+        )
+    )
+    app = make_app(registry=registry, check_health=source.health)
+    try:
+        server = ExporterServer(app=app, host=args.host, port=args.port)
+    except OSError as err:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror}", _EXIT_FAILURE)
+    _log.info("serving http://%s:%d/metrics and /healthz", args.host, server.port)
+    _serve_until_signal(server)
+    _close(source)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jouletune exporter", description="Serve GPU energy and power to Prometheus."
+    )
+    parser.add_argument("--port", type=_port, default=9400, help="TCP port (default 9400)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--sim", metavar="URL", help="read a jouletune sim-server's GPUs")
+    parser.add_argument(
+        "--gpus", type=_indices, metavar="0,1", help="export only these GPU indices (default all)"
+    )
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port
+
+
+def _indices(text: str) -> list[int]:
+    try:
+        indices = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1, got {text!r}") from None
+    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise argparse.ArgumentTypeError(f"GPU indices must be distinct and >= 0, got {text!r}")
+    return indices
+
+
+def _source(sim_url: str | None, indices: list[int] | None) -> GpuSource:
+    if sim_url is not None:
+        return GpuSource(
+            open_gpus=lambda: open_sim_gpus(sim_url, indices=indices),
+            where=f"sim-server {sim_url}",
+        )
+    return GpuSource(open_gpus=lambda: open_nvml_gpus(indices), where="NVML")
+
+
+def _serve_until_signal(server: ExporterServer) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        _log.info("%s: shutting down", signal.Signals(signum).name)
+        # shutdown() waits for serve_forever(), which runs in this (the main) thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
+
+
+def _close(source: GpuSource) -> None:
+    try:
+        gpus = source.gpus()
+    except (GpuError, ValueError):
+        return
+    for gpu in gpus:
+        if isinstance(gpu, NvmlGpu):
+            gpu.close()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"jouletune exporter: {message}", file=sys.stderr)
+    return code
