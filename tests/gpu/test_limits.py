@@ -1,0 +1,179 @@
+"""power_limit(): validates, writes only changes, and restores on exit, exception and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from jouletune.gpu import GpuError, GpuSample, PowerLimitRange, power_limit
+from tests.gpu.fake_sim import FakeSimState, fake_sim_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeGpu:
+    """An in-memory Gpu whose limit writes are recorded."""
+
+    def __init__(self, index: int, limit_w: float = 700.0, fail_writes: bool = False) -> None:
+        self.index = index
+        self.uuid = f"GPU-{index}"
+        self.name = "Fake"
+        self.limit_w = limit_w
+        self.writes: list[float] = []
+        self.fail_writes = fail_writes
+
+    def sample(self) -> GpuSample:
+        return GpuSample(
+            index=self.index, uuid=self.uuid, name=self.name, energy_j=0.0, power_w=100.0,
+            power_limit_w=self.limit_w, sm_clock_hz=None, utilization_ratio=None,
+            memory_used_bytes=0, memory_total_bytes=0, temperature_c=None, timestamp_s=0.0,
+        )  # fmt: skip
+
+    def power_limit_range(self) -> PowerLimitRange:
+        return PowerLimitRange(min_w=200.0, max_w=700.0, default_w=700.0)
+
+    def set_power_limit_w(self, watts: float) -> None:
+        if self.fail_writes and watts != 300.0:
+            raise GpuError(f"GPU {self.index} refused")
+        self.writes.append(watts)
+        self.limit_w = watts
+
+
+def test_none_changes_nothing() -> None:
+    gpu = FakeGpu(0)
+    with power_limit([gpu], None):
+        assert gpu.limit_w == 700.0
+    assert gpu.writes == []
+
+
+def test_sets_for_the_block_and_restores_the_value_read_at_start() -> None:
+    gpus = [FakeGpu(0, limit_w=650.0), FakeGpu(1, limit_w=500.0)]
+    with power_limit(gpus, 300):
+        assert [g.limit_w for g in gpus] == [300.0, 300.0]
+    assert [g.limit_w for g in gpus] == [650.0, 500.0]
+    assert [g.writes for g in gpus] == [[300.0, 650.0], [300.0, 500.0]]
+
+
+def test_a_gpu_already_at_the_limit_is_not_written() -> None:
+    at_limit, other = FakeGpu(0, limit_w=300.0), FakeGpu(1)
+    with power_limit([at_limit, other], 300):
+        pass
+    assert at_limit.writes == []
+    assert other.writes == [300.0, 700.0]
+
+
+def test_restores_on_exception() -> None:
+    gpu = FakeGpu(0)
+    with pytest.raises(KeyError), power_limit([gpu], 250):
+        raise KeyError("boom")
+    assert gpu.limit_w == 700.0
+
+
+def test_out_of_range_is_a_clear_value_error_and_writes_nothing() -> None:
+    gpu = FakeGpu(0)
+    with (
+        pytest.raises(ValueError, match=r"150 W is outside GPU 0 .*200-700 W"),
+        power_limit([gpu], 150),
+    ):
+        pass
+    assert gpu.writes == []
+
+
+def test_every_gpu_is_restored_even_when_one_restore_fails() -> None:
+    failing, good = FakeGpu(0, fail_writes=True), FakeGpu(1)
+    with pytest.raises(GpuError, match="GPU 0 refused"), power_limit([failing, good], 300):
+        pass
+    assert good.limit_w == 700.0
+
+
+def test_nested_blocks_restore_in_order() -> None:
+    gpu = FakeGpu(0)
+    with power_limit([gpu], 500):
+        with power_limit([gpu], 300):
+            assert gpu.limit_w == 300.0
+        assert gpu.limit_w == 500.0
+    assert gpu.limit_w == 700.0
+
+
+def test_sigterm_handler_is_put_back_after_the_block() -> None:
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not expected to run")
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with power_limit([FakeGpu(0)], 300):
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+_NVML_CHILD = """
+    import signal, sys
+    from tests.gpu.nvml_fake import fake_nvml
+    from jouletune.gpu import open_nvml_gpus, power_limit
+    if sys.argv[1] == "handler":
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(7))
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceSetPowerManagementLimit.side_effect = (
+            lambda handle, mw: print("set", handle, mw, flush=True)
+        )
+        with power_limit(open_nvml_gpus(), 300):
+            print("capped", flush=True)
+            signal.pause()
+"""
+
+
+def _run_until_capped(script: str, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # ends at EOF if the child dies early
+        lines.append(line)
+        if line.strip() == "capped":
+            return proc
+    proc.wait(10)
+    raise AssertionError(f"child exited {proc.returncode} before capping:\n{''.join(lines)}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("mode", "exit_code"), [("default", -signal.SIGTERM), ("handler", 7)])
+def test_sigterm_in_a_real_process_restores_nvml_limits(mode: str, exit_code: int) -> None:
+    proc = _run_until_capped(_NVML_CHILD, mode)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    # Exactly one restore per GPU, in reverse order, then the signal's usual outcome.
+    assert out.splitlines() == ["set handle1 700000", "set handle0 700000"]
+    assert proc.returncode == exit_code
+
+
+_SIM_CHILD = """
+    import signal, sys
+    from jouletune.gpu import open_sim_gpus, power_limit
+    with power_limit(open_sim_gpus(sys.argv[1]), 300):
+        print("capped", flush=True)
+        signal.pause()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_in_a_real_process_restores_sim_server_limits() -> None:
+    state = FakeSimState(num_gpus=2, limits_w=[700.0, 450.0])
+    with fake_sim_server(state) as url:
+        proc = _run_until_capped(_SIM_CHILD, url)
+        assert state.limits_w == [300.0, 300.0]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    assert state.limits_w == [700.0, 450.0]
+    assert state.puts == [(0, 300.0), (1, 300.0), (1, 450.0), (0, 700.0)]

@@ -1,0 +1,184 @@
+"""NvmlGpu against a fake pynvml: unit conversion, error mapping, degraded GPUs."""
+
+from __future__ import annotations
+
+import time
+
+import pynvml
+import pytest
+
+from jouletune.gpu import (
+    GpuError,
+    GpuPermissionError,
+    NvmlUnavailableError,
+    PowerLimitRange,
+    nvml_versions,
+    open_nvml_gpus,
+    power_limit,
+)
+from tests.gpu.nvml_fake import GIB, fake_nvml, nvml_error
+
+
+def test_sample_converts_nvml_units_once() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([1])[0]
+        sample = gpu.sample()
+    nvml.nvmlDeviceGetTotalEnergyConsumption.assert_called_with("handle1")
+    assert (sample.index, sample.uuid, sample.name) == (1, "GPU-handle1", "NVIDIA H100 80GB HBM3")
+    assert sample.energy_j == pytest.approx(123_456.789)  # mJ -> J
+    assert sample.power_w == pytest.approx(350.5)  # mW -> W
+    assert sample.power_limit_w == pytest.approx(700.0)
+    assert sample.sm_clock_hz == pytest.approx(1.98e9)  # MHz -> Hz
+    assert sample.utilization_ratio == pytest.approx(0.87)  # % -> ratio
+    assert sample.memory_used_bytes == 3 * GIB
+    assert sample.memory_total_bytes == 80 * GIB
+    assert sample.temperature_c == 45.0
+    assert sample.energy_estimated is False
+    assert abs(sample.timestamp_s - time.time()) < 5
+
+
+def test_open_all_gpus_by_default() -> None:
+    with fake_nvml(num_gpus=3):
+        gpus = open_nvml_gpus()
+    assert [g.index for g in gpus] == [0, 1, 2]
+    assert [g.uuid for g in gpus] == ["GPU-handle0", "GPU-handle1", "GPU-handle2"]
+
+
+def test_open_unknown_index_is_a_value_error() -> None:
+    with fake_nvml(num_gpus=2), pytest.raises(ValueError, match=r"no GPU with index \[5\]"):
+        open_nvml_gpus([0, 5])
+
+
+def test_no_gpu_is_nvml_unavailable() -> None:
+    with fake_nvml(num_gpus=0), pytest.raises(NvmlUnavailableError, match="no GPU"):
+        open_nvml_gpus()
+
+
+@pytest.mark.parametrize(
+    "code", [pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED]
+)
+def test_missing_driver_is_one_line_nvml_unavailable(code: int) -> None:
+    with fake_nvml() as nvml:
+        nvml.nvmlInit.side_effect = nvml_error(code)
+        with pytest.raises(NvmlUnavailableError) as info:
+            open_nvml_gpus()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "driver" in message
+    assert isinstance(info.value.__cause__, pynvml.NVMLError)
+
+
+def test_no_permission_says_root_or_cap_sys_admin() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([0])[0]
+        nvml.nvmlDeviceSetPowerManagementLimit.side_effect = nvml_error(
+            pynvml.NVML_ERROR_NO_PERMISSION
+        )
+        with pytest.raises(GpuPermissionError, match="root or CAP_SYS_ADMIN") as info:
+            gpu.set_power_limit_w(300)
+    assert "\n" not in str(info.value)
+
+
+def test_other_nvml_errors_are_gpu_errors() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([0])[0]
+        nvml.nvmlDeviceGetPowerUsage.side_effect = nvml_error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        with pytest.raises(GpuError, match="reading GPU 0") as info:
+            gpu.sample()
+    assert type(info.value) is GpuError
+
+
+def test_set_power_limit_writes_integer_milliwatts() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([0])[0]
+        gpu.set_power_limit_w(312.5)
+    nvml.nvmlDeviceSetPowerManagementLimit.assert_called_once_with("handle0", 312_500)
+
+
+def test_power_limit_range_in_watts() -> None:
+    with fake_nvml():
+        rng = open_nvml_gpus([0])[0].power_limit_range()
+    assert rng == PowerLimitRange(min_w=200.0, max_w=700.0, default_w=700.0)
+
+
+def test_unsupported_readings_are_none_not_zero() -> None:
+    unsupported = nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceGetClockInfo.side_effect = unsupported
+        nvml.nvmlDeviceGetUtilizationRates.side_effect = unsupported
+        nvml.nvmlDeviceGetTemperature.side_effect = unsupported
+        nvml.nvmlDeviceGetPowerManagementLimit.side_effect = unsupported
+        sample = open_nvml_gpus([0])[0].sample()
+    assert sample.sm_clock_hz is None
+    assert sample.utilization_ratio is None
+    assert sample.temperature_c is None
+    assert sample.power_limit_w is None
+    assert sample.energy_j == pytest.approx(123_456.789)
+
+
+def test_gpu_without_energy_counter_integrates_power_and_says_so() -> None:
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = nvml_error(
+            pynvml.NVML_ERROR_NOT_SUPPORTED
+        )
+        nvml.nvmlDeviceGetPowerUsage.return_value = 100_000  # 100 W
+        gpu = open_nvml_gpus([0])[0]
+        try:
+            first = gpu.sample()
+            # Poll (no fixed sleep) until the integrator has covered at least 0.3 s.
+            deadline = time.monotonic() + 10
+            last = gpu.sample()
+            while last.energy_j - first.energy_j < 30 and time.monotonic() < deadline:
+                last = gpu.sample()
+            elapsed_s = last.timestamp_s - first.timestamp_s
+        finally:
+            gpu.close()
+    assert gpu.energy_estimated
+    assert first.energy_estimated and last.energy_estimated
+    assert last.energy_j - first.energy_j == pytest.approx(100.0 * elapsed_s, rel=0.05)
+
+
+def test_gpu_without_energy_or_power_cannot_be_opened() -> None:
+    unsupported = nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = unsupported
+        nvml.nvmlDeviceGetPowerUsage.side_effect = unsupported
+        with pytest.raises(GpuError, match="neither energy nor power"):
+            open_nvml_gpus([0])
+
+
+def test_nvml_versions() -> None:
+    with fake_nvml():
+        assert nvml_versions() == {"driver": "580.159.04", "cuda_driver": "13.0"}
+
+
+def test_power_limit_on_nvml_sets_once_and_restores() -> None:
+    with fake_nvml() as nvml:
+        gpus = open_nvml_gpus()
+        setter = nvml.nvmlDeviceSetPowerManagementLimit
+        with power_limit(gpus, 400):
+            assert [c.args for c in setter.call_args_list] == [
+                ("handle0", 400_000),
+                ("handle1", 400_000),
+            ]
+        assert [c.args for c in setter.call_args_list[2:]] == [
+            ("handle1", 700_000),
+            ("handle0", 700_000),
+        ]
+
+
+def test_power_limit_on_nvml_restores_on_exception() -> None:
+    with fake_nvml() as nvml:
+        gpus = open_nvml_gpus([0])
+        with pytest.raises(RuntimeError, match="trial failed"), power_limit(gpus, 300):
+            raise RuntimeError("trial failed")
+    assert nvml.nvmlDeviceSetPowerManagementLimit.call_args.args == ("handle0", 700_000)
+
+
+def test_power_limit_outside_range_is_rejected_before_any_write() -> None:
+    with fake_nvml() as nvml:
+        gpus = open_nvml_gpus()
+        too_high = pytest.raises(ValueError, match=r"800 W is outside GPU 0 .*200-700 W")
+        with too_high, power_limit(gpus, 800):
+            pass
+    nvml.nvmlDeviceSetPowerManagementLimit.assert_not_called()
