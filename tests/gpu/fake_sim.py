@@ -31,7 +31,8 @@ class FakeSimState:
     fail_status: int | None = None  # answer every GPU request with this HTTP status
     puts: list[tuple[int, float]] = field(default_factory=list)
     gets: int = 0
-    started_s: float = field(default_factory=time.time)
+    energy_j: float = 1000.0
+    last_read_s: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         if not self.limits_w:
@@ -39,12 +40,14 @@ class FakeSimState:
 
     def gpu_json(self, index: int) -> dict[str, Any]:
         now = time.time()
+        # A counter that grows at power_w (for every GPU alike), never backwards.
+        self.energy_j += self.power_w * max(0.0, now - self.last_read_s)
+        self.last_read_s = now
         entry: dict[str, Any] = {
             "index": index,
             "uuid": f"GPU-fake-{index}",
             "name": "Simulated H100",
-            # A counter that grows at power_w, so scrapes far apart differ.
-            "energy_j": 1000.0 + self.power_w * (now - self.started_s),
+            "energy_j": self.energy_j,
             "power_w": self.power_w,
             "power_limit_w": self.limits_w[index],
             "sm_clock_hz": 1.98e9,
@@ -83,9 +86,10 @@ def _app(state: FakeSimState) -> web.Application:
 
 
 @contextmanager
-def fake_sim_server(state: FakeSimState) -> Iterator[str]:
-    """Serve `state` on a free loopback port until the block ends; yields the base URL."""
-    port = free_port()
+def fake_sim_server(state: FakeSimState, port: int | None = None) -> Iterator[str]:
+    """Serve `state` on loopback (a free port unless given) until the block ends; yields the
+    base URL."""
+    port = port or free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(_app(state), access_log=None)
     ready = threading.Event()

@@ -1,0 +1,212 @@
+"""`jouletune exporter` as a real process on loopback, reading a sim-server's GPUs."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.gpu.fake_sim import FakeSimState, fake_sim_server
+from tests.procs import free_port, jouletune_process
+
+METRICS = {
+    "jouletune_gpu_energy_joules": "counter",
+    "jouletune_gpu_power_watts": "gauge",
+    "jouletune_gpu_power_limit_watts": "gauge",
+    "jouletune_gpu_sm_clock_hertz": "gauge",
+    "jouletune_gpu_utilization_ratio": "gauge",
+    "jouletune_gpu_memory_used_bytes": "gauge",
+    "jouletune_gpu_temperature_celsius": "gauge",
+}
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _scrape(url: str) -> dict[tuple[str, str], tuple[float, dict[str, str]]]:
+    """(sample name, gpu label) -> (value, labels) from one /metrics scrape."""
+    status, text = _get(url + "/metrics")
+    assert status == 200, text
+    return {
+        (s.name, s.labels["gpu"]): (s.value, s.labels)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _exporter_args(port: int, *extra: str) -> list[str]:
+    return ["exporter", "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def _poll_status(url: str, want: int, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    last: tuple[int, str] | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = _get(url)
+        except (urllib.error.URLError, ConnectionError):
+            last = None
+        if last is not None and last[0] == want:
+            return last[1]
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer {want} within {timeout_s}s; last: {last}")
+
+
+@contextmanager
+def _raw_exporter(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The exporter without waiting for health, for tests that expect it to be unhealthy."""
+    proc = subprocess.Popen([sys.executable, "-m", "jouletune", *args], stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_exports_the_sim_servers_gpus_with_fresh_values() -> None:
+    state = FakeSimState(num_gpus=2, power_w=410.0)
+    port = free_port()
+    with (
+        fake_sim_server(state) as sim_url,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim_url), port=port, health_path="/healthz"
+        ) as proc,
+    ):
+        first = _scrape(proc.url)
+        state.power_w = 250.0
+        second = _scrape(proc.url)
+        _, health = _get(proc.url + "/healthz")
+    for name in METRICS:
+        sample = name + "_total" if METRICS[name] == "counter" else name
+        assert (sample, "0") in first and (sample, "1") in first, sample
+    value, labels = first[("jouletune_gpu_power_watts", "1")]
+    assert value == 410.0
+    assert labels == {"gpu": "1", "uuid": "GPU-fake-1", "model_name": "Simulated H100"}
+    assert second[("jouletune_gpu_power_watts", "1")][0] == 250.0
+    energy = "jouletune_gpu_energy_joules_total"
+    assert second[(energy, "0")][0] > first[(energy, "0")][0]
+    assert health.startswith("ok: 2 GPU(s) from sim-server")
+
+
+def test_gpus_flag_selects_and_pod_labels_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAME", "trial-7")
+    monkeypatch.setenv("POD_NAMESPACE", "bench")
+    port = free_port()
+    with (
+        fake_sim_server(FakeSimState(num_gpus=4)) as sim_url,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim_url, "--gpus", "1,3"),
+            port=port,
+            health_path="/healthz",
+        ) as proc,
+    ):
+        scraped = _scrape(proc.url)
+    gpus = {gpu for (name, gpu) in scraped if name == "jouletune_gpu_power_watts"}
+    assert gpus == {"1", "3"}
+    _, labels = scraped[("jouletune_gpu_power_watts", "3")]
+    assert (labels["pod"], labels["namespace"]) == ("trial-7", "bench")
+
+
+def test_unhealthy_until_the_sim_server_answers_then_healthy() -> None:
+    sim_port, port = free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    with _raw_exporter(_exporter_args(port, "--sim", sim_url)):
+        url = f"http://127.0.0.1:{port}"
+        reason = _poll_status(url + "/healthz", 503)
+        assert "is unreachable" in reason
+        assert _get(url + "/metrics")[0] == 503
+        state = FakeSimState(num_gpus=1)
+        with fake_sim_server(state, port=sim_port):
+            assert _poll_status(url + "/healthz", 200).startswith("ok: 1 GPU(s)")
+            state.fail_status = 500
+            assert "HTTP 500" in _poll_status(url + "/healthz", 503)
+            status, body = _get(url + "/metrics")
+            assert (status, body.strip()) == (503, body.splitlines()[0])
+            assert "HTTP 500" in body
+
+
+def test_sigterm_exits_cleanly() -> None:
+    port = free_port()
+    with (
+        fake_sim_server(FakeSimState()) as sim_url,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim_url), port=port, health_path="/healthz"
+        ) as proc,
+    ):
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(10) == 0
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jouletune", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def _nvml_loads() -> bool:
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="this host has NVML; the test needs one without")
+def test_without_nvml_it_says_so_in_one_line_and_exits_2() -> None:
+    result = _run(_exporter_args(free_port()))
+    assert result.returncode == 2
+    assert result.stderr.startswith("jouletune exporter: NVML is unavailable")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--gpus", "0,x", "expected GPU indices like 0,1"),
+        ("--gpus", "1,1", "must be distinct"),
+        ("--port", "70000", "port must be 0-65535"),
+    ],
+)
+def test_bad_flags_exit_2_with_the_reason(flag: str, value: str, message: str) -> None:
+    result = _run(["exporter", flag, value, "--sim", "http://127.0.0.1:1"])
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_gpu_index_of_a_running_sim_server_exits_2() -> None:
+    with fake_sim_server(FakeSimState(num_gpus=2)) as sim_url:
+        result = _run(_exporter_args(free_port(), "--sim", sim_url, "--gpus", "0,5"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"jouletune exporter: no GPU with index [5]: sim-server {sim_url} has [0, 1]"
+    )
+
+
+def test_a_busy_port_is_a_one_line_error() -> None:
+    with socket.socket() as busy, fake_sim_server(FakeSimState()) as sim_url:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run(_exporter_args(port, "--sim", sim_url))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
