@@ -1,0 +1,162 @@
+"""The Helm chart, checked with the real helm binary and the Kubernetes OpenAPI schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.tools import ALL_ON, CHART, GRAFANA, RULES, helm_template, run, tool
+
+# Kinds of the Prometheus Operator (monitoring.coreos.com); kubernetes-validate ships only the
+# built-in Kubernetes schemas, so these are checked field by field in the tests below instead.
+_PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+_K8S_VERSION = kubernetes_validate.latest_version()
+
+
+def _by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = _by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def test_helm_lint_passes_with_defaults_and_everything_on() -> None:
+    helm = tool("helm")
+    run([helm, "lint", str(CHART), "--strict"])
+    run([helm, "lint", str(CHART), "--strict", *[a for v in ALL_ON for a in ("--set", v)]])
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [[], ALL_ON, [*ALL_ON, "operator.watchNamespaces={team-a,team-b}"]],
+    ids=["defaults", "all-on", "watch-namespaces"],
+)
+def test_every_rendered_manifest_validates_against_kubernetes_schemas(sets: list[str]) -> None:
+    objs = helm_template(sets=sets, include_crds=True)
+    validated = 0
+    for obj in objs:
+        if obj["kind"] in _PROMETHEUS_OPERATOR_KINDS:
+            continue
+        kubernetes_validate.validate(obj, _K8S_VERSION, strict=True)
+        validated += 1
+    assert validated >= 8
+
+
+def test_schema_validation_rejects_a_misspelt_field() -> None:
+    """Negative control: the validator used above does catch a wrong manifest."""
+    deployment = _one(helm_template(), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePulPolicy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, _K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("operator.healthPort=0", "/operator/healthPort"),
+        ("operator.bogus=1", "bogus"),
+        ("operator.watchNamespaces={Not_A_Namespace}", "/operator/watchNamespaces/0"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ],
+)
+def test_values_schema_rejects_bad_values_with_the_path(value: str, message: str) -> None:
+    proc = run([tool("helm"), "template", "jt", str(CHART), "--set", value], check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_operator_runs_non_root_with_read_only_root_and_no_capabilities() -> None:
+    pod = _one(helm_template(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    assert container["args"][0] == "operator"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_trial_scheduling_reaches_the_operator_as_json() -> None:
+    objs = helm_template(
+        set_strings=["trials.nodeSelector.nvidia\\.com/gpu\\.present=true"],
+        sets=[
+            "trials.tolerations[0].key=nvidia.com/gpu",
+            "trials.tolerations[0].operator=Exists",
+            "trials.tolerations[0].effect=NoSchedule",
+            "image.repository=registry.example/jouletune",
+            "image.tag=9.9",
+        ],
+    )
+    (container,) = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["JOULETUNE_TRIAL_NODE_SELECTOR"]) == {"nvidia.com/gpu.present": "true"}
+    assert json.loads(env["JOULETUNE_TRIAL_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert env["JOULETUNE_TRIAL_IMAGE"] == "registry.example/jouletune:9.9"
+    assert container["image"] == "registry.example/jouletune:9.9"
+
+
+def test_watch_namespaces_bind_the_operator_role_only_there() -> None:
+    objs = helm_template(sets=["operator.watchNamespaces={team-a,team-b}"])
+    bindings = _by_kind(objs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    # Only Kopf's discovery role stays cluster-wide.
+    (cluster_binding,) = _by_kind(objs, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"].endswith("-kopf")
+    (container,) = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=team-a" in container["args"]
+    assert "--namespace=team-b" in container["args"]
+    assert "--all-namespaces" not in container["args"]
+
+
+def test_rbac_grants_no_wildcards_and_no_secrets() -> None:
+    for role in _by_kind(helm_template(), "ClusterRole"):
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], f"{role['metadata']['name']}: {rule}"
+            assert "secrets" not in rule["resources"]
+
+
+def test_dashboards_ship_the_same_json_as_deploy_grafana() -> None:
+    objs = helm_template(release="rel", namespace="obs")
+    shipped = {}
+    for cm in _by_kind(objs, "ConfigMap"):
+        if cm["metadata"]["labels"].get("grafana_dashboard") == "1":
+            shipped.update({k: json.loads(v) for k, v in cm["data"].items()})
+    sources = {p.name: json.loads(p.read_text()) for p in GRAFANA.glob("*.json")}
+    assert sources and shipped.keys() == sources.keys()
+    for name, source in sources.items():
+        rendered = dict(shipped[name])
+        # Per release: uid and title carry the release so that two releases never clash.
+        assert rendered.pop("uid").startswith(source["uid"][:31] + "-")
+        assert rendered.pop("title") == f"{source['title']} (obs/rel)"
+        assert rendered == {k: v for k, v in source.items() if k not in ("uid", "title")}
+
+
+def test_prometheus_rule_ships_the_rules_of_deploy_prometheus() -> None:
+    rule = _one(helm_template(sets=ALL_ON), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_podmonitor_scrapes_trial_pods_with_benchmark_and_trial_labels() -> None:
+    monitor = _one(helm_template(sets=ALL_ON), "PodMonitor")
+    assert monitor["spec"]["selector"]["matchExpressions"] == [
+        {"key": "jouletune.io/benchmark", "operator": "Exists"}
+    ]
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        targets = {r["targetLabel"] for r in endpoint["relabelings"]}
+        assert targets == {"benchmark", "trial"}
+    service = _one(helm_template(sets=ALL_ON), "Service")
+    service_monitor = _one(helm_template(sets=ALL_ON), "ServiceMonitor")
+    assert service_monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
