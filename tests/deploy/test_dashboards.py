@@ -1,0 +1,69 @@
+"""The Grafana dashboards' JSON model, and the Prometheus files, checked statically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.deploy import dashboards
+from tests.deploy.tools import PROMETHEUS, RULES, run, tool
+
+_VARIABLES = {"datasource", "namespace", "benchmark", "gpu"}
+
+
+def test_dashboards_have_unique_uids_and_the_template_variables() -> None:
+    boards = dashboards.dashboards()
+    assert len(boards) >= 2
+    assert len({b["uid"] for b in boards.values()}) == len(boards)
+    for name, board in boards.items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables.keys() >= _VARIABLES, name
+        assert variables["datasource"]["query"] == "prometheus"
+        for var in ("namespace", "benchmark", "gpu"):
+            assert variables[var]["includeAll"] and variables[var]["allValue"] == ".*"
+            assert variables[var]["datasource"]["uid"] == "${datasource}"
+
+
+def test_every_panel_queries_the_chosen_datasource_and_fits_the_grid() -> None:
+    for name, board in dashboards.dashboards().items():
+        panels = board["panels"]
+        assert len({p["id"] for p in panels}) == len(panels), f"{name}: duplicate panel ids"
+        for panel in panels:
+            grid = panel["gridPos"]
+            assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, (name, panel["title"])
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"]["uid"] == "${datasource}", (name, panel["title"])
+            assert panel["targets"], (name, panel["title"])
+            for target in panel["targets"]:
+                assert target["expr"].strip(), (name, panel["title"])
+
+
+def test_dashboards_filter_by_namespace_and_benchmark() -> None:
+    for query in dashboards.panel_queries():
+        # Every query is narrowed by the variables (recorded series carry the same labels).
+        assert '=~"$namespace"' in query.expr and '=~"$benchmark"' in query.expr, query
+
+
+def test_every_recorded_series_a_dashboard_reads_is_recorded() -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"]}
+    read = set().union(*(dashboards.recorded_names(q.expr) for q in dashboards.panel_queries()))
+    assert read, "the dashboards read no recorded series"
+    assert read <= recorded, f"not recorded: {sorted(read - recorded)}"
+
+
+def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
+    promtool = tool("promtool")
+    out = run([promtool, "check", "rules", str(RULES)]).stdout
+    assert "SUCCESS" in out
+    run([promtool, "check", "config", str(PROMETHEUS / "prometheus.yml")])
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
+    """Negative control: the check above does fail on a bad expression."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text(RULES.read_text().replace("[1m])", "[1m]", 1))  # unbalanced
+    proc = run([tool("promtool"), "check", "rules", str(broken)], check=False)
+    assert proc.returncode != 0
