@@ -1,1 +1,52 @@
-"""jouletune.loadgen"""
+"""jouletune.loadgen: the load generator behind `jouletune bench`.
+
+    result = await run_bench(BenchConfig(base_url="http://127.0.0.1:8000", max_concurrency=64,
+                                         exporter_urls=["http://127.0.0.1:9400"]))
+    result.model_dump()  # the result JSON of DESIGN.md
+
+A streaming OpenAI-compatible client (aiohttp) with vLLM's workloads, arrival process and
+latency definitions; a steady-state window without ramp-up and drain; and energy from the
+exporters' NVML counters interpolated at the window's edges. `compute_metrics` and
+`steady_state_window` are the pure functions behind the figures.
+"""
+
+from jouletune.loadgen._config import BenchConfig
+from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
+from jouletune.loadgen._errors import BenchError
+from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
+from jouletune.loadgen._records import RequestRecord, Window
+from jouletune.loadgen._result import (
+    BenchResult,
+    EnvironmentInfo,
+    GpuResult,
+    LatencySummary,
+    RunSummary,
+    WindowResult,
+    WorkloadSummary,
+)
+from jouletune.loadgen._runner import ProgressCallback, run_bench
+from jouletune.loadgen._window import NoSteadyStateError, steady_state_window
+
+__all__ = [
+    "BenchConfig",
+    "BenchError",
+    "BenchMetrics",
+    "BenchResult",
+    "DatasetError",
+    "EnvironmentInfo",
+    "GpuResult",
+    "LatencyStats",
+    "LatencySummary",
+    "NoSteadyStateError",
+    "ProgressCallback",
+    "RequestRecord",
+    "RunSummary",
+    "SampleRequest",
+    "Window",
+    "WindowResult",
+    "WorkloadSummary",
+    "compute_metrics",
+    "load_requests",
+    "run_bench",
+    "steady_state_window",
+]

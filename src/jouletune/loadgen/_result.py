@@ -1,0 +1,153 @@
+"""`BenchResult`: the result of one run; `model_dump()` is the result JSON of DESIGN.md.
+
+Top-level keys are DESIGN.md's contract (`config`, `workload`, `completed`, `failed`,
+`duration_s`, `window`, `ttft_ms`, `tpot_ms`, `itl_ms`, `e2el_ms`, `request_throughput`,
+`output_token_throughput`, `energy_j`, `energy_per_output_token_j`, `energy_per_request_j`,
+`avg_power_w`, `gpus`, `avg_batch_size`) plus the fields documented below. A figure that could
+not be measured is None (JSON null), never 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jouletune.loadgen._config import BenchConfig
+
+__all__ = [
+    "BenchResult",
+    "EnvironmentInfo",
+    "GpuResult",
+    "LatencySummary",
+    "RunSummary",
+    "WindowResult",
+    "WorkloadSummary",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencySummary(_Model):
+    """One latency distribution in milliseconds; all None when there were no samples."""
+
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class WindowResult(_Model):
+    """The steady-state window (rule: jouletune.loadgen._window's docstring).
+
+    `start_s`/`end_s` are seconds after the first request was sent; `start_unix_s`/
+    `end_unix_s` are the same instants as unix time, for the server's and Prometheus' clocks.
+    """
+
+    start_s: float
+    end_s: float
+    duration_s: float
+    start_unix_s: float
+    end_unix_s: float
+    output_tokens: float = Field(description="tokens whose chunks arrived inside the window")
+    completed_requests: int = Field(description="successful requests that ended inside it")
+    plateau_in_flight: int = Field(description="the in-flight count the start rule waited for")
+
+
+class GpuResult(_Model):
+    """One GPU over the window (joules, watts); see `jouletune.loadgen._telemetry.GpuEnergy`."""
+
+    exporter_url: str
+    gpu: str
+    uuid: str
+    model_name: str
+    energy_j: float
+    avg_power_w: float
+    sampled_power_w: float | None
+    power_limit_w: float | None
+    power_cap_bound_fraction: float | None
+    scrapes_in_window: int
+
+
+class WorkloadSummary(_Model):
+    """What was sent."""
+
+    dataset: str
+    num_prompts: int
+    sent: int = Field(description="requests actually sent (fewer with --duration or a lost server)")
+    warmup_requests: int
+    mean_prompt_tokens: float | None = Field(description="usage.prompt_tokens, successful requests")
+    mean_max_tokens: float
+    request_rate: float | str
+    burstiness: float
+    max_concurrency: int | None
+    seed: int
+
+
+class RunSummary(_Model):
+    """The whole run, ramp-up and drain included (vLLM's own throughput figures)."""
+
+    output_tokens: int
+    input_tokens: int
+    request_throughput: float | None
+    output_token_throughput: float | None
+
+
+class EnvironmentInfo(_Model):
+    """What the figures were measured on."""
+
+    jouletune_version: str
+    python_version: str
+    aiohttp_version: str
+    platform: str
+    server_model: str
+    server_model_root: str | None
+    server_version: str | None
+    gpu_models: list[str]
+    gpu_driver_version: str | None
+
+
+class BenchResult(_Model):
+    """The result of one `jouletune bench` run.
+
+    Besides DESIGN.md's keys: `latency_scope` (`window`: the latency statistics cover the
+    requests that ended inside the window; `all`: every successful request, used when there is
+    no window), `window_output_tokens`, `power_cap_bound_fraction` (fraction of exporter
+    scrapes in the window at >= `cap_bound_ratio` x the power limit), `avg_batch_size_source`
+    (`server`: vLLM's `num_requests_running` gauge; `client`: the client's in-flight count),
+    `idle_power_w` (total GPU power just before the run), `valid`/`invalid_reason`, `partial`
+    (the server was lost mid-run), `errors` (up to 10 distinct request errors), `warnings`.
+    """
+
+    config: BenchConfig
+    workload: WorkloadSummary
+    completed: int
+    failed: int
+    duration_s: float
+    window: WindowResult | None
+    latency_scope: Literal["window", "all"]
+    ttft_ms: LatencySummary
+    tpot_ms: LatencySummary
+    itl_ms: LatencySummary
+    e2el_ms: LatencySummary
+    request_throughput: float | None
+    output_token_throughput: float | None
+    window_output_tokens: float | None
+    energy_j: float | None
+    energy_per_output_token_j: float | None
+    energy_per_request_j: float | None
+    avg_power_w: float | None
+    power_cap_bound_fraction: float | None
+    gpus: list[GpuResult]
+    avg_batch_size: float | None
+    avg_batch_size_source: Literal["server", "client"] | None
+    idle_power_w: float | None
+    run: RunSummary
+    environment: EnvironmentInfo
+    valid: bool
+    invalid_reason: str | None
+    partial: bool
+    errors: list[str]
+    warnings: list[str]

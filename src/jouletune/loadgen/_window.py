@@ -1,0 +1,107 @@
+"""The steady-state window: the part of a run without ramp-up and drain (ML.ENERGY method).
+
+The rule, from the request records alone (client clock, perf_counter seconds):
+
+1. Plateau level L, the in-flight count the run settles at. Closed loop (request rate inf):
+   L = min(max_concurrency, requests sent). Open loop (finite rate): L = min(max_concurrency,
+   the time-weighted median of the client's in-flight count between the first and the last
+   send).
+2. Plateau moment: the first time the in-flight count reaches L. The streams in flight then
+   are "every concurrent stream".
+3. Start = the later of (a) the first request end (at least one request has finished, so the
+   server mixes prefill and decode as it will for the rest of the run) and (b) the first
+   token of every stream in flight at the plateau moment (their prefill burst is over).
+4. End = the first request end after the last send: from then on a stream has run out of work
+   (closed loop) or no new arrival replaces a finished request (open loop), so the batch
+   drains. A run cut short (`--duration`, a lost server) ends the same way at its last send.
+5. No window (start >= end) when the run is too short for a steady state, e.g. every request
+   sent at once; the caller marks the result invalid with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from jouletune.loadgen._records import RequestRecord, Window
+
+__all__ = ["NoSteadyStateError", "steady_state_window"]
+
+
+class NoSteadyStateError(ValueError):
+    """The run has no steady-state window; the message says why, in one line."""
+
+
+def steady_state_window(
+    records: Sequence[RequestRecord], *, max_concurrency: int | None, closed_loop: bool
+) -> Window:
+    """Apply the module's rule to a run's records.
+
+    Args:
+        records: every request that was sent in the measured run.
+        max_concurrency: the client's concurrency cap; None for no cap.
+        closed_loop: True when requests were sent as fast as the cap allows (rate inf).
+
+    Raises:
+        NoSteadyStateError: no request was sent, or the run never reached a steady state.
+    """
+    if not records:
+        raise NoSteadyStateError("no request was sent")
+    by_send = sorted(records, key=lambda r: r.send_s)
+    cap = max_concurrency if max_concurrency is not None else len(by_send)
+    level = min(cap, len(by_send) if closed_loop else _median_in_flight(by_send))
+    plateau_s = _first_time_at_level(by_send, level)
+    at_plateau = [r for r in by_send if r.send_s <= plateau_s < r.end_s]
+    first_end_s = min(r.end_s for r in by_send)
+    # A stream that failed before its first token counts as "served" once it ended.
+    all_started_s = max(
+        (r.first_token_s if r.first_token_s is not None else r.end_s for r in at_plateau),
+        default=plateau_s,
+    )
+    start_s = max(first_end_s, all_started_s)
+    last_send_s = by_send[-1].send_s
+    end_s = min((r.end_s for r in by_send if r.end_s > last_send_s), default=last_send_s)
+    if not end_s > start_s:
+        raise NoSteadyStateError(
+            f"no steady state: the first stream ran out of work {end_s - by_send[0].send_s:.3f}s"
+            f" into the run, before every stream had its first token and one request had"
+            f" finished ({start_s - by_send[0].send_s:.3f}s); send more requests than"
+            f" --max-concurrency ({len(by_send)} sent, {level} in flight)"
+        )
+    return Window(start_s=start_s, end_s=end_s, plateau_in_flight=level)
+
+
+def _events(records: Sequence[RequestRecord]) -> list[tuple[float, int]]:
+    # Ends sort before sends at the same instant: intervals are half-open [send, end).
+    events = [(r.send_s, 1) for r in records] + [(r.end_s, -1) for r in records]
+    events.sort()
+    return events
+
+
+def _first_time_at_level(records: Sequence[RequestRecord], level: int) -> float:
+    in_flight = 0
+    for t_s, delta in _events(records):
+        in_flight += delta
+        if in_flight >= level:
+            return t_s
+    raise AssertionError(f"in-flight count never reached {level=}")  # level <= its maximum
+
+
+def _median_in_flight(records: Sequence[RequestRecord]) -> int:
+    """Time-weighted median of the in-flight count between the first and the last send."""
+    first_s, last_s = records[0].send_s, records[-1].send_s
+    if last_s <= first_s:
+        return sum(1 for r in records if r.send_s == first_s)
+    time_at: dict[int, float] = {}
+    in_flight, prev_s = 0, first_s
+    for t_s, delta in _events(records):
+        clipped_s = min(max(t_s, first_s), last_s)
+        time_at[in_flight] = time_at.get(in_flight, 0.0) + (clipped_s - prev_s)
+        prev_s = clipped_s
+        in_flight += delta
+    half_s, acc_s = (last_s - first_s) / 2, 0.0
+    for level in sorted(time_at):
+        acc_s += time_at[level]
+        if acc_s >= half_s:
+            return max(level, 1)
+    return max(1, math.ceil(max(time_at)))
