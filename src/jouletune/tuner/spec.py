@@ -114,6 +114,10 @@ class SearchSpace(_Model):
     max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
         default_factory=list, description="empty keeps vLLM's default"
     )
+    baseline_max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = Field(
+        256,
+        description="max_num_seqs of the baseline (vLLM's default); it joins the searched values",
+    )
 
 
 class WorkloadSpec(_Model):

@@ -1,0 +1,613 @@
+"""The search core: an Optuna study driven by ask/tell, with the measurement plan around it.
+
+One `Study` serves both front doors. The CLI loops `ask()` → run → `tell()`; the operator
+asks when it can start a pod and tells when the pod's result arrives, possibly from another
+process, since every piece of state lives in Optuna's storage (or is rebuilt from records).
+
+The plan around Optuna's sampler:
+1. the baseline (vLLM defaults, no cap) is measured first;
+2. the sampler proposes points; a point already measured is answered from its first
+   measurement instead of being measured again;
+3. after each measured point, a cheap step along the power axis of the same server is queued
+   (a cap change needs no restart): downwards while the point meets the SLOs and lowering
+   the cap still pays, upwards when a cap that binds broke an SLO. Caps above the power the
+   server draws are skipped: they would not bind, so they cannot save anything;
+4. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, and
+   the baseline, are measured `finalistRepeats` more times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.storages import BaseStorage, InMemoryStorage
+from optuna.trial import FrozenTrial, create_trial
+from optuna.trial import TrialState as OptunaState
+
+from jouletune.tuner._records import (
+    BenchFigures,
+    Role,
+    TrialOutcome,
+    TrialPlan,
+    TrialRecord,
+    TrialState,
+    figures_from_result,
+)
+from jouletune.tuner._space import PointConfig, SearchGrid
+from jouletune.tuner.spec import BenchmarkSpec
+
+__all__ = ["Phase", "Study", "StudyMismatchError"]
+
+# The lowest-energy feasible points re-measured before one is recommended. Three covers points
+# whose single measurements lie within noise of each other without doubling the study's cost.
+_MAX_FINALISTS = 3
+# A cap "binds" when the GPU's mean power over the window reaches this fraction of it: NVML
+# keeps a capped H100 a few watts under its limit.
+_BINDS_RATIO = 0.95
+# The sampler may propose a measured point again; after this many in a row the space near its
+# optimum is exhausted and an unmeasured point is picked at random instead.
+_MAX_DUPLICATE_ASKS = 20
+# TPE starts from random points; with budgets of ~10-30 trials its default of 10 would spend
+# most of them at random.
+_TPE_STARTUP_TRIALS = 4
+
+_ATTR_ROLE = "role"
+_ATTR_REPEAT = "repeat"
+_ATTR_DUPLICATE_OF = "duplicate_of"
+_ATTR_INTERRUPTED = "interrupted"
+_ATTR_SPEC = "spec_fingerprint"
+
+
+class Phase:
+    """Where a study stands: what its next `ask()` will hand out."""
+
+    SEARCH = "search"
+    FINALISTS = "finalists"
+    DONE = "done"
+
+
+class StudyMismatchError(ValueError):
+    """The storage holds a study of this name that was run with a different search spec."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Counts:
+    measured: int  # baseline and search trials measured, running or queued (the budget's unit)
+    failed: int
+    running: int
+
+
+class Study:
+    """An energy/latency study over a spec's search space (ask/tell).
+
+    Build with `Study.open(...)` (a storage URL or Optuna storage) or `Study.from_records(...)`.
+    """
+
+    def __init__(
+        self, *, spec: BenchmarkSpec, optuna_study: optuna.Study, read_only: bool = False
+    ) -> None:
+        self._spec = spec
+        self._grid = SearchGrid(spec=spec, read_only=read_only or spec.gpu.read_only)
+        self._distributions = self._grid.distributions()
+        self._study = optuna_study
+        self._metrics = {spec.objective, *(slo.metric for slo in spec.slos)}
+        self._rng = random.Random(spec.seed)
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        spec: BenchmarkSpec,
+        name: str,
+        storage: str | BaseStorage,
+        read_only: bool = False,
+    ) -> Study:
+        """Create the study `name` in `storage`, or load it to resume.
+
+        Raises:
+            StudyMismatchError: the stored study was run with another search spec.
+        """
+        optuna_study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            directions=["minimize", "minimize"],
+            sampler=_sampler(spec),
+            load_if_exists=True,
+        )
+        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
+        study._claim(_fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        return study
+
+    @classmethod
+    def from_records(
+        cls,
+        *,
+        spec: BenchmarkSpec,
+        records: Iterable[TrialRecord],
+        name: str = "jouletune",
+        read_only: bool = False,
+    ) -> Study:
+        """Rebuild a study in memory from records (e.g. those an operator kept in a status).
+
+        Records must be every trial in number order, as `records()` returns them; numbers
+        are kept, so `tell()` by number keeps working for records still running.
+        """
+        optuna_study = optuna.create_study(
+            storage=InMemoryStorage(),
+            study_name=name,
+            directions=["minimize", "minimize"],
+            sampler=_sampler(spec),
+        )
+        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
+        for expected, record in enumerate(records):
+            if record.number != expected:
+                raise ValueError(f"records must be numbered 0.. in order: {record.number=}")
+            optuna_study.add_trial(study._frozen_from_record(record))
+        study._claim(_fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        return study
+
+    # --- the ask/tell API ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The study's name in its storage."""
+        return self._study.study_name
+
+    @property
+    def grid(self) -> SearchGrid:
+        """The search space."""
+        return self._grid
+
+    @property
+    def optuna_study(self) -> optuna.Study:
+        """The underlying Optuna study (for dashboards and plots; do not ask/tell on it)."""
+        return self._study
+
+    def phase(self) -> str:
+        """SEARCH while the budget lasts, FINALISTS while repeats remain, then DONE."""
+        if not self._search_over():
+            return Phase.SEARCH
+        if self._next_finalist() is not None or self._count().running:
+            return Phase.FINALISTS
+        return Phase.DONE
+
+    def ask(self) -> TrialPlan | None:
+        """The next measurement to run; None when nothing can run now.
+
+        None with `phase() == DONE` means the study is finished; otherwise trials still
+        running must be told first (their results decide what comes next).
+        """
+        if not self._search_over():
+            plan = self._ask_search()
+            if plan is not None:
+                return plan
+        if self._search_running():
+            return None
+        point_repeat = self._next_finalist()
+        if point_repeat is None:
+            return None
+        point, repeat = point_repeat
+        return self._ask_point(point, role=Role.FINALIST, repeat=repeat)
+
+    def tell(self, plan: TrialPlan | int, outcome: TrialOutcome) -> TrialRecord:
+        """Record what a runner measured for `plan` (or its trial number); return the record."""
+        number = plan if isinstance(plan, int) else plan.number
+        trial = self._live_trial(number)
+        _set_common_attrs(trial, outcome)
+        if outcome.result is None:
+            trial.set_user_attr("fail_reason", outcome.fail_reason)
+            self._study.tell(trial, state=OptunaState.FAIL)
+        else:
+            try:
+                figures = figures_from_result(
+                    outcome.result,
+                    metrics=self._metrics,
+                    num_gpus=int(trial.params["tensor_parallel_size"]),
+                )
+            except ValueError as err:
+                trial.set_user_attr("fail_reason", str(err))
+                self._study.tell(trial, state=OptunaState.FAIL)
+            else:
+                self._tell_figures(trial, figures)
+        return self._record(self._study.get_trials(deepcopy=False)[number])
+
+    def abandon_running(self, reason: str = "interrupted before it finished") -> list[int]:
+        """Fail every running trial (its process died); the next asks measure them again.
+
+        Only the study's single owner may call this (the CLI at start-up): an operator's
+        running trials are pods that may still report.
+        """
+        abandoned = []
+        for frozen in self._study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+            trial = self._live_trial(frozen.number)
+            trial.set_user_attr(_ATTR_INTERRUPTED, True)
+            trial.set_user_attr("fail_reason", reason)
+            self._study.tell(trial, state=OptunaState.FAIL)
+            abandoned.append(frozen.number)
+        return abandoned
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial, in number order (duplicates and interrupted ones included)."""
+        return [self._record(t) for t in self._study.get_trials(deepcopy=False)]
+
+    def measured(self) -> list[TrialRecord]:
+        """Trials that ran to an end: no duplicates, no interrupted or running ones."""
+        return [r for r in self.records() if r.measured]
+
+    # --- search phase -------------------------------------------------------------------
+
+    def _ask_search(self) -> TrialPlan | None:
+        """Baseline, then an interrupted point, then a power step, then the sampler."""
+        records = self.records()
+        if not any(r.role is Role.BASELINE and not r.interrupted for r in records):
+            return self._ask_point(self._grid.baseline, role=Role.BASELINE)
+        taken = _taken_points(records)
+        for record in records:
+            if record.interrupted and record.role is Role.SEARCH and record.point not in taken:
+                return self._ask_point(record.point, role=Role.SEARCH)
+        step = self._power_step(records)
+        if step is not None:
+            return self._ask_point(step, role=Role.SEARCH)
+        if self._spec.sampler == "grid":
+            unmeasured = self._unmeasured_points(taken)
+            return self._ask_point(unmeasured[0], role=Role.SEARCH) if unmeasured else None
+        return self._ask_sampler()
+
+    def _ask_sampler(self) -> TrialPlan | None:
+        for _ in range(_MAX_DUPLICATE_ASKS):
+            trial = self._study.ask(fixed_distributions=self._distributions)
+            trial.set_user_attr(_ATTR_ROLE, Role.SEARCH.value)
+            point = PointConfig.from_params(trial.params)
+            earlier = self._earlier_measurement(point, before=trial.number)
+            if earlier is None:
+                return TrialPlan(number=trial.number, role=Role.SEARCH, point=point)
+            self._answer_duplicate(trial, earlier)
+        unmeasured = self._unmeasured_points(_taken_points(self.records()))
+        if not unmeasured:
+            return None
+        return self._ask_point(self._rng.choice(unmeasured), role=Role.SEARCH)
+
+    def _ask_point(self, point: PointConfig, *, role: Role, repeat: int = 0) -> TrialPlan:
+        """Start a trial at a point the plan chose (not the sampler)."""
+        attrs: dict[str, Any] = {_ATTR_ROLE: role.value}
+        if repeat:
+            attrs[_ATTR_REPEAT] = repeat
+        # A RUNNING trial added directly: enqueue_trial would leave a WAITING trial behind
+        # if the process died between enqueue and ask.
+        self._study.add_trial(
+            create_trial(
+                state=OptunaState.RUNNING,
+                params=point.params(),
+                distributions=self._distributions,
+                user_attrs=attrs,
+            )
+        )
+        number = len(self._study.get_trials(deepcopy=False)) - 1
+        return TrialPlan(number=number, role=role, point=point, repeat=repeat)
+
+    def _answer_duplicate(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
+        """Answer a re-proposed point from its first measurement, so the sampler learns."""
+        trial.set_user_attr(_ATTR_DUPLICATE_OF, earlier.number)
+        trial.set_user_attr(_ATTR_ROLE, Role.SEARCH.value)
+        if earlier.state is OptunaState.COMPLETE:
+            for key, value in earlier.constraints.items():
+                trial.set_constraint(key, value)
+            for key in ("metrics", "measured_power_limit_w"):
+                if key in earlier.user_attrs:
+                    trial.set_user_attr(key, earlier.user_attrs[key])
+            self._study.tell(trial, earlier.values)
+        else:
+            trial.set_user_attr("fail_reason", earlier.user_attrs.get("fail_reason"))
+            self._study.tell(trial, state=OptunaState.FAIL)
+
+    def _earlier_measurement(self, point: PointConfig, *, before: int) -> FrozenTrial | None:
+        """The first non-finalist trial of `point` that is measured or running."""
+        params = point.params()
+        for frozen in self._study.get_trials(deepcopy=False):
+            if frozen.number >= before:
+                break
+            if frozen.params == params and _occupies_point(frozen):
+                return frozen
+        return None
+
+    def _unmeasured_points(self, taken: set[PointConfig]) -> list[PointConfig]:
+        return [p for p in self._grid.points() if p not in taken]
+
+    def _power_step(self, records: Sequence[TrialRecord]) -> PointConfig | None:
+        """The next cap under the server of the latest measured search trial, if any is worth
+        measuring: it needs no restart, so it is the cheapest informative measurement."""
+        if self._spec.sampler == "grid":
+            return None  # grid measures every cap anyway
+        finished = [r for r in records if r.measured and r.role is not Role.FINALIST]
+        if not finished or finished[-1].state is not TrialState.COMPLETE:
+            return None
+        latest = finished[-1]
+        same_server = [r for r in finished if r.point.server == latest.point.server]
+        cap = _next_power_step(latest, same_server, self._grid.power_limits_w)
+        if cap is None:
+            return None
+        return PointConfig(server=latest.point.server, power_limit_w=cap)
+
+    def _tell_figures(self, trial: optuna.Trial, figures: BenchFigures) -> None:
+        objective = self._spec.objective
+        for slo in self._spec.slos:
+            trial.set_constraint(
+                f"slo_{slo.metric.value}", figures.latency_ms[slo.metric.value] - slo.max_ms
+            )
+        trial.set_user_attr(
+            "metrics",
+            {
+                "energy_per_output_token_j": figures.energy_per_output_token_j,
+                "latency_ms": figures.latency_ms,
+                "avg_power_w": figures.avg_power_w,
+                "avg_power_per_gpu_w": figures.avg_power_per_gpu_w,
+                "output_token_throughput": figures.output_token_throughput,
+                "completed": figures.completed,
+                "failed": figures.failed,
+            },
+        )
+        self._study.tell(
+            trial, [figures.energy_per_output_token_j, figures.latency_ms[objective.value]]
+        )
+
+    # --- finalists ----------------------------------------------------------------------
+
+    def finalists(self) -> list[PointConfig]:
+        """The points re-measured before a recommendation: the baseline first, then up to
+        `_MAX_FINALISTS` lowest-energy feasible points (by their search measurements)."""
+        searched = [r for r in self.measured() if r.role is not Role.FINALIST]
+        feasible = [r for r in searched if r.feasible and r.state is TrialState.COMPLETE]
+        feasible.sort(key=lambda r: (r.energy_per_output_token_j or math.inf, r.number))
+        points = [self._grid.baseline]
+        for record in feasible:
+            if len(points) > _MAX_FINALISTS:
+                break
+            if record.point not in points:
+                points.append(record.point)
+        if len(points) == 1 or not any(r.role is Role.BASELINE for r in searched):
+            # No feasible point: repeats cannot change the verdict, so none are spent.
+            return []
+        return points
+
+    def _next_finalist(self) -> tuple[PointConfig, int] | None:
+        repeats = self._spec.budget.finalist_repeats
+        done: dict[PointConfig, int] = {}
+        for record in self.records():
+            if record.role is Role.FINALIST and not record.interrupted:
+                done[record.point] = done.get(record.point, 0) + 1
+        # Server by server, caps from high to low: the order with the fewest restarts.
+        for point in sorted(self.finalists(), key=_server_order):
+            if done.get(point, 0) < repeats:
+                return point, done.get(point, 0) + 1
+        return None
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def _search_over(self) -> bool:
+        counts = self._count()
+        budget = self._spec.budget
+        if counts.failed >= budget.max_failed_trials:
+            return True
+        if counts.measured >= budget.max_trials:
+            return True
+        # Every point measured: the space is exhausted.
+        return not self._unmeasured_points(_taken_points(self.records()))
+
+    def _search_running(self) -> bool:
+        return any(
+            r.state is TrialState.RUNNING and r.role is not Role.FINALIST for r in self.records()
+        )
+
+    def _count(self) -> _Counts:
+        measured = failed = running = 0
+        for record in self.records():
+            if not _in_budget(record):
+                running += record.state is TrialState.RUNNING
+                continue
+            measured += 1
+            failed += record.state is TrialState.FAILED
+            running += record.state is TrialState.RUNNING
+        return _Counts(measured=measured, failed=failed, running=running)
+
+    def _live_trial(self, number: int) -> optuna.Trial:
+        frozen = self._study.get_trials(deepcopy=False)[number]
+        if frozen.state is not OptunaState.RUNNING:
+            raise ValueError(f"trial {number} is {frozen.state.name.lower()}, not running")
+        # NOTE: Optuna's Trial is built from the storage id; FrozenTrial keeps it privately.
+        return optuna.Trial(self._study, frozen._trial_id)
+
+    def _claim(self, fingerprint: str) -> None:
+        stored = self._study.user_attrs.get(_ATTR_SPEC)
+        if stored is None:
+            self._study.set_user_attr(_ATTR_SPEC, fingerprint)
+        elif stored != fingerprint:
+            raise StudyMismatchError(
+                f"study {self.name!r} in this storage was run with a different search spec "
+                "(model, engine, GPUs, space, workload or SLOs); use another --out or --storage"
+            )
+
+    def _record(self, frozen: FrozenTrial) -> TrialRecord:
+        attrs = frozen.user_attrs
+        metrics = attrs.get("metrics") or {}
+        point = PointConfig.from_params(frozen.params)
+        state = {
+            OptunaState.COMPLETE: TrialState.COMPLETE,
+            OptunaState.FAIL: TrialState.FAILED,
+        }.get(frozen.state, TrialState.RUNNING)
+        constraints = frozen.constraints if state is TrialState.COMPLETE else {}
+        return TrialRecord(
+            number=frozen.number,
+            role=Role(attrs.get(_ATTR_ROLE, Role.SEARCH)),
+            state=state,
+            repeat=int(attrs.get(_ATTR_REPEAT, 0)),
+            tensor_parallel_size=point.server.tensor_parallel_size,
+            max_num_seqs=point.server.max_num_seqs,
+            max_num_batched_tokens=point.server.max_num_batched_tokens,
+            power_limit_w=point.power_limit_w,
+            measured_power_limit_w=attrs.get("measured_power_limit_w"),
+            energy_per_output_token_j=metrics.get("energy_per_output_token_j"),
+            latency_ms=metrics.get("latency_ms") or {},
+            slo_excess_ms={k.removeprefix("slo_"): v for k, v in constraints.items()},
+            feasible=(all(v <= 0 for v in constraints.values()))
+            if state is TrialState.COMPLETE
+            else None,
+            avg_power_w=metrics.get("avg_power_w"),
+            avg_power_per_gpu_w=metrics.get("avg_power_per_gpu_w"),
+            output_token_throughput=metrics.get("output_token_throughput"),
+            completed=metrics.get("completed"),
+            failed_requests=metrics.get("failed"),
+            duration_s=float(attrs.get("duration_s", 0.0)),
+            server_start_s=attrs.get("server_start_s"),
+            fail_reason=attrs.get("fail_reason"),
+            result_path=attrs.get("result_path"),
+            duplicate_of=attrs.get(_ATTR_DUPLICATE_OF),
+            interrupted=bool(attrs.get(_ATTR_INTERRUPTED, False)),
+        )
+
+    def _frozen_from_record(self, record: TrialRecord) -> FrozenTrial:
+        attrs: dict[str, Any] = {
+            _ATTR_ROLE: record.role.value,
+            "duration_s": record.duration_s,
+            "server_start_s": record.server_start_s,
+            "fail_reason": record.fail_reason,
+            "result_path": record.result_path,
+            "measured_power_limit_w": record.measured_power_limit_w,
+        }
+        if record.repeat:
+            attrs[_ATTR_REPEAT] = record.repeat
+        if record.duplicate_of is not None:
+            attrs[_ATTR_DUPLICATE_OF] = record.duplicate_of
+        if record.interrupted:
+            attrs[_ATTR_INTERRUPTED] = True
+        values = None
+        if record.state is TrialState.COMPLETE:
+            assert record.energy_per_output_token_j is not None, f"{record.number=} lacks energy"
+            attrs["metrics"] = {
+                "energy_per_output_token_j": record.energy_per_output_token_j,
+                "latency_ms": record.latency_ms,
+                "avg_power_w": record.avg_power_w,
+                "avg_power_per_gpu_w": record.avg_power_per_gpu_w,
+                "output_token_throughput": record.output_token_throughput,
+                "completed": record.completed,
+                "failed": record.failed_requests,
+            }
+            values = [
+                record.energy_per_output_token_j,
+                record.latency_ms[self._spec.objective.value],
+            ]
+        return create_trial(
+            state={
+                TrialState.COMPLETE: OptunaState.COMPLETE,
+                TrialState.FAILED: OptunaState.FAIL,
+                TrialState.RUNNING: OptunaState.RUNNING,
+            }[record.state],
+            values=values,
+            params=record.point.params(),
+            distributions=self._distributions,
+            user_attrs=attrs,
+            constraints={f"slo_{k}": v for k, v in record.slo_excess_ms.items()} or None,
+        )
+
+
+def _sampler(spec: BenchmarkSpec) -> BaseSampler:
+    """The spec's sampler, seeded. `grid` is served by the plan (every point, server by
+    server), so Optuna's own sampler is never consulted for it."""
+    if spec.sampler == "tpe":
+        return TPESampler(seed=spec.seed, multivariate=True, n_startup_trials=_TPE_STARTUP_TRIALS)
+    if spec.sampler == "nsga2":
+        return NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_trials // 4))
+    return RandomSampler(seed=spec.seed)
+
+
+def _next_power_step(
+    record: TrialRecord, same_server: Sequence[TrialRecord], caps: Sequence[float | None]
+) -> float | None:
+    """The cap to measure next under `record`'s server, or None when the power axis is done.
+
+    `caps` runs from None (as found, the highest) downwards.
+    """
+    taken = {r.power_limit_w for r in same_server if not r.interrupted}
+    index = caps.index(record.power_limit_w)
+    power_w = record.avg_power_per_gpu_w
+    if record.feasible:
+        higher = [
+            r
+            for r in same_server
+            if r.state is TrialState.COMPLETE
+            and caps.index(r.power_limit_w) < index
+            and r.duplicate_of is None
+        ]
+        if higher:
+            nearest = max(higher, key=lambda r: caps.index(r.power_limit_w))
+            if (nearest.energy_per_output_token_j or 0) <= (record.energy_per_output_token_j or 0):
+                return None  # lowering the cap stopped paying
+        for cap in caps[index + 1 :]:
+            assert cap is not None, "only the first choice may be None"
+            if cap in taken:
+                return None
+            if power_w is None or cap < power_w * _BINDS_RATIO:
+                return cap
+        return None
+    cap_now = record.power_limit_w
+    if cap_now is None or power_w is None or power_w < cap_now * _BINDS_RATIO:
+        return None  # the cap did not bind, so raising it cannot make this point faster
+    for cap in reversed(caps[:index]):
+        return None if cap in taken else cap
+    return None
+
+
+def _server_order(point: PointConfig) -> tuple[Any, ...]:
+    cap = point.power_limit_w
+    return (point.server, -math.inf if cap is None else -cap)
+
+
+def _set_common_attrs(trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    trial.set_user_attr("duration_s", outcome.duration_s)
+    trial.set_user_attr("server_start_s", outcome.server_start_s)
+    if outcome.power_limit_w is not None:
+        trial.set_user_attr("measured_power_limit_w", outcome.power_limit_w)
+    if outcome.result_path is not None:
+        trial.set_user_attr("result_path", outcome.result_path)
+
+
+def _in_budget(record: TrialRecord) -> bool:
+    """Baseline and search trials count against `maxTrials`; repeats, duplicates and
+    interrupted trials do not."""
+    return (
+        record.role is not Role.FINALIST and not record.interrupted and record.duplicate_of is None
+    )
+
+
+def _taken_points(records: Iterable[TrialRecord]) -> set[PointConfig]:
+    """Points the search measured or is measuring (finalist repeats aside)."""
+    return {r.point for r in records if _in_budget(r)}
+
+
+def _occupies_point(frozen: FrozenTrial) -> bool:
+    """A trial that measured or is measuring its point in the search."""
+    attrs = frozen.user_attrs
+    return (
+        attrs.get(_ATTR_ROLE) != Role.FINALIST
+        and _ATTR_DUPLICATE_OF not in attrs
+        and not attrs.get(_ATTR_INTERRUPTED)
+    )
+
+
+def _fingerprint(spec: BenchmarkSpec, *, read_only: bool) -> str:
+    """What a resumed study must share with the stored one: everything that shapes results."""
+    keep = spec.model_dump(
+        mode="json",
+        include={"model", "engine", "gpu", "search_space", "workload", "objective", "slos"},
+    )
+    keep["read_only"] = read_only
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
