@@ -122,7 +122,7 @@ def _ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> bool:
     if proc.poll() is not None:
         raise RuntimeError(f"prometheus exited {proc.returncode}:\n{log_path.read_text()}")
     with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-        return resp.status == 200
+        return bool(resp.status == 200)
 
 
 def _targets_up(prom: str) -> bool:
