@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.tools import ALL_ON, CHART, GRAFANA, RULES, helm_template, run, tool
+from tests.deploy.tools import ALL_ON, CHART, CRD, GRAFANA, RULES, helm_template, run, tool
 
 # Kinds of the Prometheus Operator (monitoring.coreos.com); kubernetes-validate ships only the
 # built-in Kubernetes schemas, so these are checked field by field in the tests below instead.
@@ -160,3 +160,14 @@ def test_podmonitor_scrapes_trial_pods_with_benchmark_and_trial_labels() -> None
     service = _one(helm_template(sets=ALL_ON), "Service")
     service_monitor = _one(helm_template(sets=ALL_ON), "ServiceMonitor")
     assert service_monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_the_chart_crd_is_the_generated_crd_itself() -> None:
+    """One source: the chart's crds/ file is a symlink to crds/ at the repository root."""
+    if not CRD.exists():
+        pytest.skip("crds/energybenchmarks.jouletune.io.yaml is not generated yet")
+    chart_crd = CHART / "crds" / CRD.name
+    assert chart_crd.is_symlink(), f"{chart_crd} must be a symlink to {CRD}"
+    assert chart_crd.resolve() == CRD.resolve()
+    rendered = _by_kind(helm_template(include_crds=True), "CustomResourceDefinition")
+    assert rendered == [yaml.safe_load(CRD.read_text())]
