@@ -1,0 +1,153 @@
+"""Datasets, arrival times and the config model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jouletune.loadgen import BenchConfig, DatasetError, load_requests
+from jouletune.loadgen._arrivals import arrival_offsets_s
+
+
+def test_random_prompts_are_exactly_n_synthetic_tokens_and_seeded() -> None:
+    reqs = load_requests(
+        dataset="random", num_prompts=5, seed=7, random_input_len=300, random_output_len=20
+    )
+    assert len(reqs) == 5
+    for r in reqs:
+        words = r.prompt.split(" ")
+        assert len(words) == r.prompt_len == 300 and r.output_len == 20
+        ids = [int(w.removeprefix("t")) for w in words]
+        assert all(w.startswith("t") for w in words) and min(ids) >= 3 and max(ids) <= 128255
+    again = load_requests(
+        dataset="random", num_prompts=5, seed=7, random_input_len=300, random_output_len=20
+    )
+    other = load_requests(
+        dataset="random", num_prompts=5, seed=8, random_input_len=300, random_output_len=20
+    )
+    assert reqs == again and reqs != other
+
+
+def test_random_range_ratio_varies_lengths_within_bounds() -> None:
+    reqs = load_requests(
+        dataset="random",
+        num_prompts=200,
+        seed=0,
+        random_input_len=100,
+        random_output_len=50,
+        random_range_ratio=0.5,
+    )
+    assert {50 <= r.prompt_len <= 150 and 25 <= r.output_len <= 75 for r in reqs} == {True}
+    assert len({r.prompt_len for r in reqs}) > 10
+
+
+def test_custom_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_text(
+        '{"prompt": "hello there", "output_len": 7}\n\n{"prompt": "bye", "output_len": 3}\n'
+    )
+    reqs = load_requests(dataset="custom", num_prompts=5, seed=0, dataset_path=path)
+    assert len(reqs) == 5  # two entries, repeated
+    assert {(r.prompt, r.output_len) for r in reqs} == {("hello there", 7), ("bye", 3)}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty dataset file"),
+        ("   \n\n", "empty dataset file"),
+        ('{"prompt": "x", "output_len": 3}\n{not json}\n', r"w.jsonl:2: not valid JSON"),
+        (
+            '{"prompt": "x", "output_len": 0}\n',
+            r"w.jsonl:1: 'output_len' must be a positive integer",
+        ),
+        ('{"prompt": "", "output_len": 3}\n', r"'prompt' must be a non-empty string"),
+        ("[1, 2]\n", "expected an object"),
+    ],
+)
+def test_custom_jsonl_errors_name_file_and_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        load_requests(dataset="custom", num_prompts=1, seed=0, dataset_path=path)
+
+
+def test_missing_dataset_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_requests(dataset="custom", num_prompts=1, seed=0, dataset_path=tmp_path / "nope.jsonl")
+
+
+def test_sharegpt_takes_first_two_turns_and_filters(tmp_path: Path) -> None:
+    data = [
+        {
+            "conversations": [
+                {"from": "human", "value": "What is 2+2?"},
+                {"from": "gpt", "value": "x" * 40},
+            ]
+        },
+        {"conversations": [{"from": "human", "value": "one turn only"}]},
+        {
+            "conversations": [
+                {"from": "human", "value": "short answer"},
+                {"from": "gpt", "value": "ok"},
+            ]
+        },
+        {"id": "no conversations"},
+    ]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(data))
+    reqs = load_requests(dataset="sharegpt", num_prompts=3, seed=0, dataset_path=path)
+    # Only the first conversation is usable (40 bytes ~ 10 tokens; "ok" is under 4 tokens).
+    assert {(r.prompt, r.output_len) for r in reqs} == {("What is 2+2?", 10)}
+    fixed = load_requests(
+        dataset="sharegpt", num_prompts=1, seed=0, dataset_path=path, sharegpt_output_len=64
+    )
+    assert fixed[0].output_len == 64
+    path.write_text('{"not": "a list"}')
+    with pytest.raises(DatasetError, match="JSON list"):
+        load_requests(dataset="sharegpt", num_prompts=1, seed=0, dataset_path=path)
+
+
+def test_arrivals_closed_loop_all_at_zero() -> None:
+    assert arrival_offsets_s(3, request_rate=math.inf, burstiness=1.0, seed=0) == [0.0, 0.0, 0.0]
+
+
+def test_arrivals_hit_the_offered_rate_and_burstiness_sets_the_spread() -> None:
+    n, rate = 20_000, 50.0
+    for burstiness in (0.25, 1.0, 4.0):
+        offsets = np.array(arrival_offsets_s(n, request_rate=rate, burstiness=burstiness, seed=1))
+        assert offsets[-1] == pytest.approx(n / rate)  # rescaled as vLLM does
+        assert np.all(np.diff(offsets) >= 0)
+        gaps = np.diff(offsets)
+        # Gamma with shape k has a coefficient of variation of 1/sqrt(k).
+        assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(burstiness), rel=0.05)
+    a = arrival_offsets_s(10, request_rate=rate, burstiness=1.0, seed=3)
+    assert a == arrival_offsets_s(10, request_rate=rate, burstiness=1.0, seed=3)
+    assert a != arrival_offsets_s(10, request_rate=rate, burstiness=1.0, seed=4)
+
+
+def test_config_dump_is_json_and_round_trips() -> None:
+    cfg = BenchConfig(base_url="http://127.0.0.1:8000/", exporter_urls=["http://127.0.0.1:9400"])
+    dumped = cfg.model_dump()
+    assert dumped["request_rate"] == "inf" and dumped["base_url"] == "http://127.0.0.1:8000"
+    text = json.dumps(dumped, allow_nan=False)
+    assert BenchConfig.model_validate(json.loads(text)) == cfg
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"base_url": "127.0.0.1:8000"},
+        {"base_url": "http://x", "dataset_name": "custom"},
+        {"base_url": "http://x", "num_prompts": 0},
+        {"base_url": "http://x", "endpoint": "v1/completions"},
+        {"base_url": "http://x", "exporter_urls": ["ftp://y"]},
+    ],
+)
+def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        BenchConfig.model_validate(bad)
