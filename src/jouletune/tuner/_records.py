@@ -110,6 +110,7 @@ class BenchFigures:
         avg_power_w: mean power of all the trial's GPUs together over the window, watts.
         avg_power_per_gpu_w: the highest per-GPU mean power over the window, watts.
         output_token_throughput: output tokens per second.
+        power_cap_bound_fraction: fraction of the window the GPUs sat at their power limit.
         completed: requests that finished.
         failed: requests that failed.
     """
@@ -119,6 +120,7 @@ class BenchFigures:
     avg_power_w: float | None
     avg_power_per_gpu_w: float | None
     output_token_throughput: float | None
+    power_cap_bound_fraction: float | None
     completed: int
     failed: int
 
@@ -132,6 +134,12 @@ def figures_from_result(
         ValueError: the result lacks a figure the search needs (the trial is then failed
             with this message as its reason).
     """
+    if result.get("partial"):
+        raise ValueError("the server was lost during the measurement")
+    if result.get("valid") is False:
+        raise ValueError(
+            f"invalid measurement: {result.get('invalid_reason') or 'no reason given'}"
+        )
     energy = _finite(result.get("energy_per_output_token_j"))
     if energy is None or energy <= 0:
         raise ValueError("the bench measured no energy per output token")
@@ -149,6 +157,7 @@ def figures_from_result(
         avg_power_w=avg_power_w,
         avg_power_per_gpu_w=_per_gpu_power_w(result, avg_power_w, num_gpus),
         output_token_throughput=_finite(result.get("output_token_throughput")),
+        power_cap_bound_fraction=_finite(result.get("power_cap_bound_fraction")),
         completed=int(result.get("completed") or 0),
         failed=int(result.get("failed") or 0),
     )
@@ -175,6 +184,7 @@ class TrialRecord(BaseModel):
     avg_power_w: float | None = None
     avg_power_per_gpu_w: float | None = None
     output_token_throughput: float | None = None
+    power_cap_bound_fraction: float | None = None
     completed: int | None = None
     failed_requests: int | None = None
     duration_s: float = 0.0

@@ -352,6 +352,7 @@ class Study:
                 "avg_power_w": figures.avg_power_w,
                 "avg_power_per_gpu_w": figures.avg_power_per_gpu_w,
                 "output_token_throughput": figures.output_token_throughput,
+                "power_cap_bound_fraction": figures.power_cap_bound_fraction,
                 "completed": figures.completed,
                 "failed": figures.failed,
             },
@@ -464,6 +465,7 @@ class Study:
             avg_power_w=metrics.get("avg_power_w"),
             avg_power_per_gpu_w=metrics.get("avg_power_per_gpu_w"),
             output_token_throughput=metrics.get("output_token_throughput"),
+            power_cap_bound_fraction=metrics.get("power_cap_bound_fraction"),
             completed=metrics.get("completed"),
             failed_requests=metrics.get("failed"),
             duration_s=float(attrs.get("duration_s", 0.0)),
@@ -498,6 +500,7 @@ class Study:
                 "avg_power_w": record.avg_power_w,
                 "avg_power_per_gpu_w": record.avg_power_per_gpu_w,
                 "output_token_throughput": record.output_token_throughput,
+                "power_cap_bound_fraction": record.power_cap_bound_fraction,
                 "completed": record.completed,
                 "failed": record.failed_requests,
             }

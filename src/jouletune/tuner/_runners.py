@@ -1,0 +1,380 @@
+"""Runners: what serves a study's trials. One interface, so the operator can add a pod runner.
+
+A runner starts a server for a `ServerConfig` (`runner.server(config, ...)`, an async context
+manager that stops it on exit) and measures plans on it (`server.measure(plan, ...)`); the
+loop keeps one server while consecutive plans share its configuration.
+
+* `SimRunner`: `jouletune sim-server` plus `jouletune exporter --sim` on this machine; power
+  limits through the sim's GPUs.
+* `LocalRunner`: a real `vllm serve` on this host's GPUs plus `jouletune exporter` (NVML);
+  power limits only when not read-only. `JOULETUNE_VLLM_CMD` replaces `vllm serve` (CI puts
+  `jouletune sim-server` there: same flags) and `JOULETUNE_EXPORTER_CMD` the exporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from jouletune.gpu import Gpu, GpuError, open_nvml_gpus, open_sim_gpus, power_limit, sample_all
+from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
+from jouletune.tuner._records import TrialOutcome, TrialPlan
+from jouletune.tuner._space import ServerConfig
+from jouletune.tuner.spec import BenchmarkSpec
+
+__all__ = [
+    "LocalRunner",
+    "Runner",
+    "RunnerError",
+    "SimRunner",
+    "TrialServer",
+    "vllm_command",
+]
+
+_HOST = "127.0.0.1"
+# A stopped server's port must come free before the next starts; vLLM releases it at exit.
+_PORT_FREE_TIMEOUT_S = 30.0
+# A restarted vLLM must find the GPU memory its predecessor held released.
+_GPU_MEMORY_FREE_TIMEOUT_S = 60.0
+_GPU_MEMORY_FREE_BYTES = 1 << 30
+# The exporter answers /healthz in well under a second once it runs.
+_EXPORTER_START_TIMEOUT_S = 30.0
+
+
+class RunnerError(RuntimeError):
+    """The runner cannot run this study at all (checked before any trial); one line."""
+
+
+class TrialServer(Protocol):
+    """A running server that measures plans sharing its configuration."""
+
+    def alive(self) -> bool:
+        """False once the server died; the loop then starts a new one for the next plan."""
+        ...
+
+    async def measure(self, plan: TrialPlan, *, trial_dir: Path) -> TrialOutcome:
+        """Measure `plan` (its power limit applied and restored); never raises for a failed
+        measurement: the outcome carries the reason."""
+        ...
+
+
+class Runner(Protocol):
+    """Starts servers for server configurations."""
+
+    name: str
+
+    async def preflight(self, caps_w: Sequence[float]) -> None:
+        """Refuse, before any trial, a study this runner cannot serve (raise RunnerError)."""
+        ...
+
+    def server(
+        self, config: ServerConfig, *, log_dir: Path
+    ) -> AbstractAsyncContextManager[TrialServer]:
+        """Start a server for `config` (raise StartError when it cannot); stop it on exit."""
+        ...
+
+
+@dataclass(kw_only=True)
+class _Running:
+    """One server, its exporter, and the GPUs its trials cap."""
+
+    spec: BenchmarkSpec
+    server: ServerProcess
+    exporter: ServerProcess
+    gpus: list[Gpu]
+    read_only: bool
+    log_dir: Path
+    _measured: int = field(default=0)
+
+    def alive(self) -> bool:
+        return self.server.alive() and self.exporter.alive()
+
+    async def measure(self, plan: TrialPlan, *, trial_dir: Path) -> TrialOutcome:
+        from jouletune.loadgen import BenchConfig, BenchError, run_bench
+
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        _link(trial_dir / "server.log", self.server.log_path)
+        start = time.monotonic()
+        cap = None if self.read_only else plan.power_limit_w
+        workload = self.spec.workload
+        config = BenchConfig(
+            base_url=self.server.url,
+            model=self.spec.model,
+            dataset_name=workload.dataset,
+            dataset_path=workload.dataset_path,
+            random_input_len=workload.input_len,
+            random_output_len=workload.output_len,
+            num_prompts=workload.num_prompts,
+            request_rate=workload.request_rate,
+            burstiness=workload.burstiness,
+            max_concurrency=workload.max_concurrency,
+            seed=workload.seed,
+            duration_s=workload.duration_s,
+            exporter_urls=[self.exporter.url],
+            request_timeout_s=min(600.0, self.spec.budget.trial_timeout_s),
+        )
+        limit_w: float | None = None
+        try:
+            with power_limit(self.gpus, cap):
+                limit_w = _limit_now(self.gpus)
+                result = await asyncio.wait_for(run_bench(config), self.spec.budget.trial_timeout_s)
+        except TimeoutError:
+            reason = f"timed out after {self.spec.budget.trial_timeout_s:g} s (server hung?)"
+            return self._failed(reason, start, limit_w)
+        except (BenchError, GpuError, ValueError) as err:
+            if not self.server.alive():
+                return self._failed(self.server.exit_reason(), start, limit_w)
+            return self._failed(str(err).splitlines()[0], start, limit_w)
+        data = result.model_dump(mode="json")
+        (trial_dir / "result.json").write_text(json.dumps(data, indent=2))
+        if not self.server.alive():
+            return self._failed(self.server.exit_reason(), start, limit_w)
+        return TrialOutcome(
+            result=data,
+            duration_s=time.monotonic() - start,
+            power_limit_w=limit_w,
+            result_path=str(trial_dir),
+        )
+
+    def _failed(self, reason: str, start: float, limit_w: float | None) -> TrialOutcome:
+        return TrialOutcome(
+            fail_reason=reason, duration_s=time.monotonic() - start, power_limit_w=limit_w
+        )
+
+
+class _ProcessRunner:
+    """Shared by the sim and local runners: a server process and an exporter beside it."""
+
+    name = "process"
+
+    def __init__(self, *, spec: BenchmarkSpec, read_only: bool, server_port: int | None) -> None:
+        self._spec = spec
+        self._read_only = read_only or spec.gpu.read_only
+        self._server_port = server_port
+
+    async def preflight(self, caps_w: Sequence[float]) -> None:
+        """Nothing to check by default."""
+
+    @asynccontextmanager
+    async def server(self, config: ServerConfig, *, log_dir: Path) -> AsyncIterator[_Running]:
+        port = self._server_port or _free_port()
+        if port_busy(_HOST, port):
+            raise StartError(f"port {port} is busy: another server listens there")
+        url = f"http://{_HOST}:{port}"
+        server = ServerProcess.start(
+            name="server",
+            argv=self._server_argv(config, port),
+            log_path=log_dir / "server.log",
+            url=url,
+        )
+        exporter: ServerProcess | None = None
+        try:
+            await server.wait_healthy("/health", timeout_s=self._spec.engine.startup_timeout_s)
+            exporter_port = _free_port()
+            exporter = ServerProcess.start(
+                name="exporter",
+                argv=self._exporter_argv(config, url, exporter_port),
+                log_path=log_dir / "exporter.log",
+                url=f"http://{_HOST}:{exporter_port}",
+            )
+            await exporter.wait_healthy("/healthz", timeout_s=_EXPORTER_START_TIMEOUT_S)
+            gpus = self._gpus(config, url)
+            yield _Running(
+                spec=self._spec,
+                server=server,
+                exporter=exporter,
+                gpus=gpus,
+                read_only=self._read_only,
+                log_dir=log_dir,
+            )
+        finally:
+            if exporter is not None:
+                await exporter.stop()
+            await server.stop()
+            if not await wait_port_free(_HOST, port, timeout_s=_PORT_FREE_TIMEOUT_S):
+                raise StartError(f"port {port} still busy after the server stopped")
+            await self._released(config)
+
+    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+        raise NotImplementedError
+
+    async def _released(self, config: ServerConfig) -> None:
+        """Wait until the stopped server's resources are free (GPU memory, for real GPUs)."""
+
+    def _engine_args(self, config: ServerConfig, port: int) -> list[str]:
+        return [
+            self._spec.model,
+            "--host",
+            _HOST,
+            "--port",
+            str(port),
+            *config.engine_args(),
+            "--max-model-len",
+            str(self._spec.engine.max_model_len),
+            *self._spec.engine.args,
+        ]
+
+
+class SimRunner(_ProcessRunner):
+    """Trials on `jouletune sim-server` processes; caps through the sim's GPUs."""
+
+    name = "sim"
+
+    def __init__(self, *, spec: BenchmarkSpec, read_only: bool = False) -> None:
+        super().__init__(spec=spec, read_only=read_only, server_port=None)
+
+    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+        return [
+            *_jouletune(),
+            "sim-server",
+            *self._engine_args(config, port),
+            "--gpu-type",
+            self._spec.gpu.type,
+            "--num-gpus",
+            str(self._spec.gpu.count),
+        ]
+
+    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+        return [
+            *_jouletune(),
+            "exporter",
+            "--host",
+            _HOST,
+            "--port",
+            str(port),
+            "--sim",
+            server_url,
+        ]
+
+    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+        if self._read_only:
+            return []
+        return list(open_sim_gpus(server_url, indices=range(config.tensor_parallel_size)))
+
+
+class LocalRunner(_ProcessRunner):
+    """Trials on a real `vllm serve` on this host's GPUs (or whatever JOULETUNE_VLLM_CMD
+    names), energy from `jouletune exporter` (NVML, or JOULETUNE_EXPORTER_CMD)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        spec: BenchmarkSpec,
+        read_only: bool = False,
+        port: int | None = 8000,
+        server_command: Sequence[str] | None = None,
+        exporter_command: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(spec=spec, read_only=read_only, server_port=port)
+        self._server_command = list(server_command or vllm_command())
+        env_exporter = os.environ.get("JOULETUNE_EXPORTER_CMD")
+        self._exporter_command = list(
+            exporter_command or (shlex.split(env_exporter) if env_exporter else [])
+        )
+        self._nvml: list[Gpu] | None = None
+
+    async def preflight(self, caps_w: Sequence[float]) -> None:
+        """With caps to apply: NVML must answer and every cap lie within each GPU's range."""
+        if self._read_only or not caps_w:
+            return
+        gpus = self._nvml_gpus()
+        for gpu in gpus[: self._spec.gpu.count]:
+            rng = gpu.power_limit_range()
+            bad = [c for c in caps_w if not rng.min_w <= c <= rng.max_w]
+            if bad:
+                raise RunnerError(
+                    f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
+                    f"range {rng.min_w:g}-{rng.max_w:g} W"
+                )
+
+    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+        return [*self._server_command, *self._engine_args(config, port)]
+
+    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+        if self._exporter_command:
+            command = [part.replace("{server_url}", server_url) for part in self._exporter_command]
+            return [*command, "--host", _HOST, "--port", str(port)]
+        gpus = ",".join(str(i) for i in range(config.tensor_parallel_size))
+        return [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port), "--gpus", gpus]
+
+    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+        if self._read_only:
+            return []
+        return self._nvml_gpus()[: config.tensor_parallel_size]
+
+    def _nvml_gpus(self) -> list[Gpu]:
+        if self._nvml is None:
+            try:
+                self._nvml = list(open_nvml_gpus())
+            except GpuError as err:
+                raise RunnerError(f"cannot apply power limits: {err}") from None
+        return self._nvml
+
+    async def _released(self, config: ServerConfig) -> None:
+        """Wait (bounded) until the GPUs' memory is back near empty, where NVML answers."""
+        try:
+            gpus = self._nvml_gpus()[: config.tensor_parallel_size]
+        except RunnerError:
+            return  # no NVML here (CI's stand-in server): only the port is watched
+        deadline = time.monotonic() + _GPU_MEMORY_FREE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(s.memory_used_bytes < _GPU_MEMORY_FREE_BYTES for s in sample_all(gpus)):
+                return
+            await asyncio.sleep(0.5)
+
+
+def vllm_command() -> list[str]:
+    """The command that starts a vLLM server, up to and including `serve`.
+
+    `JOULETUNE_VLLM_CMD` (split like a shell would) wins; then `vllm` on PATH; else vLLM's
+    module entry point (a vLLM installed without its console script).
+    """
+    override = os.environ.get("JOULETUNE_VLLM_CMD")
+    if override:
+        return shlex.split(override)
+    if shutil.which("vllm"):
+        return ["vllm", "serve"]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+
+
+def _jouletune() -> list[str]:
+    return [sys.executable, "-m", "jouletune"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _limit_now(gpus: Sequence[Gpu]) -> float | None:
+    if not gpus:
+        return None
+    return sample_all(gpus)[0].power_limit_w
+
+
+def _link(link: Path, target: Path) -> None:
+    # A report without the link still finds the log in the server's session folder.
+    if not link.exists():
+        with contextlib.suppress(OSError):
+            link.symlink_to(os.path.relpath(target, link.parent))

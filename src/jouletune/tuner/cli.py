@@ -1,0 +1,214 @@
+"""`jouletune tune` and `jouletune report`.
+
+    jouletune tune CONFIG.yaml [--backend sim|local] [--storage URL] [--out DIR] [--read-only]
+    jouletune report DIR [--storage URL]
+
+Exit codes of `tune`: 0 a recommendation; 2 bad input (spec, flags, storage, a runner that
+cannot serve the spec), nothing measured; 3 no measured configuration meets the SLO (the
+report lists the closest); 4 every trial failed, or the study stopped at maxFailedTrials with
+nothing feasible; 130 interrupted (Ctrl-C or SIGTERM): power limits restored, servers stopped,
+and rerunning the same command resumes. `report` exits 0, or 2 when DIR holds no study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import optuna
+from rich.console import Console
+
+from jouletune.tuner._loop import run_study
+from jouletune.tuner._progress import Progress
+from jouletune.tuner._recommend import Recommendation, recommend
+from jouletune.tuner._report import write_report
+from jouletune.tuner._runners import LocalRunner, Runner, RunnerError, SimRunner
+from jouletune.tuner._storage import STUDY_DB, StorageError, default_storage_url, open_storage
+from jouletune.tuner._study import Phase, Study, StudyMismatchError
+from jouletune.tuner.spec import Backend, BenchmarkSpec, SpecError, load_spec, parse_spec
+
+__all__ = ["EXIT_FAILED", "EXIT_INFEASIBLE", "EXIT_INTERRUPTED", "report_main", "tune_main"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INFEASIBLE = 3
+EXIT_FAILED = 4
+EXIT_INTERRUPTED = 130
+_RUN_FILE = "run.json"  # the spec and name a report is rebuilt from
+_VERDICT_EXIT = {"recommended": EXIT_OK, "infeasible": EXIT_INFEASIBLE, "failed": EXIT_FAILED}
+
+
+class _UsageError(Exception):
+    """Bad input: one line to stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+@dataclass(frozen=True)
+class _Setup:
+    name: str
+    spec: BenchmarkSpec
+    out_dir: Path
+    study: Study
+    read_only: bool
+
+
+def tune_main(argv: list[str]) -> int:
+    """Run (or resume) a study; see the module docstring for flags and exit codes."""
+    args = _tune_parser().parse_args(argv)
+    err = Console(stderr=True)
+    # Optuna's INFO lines repeat what the progress display shows.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        setup = _setup(args)
+        runner = _runner(args, setup)
+        caps = [c for c in setup.study.grid.power_limits_w if c is not None]
+        asyncio.run(runner.preflight(caps))
+    except (_UsageError, SpecError, StorageError, StudyMismatchError, RunnerError) as exc:
+        print(f"jouletune tune: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    abandoned = setup.study.abandon_running()
+    done = len([r for r in setup.study.measured() if r.role.value != "finalist"])
+    if done or abandoned:
+        err.print(f"resuming: {done} trials measured, {len(abandoned)} interrupted will rerun")
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with Progress(spec=setup.spec, console=err, done=done) as progress:
+            asyncio.run(run_study(setup.study, runner, out_dir=setup.out_dir, observer=progress))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rec = _finish(setup)
+    if interrupted:
+        err.print(
+            "interrupted: servers stopped, power limits restored; rerun the same command to resume"
+        )
+        return EXIT_INTERRUPTED
+    print(rec.message)
+    print(f"report: {setup.out_dir / 'report.html'}")
+    return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
+
+
+def report_main(argv: list[str]) -> int:
+    """Rebuild the report files of an out folder from its study."""
+    parser = _Parser(prog="jouletune report", description="Rebuild a tuning run's report.")
+    parser.add_argument("dir", type=Path, help="the out folder of `jouletune tune`")
+    parser.add_argument("--storage", help="Optuna storage URL (default: DIR/study.db)")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out_dir: Path = args.dir
+    try:
+        run = _read_run(out_dir)
+        spec = parse_spec(run["spec"])
+        if args.storage is None and not (out_dir / STUDY_DB).is_file():
+            raise _UsageError(f"{out_dir}: no {STUDY_DB}; pass --storage URL")
+        storage = open_storage(args.storage or default_storage_url(out_dir))
+        names = optuna.get_all_study_names(storage)
+        if run["name"] not in names:
+            raise _UsageError(f"{out_dir}: the storage holds no study {run['name']!r}")
+        study = Study.open(
+            spec=spec, name=run["name"], storage=storage, read_only=bool(run["read_only"])
+        )
+    except (_UsageError, SpecError, StorageError, StudyMismatchError) as exc:
+        print(f"jouletune report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
+    rec = _finish(setup)
+    print(rec.message)
+    print(f"report: {out_dir / 'report.html'}")
+    return EXIT_OK
+
+
+def _tune_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jouletune tune",
+        description="Find the serving configuration with the fewest joules per output token "
+        "within the latency SLO.",
+    )
+    parser.add_argument("config", type=Path, help="an EnergyBenchmark YAML (or a bare spec)")
+    parser.add_argument(
+        "--backend",
+        choices=["sim", "local"],
+        help="sim: the built-in simulator; local: vLLM on this host's GPUs "
+        "(default: from the spec's backend)",
+    )
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/NAME)")
+    parser.add_argument(
+        "--read-only", action="store_true", help="never change a GPU setting (power limits)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port of the local vLLM server (default 8000)"
+    )
+    return parser
+
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    name, spec = load_spec(args.config)
+    read_only = bool(args.read_only or spec.gpu.read_only)
+    if args.read_only and spec.search_space.power_limit_w:
+        raise _UsageError(
+            f"--read-only: searchSpace.powerLimitW {spec.search_space.power_limit_w} asks for "
+            "power limits, and read-only mode never changes them; remove them or the flag"
+        )
+    out_dir: Path = args.out or Path("runs") / name
+    storage_url = args.storage or spec.storage
+    if storage_url is None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _UsageError(f"--out {out_dir}: {err.strerror}") from None
+    storage = open_storage(storage_url or default_storage_url(out_dir))
+    study = Study.open(spec=spec, name=name, storage=storage, read_only=read_only)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Python mode keeps an infinite request rate (JSON mode would write null).
+    run = {"name": name, "read_only": read_only, "spec": spec.model_dump(by_alias=True)}
+    (out_dir / _RUN_FILE).write_text(json.dumps(run, indent=2))
+    return _Setup(name, spec, out_dir, study, read_only)
+
+
+def _runner(args: argparse.Namespace, setup: _Setup) -> Runner:
+    backend = args.backend or ("local" if setup.spec.backend is Backend.VLLM else "sim")
+    if backend == "sim":
+        return SimRunner(spec=setup.spec, read_only=setup.read_only)
+    return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port)
+
+
+def _finish(setup: _Setup) -> Recommendation:
+    """The recommendation as things stand, written with the report files."""
+    study = setup.study
+    records = study.records()
+    rec = recommend(
+        spec=setup.spec,
+        records=records,
+        finalists=study.finalists(),
+        done=study.phase() == Phase.DONE,
+    )
+    write_report(
+        setup.out_dir, spec=setup.spec, name=setup.name, records=records, recommendation=rec
+    )
+    return rec
+
+
+def _read_run(out_dir: Path) -> dict[str, object]:
+    path = out_dir / _RUN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise _UsageError(f"{path}: cannot read: {err.strerror}") from None
+    except json.JSONDecodeError:
+        raise _UsageError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict) or not {"name", "spec", "read_only"} <= data.keys():
+        raise _UsageError(f"{path}: not a jouletune run file")
+    return data
