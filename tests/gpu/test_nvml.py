@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pynvml
@@ -15,6 +16,7 @@ from jouletune.gpu import (
     nvml_versions,
     open_nvml_gpus,
     power_limit,
+    sample_all,
 )
 from tests.gpu.nvml_fake import GIB, fake_nvml, nvml_error
 
@@ -182,3 +184,19 @@ def test_power_limit_outside_range_is_rejected_before_any_write() -> None:
         with too_high, power_limit(gpus, 800):
             pass
     nvml.nvmlDeviceSetPowerManagementLimit.assert_not_called()
+
+
+def test_sample_all_reads_several_nvml_gpus_in_parallel() -> None:
+    # The energy counter read is the slow NVML call (~3 ms on an H100); a barrier that only
+    # opens when all three reads are in flight at once proves they overlap.
+    barrier = threading.Barrier(3, timeout=10)
+
+    def energy_mj(handle: str) -> int:
+        barrier.wait()
+        return 1000 * int(handle.removeprefix("handle"))
+
+    with fake_nvml(num_gpus=3) as nvml:
+        gpus = open_nvml_gpus()
+        nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = energy_mj
+        samples = sample_all(gpus)
+    assert [(s.index, s.energy_j) for s in samples] == [(0, 0.0), (1, 1.0), (2, 2.0)]

@@ -8,7 +8,8 @@ only way jouletune changes a limit.
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
 from jouletune.gpu._limits import power_limit
 from jouletune.gpu._nvml import NvmlGpu, nvml_versions, open_nvml_gpus
-from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus, sample_all
+from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus
+from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
 
 __all__ = [

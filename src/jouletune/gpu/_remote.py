@@ -3,7 +3,7 @@
 The sim-server serves `GET /sim/gpus` → `{"gpus": [GpuSample JSON, ...]}` (each entry may also
 carry `"power_limit_range": {"min_w", "max_w", "default_w"}`) and
 `PUT /sim/gpus/{index}/power-limit` with `{"watts": W}`. One GET returns every GPU, so
-`sample_all()` reads all GPUs of one server with a single request.
+`sample_all()` (in `_sampling.py`) reads all GPUs of one server with a single request.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from jouletune.gpu._errors import GpuError
-from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu._types import GpuSample, PowerLimitRange
 
-__all__ = ["RemoteSimGpu", "open_sim_gpus", "sample_all"]
+__all__ = ["RemoteSimGpu", "open_sim_gpus"]
 
 # Loopback answers in about a millisecond; a sim-server that has not answered in 5 s is stuck.
 _DEFAULT_TIMEOUT_S = 5.0
@@ -116,7 +116,20 @@ class RemoteSimGpu:
 
     def sample(self) -> GpuSample:
         """Read this GPU now (one GET of all the server's GPUs; `sample_all` shares it)."""
-        return _pick(self._client.read(), self._index, self._client.url)[0]
+        return self.pick(self._client.read())
+
+    def read_server(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
+        """One GET of every GPU of this GPU's sim-server, for `sample_all` to share."""
+        return self._client.read()
+
+    @property
+    def server_key(self) -> int:
+        """Equal for GPUs opened together from one sim-server (they share one client)."""
+        return id(self._client)
+
+    def pick(self, found: dict[int, tuple[GpuSample, PowerLimitRange | None]]) -> GpuSample:
+        """This GPU's sample out of a `read_server()` result."""
+        return _pick(found, self._index, self._client.url)[0]
 
     def power_limit_range(self) -> PowerLimitRange:
         """The range the sim-server reported for this GPU when it was opened."""
@@ -156,21 +169,6 @@ def open_sim_gpus(
         )
         for i in chosen
     ]
-
-
-def sample_all(gpus: Sequence[Gpu]) -> list[GpuSample]:
-    """Read every GPU once, in order; GPUs of one sim-server share a single GET."""
-    reads: dict[int, dict[int, tuple[GpuSample, PowerLimitRange | None]]] = {}
-    samples = []
-    for gpu in gpus:
-        if isinstance(gpu, RemoteSimGpu):
-            client = gpu._client
-            if id(client) not in reads:
-                reads[id(client)] = client.read()
-            samples.append(_pick(reads[id(client)], gpu.index, client.url)[0])
-        else:
-            samples.append(gpu.sample())
-    return samples
 
 
 def _pick(
