@@ -1,0 +1,121 @@
+"""Pareto front, recommendation and the report files, from a study on SQLite."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from jouletune.tuner import (
+    Phase,
+    Role,
+    Study,
+    TrialOutcome,
+    default_storage_url,
+    front,
+    open_storage,
+    pareto_front,
+    parse_spec,
+    recommend,
+    summarize_points,
+    write_report,
+)
+from tests.tuner.synthetic import bench_result
+
+SPEC: dict[str, Any] = {
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "searchSpace": {"maxNumSeqs": [16, 32, 64, 128], "powerLimitW": [500, 400, 300]},
+    "slos": [{"metric": "tpot_p90", "maxMs": 12}],
+    "budget": {"maxTrials": 12, "finalistRepeats": 2},
+}
+
+
+def test_pareto_front_agrees_with_optuna_best_trials() -> None:
+    rng = random.Random(7)
+    values = [(rng.random(), rng.random()) for _ in range(60)] + [(0.5, 0.5), (0.5, 0.5)]
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(values=list(v)))
+    ours = sorted(pareto_front(values, lambda v: v))
+    optunas = sorted(tuple(t.values) for t in study.best_trials)
+    assert ours == optunas
+    assert len(ours) >= 2
+
+
+def _finished_study(tmp_path: Path, spec_data: dict[str, Any]) -> tuple[Any, Study]:
+    spec = parse_spec(spec_data)
+    study = Study.open(spec=spec, name="r", storage=open_storage(default_storage_url(tmp_path)))
+    noise = iter([0.0] * 12 + [0.02, -0.02] * 20)
+    while (plan := study.ask()) is not None:
+        study.tell(plan, TrialOutcome(result=bench_result(plan.point, noise=next(noise))))
+    assert study.phase() == Phase.DONE
+    return spec, study
+
+
+def test_recommendation_is_the_lowest_energy_feasible_finalist(tmp_path: Path) -> None:
+    spec, study = _finished_study(tmp_path, SPEC)
+    records = study.records()
+    rec = recommend(spec=spec, records=records, finalists=study.finalists(), done=True)
+    assert rec.verdict == "recommended"
+    best = rec.recommended
+    assert best is not None and best.feasible and best.runs == 3
+    feasible = [p for p in summarize_points(records, spec) if p.feasible]
+    finalists = {p.label for p in rec.finalists}
+    assert best.energy_per_output_token_j == min(
+        p.energy_per_output_token_j for p in feasible if p.label in finalists
+    )
+    # Spread of the three runs (0, +2%, -2% noise) is reported.
+    assert abs(best.energy_spread_pct - 4.0) < 0.01
+    base = rec.baseline
+    assert base is not None and base.is_baseline and base.runs == 3
+    expected = 100 * (1 - best.energy_per_output_token_j / base.energy_per_output_token_j)
+    assert rec.saving_pct is not None and abs(rec.saving_pct - expected) < 1e-9
+    assert rec.latency_cost_ms == best.latency_ms["tpot_p90"] - base.latency_ms["tpot_p90"]
+    art = rec.artifacts
+    assert art is not None
+    assert art.vllm_serve_command.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct ")
+    assert f"--max-num-seqs {best.max_num_seqs}" in art.vllm_serve_command
+    assert art.kubernetes_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    if best.power_limit_w is not None:
+        assert art.power_limit_command == f"sudo nvidia-smi -i 0 -pl {best.power_limit_w:g}"
+
+
+def test_infeasible_slo_gives_the_closest_points(tmp_path: Path) -> None:
+    spec, study = _finished_study(tmp_path, {**SPEC, "slos": [{"metric": "tpot_p90", "maxMs": 5}]})
+    rec = recommend(spec=spec, records=study.records(), finalists=study.finalists(), done=True)
+    assert rec.verdict == "infeasible" and rec.recommended is None
+    assert "tpot_p90 <= 5 ms" in rec.message
+    excess = [p.slo_excess_ms["tpot_p90"] for p in rec.closest]
+    every = [p.slo_excess_ms["tpot_p90"] for p in summarize_points(study.records(), spec)]
+    assert excess == sorted(every)[:3]
+
+
+def test_report_files(tmp_path: Path) -> None:
+    spec, study = _finished_study(tmp_path, SPEC)
+    records = study.records()
+    rec = recommend(spec=spec, records=records, finalists=study.finalists(), done=True)
+    out = tmp_path / "out"
+    names = write_report(out, spec=spec, name="r", records=records, recommendation=rec)
+    assert sorted(names) == sorted(p.name for p in out.iterdir())
+    rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert [int(r["number"]) for r in rows] == [r.number for r in records]
+    assert rows[0]["role"] == Role.BASELINE.value and rows[0]["tpot_p90_ms"]
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["front"] == [
+        p.model_dump(mode="json") for p in front(summarize_points(records, spec), spec)
+    ]
+    assert all(p["feasible"] for p in pareto["front"])
+    assert json.loads((out / "recommendation.json").read_text())["verdict"] == "recommended"
+    png = (out / "pareto.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    page = (out / "report.html").read_text()
+    inlined = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert inlined is not None and base64.b64decode(inlined.group(1)) == png
+    assert "src='http" not in page and 'src="http' not in page  # self-contained
+    assert rec.artifacts is not None and rec.artifacts.vllm_serve_command in page

@@ -1,0 +1,127 @@
+"""The spec model: one validator for the CLI's YAML and the CRD, errors with field paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jouletune.tuner import SpecError, load_spec, parse_spec
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ({"searchSpace": {"maxNumSeqs": [0]}}, "spec.searchSpace.maxNumSeqs.0: Input should be"),
+        ({"workload": {"inputLen": "many"}}, "spec.workload.inputLen: Input should be a valid"),
+        ({"budget": {"maxTrial": 3}}, "spec.budget.maxTrial: Extra inputs are not permitted"),
+        ({"slos": [{"metric": "tpot_p95", "maxMs": 5}]}, "spec.slos.0.metric: Input should be"),
+        (
+            {"gpu": {"readOnly": True}, "searchSpace": {"powerLimitW": [300]}},
+            "searchSpace.powerLimitW must be empty when gpu.readOnly is true",
+        ),
+        (
+            {"gpu": {"count": 1}, "searchSpace": {"tensorParallelSize": [1, 2]}},
+            "searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
+        ),
+    ],
+)
+def test_errors_name_the_field_path(data: dict[str, object], line: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert line in str(info.value)
+
+
+def test_every_error_is_reported_one_per_line() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"workload": {"inputLen": 0, "outputLen": 0}})
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "spec.workload.inputLen",
+        "spec.workload.outputLen",
+    ]
+
+
+def test_energy_benchmark_document_and_bare_spec(tmp_path: Path) -> None:
+    doc = tmp_path / "x.yaml"
+    doc.write_text(
+        "apiVersion: jouletune.io/v1alpha1\nkind: EnergyBenchmark\n"
+        "metadata: {name: llama}\nspec: {budget: {maxTrials: 3}}\n"
+    )
+    name, spec = load_spec(doc)
+    assert (name, spec.budget.max_trials) == ("llama", 3)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("budget: {maxTrials: 4}\n")
+    assert load_spec(bare)[0] == "bare"
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "expected"),
+    [
+        (
+            "spec: {workload: {inputLen: -1}}\n",
+            [],
+            "spec.workload.inputLen: Input should be greater",
+        ),
+        ("spec: [unclosed\n", [], "not valid YAML"),
+        (
+            "spec: {searchSpace: {powerLimitW: [300]}}\n",
+            ["--read-only"],
+            "--read-only: searchSpace.powerLimitW [300.0]",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, text: str, args: list[str], expected: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jouletune",
+            "tune",
+            str(config),
+            "--out",
+            str(tmp_path / "o"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "study.db").exists()
+
+
+def test_cli_unreachable_storage_fails_before_any_trial(tmp_path: Path) -> None:
+    config = tmp_path / "ok.yaml"
+    config.write_text("spec: {budget: {maxTrials: 2}}\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jouletune",
+            "tune",
+            str(config),
+            "--out",
+            str(tmp_path / "o"),
+            "--storage",
+            "sqlite:////nonexistent-dir/x/study.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "jouletune tune: storage sqlite:////nonexistent-dir/x/study.db: "
+        "unable to open database file"
+    )
+    assert not (tmp_path / "o" / "servers").exists()

@@ -1,0 +1,198 @@
+"""The ask/tell search core on Optuna with SQLite on disk."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jouletune.tuner import (
+    Phase,
+    PointConfig,
+    Role,
+    StorageError,
+    Study,
+    StudyMismatchError,
+    TrialOutcome,
+    TrialState,
+    default_storage_url,
+    open_storage,
+    parse_spec,
+)
+from tests.tuner.synthetic import measured
+
+SPACE: dict[str, Any] = {
+    "searchSpace": {"maxNumSeqs": [8, 16, 32, 64, 128], "powerLimitW": [600, 500, 400, 300]},
+    "slos": [{"metric": "tpot_p90", "maxMs": 12}],
+    "budget": {"maxTrials": 10, "finalistRepeats": 2, "maxFailedTrials": 3},
+}
+
+
+def _spec(**over: Any) -> Any:
+    data = {**SPACE, **over}
+    return parse_spec(data)
+
+
+def _open(tmp_path: Path, spec: Any = None, name: str = "s") -> Study:
+    storage = open_storage(default_storage_url(tmp_path))
+    return Study.open(spec=spec or _spec(), name=name, storage=storage)
+
+
+def _run(study: Study) -> list[Any]:
+    plans = []
+    while (plan := study.ask()) is not None:
+        plans.append(plan)
+        study.tell(plan, measured(plan.point))
+    return plans
+
+
+def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
+    study = _open(tmp_path)
+    plans = _run(study)
+    assert plans[0].role is Role.BASELINE
+    assert plans[0].point == PointConfig(server=study.grid.baseline.server, power_limit_w=None)
+    assert plans[0].point.server.max_num_seqs == 256
+    roles = [p.role for p in plans]
+    first_finalist = roles.index(Role.FINALIST)
+    assert all(r is Role.FINALIST for r in roles[first_finalist:])
+    assert len([p for p in plans if p.role is not Role.FINALIST]) == 10  # maxTrials
+    assert study.phase() == Phase.DONE
+    # Each finalist (the baseline included) measured twice more, server by server.
+    finalists = study.finalists()
+    assert finalists[0] == study.grid.baseline
+    for point in finalists:
+        assert sum(p.point == point for p in plans if p.role is Role.FINALIST) == 2
+    servers = [p.point.server for p in plans[first_finalist:]]
+    assert servers == sorted(servers)
+
+
+def test_search_never_measures_a_point_twice(tmp_path: Path) -> None:
+    study = _open(tmp_path, _spec(budget={"maxTrials": 30, "finalistRepeats": 0}))
+    plans = _run(study)
+    points = [p.point for p in plans]
+    assert len(points) == len(set(points))
+    # 6 seqs values (256 joins as the baseline's) x 5 power choices: the space is exhausted.
+    assert len(points) == study.grid.size() == 30
+
+
+def test_power_steps_stay_on_the_running_server(tmp_path: Path) -> None:
+    study = _open(tmp_path, _spec(slos=[], budget={"maxTrials": 6, "finalistRepeats": 0}))
+    plans = _run(study)
+    # The baseline (no SLO: feasible) is followed by lower caps on the same server, each
+    # below the power it drew, while J/token keeps falling.
+    assert plans[1].point.server == plans[0].point.server
+    assert plans[1].power_limit_w == 600.0
+    caps = [p.power_limit_w for p in plans if p.point.server == plans[0].point.server]
+    assert caps[:3] == [None, 600.0, 500.0]
+
+
+def test_cap_above_the_power_drawn_is_skipped(tmp_path: Path) -> None:
+    # seqs 8 draws ~490 W: a 600 W cap would not bind, so the step goes to 400 W.
+    study = _open(
+        tmp_path,
+        _spec(
+            searchSpace={"maxNumSeqs": [8], "powerLimitW": [600, 400], "baselineMaxNumSeqs": 8},
+            slos=[],
+            budget={"maxTrials": 5, "finalistRepeats": 0},
+        ),
+    )
+    plans = _run(study)
+    assert [p.power_limit_w for p in plans] == [None, 400.0, 600.0]
+
+
+def test_resume_after_a_crash_repeats_no_finished_trial(tmp_path: Path) -> None:
+    study = _open(tmp_path)
+    finished = []
+    for _ in range(4):
+        plan = study.ask()
+        assert plan is not None
+        study.tell(plan, measured(plan.point))
+        finished.append(plan.point)
+    lost = study.ask()  # asked, then the process "dies" before telling
+    assert lost is not None
+
+    resumed = _open(tmp_path)
+    assert resumed.abandon_running() == [lost.number]
+    plans = _run(resumed)
+    search = [p for p in plans if p.role is not Role.FINALIST]
+    assert search[0].point == lost.point  # the interrupted point runs first
+    assert not {p.point for p in search} & set(finished)
+    measured_points = [r.point for r in resumed.measured() if r.role is not Role.FINALIST]
+    assert len(measured_points) == len(set(measured_points)) == 10
+
+
+def test_resume_with_another_spec_is_refused(tmp_path: Path) -> None:
+    _open(tmp_path)
+    with pytest.raises(StudyMismatchError, match="different search spec"):
+        _open(tmp_path, _spec(slos=[{"metric": "tpot_p90", "maxMs": 9}]))
+
+
+def test_failed_trials_stop_the_search_at_max_failed(tmp_path: Path) -> None:
+    study = _open(tmp_path)
+    told = []
+    while (plan := study.ask()) is not None:
+        told.append(study.tell(plan, TrialOutcome(fail_reason="server exited: OOM")))
+    assert [r.state for r in told] == [TrialState.FAILED] * 3
+    assert all(r.fail_reason == "server exited: OOM" for r in told)
+    assert study.phase() == Phase.DONE
+    assert study.finalists() == []
+
+
+def test_infeasible_slo_spends_no_repeats(tmp_path: Path) -> None:
+    study = _open(tmp_path, _spec(slos=[{"metric": "tpot_p90", "maxMs": 1}]))
+    plans = _run(study)
+    assert all(p.role is not Role.FINALIST for p in plans)
+    assert all(r.feasible is False for r in study.measured())
+    assert study.finalists() == []
+
+
+def test_read_only_collapses_the_power_axis(tmp_path: Path) -> None:
+    spec = _spec(searchSpace={"maxNumSeqs": [8, 64]}, budget={"maxTrials": 10})
+    storage = open_storage(default_storage_url(tmp_path))
+    study = Study.open(spec=spec, name="ro", storage=storage, read_only=True)
+    assert list(study.grid.power_limits_w) == [None]
+    plans = _run(study)
+    assert {p.power_limit_w for p in plans} == {None}
+
+
+def test_rebuilt_from_records_continues_by_number(tmp_path: Path) -> None:
+    study = _open(tmp_path)
+    for _ in range(3):
+        plan = study.ask()
+        assert plan is not None
+        study.tell(plan, measured(plan.point))
+    running = study.ask()
+    assert running is not None
+    records = study.records()
+
+    rebuilt = Study.from_records(spec=_spec(), records=records)
+    assert rebuilt.records() == records
+    record = rebuilt.tell(running.number, measured(running.point))
+    assert record.state is TrialState.COMPLETE and record.number == running.number
+
+
+def test_bench_result_without_energy_fails_the_trial(tmp_path: Path) -> None:
+    study = _open(tmp_path)
+    plan = study.ask()
+    assert plan is not None
+    result = dict(measured(plan.point).result or {}, energy_per_output_token_j=None)
+    record = study.tell(plan, TrialOutcome(result=result))
+    assert record.state is TrialState.FAILED
+    assert record.fail_reason == "the bench measured no energy per output token"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("sqlite:////nonexistent-dir/x/study.db", "unable to open database file"),
+        ("postgresql://u:secret@127.0.0.1:1/db", "storage postgresql://u:***@127.0.0.1:1/db"),
+        ("not a url", "Could not parse"),
+    ],
+)
+def test_unusable_storage_is_one_clear_error(url: str, reason: str) -> None:
+    with pytest.raises(StorageError, match=re.escape(reason)) as info:
+        open_storage(url)
+    assert "\n" not in str(info.value)
+    assert "secret" not in str(info.value)
