@@ -1,7 +1,8 @@
 """jouletune.gpu: read GPUs and change their power limits, always restoring them.
 
-Real GPUs come from NVML (`open_nvml_gpus`), a sim-server's GPUs over HTTP (`open_sim_gpus`).
-Both satisfy the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` is the
+Real GPUs come from NVML (`open_nvml_gpus`), a sim-server's GPUs over HTTP (`open_sim_gpus`),
+simulated ones from `SimulatedGpu` (the power model in `jouletune.gpu.simulated`). All satisfy
+the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` is the
 only way jouletune changes a limit.
 """
 
@@ -11,6 +12,7 @@ from jouletune.gpu._nvml import NvmlGpu, nvml_versions, open_nvml_gpus
 from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu.simulated import SimulatedGpu
 
 __all__ = [
     "Gpu",
@@ -21,6 +23,7 @@ __all__ = [
     "NvmlUnavailableError",
     "PowerLimitRange",
     "RemoteSimGpu",
+    "SimulatedGpu",
     "nvml_versions",
     "open_nvml_gpus",
     "open_sim_gpus",
