@@ -34,6 +34,11 @@ class GpuSource:
                 self._gpus = self._open_gpus()
             return self._gpus
 
+    def opened(self) -> Sequence[Gpu]:
+        """The GPUs if they were opened already, else none; never opens them."""
+        with self._lock:
+            return self._gpus or ()
+
     def read(self) -> list[GpuSample]:
         """A fresh sample of every GPU (one GET for all GPUs of a sim-server)."""
         return sample_all(self.gpus())

@@ -121,11 +121,7 @@ def _serve_until_signal(server: ExporterServer) -> None:
 
 
 def _close(source: GpuSource) -> None:
-    try:
-        gpus = source.gpus()
-    except (GpuError, ValueError):
-        return
-    for gpu in gpus:
+    for gpu in source.opened():
         if isinstance(gpu, NvmlGpu):
             gpu.close()
 
