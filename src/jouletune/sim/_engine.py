@@ -1,0 +1,435 @@
+"""The engine model: vLLM V1's scheduler over simulated GPUs, on a caller-supplied clock.
+
+`Engine` is pure bookkeeping with no I/O and no sleeping: `begin_step(start_s)` schedules a
+batch like vLLM V1 (running requests first, one token per decode and prefill chunks within
+the `max_num_batched_tokens` budget, then waiting requests FCFS while `max_num_seqs` and the
+KV cache allow; when a running request cannot get a KV block the newest running request is
+preempted and recomputed later) and prices it on every TP rank's `SimulatedGpu`;
+`finish_step(step)` applies it at the step's end: first tokens for finished prefills, one
+token per decode, finished requests freed. The live server (`_server.py`) sleeps until each
+step's end on the wall clock; `benchmarks/sim_calibration.py` jumps a virtual clock instead.
+Both get the same timings.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from jouletune.gpu.simulated import GpuModel, SimulatedGpu, StepOutcome
+from jouletune.sim._models import ModelArch
+from jouletune.sim._perf import BatchShape, PerfConstants, kv_cache_tokens, step_work
+
+__all__ = ["Engine", "EngineConfig", "RequestRecord", "SimRequest", "Step", "StepListener"]
+
+# vLLM's default KV block size on CUDA (cache_config_info block_size="16" in the exposition).
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """The server settings the engine model depends on (the `vllm serve` flags)."""
+
+    arch: ModelArch
+    gpu: GpuModel
+    tensor_parallel_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    gpu_memory_utilization: float
+    perf: PerfConstants
+
+
+class SimRequest:
+    """One request inside the engine; times are on the engine's clock (unix seconds)."""
+
+    __slots__ = (
+        "arrival_s",
+        "computed",
+        "finish_reason",
+        "first_token_s",
+        "last_token_s",
+        "listener",
+        "max_tokens",
+        "num_blocks",
+        "output_tokens",
+        "preemptions",
+        "prev_token_s",
+        "prompt_tokens",
+        "queued_s",
+        "ready_s",
+        "request_id",
+        "scheduled_s",
+        "token_times_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        arrival_s: float,
+        ready_s: float,
+        listener: StepListener | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.arrival_s = arrival_s
+        self.ready_s = ready_s
+        self.listener = listener
+        self.computed = 0  # tokens whose KV is in the cache (prompt, then outputs)
+        self.output_tokens = 0
+        self.num_blocks = 0
+        self.preemptions = 0
+        self.queued_s = math.nan
+        self.scheduled_s = math.nan
+        self.first_token_s = math.nan
+        self.last_token_s = math.nan
+        self.prev_token_s = math.nan
+        self.finish_reason: str | None = None
+        self.token_times_s: list[float] | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus outputs so far: what a recompute after preemption must prefill."""
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def prefilling(self) -> bool:
+        """True until the KV of every prompt (and recomputed output) token is cached."""
+        return self.computed < self.total_tokens - (1 if self.output_tokens else 0)
+
+
+class StepListener:
+    """Receives a request's tokens as steps end; the server writes them to the client."""
+
+    def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
+        """`count` (0 or 1) new tokens of `req` were emitted at `t_s`."""
+
+    def on_finish(self, req: SimRequest, t_s: float) -> None:
+        """`req` finished at `t_s` (`req.finish_reason` says why)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestRecord:
+    """Ground truth about one finished request (unix seconds)."""
+
+    request_id: str
+    arrival_unix_s: float
+    first_token_unix_s: float
+    last_token_unix_s: float
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class Step:
+    """One scheduled step: what runs, when, and what it costs."""
+
+    start_s: float
+    end_s: float
+    scheduled: list[tuple[SimRequest, int]]
+    batch: BatchShape
+    outcome: StepOutcome
+    newly_scheduled: list[SimRequest] = field(default_factory=list)
+
+
+class EngineStats:
+    """Counters the metrics collector reads (cumulative unless named otherwise)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.preemptions = 0
+        self.steps = 0
+        self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
+
+
+class Engine:
+    """vLLM V1's scheduling and the step-time/power model, driven by a clock the caller owns.
+
+    Args:
+        config: the server settings.
+        gpus: one `SimulatedGpu` per TP rank.
+        on_step: called with every finished step (metrics, histograms).
+        on_request_done: called with every finished or aborted request (metrics, truth).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        gpus: Sequence[SimulatedGpu],
+        on_step: Callable[[Step], None] | None = None,
+        on_request_done: Callable[[SimRequest], None] | None = None,
+    ) -> None:
+        assert len(gpus) == config.tensor_parallel_size, "one SimulatedGpu per TP rank"
+        self.config = config
+        self.gpus = list(gpus)
+        self._on_step = on_step
+        self._on_request_done = on_request_done
+        self.kv_tokens = kv_cache_tokens(
+            arch=config.arch,
+            gpu=config.gpu,
+            tp=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            perf=config.perf,
+        )
+        self.num_blocks = max(self.kv_tokens // BLOCK_SIZE, 0)
+        self.free_blocks = self.num_blocks
+        self.pending: list[SimRequest] = []  # arrived, not yet through the API server
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.stats = EngineStats()
+        # Ground truth: cumulative tokens emitted at each step end, and finished requests.
+        self._emit_times_s = array("d")
+        self._emit_cum = array("q")
+        self._emitted = 0
+        self.records: list[RequestRecord] = []
+        self._record_times_s = array("d")
+
+    # --- requests -------------------------------------------------------------------------
+
+    def add(self, req: SimRequest) -> None:
+        """Accept `req`; it reaches the scheduler at `req.ready_s`."""
+        self.pending.append(req)
+
+    def abort(self, req: SimRequest, t_s: float) -> None:
+        """Drop `req` (its client went away) and free its KV blocks."""
+        if req.finish_reason is not None:
+            return
+        for queue in (self.pending, self.running):
+            if req in queue:
+                queue.remove(req)
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._free(req)
+        self._finish(req, "abort", t_s)
+
+    def has_work(self) -> bool:
+        """True while any request is pending, waiting or running."""
+        return bool(self.pending or self.waiting or self.running)
+
+    def next_ready_s(self) -> float | None:
+        """When the earliest pending request reaches the scheduler (None if none pending)."""
+        return min((r.ready_s for r in self.pending), default=None)
+
+    def can_schedule(self) -> bool:
+        """True when a step would have something to run."""
+        return bool(self.running or self.waiting)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def begin_step(self, start_s: float) -> Step | None:
+        """Schedule a batch at `start_s` and price it on the GPUs; None when nothing can run."""
+        self._admit_pending(start_s)
+        scheduled, newly = self._schedule(start_s)
+        if not scheduled:
+            return None
+        batch = _batch_shape(scheduled)
+        cfg = self.config
+        work = step_work(
+            arch=cfg.arch, gpu=cfg.gpu, tp=cfg.tensor_parallel_size, batch=batch, perf=cfg.perf
+        )
+        # TP ranks run in lockstep: the slowest rank (lowest limit) sets the step's duration.
+        outcomes = [gpu.plan_step(work) for gpu in self.gpus]
+        slowest = max(outcomes, key=lambda o: o.duration_s)
+        for gpu, outcome in zip(self.gpus, outcomes, strict=True):
+            if outcome.duration_s < slowest.duration_s:
+                # A faster rank waits at the barrier: same dynamic energy over a longer step.
+                dyn_j = (outcome.power_w - gpu.idle_power_w) * outcome.duration_s
+                outcome = StepOutcome(
+                    duration_s=slowest.duration_s,
+                    power_w=gpu.idle_power_w + dyn_j / slowest.duration_s,
+                    sm_clock_hz=outcome.sm_clock_hz,
+                    capped=outcome.capped,
+                )
+            gpu.record_step(outcome, work, start_s=start_s)
+        return Step(
+            start_s=start_s,
+            end_s=start_s + slowest.duration_s,
+            scheduled=scheduled,
+            batch=batch,
+            outcome=slowest,
+            newly_scheduled=newly,
+        )
+
+    def finish_step(self, step: Step) -> None:
+        """Apply `step` at its end: emit tokens, finish requests, free their blocks."""
+        t_s = step.end_s
+        emitted = 0
+        for req, n_new in step.scheduled:
+            if req.finish_reason is not None:  # aborted while the step ran
+                continue
+            was_prefilling = req.prefilling
+            req.computed += n_new
+            if was_prefilling and req.prefilling:
+                continue  # a prefill chunk that does not finish the prompt emits nothing
+            if req.output_tokens == 0:
+                req.first_token_s = t_s
+                self.stats.prompt_tokens += req.prompt_tokens
+            req.output_tokens += 1
+            req.prev_token_s = req.last_token_s
+            req.last_token_s = t_s
+            emitted += 1
+            if req.listener is not None:
+                req.listener.on_tokens(req, 1, t_s)
+            if req.output_tokens >= req.max_tokens:
+                self.running.remove(req)
+                self._free(req)
+                self._finish(req, "length", t_s)
+        self.stats.generation_tokens += emitted
+        self.stats.steps += 1
+        self._emitted += emitted
+        self._emit_times_s.append(t_s)
+        self._emit_cum.append(self._emitted)
+        if self._on_step is not None:
+            self._on_step(step)
+
+    # --- ground truth ---------------------------------------------------------------------
+
+    def tokens_emitted_by(self, t_s: float) -> int:
+        """Output tokens emitted at or before `t_s` (every token carries its step's end)."""
+        i = bisect_right(self._emit_times_s, t_s) - 1
+        return int(self._emit_cum[i]) if i >= 0 else 0
+
+    def records_finished_between(self, start_s: float, end_s: float) -> list[RequestRecord]:
+        """Requests whose last token came in [start_s, end_s]."""
+        lo = bisect_right(self._record_times_s, start_s - 1e-12)
+        hi = bisect_right(self._record_times_s, end_s)
+        return self.records[lo:hi]
+
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use (vllm:kv_cache_usage_perc)."""
+        return 1.0 - self.free_blocks / self.num_blocks if self.num_blocks else 0.0
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _admit_pending(self, now_s: float) -> None:
+        if not self.pending:
+            return
+        still = []
+        for req in self.pending:
+            if req.ready_s <= now_s:
+                req.queued_s = req.ready_s
+                self.waiting.append(req)
+            else:
+                still.append(req)
+        self.pending = still
+
+    def _schedule(self, now_s: float) -> tuple[list[tuple[SimRequest, int]], list[SimRequest]]:
+        budget = self.config.max_num_batched_tokens
+        scheduled: list[tuple[SimRequest, int]] = []
+        preempted: list[SimRequest] = []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n_new = min(self._tokens_needed(req), budget)
+            while not self._allocate(req, n_new):
+                victim = self.running.pop()  # the newest request loses its blocks
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    break
+            else:
+                scheduled.append((req, n_new))
+                budget -= n_new
+                i += 1
+                continue
+            break  # req itself was preempted; everything after it is gone too
+        newly: list[SimRequest] = []
+        while (
+            self.waiting
+            and budget > 0
+            and len(self.running) < self.config.max_num_seqs
+            and not preempted  # vLLM V1 admits no new request in a step that preempted
+        ):
+            req = self.waiting[0]
+            n_new = min(self._tokens_needed(req), budget)
+            if not self._allocate(req, n_new):
+                break
+            self.waiting.popleft()
+            self.running.append(req)
+            if math.isnan(req.scheduled_s):
+                req.scheduled_s = now_s
+            newly.append(req)
+            scheduled.append((req, n_new))
+            budget -= n_new
+        for victim in reversed(preempted):
+            self.waiting.appendleft(victim)
+        return scheduled, newly
+
+    def _tokens_needed(self, req: SimRequest) -> int:
+        if req.prefilling:
+            return req.total_tokens - req.computed - (1 if req.output_tokens else 0)
+        return 1
+
+    def _allocate(self, req: SimRequest, n_new: int) -> bool:
+        need = math.ceil((req.computed + n_new) / BLOCK_SIZE) - req.num_blocks
+        if need <= 0:
+            return True
+        if need > self.free_blocks:
+            return False
+        self.free_blocks -= need
+        req.num_blocks += need
+        return True
+
+    def _preempt(self, req: SimRequest) -> None:
+        self._free(req)
+        req.computed = 0
+        req.preemptions += 1
+        self.stats.preemptions += 1
+
+    def _free(self, req: SimRequest) -> None:
+        self.free_blocks += req.num_blocks
+        req.num_blocks = 0
+
+    def _finish(self, req: SimRequest, reason: str, t_s: float) -> None:
+        req.finish_reason = reason
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+        if reason != "abort":
+            self.records.append(
+                RequestRecord(
+                    request_id=req.request_id,
+                    arrival_unix_s=req.arrival_s,
+                    first_token_unix_s=req.first_token_s,
+                    last_token_unix_s=req.last_token_s,
+                    prompt_tokens=req.prompt_tokens,
+                    output_tokens=req.output_tokens,
+                    finish_reason=reason,
+                )
+            )
+            self._record_times_s.append(t_s)
+        if req.listener is not None:
+            req.listener.on_finish(req, t_s)
+        if self._on_request_done is not None:
+            self._on_request_done(req)
+
+
+def _batch_shape(scheduled: list[tuple[SimRequest, int]]) -> BatchShape:
+    num_tokens = 0
+    sampled = 0
+    context = 0
+    pairs = 0.0
+    for req, n_new in scheduled:
+        num_tokens += n_new
+        context += req.computed
+        # causal: the chunk's i-th token attends to computed + i + 1 keys
+        pairs += n_new * (req.computed + (n_new + 1) / 2)
+        completes = req.computed + n_new >= req.total_tokens - (1 if req.output_tokens else 0)
+        if completes:
+            sampled += 1
+    return BatchShape(
+        num_tokens=num_tokens,
+        num_seqs=len(scheduled),
+        num_sampled=sampled,
+        context_tokens=context,
+        attention_pairs=pairs,
+    )

@@ -1,0 +1,147 @@
+"""Step-time model: the work one engine step puts on each tensor-parallel rank.
+
+A step runs every decoder layer once over all tokens scheduled in it. Per rank:
+
+* linear layers: read the rank's weights once (memory-bound part) and do
+  2·params/TP flops per token (compute-bound part); the LM head runs only for sampled tokens;
+* attention: read the KV cache of every scheduled sequence's context (memory-bound part) and
+  do 4·layers·heads·head_dim flops per (query, key) pair / TP (compute-bound part);
+* all-reduce (TP > 1): two per layer over `interconnect_bytes_s`, a fixed latency each;
+* host: fixed per-step scheduling cost plus a per-sequence cost (sampling, bookkeeping).
+
+Each group takes max(memory time, compute time) — a roofline per kernel group — and the GPU
+model (`jouletune.gpu.simulated`) stretches the compute part when a power cap lowers the
+clock. Efficiencies (achieved fraction of peak) are fitted to the H100 calibration sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from jouletune.gpu.simulated import GpuModel, KernelWork
+from jouletune.sim._models import ModelArch
+
+__all__ = ["DEFAULT_PERF", "BatchShape", "PerfConstants", "kv_cache_tokens", "step_work"]
+
+_BF16_BYTES = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerfConstants:
+    """Efficiencies and overheads of the serving engine; fitted values in docs/simulator.md.
+
+    Attributes:
+        weight_bw_efficiency: achieved fraction of peak DRAM bandwidth streaming weights.
+        kv_bw_efficiency: achieved fraction of peak DRAM bandwidth reading the KV cache.
+        gemm_efficiency: achieved fraction of peak bf16 flops in the linear layers.
+        attention_efficiency: achieved fraction of peak bf16 flops in attention.
+        host_step_s: per-step host time the GPU waits on (scheduler, launch), seconds.
+        host_per_seq_s: per-sequence host time per step (sampling, output handling), seconds.
+        frontend_s: API-server time between a request's arrival and the engine seeing it
+            (HTTP, tokenization, IPC), seconds.
+        activation_reserve_bytes: memory vLLM's profiling run keeps for activations, CUDA
+            graphs and the non-torch allocator per GPU, bytes (not available to the KV cache).
+    """
+
+    weight_bw_efficiency: float
+    kv_bw_efficiency: float
+    gemm_efficiency: float
+    attention_efficiency: float
+    host_step_s: float
+    host_per_seq_s: float
+    frontend_s: float
+    activation_reserve_bytes: float
+
+
+# Fitted to ../shared/calibration (H100, vLLM 0.24, Llama-3.1-8B shape); see docs/simulator.md.
+DEFAULT_PERF = PerfConstants(
+    weight_bw_efficiency=0.86,
+    kv_bw_efficiency=0.676,
+    gemm_efficiency=0.70,
+    attention_efficiency=0.517,
+    host_step_s=1.16e-3,
+    host_per_seq_s=3.48e-6,
+    frontend_s=6.19e-3,
+    activation_reserve_bytes=1.8913e9,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchShape:
+    """What one step computes, summed over its scheduled sequences.
+
+    Attributes:
+        num_tokens: new tokens (prefill chunks + one per decoding sequence).
+        num_seqs: sequences scheduled.
+        num_sampled: sequences that sample a token this step (decodes + finished prefills).
+        context_tokens: tokens of KV cache attention reads (each sequence's context).
+        attention_pairs: (query, key) pairs attention computes, causal.
+    """
+
+    num_tokens: int
+    num_seqs: int
+    num_sampled: int
+    context_tokens: int
+    attention_pairs: float
+
+
+def step_work(
+    *, arch: ModelArch, gpu: GpuModel, tp: int, batch: BatchShape, perf: PerfConstants
+) -> KernelWork:
+    """The work of one step on one of `tp` identical ranks."""
+    bw = gpu.memory_bandwidth_bytes_s
+    flops_peak = gpu.bf16_dense_flops
+    # Linear layers: decoder weights plus the LM head (read once per step).
+    weight_bytes = (arch.layer_params + arch.lm_head_params) * _BF16_BYTES / tp
+    linear_flops = (
+        2.0 * arch.layer_params * batch.num_tokens + 2.0 * arch.lm_head_params * batch.num_sampled
+    ) / tp
+    kv_bytes = kv_bytes_per_token_per_rank(arch, tp) * (batch.context_tokens + batch.num_tokens)
+    attn_flops = arch.attention_flops_per_token_pair * batch.attention_pairs / tp
+    groups = (
+        (
+            weight_bytes / (bw * perf.weight_bw_efficiency),
+            linear_flops / (flops_peak * perf.gemm_efficiency),
+        ),
+        (
+            kv_bytes / (bw * perf.kv_bw_efficiency),
+            attn_flops / (flops_peak * perf.attention_efficiency),
+        ),
+    )
+    return KernelWork(
+        groups=groups,
+        fixed_gpu_s=_allreduce_s(arch, gpu, tp, batch.num_tokens),
+        host_s=perf.host_step_s + perf.host_per_seq_s * batch.num_seqs,
+        bytes_moved=weight_bytes + kv_bytes,
+        flops=linear_flops + attn_flops,
+    )
+
+
+def _allreduce_s(arch: ModelArch, gpu: GpuModel, tp: int, num_tokens: int) -> float:
+    if tp == 1:
+        return 0.0
+    # Two all-reduces per layer (after attention and after the MLP); ring cost 2(tp-1)/tp.
+    message_bytes = num_tokens * arch.hidden_size * _BF16_BYTES
+    per_call_s = (
+        gpu.allreduce_latency_s + 2 * (tp - 1) / tp * message_bytes / gpu.interconnect_bytes_s
+    )
+    return 2 * arch.num_layers * per_call_s
+
+
+def kv_bytes_per_token_per_rank(arch: ModelArch, tp: int) -> float:
+    """KV bytes per token on one rank; KV heads are split across ranks, replicated if fewer."""
+    heads_per_rank = max(1.0, arch.num_kv_heads / tp)
+    return arch.kv_bytes_per_token * heads_per_rank / arch.num_kv_heads
+
+
+def kv_cache_tokens(
+    *, arch: ModelArch, gpu: GpuModel, tp: int, gpu_memory_utilization: float, perf: PerfConstants
+) -> int:
+    """Tokens the KV cache holds: (memory × utilization − weights/TP − activations) / KV bytes.
+
+    Returns 0 or less when the weights do not fit (the caller reports the error).
+    """
+    budget = gpu.memory_bytes * gpu_memory_utilization
+    free = budget - arch.weight_bytes / tp - perf.activation_reserve_bytes
+    return math.floor(free / kv_bytes_per_token_per_rank(arch, tp))

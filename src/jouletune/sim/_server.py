@@ -1,0 +1,570 @@
+"""The sim-server's HTTP side: vLLM's OpenAI API, its `/metrics`, and the `/sim/*` endpoints.
+
+One asyncio loop runs both the HTTP server (aiohttp) and the engine's step loop. The step loop
+keeps an absolute clock: step k+1 starts where step k ended on the model's clock, and the loop
+sleeps until each step's end on the wall clock, so wake-up jitter never accumulates into drift.
+
+Streaming is built for ≥1,000 concurrent streams on one core: each request's SSE chunk is
+pre-encoded as (head, tail) bytes around the token text, and at the end of every step the
+loop writes each stream's chunk straight to its transport in HTTP/1.1 chunked framing — one
+write per stream per step, no per-token JSON encoding and no per-token task wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from jouletune.gpu.simulated import SimulatedGpu
+from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step, StepListener
+from jouletune.sim._metrics import VllmMetrics
+from jouletune.sim._perf import step_work
+
+__all__ = ["SimServer"]
+
+_log = logging.getLogger("jouletune.sim")
+
+# Falling this far behind the wall clock means the host cannot keep up; resynchronise rather
+# than replay a burst of back-to-back steps (logged, so a run can be discarded).
+_MAX_LAG_S = 1.0
+# Synthetic vocabulary cycled through for output text; like mk_model.py's tokenizer, every
+# word " t<N>" is one token. 3.. skips the special tokens <s>, </s>, <unk>.
+_TOKEN_TEXTS = [f" t{3 + (i * 7919) % 128_000}".encode() for i in range(4096)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    """A validated completion or chat request."""
+
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+    chat: bool
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Stream(StepListener):
+    """Writes one request's tokens as SSE chunks (or collects them for a plain response)."""
+
+    __slots__ = (
+        "_head",
+        "_tail",
+        "_transport",
+        "broken",
+        "chat",
+        "done",
+        "include_usage",
+        "parts",
+        "request_id",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        model: str,
+        created: int,
+        parsed: _Parsed,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.request_id = request_id
+        self.stream = parsed.stream
+        self.chat = parsed.chat
+        self.include_usage = parsed.include_usage
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.parts: list[bytes] = []
+        self.broken = False
+        self._transport: asyncio.Transport | None = None
+        rid, mdl = json.dumps(request_id), json.dumps(model)
+        if parsed.chat:
+            self._head = (
+                f'data: {{"id":{rid},"object":"chat.completion.chunk","created":{created},'
+                f'"model":{mdl},"choices":[{{"index":0,"delta":{{"content":"'
+            ).encode()
+            self._tail = b'"},"logprobs":null,"finish_reason":%s}]}\n\n'
+        else:
+            self._head = (
+                f'data: {{"id":{rid},"object":"text_completion","created":{created},'
+                f'"model":{mdl},"choices":[{{"index":0,"text":"'
+            ).encode()
+            self._tail = (
+                b'","logprobs":null,"finish_reason":%s,"stop_reason":null,'
+                b'"token_ids":null,"prompt_token_ids":null}],"usage":null}\n\n'
+            )
+        self._model_json = mdl
+        self._created = created
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Write chunks to `transport` (after the response headers went out)."""
+        self._transport = transport
+
+    def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
+        text = _TOKEN_TEXTS[req.output_tokens % len(_TOKEN_TEXTS)]
+        if not self.stream:
+            self.parts.append(text)
+            return
+        last = req.output_tokens >= req.max_tokens
+        payload = self._head + text + (self._tail % (b'"length"' if last else b"null"))
+        if self.chat and req.output_tokens == 1:
+            payload = self._role_chunk() + payload
+        self._write(payload)
+
+    def on_finish(self, req: SimRequest, t_s: float) -> None:
+        if self.stream and req.finish_reason != "abort":
+            tail = b""
+            if self.include_usage:
+                tail += self._usage_chunk(req)
+            self._write(tail + b"data: [DONE]\n\n")
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _write(self, payload: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self.broken = True
+            return
+        # HTTP/1.1 chunked framing, as aiohttp's own writer would add it.
+        transport.write(b"%x\r\n%b\r\n" % (len(payload), payload))
+
+    def _role_chunk(self) -> bytes:
+        return (
+            f'data: {{"id":{json.dumps(self.request_id)},"object":"chat.completion.chunk",'
+            f'"created":{self._created},"model":{self._model_json},"choices":[{{"index":0,'
+            f'"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}\n\n'
+        ).encode()
+
+    def _usage_chunk(self, req: SimRequest) -> bytes:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        usage = _usage(req)
+        return (
+            f'data: {{"id":{json.dumps(self.request_id)},"object":"{obj}",'
+            f'"created":{self._created},"model":{self._model_json},"choices":[],'
+            f'"usage":{json.dumps(usage, separators=(",", ":"))}}}\n\n'
+        ).encode()
+
+
+class SimServer:
+    """A simulated vLLM server: engine model, simulated GPUs, HTTP app.
+
+    Args:
+        config: the engine settings (from the `vllm serve` flags).
+        served_model_name: the name clients use (`model` in requests, `model_name` label).
+        model_path: what `--model` said (reported as the model's `root`).
+        gpus: one simulated GPU per TP rank, already marked loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        served_model_name: str,
+        model_path: str,
+        gpus: Sequence[SimulatedGpu],
+    ) -> None:
+        self.config = config
+        self.served_model_name = served_model_name
+        self.model_path = model_path
+        self.gpus = list(gpus)
+        self.registry = CollectorRegistry()
+        self.engine = Engine(
+            config=config, gpus=self.gpus, on_step=self._on_step, on_request_done=self._on_done
+        )
+        self.metrics = VllmMetrics(
+            registry=self.registry,
+            engine=self.engine,
+            model_name=served_model_name,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+        )
+        self._wake = asyncio.Event()
+        self._broken: list[SimRequest] = []
+        self._created = int(time.time())
+        self.lag_events = 0
+
+    # --- app ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application; the engine loop runs for the app's lifetime."""
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ping", self._health)
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/sim/gpus", self._get_gpus)
+        app.router.add_put("/sim/gpus/{index}/power-limit", self._put_power_limit)
+        app.router.add_get("/sim/truth", self._truth)
+        app.cleanup_ctx.append(self._engine_ctx)
+        return app
+
+    async def _engine_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._run_engine(), name="sim-engine")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # --- engine loop ----------------------------------------------------------------------
+
+    async def _run_engine(self) -> None:
+        engine = self.engine
+        free_s = time.time()  # when the engine finished its last step (model clock)
+        while True:
+            if not engine.can_schedule():
+                ready_s = engine.next_ready_s()
+                if ready_s is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                free_s = max(free_s, ready_s)
+                await _sleep_until(free_s)
+            now = time.time()
+            if now - free_s > _MAX_LAG_S:
+                self.lag_events += 1
+                _log.warning(
+                    "sim engine %.2f s behind the wall clock; resynchronising", now - free_s
+                )
+                free_s = now
+            step = engine.begin_step(free_s)
+            if step is None:
+                # waiting requests that cannot be admitted and nothing running: wait for more
+                self._wake.clear()
+                await self._wake.wait()
+                free_s = max(free_s, time.time())
+                continue
+            await _sleep_until(step.end_s)
+            engine.finish_step(step)
+            free_s = step.end_s
+            self._abort_broken(step.end_s)
+
+    def _abort_broken(self, t_s: float) -> None:
+        if not self._broken:
+            return
+        broken, self._broken = self._broken, []
+        for req in broken:
+            self.engine.abort(req, t_s)
+
+    def _on_step(self, step: Step) -> None:
+        work = step_work(
+            arch=self.config.arch,
+            gpu=self.config.gpu,
+            tp=self.config.tensor_parallel_size,
+            batch=step.batch,
+            perf=self.config.perf,
+        )
+        self.metrics.on_step(step, flops_per_gpu=work.flops, bytes_per_gpu=work.bytes_moved)
+        for req, _ in step.scheduled:
+            listener = req.listener
+            if isinstance(listener, _Stream) and listener.broken and req.finish_reason is None:
+                self._broken.append(req)
+
+    def _on_done(self, req: SimRequest) -> None:
+        self.metrics.on_request_done(req)
+
+    # --- OpenAI API -----------------------------------------------------------------------
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        arrival_s = time.time()
+        try:
+            body = await request.json()
+            parsed = self._parse(body, chat=chat)
+        except json.JSONDecodeError:
+            return _error(400, "request body is not valid JSON")
+        except _BadRequest as err:
+            return _error(err.status, str(err))
+        base = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{base}"
+        loop = asyncio.get_running_loop()
+        stream = _Stream(
+            request_id=request_id,
+            model=str(body.get("model") or self.served_model_name),
+            created=int(arrival_s),
+            parsed=parsed,
+            loop=loop,
+        )
+        req = SimRequest(
+            request_id=request_id,
+            prompt_tokens=parsed.prompt_tokens,
+            max_tokens=parsed.max_tokens,
+            arrival_s=arrival_s,
+            ready_s=arrival_s + self.config.perf.frontend_s,
+            listener=stream,
+        )
+        response: web.StreamResponse
+        if parsed.stream:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream; charset=utf-8"}
+            )
+            await response.prepare(request)
+            assert request.transport is not None
+            stream.attach(request.transport)
+        self.metrics.on_request_added(max_tokens=parsed.max_tokens)
+        self.engine.add(req)
+        self._wake.set()
+        try:
+            await stream.done
+        except asyncio.CancelledError:
+            self.engine.abort(req, time.time())
+            raise
+        if parsed.stream:
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+            return response
+        return web.json_response(self._full_response(req, stream, request_id, body, arrival_s))
+
+    def _parse(self, body: Any, *, chat: bool) -> _Parsed:
+        if not isinstance(body, dict):
+            raise _BadRequest("request body must be a JSON object")
+        model = body.get("model")
+        if model is not None and model not in (self.served_model_name, self.model_path):
+            raise _BadRequest(f"The model `{model}` does not exist.", status=404)
+        n = body.get("n", 1)
+        if n != 1:
+            raise _BadRequest("the simulator serves n=1 only")
+        prompt_tokens = _count_chat(body) if chat else _count_prompt(body.get("prompt"))
+        if prompt_tokens < 1:
+            raise _BadRequest("the prompt is empty")
+        limit = self.config.max_model_len
+        max_tokens = body.get("max_completion_tokens") if chat else None
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = limit - prompt_tokens
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise _BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if prompt_tokens + max_tokens > limit:
+            raise _BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                "completion."
+            )
+        min_tokens = body.get("min_tokens", 0)
+        if not isinstance(min_tokens, int) or not 0 <= min_tokens <= max_tokens:
+            raise _BadRequest(
+                f"min_tokens must be an integer in [0, max_tokens], got {min_tokens!r}"
+            )
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise _BadRequest("stream_options must be an object")
+        stream = bool(body.get("stream", False))
+        return _Parsed(
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            stream=stream,
+            include_usage=stream and bool(options.get("include_usage", False)),
+            chat=chat,
+        )
+
+    def _full_response(
+        self,
+        req: SimRequest,
+        stream: _Stream,
+        request_id: str,
+        body: dict[str, Any],
+        arrival_s: float,
+    ) -> dict[str, Any]:
+        text = b"".join(stream.parts).decode()
+        model = body.get("model") or self.served_model_name
+        if stream.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": req.finish_reason,
+                "stop_reason": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": req.finish_reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
+            obj = "text_completion"
+        return {
+            "id": request_id,
+            "object": obj,
+            "created": int(arrival_s),
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(req),
+        }
+
+    # --- other endpoints ------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        from jouletune import __version__
+
+        return web.json_response({"version": f"jouletune-sim {__version__} (vLLM 0.24 API)"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        card = {
+            "id": self.served_model_name,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vllm",
+            "root": self.model_path,
+            "parent": None,
+            "max_model_len": self.config.max_model_len,
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _get_gpus(self, request: web.Request) -> web.Response:
+        return web.json_response({"gpus": [self._gpu_json(g) for g in self.gpus]})
+
+    async def _put_power_limit(self, request: web.Request) -> web.Response:
+        try:
+            index = int(request.match_info["index"])
+            gpu = self.gpus[index]
+        except (ValueError, IndexError):
+            return _error(
+                404, f"no GPU {request.match_info['index']!r}; this server has {len(self.gpus)}"
+            )
+        try:
+            body = await request.json()
+            watts = float(body["watts"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _error(400, 'expected a JSON body {"watts": <number>}')
+        rng = gpu.power_limit_range()
+        if not (math.isfinite(watts) and rng.min_w <= watts <= rng.max_w):
+            return _error(400, f"power limit {watts:g} W is outside {rng.min_w:g}-{rng.max_w:g} W")
+        gpu.set_power_limit_w(watts)
+        _log.info("GPU %d power limit set to %g W", index, watts)
+        return web.json_response(self._gpu_json(gpu))
+
+    async def _truth(self, request: web.Request) -> web.Response:
+        try:
+            start_s = float(request.query["start_unix_s"])
+            end_s = float(request.query["end_unix_s"])
+        except (KeyError, ValueError):
+            return _error(400, "expected numeric query parameters start_unix_s and end_unix_s")
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and start_s <= end_s):
+            return _error(400, f"need start_unix_s <= end_unix_s, got {start_s} and {end_s}")
+        # The future is not simulated yet: instants after now read as now.
+        now = time.time()
+        start_s, end_s = min(start_s, now), min(end_s, now)
+        per_gpu = [g.energy_between(start_s, end_s) for g in self.gpus]
+        engine = self.engine
+        records = engine.records_finished_between(start_s, end_s)
+        return web.json_response(
+            {
+                "start_unix_s": start_s,
+                "end_unix_s": end_s,
+                "energy_j": sum(per_gpu),
+                "gpus": [
+                    {"index": g.index, "energy_j": e}
+                    for g, e in zip(self.gpus, per_gpu, strict=True)
+                ],
+                "output_tokens": engine.tokens_emitted_by(end_s)
+                - engine.tokens_emitted_by(start_s),
+                "requests": [
+                    {
+                        "request_id": r.request_id,
+                        "arrival_unix_s": r.arrival_unix_s,
+                        "first_token_unix_s": r.first_token_unix_s,
+                        "last_token_unix_s": r.last_token_unix_s,
+                        "prompt_tokens": r.prompt_tokens,
+                        "output_tokens": r.output_tokens,
+                        "finish_reason": r.finish_reason,
+                    }
+                    for r in records
+                ],
+            }
+        )
+
+    def _gpu_json(self, gpu: SimulatedGpu) -> dict[str, Any]:
+        entry = gpu.sample().to_json()
+        entry["power_limit_range"] = gpu.power_limit_range().to_json()
+        return entry
+
+
+async def _sleep_until(t_s: float) -> None:
+    delay = t_s - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _usage(req: SimRequest) -> dict[str, int]:
+    return {
+        "prompt_tokens": req.prompt_tokens,
+        "total_tokens": req.prompt_tokens + req.output_tokens,
+        "completion_tokens": req.output_tokens,
+    }
+
+
+def _error(status: int, message: str) -> web.Response:
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status
+    )
+
+
+def _count_prompt(prompt: Any) -> int:
+    """Tokens of a completion prompt: words of a string, or the length of a token-id list."""
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return len(prompt)
+        if len(prompt) == 1:
+            return _count_prompt(prompt[0])
+        raise _BadRequest("the simulator serves one prompt per request")
+    raise _BadRequest("prompt must be a string or a list of token ids")
+
+
+def _count_chat(body: dict[str, Any]) -> int:
+    """Tokens of a chat request: the words of every message's text content."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("messages must be a non-empty list")
+    words = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            raise _BadRequest("each message must be an object")
+        content = msg.get("content")
+        if isinstance(content, str):
+            words += len(content.split())
+        elif isinstance(content, list):
+            words += sum(
+                len(str(part.get("text", "")).split()) for part in content if isinstance(part, dict)
+            )
+    return words

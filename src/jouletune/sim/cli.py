@@ -1,0 +1,306 @@
+"""`jouletune sim-server`: a stand-in for `vllm serve` on simulated GPUs.
+
+    jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
+        [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
+        [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
+        [--gpu h100-80gb] [--power-limit W] [any other vllm serve flag, ignored]
+
+Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
+simulator; flags the simulator does not model (`--load-format dummy`, `--enforce-eager`, ...)
+are accepted and ignored. Defaults follow vLLM 0.24 (`EngineArgs.get_batch_defaults`): on
+GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
+`--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+
+from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
+from jouletune.sim._engine import EngineConfig
+from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
+from jouletune.sim._perf import DEFAULT_PERF, kv_cache_tokens
+
+__all__ = ["SimServerArgs", "build_config", "main", "parse_args"]
+
+_log = logging.getLogger("jouletune.sim")
+_EXIT_USAGE = 2
+_GIB = 2**30
+
+# vLLM boolean flags a tuner may pass; they take no value, so the token after them is not
+# swallowed as their argument (it may be the positional MODEL).
+_VLLM_BOOLEAN_FLAGS = frozenset(
+    {
+        "--enforce-eager",
+        "--trust-remote-code",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
+        "--enable-chunked-prefill",
+        "--no-enable-chunked-prefill",
+        "--disable-log-requests",
+        "--enable-log-requests",
+        "--disable-log-stats",
+        "--disable-custom-all-reduce",
+        "--disable-frontend-multiprocessing",
+        "--enable-auto-tool-choice",
+        "--async-scheduling",
+        "--no-async-scheduling",
+        "--enable-sleep-mode",
+        "--disable-fastapi-docs",
+        "--enable-prompt-tokens-details",
+        "--enable-expert-parallel",
+        "--skip-tokenizer-init",
+        "--headless",
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimServerArgs:
+    """The parsed command line."""
+
+    model: str
+    host: str
+    port: int
+    served_model_name: str
+    gpu: str
+    power_limit_w: float | None
+    tensor_parallel_size: int
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    max_model_len: int | None
+    gpu_memory_utilization: float
+    ignored: tuple[str, ...]
+
+
+class _ArgError(Exception):
+    """Bad command line; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _ArgError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="jouletune sim-server", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "model_positional", nargs="?", metavar="MODEL", help="HF id, like `vllm serve MODEL`"
+    )
+    p.add_argument("--model", help="HF id of a model in the catalog")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", nargs="+", default=None)
+    p.add_argument("--gpu", default="h100-80gb", help=f"one of {', '.join(GPU_CATALOG)}")
+    p.add_argument("--power-limit", type=float, default=None, help="initial power limit, W")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    return p
+
+
+def _split_unknown(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Separate flags this parser knows from other `vllm serve` flags (and their values)."""
+    known_flags = {opt for action in parser._actions for opt in action.option_strings}
+    kept: list[str] = []
+    ignored: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and len(arg) > 1 and name not in known_flags and not _is_number(arg):
+            ignored.append(arg)
+            takes_value = "=" not in arg and name not in _VLLM_BOOLEAN_FLAGS
+            if (
+                takes_value
+                and i + 1 < len(argv)
+                and (not argv[i + 1].startswith("-") or _is_number(argv[i + 1]))
+            ):
+                ignored.append(argv[i + 1])
+                i += 1
+        else:
+            kept.append(arg)
+        i += 1
+    return kept, ignored
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_args(argv: list[str]) -> SimServerArgs:
+    """Parse `argv`; raises ValueError with a one-line message on bad input."""
+    parser = _parser()
+    kept, ignored = _split_unknown(argv, parser)
+    try:
+        ns = parser.parse_args(kept)
+    except _ArgError as err:
+        raise ValueError(str(err)) from None
+    model = ns.model or ns.model_positional
+    if ns.model and ns.model_positional and ns.model != ns.model_positional:
+        raise ValueError(f"two models given: {ns.model_positional!r} and --model {ns.model!r}")
+    if not model:
+        raise ValueError(
+            f"no model given (positional MODEL or --model); the catalog has: "
+            f"{', '.join(sorted(MODEL_CATALOG))}"
+        )
+    return SimServerArgs(
+        model=model,
+        host=ns.host,
+        port=ns.port,
+        served_model_name=(ns.served_model_name or [model])[0],
+        gpu=ns.gpu,
+        power_limit_w=ns.power_limit,
+        tensor_parallel_size=ns.tensor_parallel_size,
+        max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens,
+        max_model_len=ns.max_model_len,
+        gpu_memory_utilization=ns.gpu_memory_utilization,
+        ignored=tuple(ignored),
+    )
+
+
+def vllm_batch_defaults(gpu: GpuModel) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) vLLM 0.24 picks for `vllm serve` on `gpu`."""
+    # vllm/engine/arg_utils.py EngineArgs.get_batch_defaults: large defaults for GPUs with
+    # >= 70 GiB except A100 (PR #17885 found they cut A100 throughput).
+    if gpu.memory_bytes >= 70 * _GIB and "a100" not in gpu.name.lower():
+        return 1024, 8192
+    return 256, 2048
+
+
+def build_config(args: SimServerArgs) -> EngineConfig:
+    """Check the arguments against the catalogs and memory; raises ValueError (one line)."""
+    arch = model_arch(args.model)
+    gpu = gpu_model(args.gpu)
+    tp = args.tensor_parallel_size
+    if tp < 1 or tp > 16:
+        raise ValueError(f"--tensor-parallel-size must be 1-16, got {tp}")
+    if arch.num_attention_heads % tp:
+        raise ValueError(
+            f"{arch.num_attention_heads} attention heads of {arch.hf_id} are not divisible by "
+            f"--tensor-parallel-size {tp}"
+        )
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise ValueError(
+            f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}"
+        )
+    default_seqs, default_tokens = vllm_batch_defaults(gpu)
+    max_num_seqs = args.max_num_seqs or default_seqs
+    max_model_len = args.max_model_len or arch.max_position_embeddings
+    max_batched = args.max_num_batched_tokens or default_tokens
+    if max_num_seqs < 1:
+        raise ValueError(f"--max-num-seqs must be positive, got {max_num_seqs}")
+    if max_model_len < 1 or max_model_len > arch.max_position_embeddings:
+        raise ValueError(
+            f"--max-model-len {max_model_len} is outside 1-{arch.max_position_embeddings} "
+            f"for {arch.hf_id}"
+        )
+    if max_batched < max_num_seqs:
+        raise ValueError(
+            f"--max-num-batched-tokens ({max_batched}) must be >= --max-num-seqs ({max_num_seqs})"
+        )
+    if args.power_limit_w is not None:
+        rng = gpu.power_limits
+        if not rng.min_w <= args.power_limit_w <= rng.max_w:
+            raise ValueError(
+                f"--power-limit {args.power_limit_w:g} W is outside {gpu.name}'s range "
+                f"{rng.min_w:g}-{rng.max_w:g} W"
+            )
+    _check_memory(arch, gpu, tp, args.gpu_memory_utilization, max_model_len)
+    return EngineConfig(
+        arch=arch,
+        gpu=gpu,
+        tensor_parallel_size=tp,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_batched,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        perf=DEFAULT_PERF,
+    )
+
+
+def _check_memory(arch: ModelArch, gpu: GpuModel, tp: int, util: float, max_model_len: int) -> None:
+    tokens = kv_cache_tokens(
+        arch=arch, gpu=gpu, tp=tp, gpu_memory_utilization=util, perf=DEFAULT_PERF
+    )
+    if tokens <= 0:
+        raise ValueError(
+            f"{arch.hf_id} ({arch.weight_bytes / 1e9:.1f} GB of bf16 weights) does not fit on "
+            f"{tp} x {gpu.key} at --gpu-memory-utilization {util:g}; raise "
+            "--tensor-parallel-size"
+        )
+    if tokens < max_model_len:
+        raise ValueError(
+            f"the model's max seq len ({max_model_len}) is larger than the maximum number of "
+            f"tokens that can be stored in KV cache ({tokens}); lower --max-model-len"
+        )
+
+
+def main(argv: list[str]) -> int:
+    """Run the sim-server until SIGTERM or Ctrl-C; return the exit code."""
+    try:
+        args = parse_args(argv)
+        config = build_config(args)
+    except ValueError as err:
+        print(f"jouletune sim-server: error: {err}", file=sys.stderr)
+        return _EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.ignored:
+        _log.info("ignoring vLLM flags the simulator does not model: %s", " ".join(args.ignored))
+    return _serve(args, config)
+
+
+def _serve(args: SimServerArgs, config: EngineConfig) -> int:
+    # Imported here so `--help` and argument errors stay fast.
+    from aiohttp import web
+
+    from jouletune.sim._engine import Engine
+    from jouletune.sim._server import SimServer
+
+    weights_per_gpu = config.arch.weight_bytes // config.tensor_parallel_size
+    used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
+    gpus = [
+        SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
+        for i in range(config.tensor_parallel_size)
+    ]
+    for gpu in gpus:
+        gpu.set_loaded(True)
+        if args.power_limit_w is not None:
+            gpu.set_power_limit_w(args.power_limit_w)
+    server = SimServer(
+        config=config, served_model_name=args.served_model_name, model_path=args.model, gpus=gpus
+    )
+    engine: Engine = server.engine
+    _log.info(
+        "sim-server: %s on %d x %s, max_num_seqs=%d max_num_batched_tokens=%d "
+        "max_model_len=%d, KV cache %d tokens; listening on http://%s:%d",
+        config.arch.hf_id,
+        config.tensor_parallel_size,
+        config.gpu.key,
+        config.max_num_seqs,
+        config.max_num_batched_tokens,
+        config.max_model_len,
+        engine.num_blocks * 16,
+        args.host,
+        args.port,
+    )
+    try:
+        web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log=None)
+    except OSError as err:
+        print(
+            f"jouletune sim-server: error: cannot listen on {args.host}:{args.port}: "
+            f"{err.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
