@@ -27,6 +27,7 @@ from tests.procs import free_port, jouletune_process
 
 # The labels a trial's targets carry (in Kubernetes the PodMonitor sets them from pod labels).
 _TRIAL = {"namespace": "e2e", "benchmark": "bench-e2e", "trial": "0"}
+_MODEL = "meta-llama/Llama-3.1-8B-Instruct"  # the sim's H100 calibration is of this shape
 _J_PER_TOKEN_RULE = "trial:jouletune_energy_per_output_token_joules:ratio_rate1m"
 
 # Panels whose series only the operator publishes (it runs in Kubernetes, behind Kopf, and is
@@ -166,7 +167,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     pytest.importorskip("jouletune.sim.cli", reason="jouletune sim-server is not written yet")
     tmp_path = tmp_path_factory.mktemp("observability")
     sim_port, exporter_port = free_port(), free_port()
-    sim_args = ["sim-server", "--host", "127.0.0.1", "--port", str(sim_port)]
+    sim_args = ["sim-server", _MODEL, "--host", "127.0.0.1", "--port", str(sim_port)]
     exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
     with (
         jouletune_process(sim_args, port=sim_port, health_path="/health") as sim,

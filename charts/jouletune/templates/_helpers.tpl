@@ -63,40 +63,34 @@ jouletune.io/benchmark
 {{- end }}
 
 {{/*
-What the operator calls, resource by resource. Keep in step with the operator's own list
-(docs/operator.md); tests/deploy compares the two.
+What the operator calls, resource by resource: jouletune.operator._rbac.RBAC_RULES, one rule
+per (group, resource) with sorted verbs. tests/deploy fails when the two differ.
 */}}
 {{- define "jouletune.operatorRules" -}}
-# The EnergyBenchmarks it handles: watch them, add/remove Kopf's finalizer and annotations.
-- apiGroups: [jouletune.io]
-  resources: [energybenchmarks]
-  verbs: [get, list, watch, patch]
-- apiGroups: [jouletune.io]
-  resources: [energybenchmarks/status]
-  verbs: [get, patch]
-# Trial pods: create, follow their phase, read the load generator's result, delete.
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [create, get, list, watch, delete]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
-# Kubernetes Events per trial (the operator's and Kopf's own).
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
 # The recommendation as a ready manifest (`<name>-recommendation`).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, get, patch, update]
+  verbs: [create, patch]
+# Kubernetes Events per trial (the operator's and Kopf's).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# Trial pods: create, follow their phase (Kopf's watch), delete once their result is read.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [create, delete, list, watch]
 # Adoption: patch the target Deployment when spec.adopt.mode is Apply.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, patch]
-# Kopf: peering of namespace-scoped operators (KopfPeering; optional).
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+# The EnergyBenchmarks: Kopf lists and watches them and patches its finalizer/annotations.
+- apiGroups: [jouletune.io]
+  resources: [energybenchmarks]
+  verbs: [list, patch, watch]
+# Phase, trials, Pareto front, recommendation.
+- apiGroups: [jouletune.io]
+  resources: [energybenchmarks/status]
+  verbs: [patch]
 {{- end }}
 
 {{/* The operator's command line (`jouletune operator ...`; the image's entrypoint is `jouletune`). */}}
