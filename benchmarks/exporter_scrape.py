@@ -40,8 +40,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from jouletune.exporter import GpuCollector
 from jouletune.gpu import open_nvml_gpus, sample_all
 
-# The sim-server flags that give it 8 GPUs (its CLI mirrors `vllm serve`).
-_SIM_ARGS_8_GPUS = "--tensor-parallel-size 8"
+# A sim-server with 8 GPUs: a 70B model at TP 8 (its CLI mirrors `vllm serve`).
+_SIM_ARGS_8_GPUS = "meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size 8"
 
 
 @dataclass(frozen=True)

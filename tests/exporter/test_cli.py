@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jouletune.gpu import open_sim_gpus, power_limit
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
 from tests.procs import free_port, jouletune_process
 
@@ -210,3 +211,29 @@ def test_a_busy_port_is_a_one_line_error() -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_against_a_real_sim_server_limits_show_up_and_are_restored() -> None:
+    sim_port, port = free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--tensor-parallel-size", "2"]
+    sim_args += ["--host", "127.0.0.1", "--port", str(sim_port)]
+    with (
+        jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim.url), port=port, health_path="/healthz"
+        ) as exporter,
+    ):
+        limit = "jouletune_gpu_power_limit_watts"
+        before = _scrape(exporter.url)
+        gpus = open_sim_gpus(sim.url)
+        with power_limit(gpus, 400):
+            capped = _scrape(exporter.url)
+        after = _scrape(exporter.url)
+    assert {gpu for (name, gpu) in before if name == limit} == {"0", "1"}
+    _, labels = before[(limit, "0")]
+    assert labels["model_name"] == gpus[0].name
+    assert labels["uuid"] == gpus[0].uuid
+    assert [capped[(limit, i)][0] for i in ("0", "1")] == [400.0, 400.0]
+    assert [after[(limit, i)][0] for i in ("0", "1")] == [before[(limit, i)][0] for i in "01"]
+    energy = "jouletune_gpu_energy_joules_total"
+    assert after[(energy, "1")][0] > before[(energy, "1")][0]  # an idle GPU still draws power
