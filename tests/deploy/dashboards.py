@@ -10,6 +10,8 @@ from typing import Any
 
 from tests.deploy.tools import GRAFANA
 
+OPERATOR_PREFIX = "jouletune_operator_"
+
 # Values for Grafana's variables. `.*` is the dashboards' "All" value (allValue); the global
 # range variables get the window the test looks at.
 _ALL = ".*"
@@ -58,3 +60,14 @@ def panel_queries() -> list[PanelQuery]:
 def recorded_names(expr: str) -> set[str]:
     """Names of recording-rule series (`level:metric:operations`) an expression reads."""
     return set(re.findall(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b", expr))
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names of the series an expression selects (every dashboard query uses `name{...}`)."""
+    return set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr))
+
+
+def reads_only_operator_metrics(expr: str) -> bool:
+    """True when every series the expression reads is published by `jouletune operator`."""
+    names = metric_names(expr)
+    return bool(names) and all(n.startswith(OPERATOR_PREFIX) for n in names)

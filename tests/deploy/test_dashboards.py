@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from tests.deploy import dashboards
 from tests.deploy.tools import PROMETHEUS, RULES, run, tool
@@ -67,3 +69,42 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     broken.write_text(RULES.read_text().replace("[1m])", "[1m]", 1))  # unbalanced
     proc = run([tool("promtool"), "check", "rules", str(broken)], check=False)
     assert proc.returncode != 0
+
+
+# Per-trial series the dashboards read that `jouletune operator` does not publish yet; asked
+# of the operator (docs/deploy.md, "Requested from the operator"). Remove a name once the
+# operator registers it.
+_REQUESTED_OPERATOR_METRICS = {
+    "jouletune_operator_trial_latency_seconds",
+    "jouletune_operator_trial_energy_per_output_token_joules",
+}
+
+
+def _registered_operator_metrics() -> set[str]:
+    """Sample names the operator's metrics registry can expose."""
+    metrics = pytest.importorskip("jouletune.operator._metrics", reason="operator metrics absent")
+    registry = CollectorRegistry()
+    metrics.OperatorMetrics(registry=registry)
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "gauge": ("",),
+    }
+    return {
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def test_operator_series_the_dashboards_read_are_the_operators() -> None:
+    used = {
+        name
+        for query in dashboards.panel_queries()
+        for name in dashboards.metric_names(query.expr)
+        if name.startswith(dashboards.OPERATOR_PREFIX)
+    }
+    registered = _registered_operator_metrics()
+    assert used, "no operator panels"
+    unknown = used - registered - _REQUESTED_OPERATOR_METRICS
+    assert not unknown, f"dashboards read operator series nobody publishes: {sorted(unknown)}"
