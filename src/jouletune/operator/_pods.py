@@ -1,0 +1,302 @@
+"""Trial pods: one pod measures one configuration.
+
+A trial pod holds three containers:
+
+- `engine` — vLLM with the trial's arguments (or `jouletune sim-server` for `backend: sim`),
+  GPUs from `nvidia.com/gpu`, a readiness probe on `/health`, `/dev/shm` as a memory
+  emptyDir (vLLM's tensor-parallel workers share tensors through it);
+- `exporter` — `jouletune exporter`, the NVML energy sidecar (SYS_ADMIN only when it must
+  hold a power cap on real GPUs);
+- `loadgen` — `jouletune operator trial`: waits for the engine, runs the workload with
+  `jouletune bench`, reads the sidecar's energy counters and writes a compact result to its
+  termination message.
+
+The engine and the exporter are native sidecars (init containers with `restartPolicy:
+Always`, Kubernetes ≥ 1.29): the pod ends when the load generator ends, and Kubernetes then
+stops the sidecars. A crashing engine is restarted by the kubelet, which is what surfaces
+as CrashLoopBackOff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jouletune.loadgen import BenchConfig
+from jouletune.operator._config import OperatorConfig
+from jouletune.operator._status import TrialConfig
+from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
+from jouletune.operator.crd import GROUP, KIND, VERSION
+from jouletune.tuner.spec import Backend, BenchmarkSpec
+
+__all__ = [
+    "ANNOTATION_CONFIG",
+    "CONTAINER_ENGINE",
+    "CONTAINER_EXPORTER",
+    "CONTAINER_LOADGEN",
+    "ENGINE_PORT",
+    "EXPORTER_PORT",
+    "LABEL_BENCHMARK",
+    "LABEL_TRIAL",
+    "BenchmarkRef",
+    "benchmark_label",
+    "build_trial_pod",
+    "trial_pod_name",
+]
+
+LABEL_BENCHMARK = f"{GROUP}/benchmark"
+LABEL_TRIAL = f"{GROUP}/trial"
+ANNOTATION_CONFIG = f"{GROUP}/config"
+CONTAINER_ENGINE = "engine"
+CONTAINER_EXPORTER = "exporter"
+CONTAINER_LOADGEN = "loadgen"
+# vLLM's and the exporter's default ports; the chart's PodMonitor scrapes the port names.
+ENGINE_PORT = 8000
+EXPORTER_PORT = 9400
+ENGINE_PORT_NAME = "http"
+EXPORTER_PORT_NAME = "metrics"
+# A label value holds at most 63 characters; longer benchmark names are cut and hashed.
+_LABEL_MAX = 63
+# Pod names are DNS subdomains (253), but the pod's hostname is cut at 63; keep names short
+# enough that two trials never share a hostname.
+_POD_NAME_MAX = 63
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkRef:
+    """The EnergyBenchmark a pod belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+def benchmark_label(name: str) -> str:
+    """The `jouletune.io/benchmark` label value of a benchmark's pods."""
+    return _shorten(name, _LABEL_MAX)
+
+
+def trial_pod_name(benchmark: str, number: int) -> str:
+    """The pod of trial `number`: fixed, so creating it twice is a conflict, not a repeat."""
+    suffix = f"-trial-{number}"
+    return _shorten(benchmark, _POD_NAME_MAX - len(suffix)) + suffix
+
+
+def build_trial_pod(
+    *,
+    ref: BenchmarkRef,
+    spec: BenchmarkSpec,
+    number: int,
+    config: TrialConfig,
+    settings: OperatorConfig,
+) -> dict[str, Any]:
+    """The trial pod's manifest (core/v1 Pod)."""
+    name = trial_pod_name(ref.name, number)
+    engine_url = f"http://127.0.0.1:{ENGINE_PORT}"
+    plan = PodPlan(
+        benchmark=f"{ref.namespace}/{ref.name}",
+        trial=number,
+        engine_url=engine_url,
+        set_power_limit_w=config.power_limit_w if spec.backend is Backend.SIM else None,
+        gpu_indices=list(range(config.tensor_parallel_size)),
+        startup_timeout_s=spec.engine.startup_timeout_s,
+        timeout_s=spec.budget.trial_timeout_s,
+        bench=bench_config(spec, engine_url=engine_url),
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # The pod's own deadline: start-up plus the measurement, a backstop for the
+        # operator's timeout (which also covers time spent Pending).
+        "activeDeadlineSeconds": int(
+            spec.engine.startup_timeout_s + spec.budget.trial_timeout_s + settings.trial_grace_s
+        ),
+        "terminationGracePeriodSeconds": 30,
+        "initContainers": [
+            _engine(spec, config, settings),
+            _exporter(spec, config, settings),
+        ],
+        "containers": [_loadgen(plan, settings)],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if settings.trial_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.trial_node_selector)
+    if settings.trial_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.trial_tolerations]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ref.namespace,
+            "labels": {
+                LABEL_BENCHMARK: benchmark_label(ref.name),
+                LABEL_TRIAL: str(number),
+                "app.kubernetes.io/name": "jouletune",
+                "app.kubernetes.io/component": "trial",
+                "app.kubernetes.io/managed-by": "jouletune-operator",
+            },
+            "annotations": {
+                ANNOTATION_CONFIG: json.dumps(config.model_dump(mode="json", by_alias=True)),
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": ref.name,
+                    "uid": ref.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }
+
+
+def bench_config(spec: BenchmarkSpec, *, engine_url: str) -> dict[str, Any]:
+    """The trial's `BenchConfig` (validated here, so a bad one fails the operator, not a pod)."""
+    workload = spec.workload
+    config = BenchConfig(
+        base_url=engine_url,
+        model=spec.model,
+        dataset_name=workload.dataset,
+        dataset_path=workload.dataset_path,
+        random_input_len=workload.input_len,
+        random_output_len=workload.output_len,
+        num_prompts=workload.num_prompts,
+        request_rate=workload.request_rate,
+        burstiness=workload.burstiness,
+        max_concurrency=workload.max_concurrency,
+        seed=workload.seed,
+        duration_s=workload.duration_s,
+        exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"],
+        # A stream silent this long is dead; the trial's own timeout bounds the whole run.
+        request_timeout_s=min(600.0, spec.budget.trial_timeout_s),
+    )
+    return config.model_dump(mode="json")
+
+
+def engine_args(spec: BenchmarkSpec, config: TrialConfig) -> list[str]:
+    """The `vllm serve` flags of a trial: the searched knobs, then the spec's fixed args."""
+    args = [
+        "--tensor-parallel-size",
+        str(config.tensor_parallel_size),
+        "--max-num-seqs",
+        str(config.max_num_seqs),
+    ]
+    if config.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(config.max_num_batched_tokens)]
+    return [*args, "--max-model-len", str(spec.engine.max_model_len), *spec.engine.args]
+
+
+def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) -> dict[str, Any]:
+    serve = [
+        spec.model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(ENGINE_PORT),
+        *engine_args(spec, config),
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_ENGINE,
+        "restartPolicy": "Always",
+        "ports": [{"name": ENGINE_PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": ENGINE_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.backend is Backend.SIM:
+        container["image"] = settings.trial_image
+        container["imagePullPolicy"] = settings.image_pull_policy
+        container["command"] = ["jouletune", "sim-server"]
+        container["args"] = [
+            *serve,
+            "--gpu-type",
+            spec.gpu.type,
+            "--num-gpus",
+            str(spec.gpu.count),
+        ]
+    else:
+        container["image"] = spec.engine.image
+        container["imagePullPolicy"] = settings.image_pull_policy
+        container["command"] = ["vllm", "serve"]
+        container["args"] = serve
+        gpus = {"nvidia.com/gpu": str(spec.gpu.count)}
+        container["resources"] = {"limits": gpus, "requests": gpus}
+    return container
+
+
+def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) -> dict[str, Any]:
+    args = ["--port", str(EXPORTER_PORT)]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    if spec.backend is Backend.SIM:
+        args += ["--sim", f"http://127.0.0.1:{ENGINE_PORT}"]
+        security["capabilities"] = {"drop": ["ALL"]}
+    else:
+        # The device plugin hands GPUs to the container that requests them; the sidecar
+        # reads them through NVML's utility capability only (see docs/operator.md).
+        env += [
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+            {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
+        ]
+        if config.power_limit_w is not None:
+            # Changing a power limit is a privileged NVML call: the one capability it needs.
+            args += ["--power-limit-w", f"{config.power_limit_w:g}"]
+            security["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+        else:
+            security["capabilities"] = {"drop": ["ALL"]}
+    return {
+        "name": CONTAINER_EXPORTER,
+        "image": settings.trial_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": ["jouletune", "exporter"],
+        "args": args,
+        "env": env,
+        "ports": [{"name": EXPORTER_PORT_NAME, "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": EXPORTER_PORT}},
+        "securityContext": security,
+    }
+
+
+def _loadgen(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
+    return {
+        "name": CONTAINER_LOADGEN,
+        "image": settings.trial_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["jouletune", "operator", "trial"],
+        "env": [{"name": ENV_PLAN, "value": dumps_plan(plan)}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[: limit - 9].rstrip('-.')}-{digest}"
+
+
+def config_from_pod(pod: Mapping[str, Any]) -> TrialConfig | None:
+    """The trial configuration a pod was created with (its annotation), if readable."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CONFIG)
+    if raw is None:
+        return None
+    return TrialConfig.model_validate_json(raw)
