@@ -40,7 +40,7 @@ _J_PER_TOKEN_RULE = "trial:jouletune_energy_per_output_token_joules:ratio_rate1m
 # scrapes, short enough for 2 CPU cores shared with other test runs.
 _BENCH_ARGS = [
     "--max-concurrency", "16",
-    "--num-prompts", "160",
+    "--num-prompts", "320",
     "--random-input-len", "128",
     "--random-output-len", "64",
     "--seed", "1",
