@@ -179,7 +179,7 @@ def _h100_sxm() -> GpuModel:
 
 
 # Fitted to the H100 sweep; see docs/simulator.md "Calibration".
-_H100_POWER = PowerCoefficients(active_w=138.0, tensor_w=854.0, dram_w=250.0)
+_H100_POWER = PowerCoefficients(active_w=239.0, tensor_w=809.0, dram_w=150.0)
 
 
 def _scaled_power(tdp_w: float) -> PowerCoefficients:
