@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import kubernetes_validate
@@ -180,3 +183,24 @@ def test_the_chart_crd_is_the_generated_crd_itself() -> None:
     assert chart_crd.resolve() == CRD.resolve()
     rendered = _by_kind(helm_template(include_crds=True), "CustomResourceDefinition")
     assert rendered == [yaml.safe_load(CRD.read_text())]
+
+
+def test_the_real_operator_accepts_the_rendered_command_line_and_environment() -> None:
+    """`jouletune operator` parses the chart's args and reads its JOULETUNE_TRIAL_* env;
+    without Kubernetes credentials it then stops at the credentials, which proves both."""
+    pytest.importorskip("jouletune.operator.cli", reason="operator CLI not written yet")
+    objs = helm_template(
+        sets=[*ALL_ON, "operator.watchNamespaces={team-a,team-b}", "trials.tolerations[0].key=gpu"],
+        set_strings=["trials.nodeSelector.gpu=true"],
+    )
+    (container,) = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jouletune", *container["args"]],
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": os.devnull, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "no Kubernetes credentials" in proc.stderr, proc.stderr

@@ -104,6 +104,7 @@ per (group, resource) with sorted verbs. tests/deploy fails when the two differ.
 - --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
 - --metrics-port={{ .Values.operator.metricsPort }}
 - --log-level={{ .Values.operator.logLevel }}
+- --image-pull-policy={{ .Values.image.pullPolicy }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}
