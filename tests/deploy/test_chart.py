@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -204,3 +205,17 @@ def test_the_real_operator_accepts_the_rendered_command_line_and_environment() -
     )
     assert proc.returncode != 0
     assert "no Kubernetes credentials" in proc.stderr, proc.stderr
+
+
+def test_podmonitor_matches_the_trial_pods_the_operator_builds() -> None:
+    """Port names and pod labels are the operator's (Prometheus turns `jouletune.io/trial`
+    into `__meta_kubernetes_pod_label_jouletune_io_trial`)."""
+    pods = pytest.importorskip("jouletune.operator._pods", reason="operator pods not written yet")
+    monitor = _one(helm_template(sets=ALL_ON), "PodMonitor")
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    assert {e["port"] for e in endpoints} == {pods.EXPORTER_PORT_NAME, pods.ENGINE_PORT_NAME}
+    assert monitor["spec"]["selector"]["matchExpressions"][0]["key"] == pods.LABEL_BENCHMARK
+    meta = {r["sourceLabels"][0]: r["targetLabel"] for e in endpoints for r in e["relabelings"]}
+    for label, target in ((pods.LABEL_BENCHMARK, "benchmark"), (pods.LABEL_TRIAL, "trial")):
+        sanitized = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", label)
+        assert meta[sanitized] == target
