@@ -184,14 +184,35 @@ class _EngineCollector(Collector):
     def _cache_config_info(self) -> GaugeMetricFamily:
         engine = self._engine
         kv_tokens = engine.num_blocks * BLOCK_SIZE
+        # Every label vLLM 0.24 reports; the simulator's own values where it models them.
         info = {
+            "_block_size_resolved": "True",
             "block_size": str(BLOCK_SIZE),
             "cache_dtype": "auto",
+            "calculate_kv_scales": "False",
             "enable_prefix_caching": "True",
             "gpu_memory_utilization": f"{self._gpu_memory_utilization:g}",
-            "kv_cache_size_tokens": str(kv_tokens),
-            "num_gpu_blocks": str(engine.num_blocks),
+            "hash_block_size": "None",
+            "is_attention_free": "False",
+            "kv_cache_dtype_skip_layers": "[]",
             "kv_cache_max_concurrency": f"{kv_tokens / engine.config.max_model_len:g}",
+            "kv_cache_memory_bytes": "None",
+            "kv_cache_size_tokens": str(kv_tokens),
+            "kv_offloading_backend": "native",
+            "kv_offloading_size": "None",
+            "kv_sharing_fast_prefill": "False",
+            "mamba_block_size": "None",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_page_size_padded": "None",
+            "mamba_ssm_cache_dtype": "auto",
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(engine.num_blocks),
+            "num_gpu_blocks_override": "None",
+            "prefix_caching_hash_algo": "sha256",
+            "sliding_window": "None",
+            "user_specified_block_size": "False",
+            "user_specified_mamba_block_size": "False",
         }
         family = GaugeMetricFamily(
             "vllm:cache_config_info",

@@ -1,0 +1,102 @@
+"""`jouletune sim-server`'s command line: vLLM's flags, defaults, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jouletune.gpu.simulated import gpu_model
+from jouletune.sim import MODEL_CATALOG
+from jouletune.sim.cli import build_config, parse_args, vllm_batch_defaults
+
+LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_positional_model_like_vllm_serve_and_unknown_flags_ignored() -> None:
+    args = parse_args(
+        [LLAMA_8B, "--load-format", "dummy", "--enforce-eager", "--port", "9001", "--seed=3"]
+    )
+    assert args.model == LLAMA_8B
+    assert args.port == 9001
+    assert args.ignored == ("--load-format", "dummy", "--enforce-eager", "--seed=3")
+
+
+def test_boolean_vllm_flag_does_not_swallow_the_model() -> None:
+    args = parse_args(["--enforce-eager", LLAMA_8B, "--max-num-seqs", "32", "-tp", "2"])
+    assert (args.model, args.max_num_seqs, args.tensor_parallel_size) == (LLAMA_8B, 32, 2)
+
+
+def test_known_flags_parse_into_the_engine_config() -> None:
+    args = parse_args(
+        [
+            "--model",
+            LLAMA_8B,
+            "--max-num-seqs",
+            "64",
+            "--tensor-parallel-size",
+            "2",
+            "--max-num-batched-tokens",
+            "4096",
+            "--max-model-len",
+            "8192",
+            "--gpu-memory-utilization",
+            "0.85",
+            "--served-model-name",
+            "llama",
+            "--gpu",
+            "h200-141gb",
+            "--power-limit",
+            "450",
+        ]
+    )
+    assert args.served_model_name == "llama"
+    assert args.power_limit_w == 450.0
+    config = build_config(args)
+    assert config.max_num_seqs == 64
+    assert config.tensor_parallel_size == 2
+    assert config.max_num_batched_tokens == 4096
+    assert config.max_model_len == 8192
+    assert config.gpu_memory_utilization == 0.85
+    assert config.gpu.key == "h200-141gb"
+
+
+def test_defaults_follow_vllm_batch_defaults_per_gpu() -> None:
+    # vLLM 0.24 EngineArgs.get_batch_defaults for `vllm serve`: >= 70 GiB and not an A100
+    # gets 1024 seqs / 8192 tokens, other GPUs 256 / 2048.
+    assert vllm_batch_defaults(gpu_model("h100-80gb")) == (1024, 8192)
+    assert vllm_batch_defaults(gpu_model("h200-141gb")) == (1024, 8192)
+    assert vllm_batch_defaults(gpu_model("a100-80gb")) == (256, 2048)
+    assert vllm_batch_defaults(gpu_model("l40s-48gb")) == (256, 2048)
+    config = build_config(parse_args([LLAMA_8B, "--gpu", "a100-80gb", "--max-model-len", "4096"]))
+    assert (config.max_num_seqs, config.max_num_batched_tokens) == (256, 2048)
+    assert config.gpu_memory_utilization == 0.9
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nobody/no-model"], "unknown model 'nobody/no-model'"),
+        ([LLAMA_8B, "--gpu", "tpu-v9"], "unknown GPU 'tpu-v9'"),
+        ([LLAMA_8B, "--power-limit", "900"], "outside"),
+        (["meta-llama/Llama-3.1-70B-Instruct"], "does not fit"),
+        ([LLAMA_8B, "--max-num-seqs", "abc"], "invalid int value"),
+        ([LLAMA_8B, "--tensor-parallel-size", "3"], "not divisible"),
+        ([], "no model given"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_2(argv: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jouletune", "sim-server", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    if "unknown model" in message:
+        assert all(hf_id in lines[0] for hf_id in MODEL_CATALOG)
