@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -219,3 +221,20 @@ def test_podmonitor_matches_the_trial_pods_the_operator_builds() -> None:
     for label, target in ((pods.LABEL_BENCHMARK, "benchmark"), (pods.LABEL_TRIAL, "trial")):
         sanitized = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", label)
         assert meta[sanitized] == target
+
+
+def test_helm_package_stores_the_linked_files_themselves(tmp_path: Path) -> None:
+    """The packaged chart holds the CRD, dashboards and rules as files (symlinks resolved)."""
+    run([tool("helm"), "package", str(CHART), "--destination", str(tmp_path)])
+    (archive,) = tmp_path.glob("jouletune-*.tgz")
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        linked = {f"jouletune/dashboards/{p.name}": p for p in GRAFANA.glob("*.json")} | {
+            f"jouletune/prometheus-rules/{RULES.name}": RULES
+        }
+        if CRD.exists():
+            linked[f"jouletune/crds/{CRD.name}"] = CRD
+        for name, source in linked.items():
+            assert members[name].isfile(), name
+            packed = tar.extractfile(members[name])
+            assert packed is not None and packed.read() == source.read_bytes(), name
