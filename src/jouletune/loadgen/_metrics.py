@@ -8,10 +8,12 @@ Definitions follow vLLM's `vllm/benchmarks/serve.py`:
 - Output tokens: `usage.completion_tokens` (the number of chunks when the server sent none).
 
 Scope (jouletune's choice, so latency and energy describe the same steady state): with a
-window, statistics cover the successful requests whose last chunk arrived inside it (all their
-TTFTs, TPOTs, ITLs and E2ELs); without one, every successful request. Window tokens count the
-chunks that arrived inside the window, each worth the request's completion_tokens / chunks.
-An empty sample set gives None, never 0.
+window (start, end], statistics cover the successful requests whose last chunk arrived inside
+it (all their TTFTs, TPOTs, ITLs and E2ELs); without one, every successful request. Window
+tokens count the chunks that arrived inside the window, each worth the request's
+completion_tokens / chunks. The window is open at its start because a closed-loop window
+starts at a request's last chunk: that request belongs to the ramp-up. An empty sample set
+gives None, never 0.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class BenchMetrics:
 def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> BenchMetrics:
     """Turn a run's request records (and its steady-state window, if any) into metrics."""
     ok = [r for r in records if r.success]
-    scoped = ok if window is None else [r for r in ok if window.start_s <= r.end_s <= window.end_s]
+    scoped = ok if window is None else [r for r in ok if window.start_s < r.end_s <= window.end_s]
     run_s = max(r.end_s for r in records) - min(r.send_s for r in records) if records else 0.0
     run_tokens = sum(r.tokens for r in ok)
     window_tokens = _window_tokens(records, window) if window else None
@@ -142,7 +144,7 @@ def _window_tokens(records: Sequence[RequestRecord], window: Window) -> float:
             continue
         times = np.asarray(r.chunk_times_s, dtype=np.float64)
         inside = int(np.searchsorted(times, window.end_s, side="right")) - int(
-            np.searchsorted(times, window.start_s, side="left")
+            np.searchsorted(times, window.start_s, side="right")
         )
         total += inside * r.tokens / len(times)
     return total

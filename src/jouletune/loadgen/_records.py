@@ -21,7 +21,8 @@ class RequestRecord:
         request_id: the `id` field of the stream's chunks (the server's request id), if seen.
         success: True when at least one chunk with choices arrived and the stream ended cleanly.
         error: why the request failed, one line; None on success.
-        send_s: when the request was handed to the HTTP client, seconds (perf_counter).
+        send_s: when the request was on the wire (its last byte handed to the socket),
+            seconds (perf_counter); see `_client` for why not before the POST.
         end_s: when the request ended: the last chunk with choices on success, else the moment
             the failure was seen, seconds (perf_counter).
         chunk_times_s: arrival time of every chunk with choices, seconds (perf_counter); these

@@ -22,7 +22,12 @@ import aiohttp
 
 from jouletune import __version__
 from jouletune.loadgen._arrivals import arrival_offsets_s
-from jouletune.loadgen._client import build_body, request_headers, stream_request
+from jouletune.loadgen._client import (
+    build_body,
+    request_headers,
+    send_time_trace,
+    stream_request,
+)
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._errors import BenchError
@@ -102,7 +107,9 @@ async def run_bench(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=_CONNECT_TIMEOUT_S, sock_read=config.request_timeout_s
     )
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trace_configs=[send_time_trace()]
+    ) as session:
         server = await probe_server(session, config.base_url, config.model)
         first_scrapes = await _probe_exporters(session, config.exporter_urls)
         await _get_ready(session, config, server)

@@ -14,7 +14,12 @@ The rule, from the request records alone (client clock, perf_counter seconds):
 4. End = the first request end after the last send: from then on a stream has run out of work
    (closed loop) or no new arrival replaces a finished request (open loop), so the batch
    drains. A run cut short (`--duration`, a lost server) ends the same way at its last send.
-5. No window (start >= end) when the run is too short for a steady state, e.g. every request
+5. Both edges then move forward into the quiet gap after the burst of chunks they fall in: an
+   engine step emits one chunk for every running stream at once, so rules 3 and 4 put each
+   edge at the start of a burst. The edge moves to the middle of the longest gap between chunk
+   arrivals within one step period (the median ITL) after it, so every step's tokens lie wholly
+   inside or outside the window, whatever the delivery delay within a burst.
+6. No window (start >= end) when the run is too short for a steady state, e.g. every request
    sent at once; the caller marks the result invalid with the reason.
 """
 
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from jouletune.loadgen._records import RequestRecord, Window
 
@@ -61,6 +69,10 @@ def steady_state_window(
     start_s = max(first_end_s, all_started_s)
     last_send_s = by_send[-1].send_s
     end_s = min((r.end_s for r in by_send if r.end_s > last_send_s), default=last_send_s)
+    chunks_s = _chunk_times(records)
+    step_s = _median_gap_s(records)
+    start_s = _after_burst(chunks_s, start_s, step_s)
+    end_s = _after_burst(chunks_s, end_s, step_s)
     if not end_s > start_s:
         raise NoSteadyStateError(
             f"no steady state: the first stream ran out of work {end_s - by_send[0].send_s:.3f}s"
@@ -105,3 +117,28 @@ def _median_in_flight(records: Sequence[RequestRecord]) -> int:
         if acc_s >= half_s:
             return max(level, 1)
     return max(1, math.ceil(max(time_at)))
+
+
+def _chunk_times(records: Sequence[RequestRecord]) -> npt.NDArray[np.float64]:
+    arrays = [np.asarray(r.chunk_times_s, dtype=np.float64) for r in records if r.chunk_times_s]
+    return np.sort(np.concatenate(arrays)) if arrays else np.empty(0)
+
+
+def _median_gap_s(records: Sequence[RequestRecord]) -> float:
+    gaps = [np.diff(np.asarray(r.chunk_times_s, dtype=np.float64)) for r in records]
+    pooled = np.concatenate(gaps) if gaps else np.empty(0)
+    pooled = pooled[pooled > 0]
+    return float(np.median(pooled)) if pooled.size else 0.0
+
+
+def _after_burst(chunks_s: npt.NDArray[np.float64], edge_s: float, step_s: float) -> float:
+    """The middle of the longest gap between chunk arrivals in [edge, edge + step], where one
+    gap may end after that span; `edge_s` itself when there is no such gap."""
+    lo = int(np.searchsorted(chunks_s, edge_s, side="left"))
+    hi = int(np.searchsorted(chunks_s, edge_s + step_s, side="right"))
+    span = chunks_s[lo : min(hi + 1, chunks_s.size)]
+    if step_s <= 0 or span.size < 2:
+        return edge_s
+    gaps = np.diff(span)
+    i = int(np.argmax(gaps))
+    return float(span[i] + gaps[i] / 2)
