@@ -122,7 +122,7 @@ def _table(real: list[Point], sim: list[Point], title: str) -> int:
         "| C | J/out-tok real | sim | err | ITL p50 ms real | sim | err | power W real | sim "
         "| tok/s real | sim | TTFT p50 ms real | sim | ITL p99 ms real | sim | SM MHz real | sim |"
     )
-    print("|" + "---|" * 19)
+    print("|" + "---|" * 17)
     misses = 0
     for r, s in zip(real, sim, strict=True):
         e_j = s.j_per_output_token / r.j_per_output_token - 1
