@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
+from jouletune.operator._names import GROUP, KIND, VERSION
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
-from jouletune.operator.crd import GROUP, KIND, VERSION
 from jouletune.tuner import BenchmarkSpec, Recommendation
 
 __all__ = [

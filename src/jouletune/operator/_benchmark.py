@@ -140,6 +140,7 @@ class BenchmarkLoop:
         }
         self._spec: BenchmarkSpec | None = None
         self._study: Study | None = None
+        self._written = False  # whether this process has written the status yet
 
     @property
     def status(self) -> BenchmarkStatus:
@@ -482,8 +483,15 @@ class BenchmarkLoop:
         return status
 
     async def _write(self, status: BenchmarkStatus) -> None:
+        generation = self._body["metadata"].get("generation")
+        status.conditions = [
+            c.model_copy(update={"observed_generation": generation}) for c in status.conditions
+        ]
+        if status == self._status and self._written:
+            return  # nothing changed: no write, no watch event, no wake-up elsewhere
         await self._ctx.kube.patch_status(self.ref.namespace, self.ref.name, status.to_wire())
         self._status = status
+        self._written = True
         self._ctx.metrics.observe_status(self.ref.namespace, self.ref.name, status)
 
     async def fail(self, fatal: _Fatal) -> None:

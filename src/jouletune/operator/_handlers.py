@@ -22,8 +22,8 @@ from jouletune.operator._benchmark import BenchmarkLoop, Context, EventSink, kop
 from jouletune.operator._config import OperatorConfig
 from jouletune.operator._kube import KubeApi
 from jouletune.operator._metrics import OperatorMetrics
+from jouletune.operator._names import GROUP, KIND, PLURAL, VERSION
 from jouletune.operator._pods import LABEL_BENCHMARK, benchmark_label
-from jouletune.operator.crd import GROUP, KIND, PLURAL, VERSION
 
 __all__ = ["Operator", "configure"]
 

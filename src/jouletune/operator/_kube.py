@@ -23,7 +23,7 @@ from urllib.parse import quote
 import aiohttp
 
 from jouletune import __version__
-from jouletune.operator.crd import GROUP, PLURAL, VERSION
+from jouletune.operator._names import GROUP, PLURAL, VERSION
 
 __all__ = ["CALLS", "ApiCall", "KubeApi", "KubeError"]
 

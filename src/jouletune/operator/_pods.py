@@ -27,9 +27,9 @@ from typing import Any
 
 from jouletune.loadgen import BenchConfig
 from jouletune.operator._config import OperatorConfig
+from jouletune.operator._names import GROUP, KIND, VERSION
 from jouletune.operator._status import TrialConfig
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
-from jouletune.operator.crd import GROUP, KIND, VERSION
 from jouletune.tuner.spec import Backend, BenchmarkSpec
 
 __all__ = [
@@ -217,13 +217,9 @@ def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) 
         container["image"] = settings.trial_image
         container["imagePullPolicy"] = settings.image_pull_policy
         container["command"] = ["jouletune", "sim-server"]
-        container["args"] = [
-            *serve,
-            "--gpu-type",
-            spec.gpu.type,
-            "--num-gpus",
-            str(spec.gpu.count),
-        ]
+        # The sim-server takes vLLM's flags (and ignores those it does not model) plus the
+        # simulated GPU's type; its tensor parallelism sets how many GPUs it simulates.
+        container["args"] = [*serve, "--gpu", spec.gpu.type]
     else:
         container["image"] = spec.engine.image
         container["imagePullPolicy"] = settings.image_pull_policy

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from jouletune.operator._kube import CALLS, ApiCall
-from jouletune.operator.crd import GROUP, PLURAL
+from jouletune.operator._names import GROUP, PLURAL
 
 __all__ = ["KOPF_CALLS", "RBAC_RULES", "rbac_rules"]
 

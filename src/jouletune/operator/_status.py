@@ -255,5 +255,9 @@ class BenchmarkStatus(_Model):
         self.conditions = [c for c in self.conditions if c.type != new.type] + [new]
 
     def to_wire(self) -> dict[str, object]:
-        """The JSON form written to the API (camelCase, nulls kept so merge-patch clears)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The JSON form written to the API: camelCase, no nulls inside (compact), and a
+        top-level field that is unset is sent as null, so a merge patch removes it."""
+        data: dict[str, object] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for name, info in type(self).model_fields.items():
+            data.setdefault(info.alias or name, None)
+        return data

@@ -14,6 +14,15 @@ from typing import Any
 
 import yaml
 
+from jouletune.operator._names import (
+    CRD_NAME,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+    VERSION,
+)
 from jouletune.operator._schema import to_structural
 from jouletune.operator._status import BenchmarkStatus
 from jouletune.tuner.spec import BenchmarkSpec
@@ -31,13 +40,6 @@ __all__ = [
     "render_crd",
 ]
 
-GROUP = "jouletune.io"
-VERSION = "v1alpha1"
-KIND = "EnergyBenchmark"
-PLURAL = "energybenchmarks"
-SINGULAR = "energybenchmark"
-SHORT_NAME = "ebm"
-CRD_NAME = f"{PLURAL}.{GROUP}"
 
 # Spec fields that define the study: changing one after trials ran would mix measurements of
 # different experiments in one Pareto front. Budget and adoption may change (e.g. more trials).

@@ -1,0 +1,403 @@
+"""A small kubelet for the operator tests: it runs trial pods as real local processes.
+
+It watches pods (by polling the API emulator), "schedules" them on one node with a fixed
+number of GPUs and a set of pullable images, and runs each pod's containers as
+`python -m jouletune ...` processes: the engine (`jouletune sim-server`), the exporter
+sidecar and the load generator (`jouletune operator trial`, which runs a real bench). Like a
+kubelet it
+
+- maps the pod's ports to free loopback ports (every pod has its own network namespace on a
+  node; here they share one), and its termination-message path to a file;
+- restarts a sidecar that exits (restartPolicy Always) and reports CrashLoopBackOff after
+  `crash_restarts` restarts;
+- reports what it sees in the pod's status: PodScheduled, container states, exit codes,
+  the load generator's termination message, phase Succeeded/Failed;
+- kills a deleted pod's processes.
+
+What it cannot do for real (an out-of-memory kill, a pod that hangs) a test asks for per
+pod through `overrides`, and the kubelet then writes the status a kubelet would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.operator.apiserver import Api
+
+# How often pods and processes are polled (a real kubelet reacts to watch events; polling
+# a small in-memory list this often costs nothing).
+POLL_S = 0.05
+ENGINE_PORT = 8000
+EXPORTER_PORT = 9400
+
+# Per-trial overrides a test may ask for: what no local process can produce for real.
+OOM = "oom"  # the engine is killed by the OOM killer (exit 137, reason OOMKilled)
+HANG = "hang"  # the containers start and never finish
+CANNED = "canned"  # the load generator ends at once with `canned_message`
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class Kubelet:
+    """Runs the pods of one namespace (see module doc).
+
+    Attributes:
+        api: the API emulator's client.
+        namespace: the namespace it serves.
+        workdir: where container logs and termination messages go.
+        gpus: `nvidia.com/gpu` the node has; pods asking for more stay Unschedulable.
+        images: images the node can pull; others end in ImagePullBackOff.
+        crash_restarts: restarts of a failing sidecar before CrashLoopBackOff.
+        overrides: pod name -> OOM, HANG or CANNED.
+        default_override: what pods not in `overrides` get (None: run for real).
+        canned_message: the termination message of CANNED trials.
+    """
+
+    api: Api
+    namespace: str
+    workdir: Path
+    gpus: int = 0
+    images: set[str] = field(default_factory=set)
+    crash_restarts: int = 2
+    overrides: dict[str, str] = field(default_factory=dict)
+    default_override: str | None = None
+    canned_message: str = ""
+    created: dict[str, list[str]] = field(default_factory=dict)  # pod name -> uids seen
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Kubelet:
+        thread = threading.Thread(target=self._watch, name="kubelet", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    # --- the watch loop -----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        seen: set[str] = set()
+        while not self._stop.is_set():
+            for pod in self.api.items(f"/api/v1/namespaces/{self.namespace}/pods"):
+                uid = pod["metadata"]["uid"]
+                if uid in seen:
+                    continue
+                seen.add(uid)
+                self.created.setdefault(pod["metadata"]["name"], []).append(uid)
+                worker = threading.Thread(
+                    target=self._run_pod, args=(pod,), name=f"pod-{pod['metadata']['name']}"
+                )
+                worker.start()
+                self._threads.append(worker)
+            self._stop.wait(POLL_S)
+
+    # --- one pod ------------------------------------------------------------------------
+
+    def _run_pod(self, pod: dict[str, Any]) -> None:
+        pod_run = _PodRun(kubelet=self, pod=pod)
+        try:
+            pod_run.run()
+        finally:
+            pod_run.stop_all()
+
+
+@dataclass
+class _PodRun:
+    kubelet: Kubelet
+    pod: dict[str, Any]
+    procs: dict[str, _Proc] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.pod["metadata"]["name"])
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.kubelet.namespace}/pods/{self.name}"
+
+    def run(self) -> None:
+        if not self._schedule():
+            return
+        if not self._pull_images():
+            return
+        override = self.kubelet.overrides.get(self.name, self.kubelet.default_override)
+        if override == OOM:
+            self._patch_status("Running", engine=_terminated(137, "OOMKilled"))
+            self._wait_deleted()
+        elif override == HANG:
+            self._patch_status("Running", engine=_running(), loadgen=_running())
+            self._wait_deleted()
+        elif override == CANNED:
+            message = self.kubelet.canned_message
+            self._patch_status("Succeeded", loadgen=_terminated(0, "Completed", message))
+        else:
+            self._run_containers()
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    # --- scheduling and images ----------------------------------------------------------
+
+    def _schedule(self) -> bool:
+        wanted = sum(
+            int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+            for c in self._containers()
+        )
+        if wanted > self.kubelet.gpus:
+            condition = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": f"0/1 nodes are available: 1 Insufficient nvidia.com/gpu "
+                f"(wants {wanted}, node has {self.kubelet.gpus}).",
+            }
+            self._patch({"status": {"phase": "Pending", "conditions": [condition]}})
+            return False
+        return True
+
+    def _pull_images(self) -> bool:
+        missing = [c for c in self._containers() if c["image"] not in self.kubelet.images]
+        if not missing:
+            return True
+        waiting = {
+            c["name"]: {
+                "waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{c["image"]}"',
+                }
+            }
+            for c in missing
+        }
+        self._patch_status("Pending", states=waiting)
+        return False
+
+    # --- running containers -------------------------------------------------------------
+
+    def _run_containers(self) -> None:
+        ports = {ENGINE_PORT: free_port(), EXPORTER_PORT: free_port()}
+        logdir = self.kubelet.workdir / self.name
+        logdir.mkdir(parents=True, exist_ok=True)
+        message_path = logdir / "termination-log"
+        spec = self.pod["spec"]
+        for container in spec["initContainers"]:
+            self.procs[container["name"]] = self._proc(container, ports, logdir)
+            self.procs[container["name"]].start()
+        loadgen = spec["containers"][0]
+        proc = self._proc(loadgen, ports, logdir, extra=["--termination-log", str(message_path)])
+        self.procs[loadgen["name"]] = proc
+        proc.start()
+        self._patch_status("Running", engine=_running(), loadgen=_running())
+        while not self.kubelet._stop.is_set():
+            if self._deleted():
+                return
+            if self._restart_sidecars():
+                self._wait_deleted()
+                return
+            code = proc.exit_code()
+            if code is not None:
+                message = message_path.read_text() if message_path.exists() else ""
+                reason = "Completed" if code == 0 else "Error"
+                phase = "Succeeded" if code == 0 else "Failed"
+                self._patch_status(phase, loadgen=_terminated(code, reason, message))
+                return
+            time.sleep(POLL_S)
+
+    def _restart_sidecars(self) -> bool:
+        """Restart exited sidecars; True once one is in CrashLoopBackOff."""
+        for name in ("engine", "exporter"):
+            proc = self.procs[name]
+            code = proc.exit_code()
+            if code is None:
+                continue
+            if proc.restarts >= self.kubelet.crash_restarts:
+                state = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off restarting failed container {name}",
+                    }
+                }
+                last = {"terminated": {"exitCode": code, "reason": "Error"}}
+                self._patch_status(
+                    "Running",
+                    states={name: state},
+                    restarts={name: proc.restarts},
+                    last={name: last},
+                )
+                return True
+            proc.restarts += 1
+            proc.start()
+        return False
+
+    def _proc(
+        self,
+        container: Mapping[str, Any],
+        ports: Mapping[int, int],
+        logdir: Path,
+        extra: list[str] | None = None,
+    ) -> _Proc:
+        argv = [*container.get("command", []), *container.get("args", []), *(extra or [])]
+        assert argv[0] == "jouletune", f"the test kubelet runs only jouletune, not {argv[0]}"
+        argv = [sys.executable, "-m", "jouletune", *_remap_args(argv[1:], ports)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = _remap_text(var["value"], ports)
+            else:
+                field_path = var["valueFrom"]["fieldRef"]["fieldPath"]
+                env[var["name"]] = self.pod["metadata"][field_path.split(".", 1)[1]]
+        return _Proc(
+            name=container["name"], argv=argv, env=env, log=logdir / f"{container['name']}.log"
+        )
+
+    # --- status -------------------------------------------------------------------------
+
+    def _patch_status(
+        self,
+        phase: str,
+        *,
+        engine: dict[str, Any] | None = None,
+        loadgen: dict[str, Any] | None = None,
+        states: Mapping[str, dict[str, Any]] | None = None,
+        restarts: Mapping[str, int] | None = None,
+        last: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        given = {
+            **({"engine": engine} if engine else {}),
+            **({"loadgen": loadgen} if loadgen else {}),
+        }
+        given.update(states or {})
+        spec = self.pod["spec"]
+
+        def statuses(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out = []
+            for c in containers:
+                state = given.get(c["name"], {"waiting": {"reason": "PodInitializing"}})
+                out.append(
+                    {
+                        "name": c["name"],
+                        "image": c["image"],
+                        "state": state,
+                        "lastState": (last or {}).get(c["name"], {}),
+                        "ready": "running" in state,
+                        "restartCount": (restarts or {}).get(c["name"], 0),
+                    }
+                )
+            return out
+
+        status = {
+            "phase": phase,
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "initContainerStatuses": statuses(spec.get("initContainers", [])),
+            "containerStatuses": statuses(spec["containers"]),
+        }
+        self._patch({"status": status})
+
+    def _patch(self, body: dict[str, Any]) -> None:
+        if not self._deleted():
+            self.kubelet.api.patch(self.path + "/status", body)
+
+    def _deleted(self) -> bool:
+        current = self.kubelet.api.get(self.path)
+        return current is None or current["metadata"]["uid"] != self.pod["metadata"]["uid"]
+
+    def _wait_deleted(self) -> None:
+        while not self.kubelet._stop.is_set() and not self._deleted():
+            time.sleep(POLL_S)
+
+    def _containers(self) -> list[dict[str, Any]]:
+        spec = self.pod["spec"]
+        return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _running() -> dict[str, Any]:
+    return {"running": {"startedAt": _now()}}
+
+
+def _terminated(code: int, reason: str, message: str = "") -> dict[str, Any]:
+    state: dict[str, Any] = {"exitCode": code, "reason": reason, "finishedAt": _now()}
+    if message:
+        state["message"] = message
+    return {"terminated": state}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _remap_args(args: list[str], ports: Mapping[int, int]) -> list[str]:
+    """Loopback instead of 0.0.0.0, and the pod's ports mapped to this pod's free ports."""
+    out = []
+    for i, arg in enumerate(args):
+        previous = args[i - 1] if i else ""
+        if previous == "--host" and arg == "0.0.0.0":
+            arg = "127.0.0.1"
+        elif previous == "--port" and int(arg) in ports:
+            arg = str(ports[int(arg)])
+        out.append(_remap_text(arg, ports))
+    return out
+
+
+def _remap_text(text: str, ports: Mapping[int, int]) -> str:
+    for port, mapped in ports.items():
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{mapped}")
+    return text
+
+
+def canned_message_from(result_path: Path) -> str:
+    """The termination message of a real bench result file (for CANNED trials)."""
+    from jouletune.operator import CompactResult
+
+    return CompactResult.from_bench(json.loads(result_path.read_text())).to_message()
+
+
+KubeletFactory = Callable[..., Kubelet]

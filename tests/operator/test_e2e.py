@@ -1,0 +1,209 @@
+"""The real operator under Kopf's runner, against the API emulator and the test kubelet.
+
+Every trial that is not a deliberate failure is a real `jouletune bench` run (inside
+`jouletune operator trial`) against a real `jouletune sim-server` and `jouletune exporter`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from jouletune.operator import RBAC_RULES
+from tests.operator.conftest import Cluster
+from tests.operator.harness import (
+    EBM_PATH,
+    NAMESPACE,
+    PODS_PATH,
+    benchmark,
+    events_of,
+    running_operator,
+    status_of,
+    tiny_spec,
+    wait_for,
+    wait_phase,
+)
+from tests.operator.kubelet import HANG, OOM, free_port
+
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+
+
+def _deployment(name: str, args: list[str]) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/x", "args": args}]},
+            },
+        },
+    }
+
+
+def _granted(group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+        for r in RBAC_RULES
+    )
+
+
+def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) -> None:
+    api = cluster.api
+    api.create(
+        DEPLOYMENTS, _deployment("llm", ["some/model", "--port", "8000", "--max-num-seqs", "9"])
+    )
+    adopt = {
+        "mode": "Apply",
+        "targetRef": {"kind": "Deployment", "name": "llm", "container": "vllm"},
+    }
+    api.create(EBM_PATH, benchmark("tiny", tiny_spec(adopt=adopt)))
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    with running_operator(cluster.url, liveness=health) as op:
+        status = wait_phase(api, "tiny", {"Succeeded", "Failed"}, timeout_s=50)
+        with urllib.request.urlopen(health, timeout=5) as resp:
+            assert resp.status == 200
+        metric = op.metrics.get_sample_value
+        labels = {"namespace": NAMESPACE, "benchmark": "tiny"}
+        assert metric("jouletune_operator_trials", {**labels, "state": "Complete"}) == 3
+        assert metric("jouletune_operator_benchmark_phase", {**labels, "phase": "Succeeded"}) == 1
+        best = metric("jouletune_operator_best_energy_per_output_token_joules", labels)
+        assert best == pytest.approx(status["bestJPerToken"])
+        durations = metric(
+            "jouletune_operator_trial_duration_seconds_count", {**labels, "state": "Complete"}
+        )
+        assert durations == 3
+
+    assert status["phase"] == "Succeeded", json.dumps(status)[-2000:]
+    assert status["observedGeneration"] == 1
+    trials = status["trials"]
+    assert [t["number"] for t in trials] == list(range(len(trials))) and len(trials) == 3
+    assert trials[0]["role"] == "baseline" and trials[0]["config"]["maxNumSeqs"] == 256
+    for trial in trials:
+        assert trial["state"] == "Complete" and trial["jPerToken"] > 0, trial
+        assert trial["latencyMs"]["tpot_p90"] > 0 and trial["avgPowerW"] > 0
+    assert status["trialProgress"] == "3/3" and status["trialsComplete"] == 3
+    assert status["paretoFront"], "a feasible front"
+    front_j = [p["jPerToken"] for p in status["paretoFront"]]
+    assert front_j == sorted(front_j) and status["bestJPerToken"] == min(front_j)
+
+    rec = status["recommendation"]
+    assert rec["verdict"] == "recommended" and rec["jPerToken"] == status["bestJPerToken"]
+    assert rec["baselineJPerToken"] > 0 and rec["savingPct"] is not None
+    assert "--max-num-seqs" in rec["vllmArgs"] and rec["summary"]
+    assert rec["configMap"] == "tiny-recommendation" and rec["adopted"] is True
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Complete"]["status"] == "True"
+    assert conditions["Adopted"]["reason"] == "DeploymentPatched"
+
+    configmap = api.get(f"{CONFIGMAPS}/tiny-recommendation")
+    assert configmap is not None
+    assert json.loads(configmap["data"]["vllm-serve-args.json"]) == rec["vllmArgs"]
+    assert configmap["metadata"]["ownerReferences"][0]["name"] == "tiny"
+    container = api.get(f"{DEPLOYMENTS}/llm")["spec"]["template"]["spec"]["containers"][0]
+    seqs = str(rec["config"]["maxNumSeqs"])
+    assert container["args"][:3] == ["some/model", "--port", "8000"], "kept what was not searched"
+    assert container["args"][container["args"].index("--max-num-seqs") + 1] == seqs
+    assert container["args"].count("--max-num-seqs") == 1
+
+    assert api.items(PODS_PATH) == [], "trial pods are deleted once read"
+    assert all(len(uids) == 1 for uids in cluster.kubelet.created.values())
+    reasons = [e["reason"] for e in events_of(api, "tiny")]
+    assert reasons.count("TrialStarted") == 3 and reasons.count("TrialFinished") == 3
+    assert "BenchmarkSucceeded" in reasons
+
+    sent = cluster.server.calls("kopf/", "jouletune-operator/")
+    assert sent, "the operator's requests are in the emulator's log"
+    ungranted = {call for call in sent if not _granted(*call)}
+    assert ungranted == set(), f"calls the RBAC rules do not grant: {ungranted}"
+
+
+def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(cluster: Cluster) -> None:
+    api = cluster.api
+    spec = tiny_spec(budget={"maxTrials": 4, "parallelTrials": 1})
+    api.create(EBM_PATH, benchmark("restart", spec))
+    with running_operator(cluster.url):
+        # Stop once one trial is in and the next one is running.
+        wait_for(
+            lambda: (
+                (s := status_of(api, "restart")).get("trialsComplete", 0) >= 1
+                and s.get("trialsRunning", 0) == 1
+            ),
+            timeout_s=30,
+            what="one trial done and one running",
+        )
+    before = status_of(api, "restart")
+    running = [t for t in before["trials"] if t["state"] == "Running"]
+    assert len(running) == 1
+    with running_operator(cluster.url):
+        status = wait_phase(api, "restart", {"Succeeded", "Failed"}, timeout_s=50)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    trials = status["trials"]
+    assert [t["number"] for t in trials] == list(range(len(trials)))
+    # The trial running across the restart was measured once, in the pod started before it.
+    assert trials[running[0]["number"]]["state"] == "Complete"
+    assert sorted(cluster.kubelet.created) == sorted(t["pod"] for t in trials if t.get("pod"))
+    assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), "no pod twice"
+    finished = [e["message"] for e in events_of(api, "restart") if e["reason"] == "TrialFinished"]
+    numbers = [m.split(":")[0] for m in finished]
+    assert sorted(numbers) == sorted(set(numbers)), "no trial told twice"
+    configs = [json.dumps(t["config"], sort_keys=True) for t in trials if t["role"] == "search"]
+    assert len(configs) == len(set(configs)), "no configuration measured twice"
+
+
+# name -> (spec changes, kubelet setup, expected reason). Unschedulable, ImagePullBackOff and
+# CrashLoopBackOff come from the kubelet's real logic (no GPU on the node, an image it cannot
+# pull, a sim-server that exits on an unknown GPU type and is restarted); an OOM kill and a
+# hang are asked of it.
+FAILURES: dict[str, tuple[dict[str, Any], str | None, str]] = {
+    "unsched": ({"backend": "vllm", "gpu": {"count": 2}}, None, "Unschedulable"),
+    "pull": (
+        {"backend": "vllm", "engine": {"image": "registry.invalid/vllm:none"}},
+        None,
+        "ImagePullBackOff",
+    ),
+    "crash": ({"gpu": {"type": "no-such-gpu"}}, None, "CrashLoopBackOff"),
+    "oom": ({}, OOM, "OOMKilled"),
+    "hang": ({"engine": {"startupTimeoutS": 1}, "budget": {"trialTimeoutS": 1}}, HANG, "Timeout"),
+}
+
+
+def test_failed_trials_carry_their_reason_and_max_failed_trials_fails_the_benchmark(
+    cluster: Cluster,
+) -> None:
+    api = cluster.api
+    cluster.kubelet.gpus = 1  # "unsched" asks for 2 GPUs per trial
+    for name, (changes, setup, _) in FAILURES.items():
+        if setup in (OOM, HANG):
+            cluster.kubelet.overrides[f"{name}-trial-0"] = setup
+        budget = {"maxFailedTrials": 1, "parallelTrials": 1, **changes.pop("budget", {})}
+        api.create(EBM_PATH, benchmark(name, tiny_spec(budget=budget, **changes)))
+    with running_operator(cluster.url) as op:
+        statuses = {name: wait_phase(api, name, {"Succeeded", "Failed"}, 40) for name in FAILURES}
+        failures = {
+            name: op.metrics.get_sample_value(
+                "jouletune_operator_trial_failures_total",
+                {"namespace": NAMESPACE, "benchmark": name, "reason": reason},
+            )
+            for name, (_, _, reason) in FAILURES.items()
+        }
+    for name, (_, _, reason) in FAILURES.items():
+        status = statuses[name]
+        assert status["phase"] == "Failed", (name, status)
+        failed = {c["type"]: c for c in status["conditions"]}["Failed"]
+        assert failed["status"] == "True" and failed["reason"] == "MaxFailedTrialsReached"
+        assert "maxFailedTrials=1" in failed["message"]
+        trial = status["trials"][0]
+        assert trial["state"] == "Failed" and trial["reason"] == reason, (name, trial)
+        assert trial["failReason"].startswith(reason)
+        warnings = [e for e in events_of(api, name) if e["type"] == "Warning"]
+        assert any(e["reason"] == "TrialFailed" and reason in e["message"] for e in warnings)
+        assert failures[name] == 1
+    assert api.items(PODS_PATH) == []
