@@ -57,7 +57,10 @@ class Progress:
         self._server = plan.server.label()
         repeat = f" repeat {plan.repeat}" if plan.repeat else ""
         self._current = f"#{plan.number} {plan.role.value}{repeat}: {plan.point.label()}"
-        self._refresh()
+        if self._live is None:
+            self._say(f"{self._counter()} {self._current}: measuring")
+        else:
+            self._refresh()
 
     def trial_finished(self, record: TrialRecord) -> None:
         """Log the trial's figures and update the best feasible point so far."""
@@ -74,7 +77,7 @@ class Progress:
         return f"[{self._done}/{self._spec.budget.max_trials}]"
 
     def _say(self, line: str) -> None:
-        self._console.print(line, highlight=False, markup=False)
+        self._console.print(line, highlight=False, markup=False, soft_wrap=True)
         self._refresh()
 
     def _refresh(self) -> None:

@@ -255,8 +255,9 @@ def _message(
     head = "recommended" if done else "best so far (study not finished)"
     text = f"{head}: {best.label} at {best.energy_per_output_token_j:.4g} J/output-token"
     if saving is not None and cost_ms is not None:
+        fewer = f"{saving:.1f}% fewer" if saving >= 0 else f"{-saving:.1f}% more"
         text += (
-            f", {saving:+.1f}% fewer joules than the baseline, "
+            f", {fewer} joules per token than the baseline, "
             f"{spec.objective.value} {cost_ms:+.2f} ms"
         )
     return text

@@ -134,7 +134,10 @@ def _plot(
                 ax.axvline(slo.max_ms, color="tab:red", linestyle="--", linewidth=1, label="SLO")
         ax.set_xlabel(f"{metric} (ms)")
         ax.set_ylabel("energy per output token (J)")
-        ax.set_yscale("log")
+        if points:
+            ax.set_yscale("log")  # J/token spans decades from small to large batches
+        else:
+            ax.text(0.5, 0.5, "no successful measurement", ha="center", transform=ax.transAxes)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(spec.model, fontsize=10)

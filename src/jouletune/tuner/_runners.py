@@ -246,10 +246,8 @@ class SimRunner(_ProcessRunner):
             *_jouletune(),
             "sim-server",
             *self._engine_args(config, port),
-            "--gpu-type",
+            "--gpu",
             self._spec.gpu.type,
-            "--num-gpus",
-            str(self._spec.gpu.count),
         ]
 
     def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:

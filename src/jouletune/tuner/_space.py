@@ -134,6 +134,21 @@ class SearchGrid:
         """Power choices from highest (None: as found) to lowest."""
         return self._power
 
+    @property
+    def tensor_parallel_sizes(self) -> Sequence[int]:
+        """Tensor-parallel sizes, ascending."""
+        return self._tp
+
+    @property
+    def max_num_seqs_choices(self) -> Sequence[int]:
+        """max_num_seqs values (the baseline's included), ascending."""
+        return self._seqs
+
+    @property
+    def max_num_batched_tokens_choices(self) -> Sequence[int | None]:
+        """max_num_batched_tokens values, None (vLLM's default) first."""
+        return self._mbt
+
     def distributions(self) -> dict[str, BaseDistribution]:
         """One categorical per knob, in a fixed order."""
         return {

@@ -4,16 +4,18 @@ One `Study` serves both front doors. The CLI loops `ask()` → run → `tell()`;
 asks when it can start a pod and tells when the pod's result arrives, possibly from another
 process, since every piece of state lives in Optuna's storage (or is rebuilt from records).
 
-The plan around Optuna's sampler:
+The plan around Optuna's sampler, each step derived from the records (so a resumed study
+goes on where it stopped):
 1. the baseline (vLLM defaults, no cap) is measured first;
-2. the sampler proposes points; a point already measured is answered from its first
-   measurement instead of being measured again;
-3. after each measured point, a cheap step along the power axis of the same server is queued
-   (a cap change needs no restart): downwards while the point meets the SLOs and lowering
-   the cap still pays, upwards when a cap that binds broke an SLO. Caps above the power the
-   server draws are skipped: they would not bind, so they cannot save anything;
-4. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, and
+2. a trial interrupted by a crash is measured again;
+3. the SLO boundary search (`_boundary`): bisection over max_num_seqs, then a walk along the
+   boundary, lowering power caps under a running server (no restart) while that pays;
+4. the power step under the latest point's server, once the boundary is bracketed;
+5. then the sampler explores; a point it proposes again is answered from its first
+   measurement instead of being measured twice;
+6. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, and
    the baseline, are measured `finalistRepeats` more times.
+`sampler: grid` skips 3-5 and measures every point, server by server.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
+from jouletune.tuner._boundary import brackets_closed, next_boundary_point, next_power_step
 from jouletune.tuner._records import (
     BenchFigures,
     Role,
@@ -49,9 +52,6 @@ __all__ = ["Phase", "Study", "StudyMismatchError"]
 # The lowest-energy feasible points re-measured before one is recommended. Three covers points
 # whose single measurements lie within noise of each other without doubling the study's cost.
 _MAX_FINALISTS = 3
-# A cap "binds" when the GPU's mean power over the window reaches this fraction of it: NVML
-# keeps a capped H100 a few watts under its limit.
-_BINDS_RATIO = 0.95
 # The sampler may propose a measured point again; after this many in a row the space near its
 # optimum is exhausted and an unmeasured point is picked at random instead.
 _MAX_DUPLICATE_ASKS = 20
@@ -255,12 +255,14 @@ class Study:
         for record in records:
             if record.interrupted and record.role is Role.SEARCH and record.point not in taken:
                 return self._ask_point(record.point, role=Role.SEARCH)
-        step = self._power_step(records)
-        if step is not None:
-            return self._ask_point(step, role=Role.SEARCH)
         if self._spec.sampler == "grid":
             unmeasured = self._unmeasured_points(taken)
             return self._ask_point(unmeasured[0], role=Role.SEARCH) if unmeasured else None
+        step = self._power_step(records) if brackets_closed(records, self._grid) else None
+        if step is None:
+            step = next_boundary_point(records, self._grid)
+        if step is not None and step not in taken:
+            return self._ask_point(step, role=Role.SEARCH)
         return self._ask_sampler()
 
     def _ask_sampler(self) -> TrialPlan | None:
@@ -326,14 +328,12 @@ class Study:
     def _power_step(self, records: Sequence[TrialRecord]) -> PointConfig | None:
         """The next cap under the server of the latest measured search trial, if any is worth
         measuring: it needs no restart, so it is the cheapest informative measurement."""
-        if self._spec.sampler == "grid":
-            return None  # grid measures every cap anyway
         finished = [r for r in records if r.measured and r.role is not Role.FINALIST]
         if not finished or finished[-1].state is not TrialState.COMPLETE:
             return None
         latest = finished[-1]
         same_server = [r for r in finished if r.point.server == latest.point.server]
-        cap = _next_power_step(latest, same_server, self._grid.power_limits_w)
+        cap = next_power_step(latest, same_server, self._grid.power_limits_w)
         if cap is None:
             return None
         return PointConfig(server=latest.point.server, power_limit_w=cap)
@@ -530,43 +530,6 @@ def _sampler(spec: BenchmarkSpec) -> BaseSampler:
     if spec.sampler == "nsga2":
         return NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_trials // 4))
     return RandomSampler(seed=spec.seed)
-
-
-def _next_power_step(
-    record: TrialRecord, same_server: Sequence[TrialRecord], caps: Sequence[float | None]
-) -> float | None:
-    """The cap to measure next under `record`'s server, or None when the power axis is done.
-
-    `caps` runs from None (as found, the highest) downwards.
-    """
-    taken = {r.power_limit_w for r in same_server if not r.interrupted}
-    index = caps.index(record.power_limit_w)
-    power_w = record.avg_power_per_gpu_w
-    if record.feasible:
-        higher = [
-            r
-            for r in same_server
-            if r.state is TrialState.COMPLETE
-            and caps.index(r.power_limit_w) < index
-            and r.duplicate_of is None
-        ]
-        if higher:
-            nearest = max(higher, key=lambda r: caps.index(r.power_limit_w))
-            if (nearest.energy_per_output_token_j or 0) <= (record.energy_per_output_token_j or 0):
-                return None  # lowering the cap stopped paying
-        for cap in caps[index + 1 :]:
-            assert cap is not None, "only the first choice may be None"
-            if cap in taken:
-                return None
-            if power_w is None or cap < power_w * _BINDS_RATIO:
-                return cap
-        return None
-    cap_now = record.power_limit_w
-    if cap_now is None or power_w is None or power_w < cap_now * _BINDS_RATIO:
-        return None  # the cap did not bind, so raising it cannot make this point faster
-    for cap in reversed(caps[:index]):
-        return None if cap in taken else cap
-    return None
 
 
 def _server_order(point: PointConfig) -> tuple[Any, ...]:

@@ -1,0 +1,202 @@
+"""`jouletune tune` as a real process against real `jouletune sim-server`s and exporters."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from jouletune.tuner import Role, Study, TrialState, load_spec, open_storage
+from jouletune.tuner._process import port_busy
+from tests.procs import free_port, jouletune_process
+from tests.tuner.tune_procs import (
+    power_limits_set,
+    run_tune,
+    server_logs,
+    server_port,
+    start_tune,
+    wait_until,
+    write_spec,
+)
+
+SIM_DEFAULT_LIMIT_W = 700.0  # the simulated H100's limit at start
+
+
+def _records(out: Path, config: Path) -> list[Any]:
+    name, spec = load_spec(config)
+    storage = open_storage(f"sqlite:///{out / 'study.db'}")
+    return Study.open(spec=spec, name=name, storage=storage).records()
+
+
+def _port_free(port: int) -> bool:
+    return not port_busy("127.0.0.1", port)
+
+
+def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(tmp_path: Path) -> None:
+    config = write_spec(tmp_path / "tiny.yaml")
+    out = tmp_path / "out"
+    proc, log_path = start_tune(config, out)
+    try:
+        # Interrupt while a trial is measured under a cap (the sim-server logs each change).
+        wait_until(
+            lambda: any(power_limits_set(log) for log in server_logs(out)),
+            timeout_s=60,
+            proc=proc,
+            what="a power cap",
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text()
+    assert "interrupted: servers stopped, power limits restored" in output
+    assert "Traceback" not in output
+    (log,) = server_logs(out)
+    limits = power_limits_set(log)
+    assert limits[0] < SIM_DEFAULT_LIMIT_W and limits[-1] == SIM_DEFAULT_LIMIT_W
+    assert _port_free(server_port(log))
+    before = [r for r in _records(out, config) if r.measured]
+
+    code, output = run_tune(config, out)
+    assert code == 0, output
+    assert "1 interrupted will rerun" in output
+    after = _records(out, config)
+    # What was measured before Ctrl-C is kept as it was, not measured again.
+    assert [r for r in after if r.number in {b.number for b in before}] == before
+    measured = [r.point for r in after if r.measured and r.role is not Role.FINALIST]
+    assert len(measured) == len(set(measured)) == 3
+    assert sum(r.interrupted for r in after) == 1
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A study killed with SIGKILL after two trials, then rerun to its end."""
+    tmp = tmp_path_factory.mktemp("killed")
+    config = write_spec(tmp / "tiny.yaml", max_trials=3, repeats=1)
+    out = tmp / "out"
+    proc, log_path = start_tune(config, out)
+    try:
+        wait_until(
+            lambda: "[2/3] #1" in log_path.read_text(), timeout_s=90, proc=proc, what="2 trials"
+        )
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ports = [server_port(log) for log in server_logs(out)]
+    before = [r for r in _records(out, config) if r.measured]
+    code, output = run_tune(config, out)
+    return {
+        "config": config,
+        "out": out,
+        "ports": ports,
+        "before": before,
+        "code": code,
+        "output": output,
+    }
+
+
+def test_resume_after_sigkill_repeats_no_finished_trial(killed_and_resumed: dict[str, Any]) -> None:
+    run = killed_and_resumed
+    assert run["code"] == 0, run["output"]
+    # The server the killed process started died with it (PR_SET_PDEATHSIG).
+    assert all(_port_free(p) for p in run["ports"])
+    before = run["before"]
+    assert len(before) == 2
+    after = _records(run["out"], run["config"])
+    assert [r for r in after if r.number in {b.number for b in before}] == before
+    searched = [r.point for r in after if r.measured and r.role is not Role.FINALIST]
+    assert len(searched) == len(set(searched)) == 3
+    # The out folder holds every report file and a study optuna-dashboard can open.
+    out = run["out"]
+    for name in ("trials.csv", "pareto.json", "recommendation.json", "pareto.png", "report.html"):
+        assert (out / name).is_file(), name
+    assert optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}") == ["tiny"]
+
+
+def _bench_j_per_token(
+    tmp: Path, rec: dict[str, Any], spec_workload: dict[str, Any], tag: str
+) -> float:
+    port, exporter_port = free_port(), free_port()
+    args = [
+        "sim-server",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-num-seqs",
+        str(rec["max_num_seqs"]),
+        "--max-model-len",
+        "512",
+    ]
+    if rec["power_limit_w"] is not None:
+        args += ["--power-limit", str(rec["power_limit_w"])]
+    with jouletune_process(args, port=port, health_path="/health") as server:
+        exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
+        with jouletune_process(
+            [*exporter_args, "--sim", server.url], port=exporter_port, health_path="/healthz"
+        ) as exporter:
+            result = tmp / f"{tag}.json"
+            code, output = _bench(server.url, exporter.url, spec_workload, result)
+            assert code == 0, output
+    data = json.loads(result.read_text())
+    assert data["valid"], data["invalid_reason"]
+    return float(data["energy_per_output_token_j"])
+
+
+def _bench(url: str, exporter_url: str, w: dict[str, Any], result: Path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "jouletune", "bench", "--base-url", url,
+            "--exporter-url", exporter_url,
+            "--random-input-len", str(w["inputLen"]), "--random-output-len", str(w["outputLen"]),
+            "--max-concurrency", str(w["maxConcurrency"]), "--num-prompts", str(w["numPrompts"]),
+            "--duration", str(w["durationS"]), "--no-progress",
+            "--result-filename", str(result),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_saving_is_reproduced_by_an_independent_bench(
+    killed_and_resumed: dict[str, Any], tmp_path: Path
+) -> None:
+    run = killed_and_resumed
+    assert run["code"] == 0, run["output"]
+    rec = json.loads((run["out"] / "recommendation.json").read_text())
+    assert rec["verdict"] == "recommended"
+    assert rec["recommended"]["power_limit_w"] is not None  # a saving worth checking
+    workload = {"inputLen": 64, "outputLen": 16, "maxConcurrency": 8, "numPrompts": 200,
+                "durationS": 1.5}  # fmt: skip
+    recommended = _bench_j_per_token(tmp_path, rec["recommended"], workload, "recommended")
+    baseline = _bench_j_per_token(tmp_path, rec["baseline"], workload, "baseline")
+    saving_pct = 100.0 * (1.0 - recommended / baseline)
+    assert abs(saving_pct - rec["saving_pct"]) <= 3.0, (saving_pct, rec["saving_pct"])
+
+
+def test_infeasible_slo_ends_with_a_verdict(tmp_path: Path) -> None:
+    config = write_spec(tmp_path / "tiny.yaml", slo_ms=0.5, max_trials=2)
+    out = tmp_path / "out"
+    code, output = run_tune(config, out)
+    assert code == 3, output
+    assert "no measured configuration meets the SLO (tpot_p90 <= 0.5 ms)" in output
+    assert "Traceback" not in output
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["verdict"] == "infeasible" and rec["recommended"] is None
+    assert len(rec["closest"]) == 2
+    assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])
+    records = _records(out, config)
+    assert [r.state for r in records] == [TrialState.COMPLETE] * 2
