@@ -191,3 +191,17 @@ def test_lower_power_limit_cuts_power_and_slows_the_busy_server() -> None:
     assert capped.power_w <= 400.0 + 1e-6 < free.power_w
     assert capped.output_tok_s < free.output_tok_s
     assert capped.sm_clock_mhz_mean < free.sm_clock_mhz_mean
+
+
+def test_truth_older_than_the_retention_is_dropped() -> None:
+    engine = _engine(_config())
+    rec = _Recorder()
+    _add(engine, rec, 1, prompt=16, out=4000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("jouletune.sim._engine.TRUTH_RETENTION_S", 1.0)
+        mp.setattr("jouletune.sim._engine._PRUNE_BATCH", 10)
+        steps = _run(engine)
+    end_s = steps[-1].end_s
+    kept = engine.tokens_emitted_by(end_s) - engine.tokens_emitted_by(end_s - 0.5)
+    assert kept == sum(1 for t in rec.tokens["r0"] if end_s - 0.5 < t <= end_s)
+    assert len(engine._emit_times_s) < len(steps) / 2

@@ -272,3 +272,38 @@ def test_power_limit_changes_at_run_time_and_slows_prefill(server: Proc) -> None
     assert _put(server, "/sim/gpus/0/power-limit", {"watts": 50})[0] == 400
     assert _put(server, "/sim/gpus/0/power-limit", {"volts": 5})[0] == 400
     assert _put(server, "/sim/gpus/3/power-limit", {"watts": 300})[0] == 404
+
+
+def _metric(server: Proc, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+        fams = _families(resp.read().decode())
+    base = name.removesuffix("_total")
+    for sample in fams[base].samples:
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            return float(sample.value)
+    raise KeyError(name)
+
+
+async def _open_and_drop(url: str, n: int) -> None:
+    """Start `n` long streams, read their first chunk, then drop the connections."""
+    body = {"model": MODEL, "prompt": "t3 t4", "max_tokens": 1900, "stream": True}
+    async with aiohttp.ClientSession() as session:
+        responses = [await session.post(url + "/v1/completions", json=body) for _ in range(n)]
+        for resp in responses:
+            await resp.content.readline()
+        for resp in responses:
+            resp.close()
+
+
+def test_cancelled_streams_are_aborted_and_the_server_drains(server: Proc) -> None:
+    aborted_before = _metric(server, "vllm:request_success_total", finished_reason="abort")
+    asyncio.run(_open_and_drop(server.url, 3))
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if _metric(server, "vllm:num_requests_running") == 0:
+            break
+        time.sleep(0.02)
+    assert _metric(server, "vllm:num_requests_running") == 0
+    assert _metric(server, "vllm:num_requests_waiting") == 0
+    aborted = _metric(server, "vllm:request_success_total", finished_reason="abort")
+    assert aborted - aborted_before == 3

@@ -28,6 +28,11 @@ __all__ = ["Engine", "EngineConfig", "RequestRecord", "SimRequest", "Step", "Ste
 
 # vLLM's default KV block size on CUDA (cache_config_info block_size="16" in the exposition).
 BLOCK_SIZE = 16
+# Ground truth older than this is dropped so a long-running server's memory stays bounded
+# (the simulated GPUs keep energy history as long); /sim/truth cannot look further back.
+TRUTH_RETENTION_S = 6 * 3600.0
+# Prune in bulk: deleting from the front of an array is O(n).
+_PRUNE_BATCH = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +295,7 @@ class Engine:
         self._emitted += emitted
         self._emit_times_s.append(t_s)
         self._emit_cum.append(self._emitted)
+        self._prune(t_s - TRUTH_RETENTION_S)
         if self._on_step is not None:
             self._on_step(step)
 
@@ -311,6 +317,16 @@ class Engine:
         return 1.0 - self.free_blocks / self.num_blocks if self.num_blocks else 0.0
 
     # --- internals ------------------------------------------------------------------------
+
+    def _prune(self, before_s: float) -> None:
+        cut = bisect_right(self._emit_times_s, before_s) - 1
+        if cut > _PRUNE_BATCH:
+            del self._emit_times_s[:cut]
+            del self._emit_cum[:cut]
+        cut = bisect_right(self._record_times_s, before_s)
+        if cut > _PRUNE_BATCH:
+            del self._record_times_s[:cut]
+            del self.records[:cut]
 
     def _admit_pending(self, now_s: float) -> None:
         if not self.pending:
