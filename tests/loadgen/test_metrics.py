@@ -49,21 +49,18 @@ def test_whole_run_statistics_match_hand_computed_values() -> None:
     assert (m.completed, m.failed, m.latency_scope) == (3, 1, "all")
     # TTFT samples [100, 50, 100]: sorted [50, 100, 100]; p90 at rank 1.8 -> 100.
     assert m.ttft_ms.mean == pytest.approx(250 / 3)
-    assert (m.ttft_ms.p50, m.ttft_ms.p90) == (pytest.approx(100), pytest.approx(100))
+    assert m.ttft_ms.p50 == pytest.approx(100) and m.ttft_ms.p90 == pytest.approx(100)
     # TPOT samples [150, 33.33]: p90 at rank 0.9 -> 33.33 + 0.9 * 116.67.
     assert m.tpot_ms.mean == pytest.approx((150 + 100 / 3) / 2)
     assert m.tpot_ms.p90 == pytest.approx(100 / 3 + 0.9 * (150 - 100 / 3))
     assert m.tpot_ms.p99 == pytest.approx(100 / 3 + 0.99 * (150 - 100 / 3))
     # ITL samples [100, 200, 100]: sorted [100, 100, 200]; p90 at rank 1.8 -> 180, p99 -> 198.
     assert m.itl_ms.mean == pytest.approx(400 / 3)
-    assert (m.itl_ms.p50, m.itl_ms.p90, m.itl_ms.p99) == (
-        pytest.approx(100),
-        pytest.approx(180),
-        pytest.approx(198),
-    )
+    assert m.itl_ms.p50 == pytest.approx(100)
+    assert m.itl_ms.p90 == pytest.approx(180) and m.itl_ms.p99 == pytest.approx(198)
     # E2EL samples [400, 150, 100]: sorted [100, 150, 400]; p90 at rank 1.8 -> 350.
     assert m.e2el_ms.mean == pytest.approx(650 / 3)
-    assert (m.e2el_ms.p50, m.e2el_ms.p90) == (pytest.approx(150), pytest.approx(350))
+    assert m.e2el_ms.p50 == pytest.approx(150) and m.e2el_ms.p90 == pytest.approx(350)
     # Run: first send 0.0 to last end 1.15; 3 + 4 + 1 tokens from successful requests.
     assert m.run_duration_s == pytest.approx(1.15)
     assert m.run_output_tokens == 8
@@ -105,3 +102,13 @@ def test_usage_tokens_override_chunk_count() -> None:
     m = compute_metrics([_rec(0, 0.0, [0.1, 0.9], tokens=9)], None)
     assert m.tpot_ms.mean == pytest.approx(100)
     assert m.itl_ms.mean == pytest.approx(800)
+
+
+def test_window_is_open_at_its_start() -> None:
+    # A closed-loop window starts at a request's last chunk: that request (and that chunk)
+    # belong to the ramp-up; a request ending exactly at the window's end is inside.
+    at_start = _rec(0, 0.0, [0.5, 1.0], tokens=2)
+    at_end = _rec(1, 0.5, [1.5, 2.0], tokens=2)
+    m = compute_metrics([at_start, at_end], Window(start_s=1.0, end_s=2.0, plateau_in_flight=1))
+    assert m.window_completed == 1 and m.ttft_ms.mean == pytest.approx(1000)
+    assert m.window_output_tokens == pytest.approx(2)  # at_end's chunks at 1.5 and 2.0

@@ -7,7 +7,6 @@ import pytest
 
 from jouletune.loadgen import NoSteadyStateError, RequestRecord, steady_state_window
 
-
 STEP_S = 0.1  # the simulated engine emits one chunk per running stream every 0.1 s
 
 

@@ -67,7 +67,10 @@ class BenchConfig(BaseModel):
         10.0, description="how long to wait for GPU power to settle before measuring (0: skip)"
     )
     exporter_poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.05
-    server_poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+    server_poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    save_detailed: bool = Field(
+        False, description="add one entry per request (`requests`) to the result"
+    )
     cap_bound_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
         0.98, description="a scrape counts as power-cap-bound at power >= ratio x limit"
     )

@@ -20,6 +20,7 @@ __all__ = [
     "EnvironmentInfo",
     "GpuResult",
     "LatencySummary",
+    "RequestDetail",
     "RunSummary",
     "WindowResult",
     "WorkloadSummary",
@@ -95,6 +96,23 @@ class RunSummary(_Model):
     output_token_throughput: float | None
 
 
+class RequestDetail(_Model):
+    """One measured request (`--save-detailed`); times are unix seconds, latencies ms."""
+
+    index: int
+    request_id: str | None
+    success: bool
+    error: str | None
+    send_unix_s: float
+    first_token_unix_s: float | None
+    end_unix_s: float
+    in_window: bool = Field(description="ended inside the window: counted in the statistics")
+    prompt_tokens: int | None
+    output_tokens: int | None
+    ttft_ms: float | None
+    e2el_ms: float | None
+
+
 class EnvironmentInfo(_Model):
     """What the figures were measured on."""
 
@@ -118,7 +136,8 @@ class BenchResult(_Model):
     scrapes in the window at >= `cap_bound_ratio` x the power limit), `avg_batch_size_source`
     (`server`: vLLM's `num_requests_running` gauge; `client`: the client's in-flight count),
     `idle_power_w` (total GPU power just before the run), `valid`/`invalid_reason`, `partial`
-    (the server was lost mid-run), `errors` (up to 10 distinct request errors), `warnings`.
+    (the server was lost mid-run), `errors` (up to 10 distinct request errors), `warnings`,
+    `requests` (per-request detail with `save_detailed`).
     """
 
     config: BenchConfig
@@ -151,3 +170,6 @@ class BenchResult(_Model):
     partial: bool
     errors: list[str]
     warnings: list[str]
+    requests: list[RequestDetail] | None = Field(
+        None, description="per-request detail, with `save_detailed` (--save-detailed)"
+    )

@@ -39,6 +39,7 @@ from jouletune.loadgen._result import (
     EnvironmentInfo,
     GpuResult,
     LatencySummary,
+    RequestDetail,
     RunSummary,
     WindowResult,
     WorkloadSummary,
@@ -396,6 +397,7 @@ def _assemble(
         partial=run.lost is not None,
         errors=_errors(run.records),
         warnings=warnings,
+        requests=_details(run, window) if config.save_detailed else None,
     )
 
 
@@ -462,6 +464,27 @@ def _environment(server: ServerInfo, first_scrapes: list[ExporterScrape]) -> Env
         gpu_models=sorted({g.model_name for s in first_scrapes for g in s.gpus if g.model_name}),
         gpu_driver_version=None,
     )
+
+
+def _details(run: _Run, window: Window | None) -> list[RequestDetail]:
+    off_s = run.unix_offset_s
+    return [
+        RequestDetail(
+            index=r.index,
+            request_id=r.request_id,
+            success=r.success,
+            error=r.error,
+            send_unix_s=r.send_s + off_s,
+            first_token_unix_s=None if r.first_token_s is None else r.first_token_s + off_s,
+            end_unix_s=r.end_s + off_s,
+            in_window=window is not None and r.success and window.start_s < r.end_s <= window.end_s,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            ttft_ms=None if r.ttft_s is None else r.ttft_s * 1000,
+            e2el_ms=None if r.e2el_s is None else r.e2el_s * 1000,
+        )
+        for r in sorted(run.records, key=lambda r: r.index)
+    ]
 
 
 def _errors(records: list[RequestRecord]) -> list[str]:

@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="power_settle_timeout_s",
         help="wait at most SECONDS for GPU power to settle; 0 skips (default: %(default)s)",
     )
+    p.add_argument(
+        "--save-detailed", action="store_true", help="add one entry per request to the result JSON"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p  # fmt: skip
 

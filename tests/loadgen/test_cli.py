@@ -1,0 +1,189 @@
+"""`jouletune bench` as a real process: bad input, lost servers and exporters, counter resets.
+
+Every failure must be one clear line on stderr, a non-zero exit and no traceback; a run that
+went wrong after it started still writes its JSON (invalid or partial)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.loadgen.conftest import (
+    SimStack,
+    bench_args,
+    exporter_for,
+    generated_tokens,
+    get_json,
+    no_traceback,
+    run_bench_cli,
+    sim_server,
+    spawn_bench,
+    wait_until,
+)
+from tests.procs import free_port
+
+# Small, fast workload for the tests that are not about accuracy.
+SMALL = ["--random-input-len", "64", "--random-output-len", "16"]
+
+
+def _one_line_error(stderr: str, *fragments: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("jouletune bench:"), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], stderr
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    run = run_bench_cli(bench_args(url, result=tmp_path / "r.json"))
+    assert run.returncode == 1 and run.result is None
+    _one_line_error(run.stderr, "cannot reach the server", url)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--num-prompts", "0"], "--num-prompts"),
+        (["--request-rate", "fast"], "--request-rate"),
+        (["--dataset-name", "custom"], "--dataset-path"),
+        (["--exporter-url", "localhost:9400"], "--exporter-url"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    run = run_bench_cli(bench_args("http://127.0.0.1:1", *args, result=tmp_path / "r.json"))
+    assert run.returncode == 2
+    _one_line_error(run.stderr, fragment)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "empty dataset file"),
+        ('{"prompt": "hi", "output_len": 4}\nnot json\n', ":2: not valid JSON"),
+    ],
+)
+def test_bad_dataset_file(stack: SimStack, tmp_path: Path, content: str, fragment: str) -> None:
+    data = tmp_path / "w.jsonl"
+    data.write_text(content)
+    args = ["--dataset-name", "custom", "--dataset-path", str(data)]
+    run = run_bench_cli(bench_args(stack.sim.url, *args, result=tmp_path / "r.json"))
+    assert run.returncode == 1 and run.result is None
+    _one_line_error(run.stderr, str(data), fragment)
+
+
+def test_unreachable_exporter(stack: SimStack, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    run = run_bench_cli(
+        bench_args(stack.sim.url, "--exporter-url", url, result=tmp_path / "r.json")
+    )
+    assert run.returncode == 1 and run.result is None
+    _one_line_error(run.stderr, "exporter unreachable", url)
+
+
+def test_custom_dataset_and_chat_endpoint(stack: SimStack, tmp_path: Path) -> None:
+    data = tmp_path / "w.jsonl"
+    data.write_text(
+        "".join(f'{{"prompt": "t{i} t5 t6", "output_len": {4 + i}}}\n' for i in range(8))
+    )
+    args = [
+        "--dataset-name",
+        "custom",
+        "--dataset-path",
+        str(data),
+        "--endpoint",
+        "/v1/chat/completions",
+    ]
+    run = run_bench_cli(
+        bench_args(
+            stack.sim.url,
+            *args,
+            "--max-concurrency",
+            "2",
+            "--num-prompts",
+            "16",
+            result=tmp_path / "r.json",
+        )
+    )
+    assert run.returncode == 0, run.stderr
+    res = run.result
+    assert res is not None and res["completed"] == 16 and res["failed"] == 0
+    assert res["energy_j"] is None and res["gpus"] == []  # no exporter given: no energy, not 0
+    assert res["run"]["output_tokens"] == 2 * sum(4 + i for i in range(8))
+    assert "TTFT" in run.stdout and "steady-state window" in run.stdout  # the rich summary
+
+
+def test_no_steady_state_is_invalid_but_written(stack: SimStack, tmp_path: Path) -> None:
+    # Every request sent at once: ramp-up runs straight into drain.
+    run = run_bench_cli(
+        bench_args(stack.sim.url, *SMALL, "--num-prompts", "4", result=tmp_path / "r.json")
+    )
+    assert run.returncode == 1
+    _one_line_error(run.stderr, "invalid result", "no steady state")
+    res = run.result
+    assert res is not None and res["valid"] is False and res["window"] is None
+    assert res["completed"] == 4 and res["latency_scope"] == "all"
+    assert res["ttft_ms"]["mean"] is not None and res["energy_per_output_token_j"] is None
+
+
+def test_server_dying_mid_run_keeps_partial_result(tmp_path: Path) -> None:
+    result = tmp_path / "r.json"
+    with sim_server() as sim:
+        before = generated_tokens(sim.url)
+        args = ["--max-concurrency", "4", "--num-prompts", "2000"]
+        bench = spawn_bench(bench_args(sim.url, *SMALL, *args, result=result))
+        try:
+            wait_until(
+                lambda: generated_tokens(sim.url) > before + 200, timeout_s=30, what="progress"
+            )
+            sim.popen.kill()
+            _, stderr = bench.communicate(timeout=60)
+        finally:
+            bench.kill()
+    assert bench.returncode == 1 and no_traceback(stderr)
+    _one_line_error(stderr, "partial result", "server lost mid-run", str(result))
+    res = json.loads(result.read_text())
+    assert res["partial"] is True and res["valid"] is False
+    assert 0 < res["completed"] < 2000 and res["failed"] >= 1
+
+
+def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
+    """Mid-run, the exporter behind the URL is replaced by one reading another GPU whose
+    counter is lower (a sidecar restarted against a different device): the energy counter
+    goes backwards inside the window."""
+    result = tmp_path / "r.json"
+    port = free_port()
+    # `busy` starts first and runs the load, so its counter is the higher one.
+    with sim_server() as busy, sim_server() as fresh, ExitStack() as first_exporter:
+        assert _energy_j(busy.url) > _energy_j(fresh.url)
+        first_exporter.enter_context(exporter_for(busy.url, port))
+        args = [
+            "--max-concurrency",
+            "4",
+            "--num-prompts",
+            "400",
+            "--exporter-url",
+            f"http://127.0.0.1:{port}",
+        ]
+        bench = spawn_bench(bench_args(busy.url, *SMALL, *args, result=result))
+        try:
+            start = generated_tokens(busy.url)
+            wait_until(
+                lambda: generated_tokens(busy.url) > start + 1000, timeout_s=30, what="progress"
+            )
+            first_exporter.close()
+            with exporter_for(fresh.url, port):
+                _, stderr = bench.communicate(timeout=90)
+        finally:
+            bench.kill()
+    assert bench.returncode == 1 and no_traceback(stderr)
+    _one_line_error(stderr, "invalid result", "went backwards")
+    res = json.loads(result.read_text())
+    assert res["valid"] is False and res["energy_j"] is None and res["completed"] == 400
+
+
+def _energy_j(sim_url: str) -> float:
+    return float(sum(g["energy_j"] for g in get_json(sim_url + "/sim/gpus")["gpus"]))
