@@ -33,10 +33,7 @@ from typing import Any
 import optuna
 
 from jouletune.gpu.simulated import gpu_model
-from jouletune.sim._closedloop import run_closed_loop
-from jouletune.sim._engine import EngineConfig
-from jouletune.sim._models import model_arch
-from jouletune.sim._perf import DEFAULT_PERF
+from jouletune.sim import DEFAULT_PERF, EngineConfig, model_arch, run_closed_loop
 from jouletune.tuner import (
     PointConfig,
     SearchGrid,

@@ -200,3 +200,34 @@ def test_infeasible_slo_ends_with_a_verdict(tmp_path: Path) -> None:
     assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])
     records = _records(out, config)
     assert [r.state for r in records] == [TrialState.COMPLETE] * 2
+
+
+def test_report_rebuilds_the_files_from_the_study(
+    killed_and_resumed: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "copy"
+    shutil.copytree(
+        killed_and_resumed["out"], out, ignore=shutil.ignore_patterns("servers", "trials")
+    )
+    expected = json.loads((out / "recommendation.json").read_text())
+    for name in ("trials.csv", "pareto.json", "recommendation.json", "pareto.png", "report.html"):
+        (out / name).unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "jouletune", "report", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "recommendation.json").read_text()) == expected
+    assert (out / "report.html").is_file() and (out / "pareto.png").is_file()
+    assert expected["message"] in proc.stdout
+
+    empty = subprocess.run(
+        [sys.executable, "-m", "jouletune", "report", str(tmp_path / "nothing")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert empty.returncode == 2
+    assert empty.stderr.startswith("jouletune report: ") and "Traceback" not in empty.stderr

@@ -1,0 +1,159 @@
+"""The local runner's process handling, with `jouletune sim-server` standing in for `vllm serve`
+(same flags) and the exporter reading the sim's GPUs: start, health wait, measure, stop, and the
+ways a server fails to start (crash, OOM, hang, busy port)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jouletune.tuner import (
+    LocalRunner,
+    PointConfig,
+    Role,
+    ServerConfig,
+    StartError,
+    TrialPlan,
+    parse_spec,
+    vllm_command,
+)
+from tests.procs import free_port
+
+SIM_AS_VLLM = [sys.executable, "-m", "jouletune", "sim-server"]
+SIM_EXPORTER = [sys.executable, "-m", "jouletune", "exporter", "--sim", "{server_url}"]
+SERVER = ServerConfig(tensor_parallel_size=1, max_num_seqs=32)
+
+
+def _spec(**engine: Any) -> Any:
+    return parse_spec(
+        {
+            "backend": "vllm",
+            "engine": {"maxModelLen": 512, "args": ["--load-format", "dummy"], **engine},
+            "gpu": {"readOnly": True},
+            "workload": {
+                "inputLen": 64,
+                "outputLen": 16,
+                "maxConcurrency": 8,
+                "numPrompts": 200,
+                "durationS": 1.5,
+            },
+        }
+    )
+
+
+def _runner(port: int, command: list[str] = SIM_AS_VLLM, **engine: Any) -> LocalRunner:
+    return LocalRunner(
+        spec=_spec(**engine),
+        read_only=True,
+        port=port,
+        server_command=command,
+        exporter_command=SIM_EXPORTER,
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_start_measure_stop(tmp_path: Path) -> None:
+    port = free_port()
+    runner = _runner(port)
+    plan = TrialPlan(
+        number=0, role=Role.SEARCH, point=PointConfig(server=SERVER, power_limit_w=None)
+    )
+
+    async def scenario() -> tuple[Any, Any, int]:
+        async with runner.server(SERVER, log_dir=tmp_path / "srv") as server:
+            assert server.alive()
+            first = await server.measure(plan, trial_dir=tmp_path / "t0")
+            # A second point on the same server: the bench waits for the queues to drain.
+            second = await server.measure(plan, trial_dir=tmp_path / "t1")
+            pid = server.server.pid  # type: ignore[attr-defined]
+        return first, second, pid
+
+    first, second, pid = asyncio.run(scenario())
+    for outcome in (first, second):
+        assert outcome.fail_reason is None
+        assert outcome.result is not None and outcome.result["valid"]
+        assert outcome.result["energy_per_output_token_j"] > 0
+    command = (tmp_path / "srv" / "server.log").read_text().splitlines()[0]
+    assert " sim-server meta-llama/Llama-3.1-8B-Instruct --host 127.0.0.1 " in command
+    for flag in ("--port " + str(port), "--max-num-seqs 32", "--tensor-parallel-size 1",
+                 "--max-model-len 512", "--load-format dummy"):  # fmt: skip
+        assert flag in command
+    assert (tmp_path / "t0" / "server.log").resolve() == (tmp_path / "srv" / "server.log")
+    assert _gone(pid)
+    assert not _listening(port)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("print('torch.OutOfMemoryError: CUDA out of memory'); raise SystemExit(1)", "OOM"),
+        ("raise SystemExit(3)", "server exited (exit code 3)"),
+    ],
+)
+def test_crash_on_start_is_a_reason(tmp_path: Path, code: str, reason: str) -> None:
+    runner = _runner(free_port(), [sys.executable, "-c", code])
+
+    async def scenario() -> None:
+        async with runner.server(SERVER, log_dir=tmp_path):
+            raise AssertionError("a crashed server must not be yielded")
+
+    with pytest.raises(StartError, match=re.escape(reason)) as info:
+        asyncio.run(scenario())
+    assert "\n" not in str(info.value)
+
+
+def test_hung_server_times_out_and_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    code = f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(600)"
+    runner = _runner(free_port(), [sys.executable, "-c", code], startupTimeoutS=2)
+
+    async def scenario() -> None:
+        async with runner.server(SERVER, log_dir=tmp_path):
+            raise AssertionError("a hung server must not be yielded")
+
+    with pytest.raises(StartError, match=r"server not healthy on .*/health within 2 s"):
+        asyncio.run(scenario())
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_busy_port_is_a_reason(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        runner = _runner(port)
+
+        async def scenario() -> None:
+            async with runner.server(SERVER, log_dir=tmp_path):
+                raise AssertionError("must not start on a busy port")
+
+        with pytest.raises(StartError, match=f"port {port} is busy"):
+            asyncio.run(scenario())
+    assert not (tmp_path / "server.log").exists()  # nothing was started
+
+
+def test_server_command_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOULETUNE_VLLM_CMD", "jouletune sim-server")
+    assert vllm_command() == ["jouletune", "sim-server"]
+    monkeypatch.delenv("JOULETUNE_VLLM_CMD")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert vllm_command()[1:] == ["-m", "vllm.entrypoints.cli.main", "serve"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
