@@ -64,19 +64,6 @@ class _BadRequest(Exception):
 class _Stream(StepListener):
     """Writes one request's tokens as SSE chunks (or collects them for a plain response)."""
 
-    __slots__ = (
-        "_head",
-        "_tail",
-        "_transport",
-        "broken",
-        "chat",
-        "done",
-        "include_usage",
-        "parts",
-        "request_id",
-        "stream",
-    )
-
     def __init__(
         self,
         *,
