@@ -77,17 +77,17 @@ def running_operator(
 ) -> Iterator[RunningOperator]:
     """The operator's real handlers under Kopf's test runner, talking to the emulator."""
     registry = CollectorRegistry()
-    operator = Operator(
-        config=config or operator_config(),
-        metrics=OperatorMetrics(registry=registry),
-        kube_factory=lambda: KubeApi(host=api_url),
-    )
-    kopf_registry = operator.registry()
 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=api_url, insecure=True)
 
-    kopf.on.login(registry=kopf_registry)(login)
+    operator = Operator(
+        config=config or operator_config(),
+        metrics=OperatorMetrics(registry=registry),
+        kube_factory=lambda: KubeApi(host=api_url),
+        login=login,
+    )
+    kopf_registry = operator.registry()
     args = ["run", "--standalone", "--namespace", NAMESPACE, "--verbose"]
     if liveness:
         args += ["--liveness", liveness]

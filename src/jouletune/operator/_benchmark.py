@@ -276,6 +276,9 @@ class BenchmarkLoop:
         duration_s = 0.0 if started_s is None else time.time() - started_s
         if outcome.state == "done":
             assert outcome.result is not None, "a done outcome carries its result"
+            self._ctx.metrics.observe_result(
+                self.ref.namespace, self.ref.name, trial=record.number, result=outcome.result
+            )
             told = study.tell(
                 record.number,
                 TrialOutcome(

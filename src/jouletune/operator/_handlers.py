@@ -58,6 +58,8 @@ class Operator:
         kube_factory: makes the API client once Kopf's loop runs (tests point it at an
             emulator).
         events: posts Kubernetes Events (Kopf's queue by default).
+        login: Kopf's login handler (default: the official client's in-cluster service
+            account or kubeconfig, as Kopf's own default registry would use).
     """
 
     def __init__(
@@ -67,8 +69,10 @@ class Operator:
         metrics: OperatorMetrics,
         kube_factory: Callable[[], KubeApi] = KubeApi.from_environment,
         events: EventSink = kopf_events,
+        login: Callable[..., Any] = kopf.login_via_client,
     ) -> None:
         self._config = config
+        self._login = login
         self._metrics = metrics
         self._kube_factory = kube_factory
         self._events = events
@@ -79,6 +83,8 @@ class Operator:
     def registry(self) -> kopf.OperatorRegistry:
         """A fresh Kopf registry holding this operator's handlers."""
         registry = kopf.OperatorRegistry()
+        # A registry of our own has none of Kopf's default login handlers: name one.
+        kopf.on.login(registry=registry, id="login")(self._login)
         kopf.on.startup(registry=registry)(self._startup)
         kopf.on.cleanup(registry=registry)(self._cleanup)
         kopf.daemon(

@@ -214,7 +214,10 @@ class KubeApi:
     def _auth(self) -> dict[str, str]:
         if self._config is None:
             return {}
-        token = self._config.get_api_key_with_prefix("authorization")
+        # kubernetes >= 36.0.1 keeps the token under "BearerToken"; older under "authorization".
+        token = self._config.get_api_key_with_prefix(
+            "BearerToken"
+        ) or self._config.get_api_key_with_prefix("authorization")
         if token:
             return {"Authorization": str(token)}
         if self._config.username and self._config.password:

@@ -11,6 +11,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jouletune.operator._status import BenchmarkStatus, Phase, TrialState
+from jouletune.operator._wire import CompactResult
 
 __all__ = ["OperatorMetrics"]
 
@@ -54,8 +55,21 @@ class OperatorMetrics:
             [*labels, "reason"],
             registry=registry,
         )
-        # Failure reasons seen per benchmark, to remove their series when it is deleted.
+        self._trial_energy = Gauge(
+            "jouletune_operator_trial_energy_per_output_token_joules",
+            "A finished trial's energy per output token over its steady-state window.",
+            [*labels, "trial"],
+            registry=registry,
+        )
+        self._trial_latency = Gauge(
+            "jouletune_operator_trial_latency_seconds",
+            "A finished trial's latency statistics (vLLM's definitions), from its bench result.",
+            [*labels, "trial", "metric", "statistic"],
+            registry=registry,
+        )
+        # Label values seen per benchmark, to remove their series when it is deleted.
         self._reasons: dict[tuple[str, str], set[str]] = {}
+        self._trial_series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
     def observe_status(self, namespace: str, name: str, status: BenchmarkStatus) -> None:
         """Set the per-benchmark gauges from the status just written."""
@@ -81,6 +95,25 @@ class OperatorMetrics:
             self._failures.labels(namespace, name, reason).inc()
             self._reasons.setdefault((namespace, name), set()).add(reason)
 
+    def observe_result(
+        self, namespace: str, name: str, *, trial: int, result: CompactResult
+    ) -> None:
+        """Publish a measured trial's figures (J/token and latency statistics)."""
+        series = self._trial_series.setdefault((namespace, name), set())
+        if result.energy_per_output_token_j is not None:
+            self._trial_energy.labels(namespace, name, str(trial)).set(
+                result.energy_per_output_token_j
+            )
+            series.add(("energy", str(trial)))
+        for metric in ("ttft", "tpot", "itl", "e2el"):
+            stats = getattr(result, f"{metric}_ms")
+            for statistic in ("mean", "p50", "p90", "p99"):
+                value_ms = None if stats is None else getattr(stats, statistic)
+                if value_ms is not None:
+                    labels = (namespace, name, str(trial), metric, statistic)
+                    self._trial_latency.labels(*labels).set(value_ms / 1000.0)
+                    series.add(("latency", str(trial), metric, statistic))
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted benchmark's series."""
         for state in TrialState:
@@ -91,6 +124,9 @@ class OperatorMetrics:
         _remove(self._best, namespace, name)
         for reason in self._reasons.pop((namespace, name), set()):
             self._failures.remove(namespace, name, reason)
+        for kind, *rest in self._trial_series.pop((namespace, name), set()):
+            metric = self._trial_energy if kind == "energy" else self._trial_latency
+            _remove(metric, namespace, name, *rest)
 
 
 def _remove(metric: Gauge | Histogram, *labels: str) -> None:

@@ -1,0 +1,162 @@
+"""Trial pod manifests: valid Kubernetes, and carrying what each backend needs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from jouletune.loadgen import BenchConfig
+from jouletune.operator import (
+    BenchmarkRef,
+    OperatorConfig,
+    PodPlan,
+    TrialConfig,
+    build_trial_pod,
+    trial_pod_name,
+)
+from jouletune.operator._pods import benchmark_label, config_from_pod
+from jouletune.operator._wire import ENV_PLAN
+from jouletune.tuner import parse_spec
+
+REF = BenchmarkRef(namespace="ml", name="llama", uid="1234-abcd")
+SETTINGS = OperatorConfig(
+    trial_image="registry.example/jouletune:1",
+    trial_node_selector={"nvidia.com/gpu.present": "true"},
+    trial_tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+)
+
+
+def build(spec: dict[str, Any], config: TrialConfig) -> dict[str, Any]:
+    return build_trial_pod(
+        ref=REF, spec=parse_spec(spec), number=7, config=config, settings=SETTINGS
+    )
+
+
+def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = pod["spec"]
+    return {c["name"]: c for c in [*spec["initContainers"], *spec["containers"]]}
+
+
+@pytest.mark.parametrize("backend", ["sim", "vllm"])
+@pytest.mark.parametrize("cap", [None, 400.0])
+def test_pods_are_valid_kubernetes_objects(backend: str, cap: float | None) -> None:
+    spec = {"backend": backend, "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}}
+    pod = build(spec, TrialConfig(tensor_parallel_size=2, max_num_seqs=64, power_limit_w=cap))
+    assert kubernetes_validate.validate(pod, "1.37.0", strict=True)
+
+
+def test_identity_labels_and_owner() -> None:
+    pod = build({}, TrialConfig(tensor_parallel_size=1, max_num_seqs=64))
+    meta = pod["metadata"]
+    assert meta["name"] == "llama-trial-7" == trial_pod_name("llama", 7)
+    assert meta["labels"]["jouletune.io/benchmark"] == "llama"
+    assert meta["labels"]["jouletune.io/trial"] == "7"
+    (owner,) = meta["ownerReferences"]
+    assert owner == {
+        "apiVersion": "jouletune.io/v1alpha1",
+        "kind": "EnergyBenchmark",
+        "name": "llama",
+        "uid": "1234-abcd",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert config_from_pod(pod) == TrialConfig(tensor_parallel_size=1, max_num_seqs=64)
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_long_names_fit_labels_and_hostnames_and_stay_distinct() -> None:
+    long_a, long_b = "a" * 200 + "x", "a" * 200 + "y"
+    assert len(benchmark_label(long_a)) <= 63
+    assert benchmark_label(long_a) != benchmark_label(long_b)
+    assert len(trial_pod_name(long_a, 12345)) <= 63
+    assert trial_pod_name(long_a, 1) != trial_pod_name(long_b, 1)
+
+
+def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
+    spec = {"backend": "vllm", "gpu": {"count": 2}, "engine": {"args": ["--enforce-eager"]}}
+    config = TrialConfig(tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096)
+    engine = containers(build(spec, config))["engine"]
+    assert engine["command"] == ["vllm", "serve"]
+    args = engine["args"]
+    assert args[0] == "meta-llama/Llama-3.1-8B-Instruct"
+    for flag, value in (
+        ("--tensor-parallel-size", "2"),
+        ("--max-num-seqs", "64"),
+        ("--max-num-batched-tokens", "4096"),
+        ("--port", "8000"),
+    ):
+        assert args[args.index(flag) + 1] == value
+    assert args[-1] == "--enforce-eager", "the spec's fixed args come last"
+    assert engine["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in engine["volumeMounts"]
+    assert engine["restartPolicy"] == "Always", "a native sidecar"
+
+
+def test_sim_engine_is_the_simulator_without_gpus() -> None:
+    engine = containers(
+        build({"gpu": {"type": "a100-80gb"}}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8))
+    )["engine"]
+    assert engine["command"] == ["jouletune", "sim-server"]
+    assert engine["image"] == SETTINGS.trial_image
+    assert engine["args"][engine["args"].index("--gpu") + 1] == "a100-80gb"
+    assert "resources" not in engine
+
+
+@pytest.mark.parametrize(
+    ("backend", "cap", "privileged"),
+    [("vllm", 400.0, True), ("vllm", None, False), ("sim", 400.0, False), ("sim", None, False)],
+)
+def test_sys_admin_only_where_a_real_gpu_cap_is_held(
+    backend: str, cap: float | None, privileged: bool
+) -> None:
+    pod = build(
+        {"backend": backend}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=cap)
+    )
+    by_name = containers(pod)
+    added = by_name["exporter"]["securityContext"]["capabilities"].get("add", [])
+    assert added == (["SYS_ADMIN"] if privileged else [])
+    for name in ("engine", "loadgen"):
+        caps = by_name[name].get("securityContext", {}).get("capabilities", {})
+        assert "SYS_ADMIN" not in caps.get("add", []), name
+    exporter_args = by_name["exporter"]["args"]
+    assert ("--power-limit-w" in exporter_args) == privileged
+
+
+def test_the_load_generator_plan_runs_the_spec_workload() -> None:
+    spec = {
+        "workload": {
+            "inputLen": 100,
+            "outputLen": 50,
+            "numPrompts": 20,
+            "maxConcurrency": 3,
+            "requestRate": 2.5,
+        },
+        "budget": {"trialTimeoutS": 120},
+    }
+    pod = build(spec, TrialConfig(tensor_parallel_size=2, max_num_seqs=8, power_limit_w=300.0))
+    loadgen = containers(pod)["loadgen"]
+    assert loadgen["command"] == ["jouletune", "operator", "trial"]
+    assert loadgen["terminationMessagePath"] == "/dev/termination-log"
+    (env,) = [e for e in loadgen["env"] if e["name"] == ENV_PLAN]
+    plan = PodPlan.model_validate(json.loads(env["value"]))
+    assert plan.trial == 7 and plan.benchmark == "ml/llama"
+    assert plan.set_power_limit_w == 300.0 and plan.gpu_indices == [0, 1]
+    assert plan.timeout_s == 120
+    bench = BenchConfig.model_validate(plan.bench)
+    assert (bench.random_input_len, bench.random_output_len, bench.num_prompts) == (100, 50, 20)
+    assert (bench.max_concurrency, bench.request_rate) == (3, 2.5)
+    assert bench.base_url == "http://127.0.0.1:8000"
+    assert bench.exporter_urls == ["http://127.0.0.1:9400"]
+
+
+def test_an_unlimited_request_rate_survives_the_trip_through_json() -> None:
+    pod = build({}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8))
+    (env,) = containers(pod)["loadgen"]["env"]
+    bench = BenchConfig.model_validate(json.loads(env["value"])["bench"])
+    assert bench.request_rate == float("inf")
