@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 
 from jouletune.operator import RBAC_RULES
@@ -125,9 +127,15 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert ungranted == set(), f"calls the RBAC rules do not grant: {ungranted}"
 
 
-def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(cluster: Cluster) -> None:
+@pytest.mark.parametrize("storage", [None, "sqlite"])
+def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
+    cluster: Cluster, storage: str | None, tmp_path: Path
+) -> None:
+    """Rebuilt from the status' trial table, or with `spec.storage` from the Optuna
+    database (then even a status that lost its table loses no trial)."""
     api = cluster.api
-    spec = tiny_spec(budget={"maxTrials": 4, "parallelTrials": 1})
+    url = f"sqlite:///{tmp_path / 'study.db'}" if storage else None
+    spec = tiny_spec(budget={"maxTrials": 4, "parallelTrials": 1}, storage=url)
     api.create(EBM_PATH, benchmark("restart", spec))
     with running_operator(cluster.url):
         # Stop once one trial is in and the next one is running.
@@ -142,6 +150,8 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(cluster: Clu
     before = status_of(api, "restart")
     running = [t for t in before["trials"] if t["state"] == "Running"]
     assert len(running) == 1
+    if storage:
+        api.patch(f"{EBM_PATH}/restart/status", {"status": {"trials": []}})
     with running_operator(cluster.url):
         status = wait_phase(api, "restart", {"Succeeded", "Failed"}, timeout_s=50)
     assert status["phase"] == "Succeeded", status.get("conditions")
@@ -156,6 +166,11 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(cluster: Clu
     assert sorted(numbers) == sorted(set(numbers)), "no trial told twice"
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials if t["role"] == "search"]
     assert len(configs) == len(set(configs)), "no configuration measured twice"
+    if url:
+        uid = api.get(f"{EBM_PATH}/restart")["metadata"]["uid"]
+        stored = optuna.load_study(study_name=f"{NAMESPACE}.restart.{uid}", storage=url)
+        assert len(stored.trials) == len(trials)
+        assert [t.state.name for t in stored.trials] == ["COMPLETE"] * len(trials)
 
 
 # name -> (spec changes, kubelet setup, expected reason). Unschedulable, ImagePullBackOff and

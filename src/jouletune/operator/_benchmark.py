@@ -196,11 +196,10 @@ class BenchmarkLoop:
     # --- spec and study -----------------------------------------------------------------
 
     def _finished(self) -> bool:
-        generation = (self._body.get("metadata") or {}).get("generation")
-        return self._status.phase.terminal and self._status.observed_generation in (
-            generation,
-            None,
-        )
+        """Succeeded and Failed are final: a benchmark is re-run by re-creating it (the CEL
+        rules forbid changing what defines the study, and a new budget alone would mix a
+        finished recommendation with new trials)."""
+        return self._status.phase.terminal
 
     def _load_spec(self) -> BenchmarkSpec:
         try:
@@ -453,10 +452,7 @@ class BenchmarkLoop:
         self, spec: BenchmarkSpec, records: list[TrialRecord], rec: TunerRecommendation
     ) -> BenchmarkStatus:
         status = self._status.model_copy(deep=True)
-        status.trials = [
-            TrialRow.from_record(r, **vars(self._placements.get(r.number, _Placement())))
-            for r in records
-        ]
+        status.trials = self._rows(records)
         status.trials_running = sum(r.state is RecordState.RUNNING for r in records)
         status.trials_complete = sum(
             r.state is RecordState.COMPLETE and r.duplicate_of is None for r in records
@@ -485,6 +481,30 @@ class BenchmarkLoop:
         )
         return status
 
+    def _rows(self, records: list[TrialRecord]) -> list[TrialRow]:
+        """The trial table. Pod name and failure word follow from the record when the table
+        that held them is gone (a study rebuilt from `spec.storage`)."""
+        rows = []
+        for record in records:
+            placement = self._placements.get(record.number, _Placement())
+            pod = placement.pod
+            if pod is None and record.duplicate_of is None:
+                pod = trial_pod_name(self.ref.name, record.number)
+            reason = placement.reason
+            if reason is None and record.fail_reason:
+                word = record.fail_reason.split(":", 1)[0]
+                reason = word if word.isalnum() else "Failed"
+            rows.append(
+                TrialRow.from_record(
+                    record,
+                    pod=pod,
+                    started_at=placement.started_at,
+                    finished_at=placement.finished_at,
+                    reason=reason,
+                )
+            )
+        return rows
+
     async def _write(self, status: BenchmarkStatus) -> None:
         generation = self._body["metadata"].get("generation")
         status.conditions = [
@@ -502,10 +522,7 @@ class BenchmarkLoop:
         status = self._status.model_copy(deep=True)
         if self._study is not None:
             records = self._study.records()
-            status.trials = [
-                TrialRow.from_record(r, **vars(self._placements.get(r.number, _Placement())))
-                for r in records
-            ]
+            status.trials = self._rows(records)
             status.trials_running = 0
             status.trials_failed = _real_failures(records)
         if fatal.reason == "SpecInvalid":
