@@ -18,6 +18,7 @@ from jouletune.tuner import (
     LocalRunner,
     PointConfig,
     Role,
+    RunnerError,
     ServerConfig,
     StartError,
     TrialPlan,
@@ -157,3 +158,31 @@ def test_server_command_override(monkeypatch: pytest.MonkeyPatch) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _capped_runner() -> LocalRunner:
+    spec = parse_spec({"backend": "vllm", "searchSpace": {"powerLimitW": [300]}})
+    return LocalRunner(spec=spec, port=free_port(), server_command=SIM_AS_VLLM)
+
+
+def test_preflight_refuses_caps_without_permission() -> None:
+    import pynvml
+
+    from tests.gpu.nvml_fake import fake_nvml, nvml_error
+
+    with fake_nvml(num_gpus=1) as nvml:
+        nvml.nvmlDeviceSetPowerManagementLimit.side_effect = nvml_error(
+            pynvml.NVML_ERROR_NO_PERMISSION
+        )
+        with pytest.raises(RunnerError, match="run as root or with --read-only"):
+            asyncio.run(_capped_runner().preflight([300.0]))
+        # The permission probe writes the limit the GPU already has, nothing else.
+        for call in nvml.nvmlDeviceSetPowerManagementLimit.call_args_list:
+            assert call.args[1] == 700_000
+
+
+def test_preflight_refuses_caps_outside_the_range() -> None:
+    from tests.gpu.nvml_fake import fake_nvml
+
+    with fake_nvml(num_gpus=1), pytest.raises(RunnerError, match=r"\[100.0\] outside GPU 0"):
+        asyncio.run(_capped_runner().preflight([100.0]))

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from jouletune.gpu import Gpu, GpuError, open_nvml_gpus, open_sim_gpus, power_limit, sample_all
+from jouletune.gpu import (
+    Gpu,
+    GpuError,
+    GpuPermissionError,
+    open_nvml_gpus,
+    open_sim_gpus,
+    power_limit,
+    sample_all,
+)
 from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
 from jouletune.tuner._records import TrialOutcome, TrialPlan
 from jouletune.tuner._space import ServerConfig
@@ -304,6 +312,14 @@ class LocalRunner(_ProcessRunner):
                     f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
                     f"range {rng.min_w:g}-{rng.max_w:g} W"
                 )
+            current_w = gpu.sample().power_limit_w
+            try:
+                # Writing the limit it already has changes nothing and proves the permission,
+                # so a study without it stops here instead of failing every capped trial.
+                if current_w is not None:
+                    gpu.set_power_limit_w(current_w)
+            except GpuPermissionError as err:
+                raise RunnerError(f"{err}; run as root or with --read-only") from None
 
     def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
         return [*self._server_command, *self._engine_args(config, port)]
