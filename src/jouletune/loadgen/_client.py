@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from array import array
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -42,6 +43,12 @@ __all__ = [
 # may be gone), or it stalled (`timeout`).
 ErrorKind = Literal["http", "stream", "connection", "timeout"]
 _MAX_ERROR_CHARS = 300
+# A chunk with non-empty `choices`, and one that must be parsed in full (a `usage` object or
+# an `error`). Inside JSON strings a quote is escaped, so `"choices"` with bare quotes can only
+# be a key: matching the bytes is exact, and spares json.loads on nearly every chunk
+# (json.loads was a fifth of the client's CPU at 1,000 streams).
+_TOKEN_CHUNK = re.compile(rb'"choices"\s*:\s*\[\s*\{')
+_NEEDS_PARSING = re.compile(rb'"usage"\s*:\s*\{|"error"\s*:')
 
 
 class _SendStamp:
@@ -128,12 +135,21 @@ class _Stream:
         self.buffer = b""
 
     def _event(self, event: bytes, now_s: float) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue  # comments (":ping"), `event:`/`id:` fields
-            payload = line[5:].strip()
-            if payload and payload != b"[DONE]":
-                self._data(json.loads(payload), now_s)
+        # Comments (":ping") and `event:`/`id:` fields are skipped; several `data:` lines of
+        # one event join with newlines (the SSE spec; OpenAI-compatible servers send one).
+        data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        if not payload or payload == b"[DONE]":
+            return
+        if (
+            self.request_id is not None
+            and _TOKEN_CHUNK.search(payload)
+            and not _NEEDS_PARSING.search(payload)
+        ):
+            # Fast path for the bulk of a stream: non-empty choices, no usage, no error.
+            self.times.append(now_s)
+            return
+        self._data(json.loads(payload), now_s)
 
     def _data(self, obj: Any, now_s: float) -> None:
         if not isinstance(obj, dict):
