@@ -25,11 +25,13 @@ import itertools
 import json
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +43,39 @@ import yaml
 _CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One write the emulator served (for timing: benchmarks/operator_load.py)."""
+
+    t_s: float  # time.monotonic() on arrival
+    method: str
+    plural: str
+    name: str | None
+    subresource: str | None
+    agent: str
+    data: Any
+
+
 @attrs.define(kw_only=True)
 class ApiServer(kmock.KubernetesEmulator):
     """kmock's emulator with versions, timestamps and CRD registration (see module doc)."""
 
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    journal: list[Entry] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.method.value in ("POST", "PATCH"):
+            self.journal.append(
+                Entry(
+                    t_s=time.monotonic(),
+                    method=request.method.value,
+                    plural=request.resource.plural or "",
+                    name=request.name,
+                    subresource=request.subresource,
+                    agent=request.headers.get("User-Agent", ""),
+                    data=request.data,
+                )
+            )
         if request.resource is not None:
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 self._stamp_create(request)
@@ -63,7 +91,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def _serve_list(self, request: kmock.Request) -> Any:
-        reply = await super()._serve_list(request)
+        reply: dict[str, Any] = dict(await super()._serve_list(request))  # type: ignore[arg-type]
         resource = request.resource
         assert resource is not None
         kind = self.resources[resource].kind or resource.plural
@@ -71,7 +99,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return {"apiVersion": group_version, "kind": f"{kind}List", **reply}
 
     async def _serve_version(self, request: kmock.Request) -> Any:
-        reply = await super()._serve_version(request)
+        reply: dict[str, Any] = dict(await super()._serve_version(request))  # type: ignore[arg-type]
         for entry in reply.get("resources", []):
             if "/" in entry["name"]:  # kmock gives subresources their parent's short names
                 entry["shortNames"] = []
@@ -141,7 +169,7 @@ class ApiServer(kmock.KubernetesEmulator):
         meta = (current or {}).get("metadata", {})
         if current is None or not meta.get("finalizers") or meta.get("deletionTimestamp"):
             return None
-        key = (request.resource, request.namespace, request.name)
+        key = _key(request)
         version = str(next(self._versions))
         patch = {"metadata": {"deletionTimestamp": _now(), "resourceVersion": version}}
         self.objects[key].patch(patch)
@@ -151,9 +179,8 @@ class ApiServer(kmock.KubernetesEmulator):
         return aiohttp.web.json_response(raw)
 
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
-        key = (request.resource, request.namespace, request.name)
         try:
-            obj = self.objects[key]
+            obj = self.objects[_key(request)]
         except KeyError:
             return None
         return None if obj.deleted else dict(obj.raw)
@@ -172,6 +199,11 @@ class ApiServer(kmock.KubernetesEmulator):
                 categories=set(names.get("categories", [])),
                 subresources=set(version.get("subresources", {})),
             )
+
+
+def _key(request: kmock.Request) -> tuple[kmock.resource, str | None, str]:
+    assert request.resource is not None and request.name is not None, "a named object"
+    return (request.resource, request.namespace, request.name)
 
 
 def _rbac_call(request: kmock.Request) -> tuple[str, str, str]:

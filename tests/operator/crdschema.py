@@ -15,6 +15,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy.adapter import json_to_cel
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "energybenchmarks.jouletune.io.yaml"
@@ -22,12 +23,14 @@ CRD_PATH = ROOT / "crds" / "energybenchmarks.jouletune.io.yaml"
 
 def load_crd() -> dict[str, Any]:
     """The committed CRD."""
-    return yaml.safe_load(CRD_PATH.read_text())
+    crd: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    return crd
 
 
 def root_schema(crd: dict[str, Any]) -> dict[str, Any]:
     """The v1alpha1 openAPIV3Schema."""
-    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
 def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -88,9 +91,7 @@ def transition_errors(schema: dict[str, Any], new: Any, old: Any) -> list[str]:
     errors = []
     for rule in schema.get("x-kubernetes-validations", []):
         program = env.program(env.compile(rule["rule"]))
-        verdict = program.evaluate(
-            {"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(old)}
-        )
+        verdict = program.evaluate({"self": json_to_cel(new), "oldSelf": json_to_cel(old)})
         if not bool(verdict):
             errors.append(f"{rule.get('fieldPath', '')}: {rule['message']}")
     return errors

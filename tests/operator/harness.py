@@ -129,8 +129,13 @@ def status_of(api: Api, name: str) -> dict[str, Any]:
 
 def wait_phase(api: Api, name: str, phases: set[str], timeout_s: float) -> dict[str, Any]:
     """Wait until the benchmark's phase is one of `phases`; return its status."""
+
+    def reached() -> dict[str, Any] | None:
+        status = status_of(api, name)
+        return status if status.get("phase") in phases else None
+
     return wait_for(
-        lambda: (s := status_of(api, name)).get("phase") in phases and s,
+        reached,
         timeout_s=timeout_s,
         what=f"{name} to reach {sorted(phases)} (last: {status_of(api, name).get('phase')})",
     )

@@ -39,7 +39,8 @@ def crd() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
-    return root_schema(crd)["properties"]["spec"]
+    schema: dict[str, Any] = root_schema(crd)["properties"]["spec"]
+    return schema
 
 
 def test_committed_crd_is_what_the_generator_prints() -> None:

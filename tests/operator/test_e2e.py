@@ -109,7 +109,9 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert configmap is not None
     assert json.loads(configmap["data"]["vllm-serve-args.json"]) == rec["vllmArgs"]
     assert configmap["metadata"]["ownerReferences"][0]["name"] == "tiny"
-    container = api.get(f"{DEPLOYMENTS}/llm")["spec"]["template"]["spec"]["containers"][0]
+    deployment = api.get(f"{DEPLOYMENTS}/llm")
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
     seqs = str(rec["config"]["maxNumSeqs"])
     assert container["args"][:3] == ["some/model", "--port", "8000"], "kept what was not searched"
     assert container["args"][container["args"].index("--max-num-seqs") + 1] == seqs
@@ -167,7 +169,9 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     configs = [json.dumps(t["config"], sort_keys=True) for t in trials if t["role"] == "search"]
     assert len(configs) == len(set(configs)), "no configuration measured twice"
     if url:
-        uid = api.get(f"{EBM_PATH}/restart")["metadata"]["uid"]
+        obj = api.get(f"{EBM_PATH}/restart")
+        assert obj is not None
+        uid = obj["metadata"]["uid"]
         stored = optuna.load_study(study_name=f"{NAMESPACE}.restart.{uid}", storage=url)
         assert len(stored.trials) == len(trials)
         assert [t.state.name for t in stored.trials] == ["COMPLETE"] * len(trials)

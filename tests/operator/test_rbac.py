@@ -43,9 +43,10 @@ def test_every_declared_call_is_made_by_some_method_and_none_is_undeclared() -> 
     """Each module-level ApiCall constant is in CALLS and used by a KubeApi method."""
     tree = ast.parse(KUBE_SOURCE.read_text())
     constants = {
-        node.targets[0].id
+        target.id
         for node in tree.body
         if isinstance(node, ast.Assign)
+        and isinstance(target := node.targets[0], ast.Name)
         and isinstance(node.value, ast.Call)
         and getattr(node.value.func, "id", None) == "ApiCall"
     }
