@@ -78,7 +78,7 @@ def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(tmp_path: Path) -> 
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A study killed with SIGKILL after two trials, then rerun to its end."""
     tmp = tmp_path_factory.mktemp("killed")
-    config = write_spec(tmp / "tiny.yaml", max_trials=3, repeats=1)
+    config = write_spec(tmp / "tiny.yaml", max_trials=3)
     out = tmp / "out"
     proc, log_path = start_tune(config, out)
     try:

@@ -31,6 +31,10 @@ __all__ = ["brackets_closed", "next_boundary_point", "next_power_step"]
 # A cap "binds" when the GPU's mean power over the window reaches this fraction of it: NVML
 # keeps a capped H100 a few watts under its limit.
 BINDS_RATIO = 0.95
+# Latency percentiles of repeated short measurements differ by a few percent, so a point that
+# misses its SLO by less than this fraction of the bound may meet it on another run: it does
+# not stop a walk down the power axis (it is still never recommended unless measured feasible).
+SLO_NOISE_RATIO = 0.03
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def next_power_step(
     taken = {r.power_limit_w for r in same_server if not r.interrupted}
     index = caps.index(record.power_limit_w)
     power_w = record.avg_power_per_gpu_w
-    if record.feasible:
+    if _passable(record):
         higher = [
             r
             for r in same_server
@@ -161,7 +165,8 @@ def _walk_step(
         if not feasible:
             start = PointConfig(server=server, power_limit_w=above_floor)
             return None if start in taken or here else start
-        lowest = max(feasible, key=lambda r: caps.index(r.power_limit_w))
+        passable = [r for r in here if _passable(r)]
+        lowest = max(passable, key=lambda r: caps.index(r.power_limit_w))
         cap = next_power_step(lowest, here, caps)
         if cap is not None and PointConfig(server=server, power_limit_w=cap) not in taken:
             return PointConfig(server=server, power_limit_w=cap)
@@ -169,8 +174,21 @@ def _walk_step(
         if best >= above_best:
             return None  # the boundary's optimum lies above this level
         above_best = best
-        above_floor = lowest.power_limit_w
+        above_floor = max(feasible, key=lambda r: caps.index(r.power_limit_w)).power_limit_w
     return None
+
+
+def _passable(record: TrialRecord) -> bool:
+    """Feasible, or missing an SLO by less than the measurements' noise."""
+    if record.state is not TrialState.COMPLETE or record.feasible is None:
+        return False
+    if record.feasible:
+        return True
+    worst = max(
+        (excess / (record.latency_ms[m] - excess) for m, excess in record.slo_excess_ms.items()),
+        default=math.inf,
+    )
+    return worst <= SLO_NOISE_RATIO
 
 
 def _family_best(family: _Family, usable: Sequence[TrialRecord]) -> float:
