@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -103,8 +103,6 @@ class _Running:
     exporter: ServerProcess
     gpus: list[Gpu]
     read_only: bool
-    log_dir: Path
-    _measured: int = field(default=0)
 
     def alive(self) -> bool:
         return self.server.alive() and self.exporter.alive()
@@ -205,7 +203,6 @@ class _ProcessRunner:
                 exporter=exporter,
                 gpus=gpus,
                 read_only=self._read_only,
-                log_dir=log_dir,
             )
         finally:
             if exporter is not None:

@@ -313,13 +313,10 @@ class Study:
             self._study.tell(trial, state=OptunaState.FAIL)
 
     def _earlier_measurement(self, point: PointConfig, *, before: int) -> FrozenTrial | None:
-        """The first non-finalist trial of `point` that is measured or running."""
-        params = point.params()
-        for frozen in self._study.get_trials(deepcopy=False):
-            if frozen.number >= before:
-                break
-            if frozen.params == params and _occupies_point(frozen):
-                return frozen
+        """The first search trial of `point` that is measured or running."""
+        for record in self.records()[:before]:
+            if record.point == point and _in_budget(record):
+                return self._study.get_trials(deepcopy=False)[record.number]
         return None
 
     def _unmeasured_points(self, taken: set[PointConfig]) -> list[PointConfig]:
@@ -557,16 +554,6 @@ def _in_budget(record: TrialRecord) -> bool:
 def _taken_points(records: Iterable[TrialRecord]) -> set[PointConfig]:
     """Points the search measured or is measuring (finalist repeats aside)."""
     return {r.point for r in records if _in_budget(r)}
-
-
-def _occupies_point(frozen: FrozenTrial) -> bool:
-    """A trial that measured or is measuring its point in the search."""
-    attrs = frozen.user_attrs
-    return (
-        attrs.get(_ATTR_ROLE) != Role.FINALIST
-        and _ATTR_DUPLICATE_OF not in attrs
-        and not attrs.get(_ATTR_INTERRUPTED)
-    )
 
 
 def _fingerprint(spec: BenchmarkSpec, *, read_only: bool) -> str:
