@@ -9,7 +9,8 @@ so that Kopf, kubectl and the operator see what they would see on a cluster:
   `creationTimestamp`, `generation` (bumped when `spec` changes) and `generateName`;
 - deletion of an object with finalizers also bumps its resourceVersion;
 - a JSON patch whose `test` of the resourceVersion fails is refused with 422 (kmock: 500);
-- `kind`/`apiVersion` on list replies (kubectl refuses lists without them);
+- `kind`/`apiVersion` on list replies (kubectl refuses lists without them), and
+  equality `labelSelector`s on lists (kmock returns every object);
 - a CRD created through the API makes its resource served, as the API server does.
 
 What it still cannot do (schema validation and pruning, defaulting, CEL rules, RBAC,
@@ -62,8 +63,17 @@ class ApiServer(kmock.KubernetesEmulator):
 
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     journal: list[Entry] = attrs.field(factory=list, init=False)
+    # (User-Agent, API group, resource[/subresource], verb) of every resource request.
+    calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # kmock keeps every request and matches each new one against views over all of them,
+        # so a request costs O(requests so far); the tests route no request by its history,
+        # so the log is cut to the current request (what the tests assert on is kept here).
+        del self._requests[:-1]
+        if request.resource is not None and request.resource.plural is not None:
+            agent = request.headers.get("User-Agent", "")
+            self.calls.append((agent, *_rbac_call(request)))
         if request.resource is not None and request.method.value in ("POST", "PATCH"):
             self.journal.append(
                 Entry(
@@ -92,6 +102,9 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         reply: dict[str, Any] = dict(await super()._serve_list(request))  # type: ignore[arg-type]
+        selector = _parse_selector(request.params.get("labelSelector", ""))
+        if selector:
+            reply["items"] = [i for i in reply["items"] if _matches(i, selector)]
         resource = request.resource
         assert resource is not None
         kind = self.resources[resource].kind or resource.plural
@@ -201,6 +214,18 @@ class ApiServer(kmock.KubernetesEmulator):
             )
 
 
+def _parse_selector(text: str) -> dict[str, str]:
+    """Equality label selectors (`a=b,c=d`), the only kind the operator sends."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part]
+    assert all(len(p) == 2 for p in pairs), f"unsupported label selector {text!r}"
+    return {k.rstrip("="): v for k, v in pairs}
+
+
+def _matches(obj: dict[str, Any], selector: dict[str, str]) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def _key(request: kmock.Request) -> tuple[kmock.resource, str | None, str]:
     assert request.resource is not None and request.name is not None, "a named object"
     return (request.resource, request.namespace, request.name)
@@ -257,16 +282,10 @@ class ApiServerThread:
 
     def calls(self, *agents: str) -> set[tuple[str, str, str]]:
         """(API group, resource[/subresource], RBAC verb) of every request whose User-Agent
-        starts with one of `agents`."""
+        starts with one of `agents` (discovery requests name no resource: no RBAC)."""
         assert self.emulator is not None
-        requests = self.call(lambda: list(self.emulator or []))
-        return {
-            _rbac_call(r)
-            for r in requests
-            # Discovery (/api/v1, /apis/GROUP/VERSION) names no resource and needs no RBAC.
-            if r.resource is not None and r.resource.plural is not None
-            if r.headers.get("User-Agent", "").startswith(agents)
-        }
+        logged = self.call(lambda: list(self.emulator.calls if self.emulator else []))
+        return {(g, r, v) for agent, g, r, v in logged if agent.startswith(agents)}
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -96,6 +96,7 @@ class Kubelet:
         overrides: pod name -> OOM, HANG or CANNED.
         default_override: what pods not in `overrides` get (None: run for real).
         canned_message: the termination message of CANNED trials.
+        poll_s: how often the pod list is read.
     """
 
     api: Api
@@ -107,6 +108,7 @@ class Kubelet:
     overrides: dict[str, str] = field(default_factory=dict)
     default_override: str | None = None
     canned_message: str = ""
+    poll_s: float = POLL_S
     created: dict[str, list[str]] = field(default_factory=dict)  # pod name -> uids seen
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -138,7 +140,7 @@ class Kubelet:
                 )
                 worker.start()
                 self._threads.append(worker)
-            self._stop.wait(POLL_S)
+            self._stop.wait(self.poll_s)
 
     # --- one pod ------------------------------------------------------------------------
 
