@@ -82,3 +82,18 @@ def test_the_helm_chart_renders_these_rules() -> None:
     needed = {(c.group, c.resource, c.verb) for c in (*CALLS, *KOPF_CALLS)}
     assert needed - granted == set(), "the chart lacks permissions the operator uses"
     assert granted - needed == set(), "the chart grants more than the operator uses"
+
+
+def test_the_table_in_docs_operator_md_is_these_rules() -> None:
+    text = (ROOT / "docs" / "operator.md").read_text()
+    table = text.split("<!-- rbac -->")[1].split("<!-- /rbac -->")[0]
+    rows = [line.split("|")[1:4] for line in table.strip().splitlines()[2:]]
+    documented = [
+        {
+            "apiGroups": [group.strip().strip("`").strip('"')],
+            "resources": [resource.strip().strip("`")],
+            "verbs": [v.strip() for v in verbs.split(",")],
+        }
+        for group, resource, verbs in rows
+    ]
+    assert documented == RBAC_RULES
