@@ -112,3 +112,18 @@ def test_window_is_open_at_its_start() -> None:
     m = compute_metrics([at_start, at_end], Window(start_s=1.0, end_s=2.0, plateau_in_flight=1))
     assert m.window_completed == 1 and m.ttft_ms.mean == pytest.approx(1000)
     assert m.window_output_tokens == pytest.approx(2)  # at_end's chunks at 1.5 and 2.0
+
+
+def test_latency_covers_the_steady_state_cohort() -> None:
+    # Both requests end inside the window, but `burst` was sent in the ramp-up (before the
+    # plateau moment at 0.5): its TTFT measures the initial burst and is left out.
+    burst = _rec(0, 0.0, [0.9, 1.6], tokens=2)
+    steady = _rec(1, 0.6, [0.8, 1.7], tokens=2)
+    window = Window(start_s=1.0, end_s=2.0, plateau_in_flight=2, plateau_s=0.5)
+    m = compute_metrics([burst, steady], window)
+    assert (m.latency_requests, m.window_completed) == (1, 2)
+    assert m.ttft_ms.mean == pytest.approx(200)
+    assert m.request_throughput == pytest.approx(2.0)  # every completion in the window counts
+    # With no request sent after the plateau, the statistics fall back to all that ended in it.
+    only_burst = compute_metrics([burst], window)
+    assert only_burst.latency_requests == 1 and only_burst.ttft_ms.mean == pytest.approx(900)

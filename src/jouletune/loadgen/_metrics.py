@@ -8,12 +8,14 @@ Definitions follow vLLM's `vllm/benchmarks/serve.py`:
 - Output tokens: `usage.completion_tokens` (the number of chunks when the server sent none).
 
 Scope (jouletune's choice, so latency and energy describe the same steady state): with a
-window (start, end], statistics cover the successful requests whose last chunk arrived inside
-it (all their TTFTs, TPOTs, ITLs and E2ELs); without one, every successful request. Window
-tokens count the chunks that arrived inside the window, each worth the request's
-completion_tokens / chunks. The window is open at its start because a closed-loop window
-starts at a request's last chunk: that request belongs to the ramp-up. An empty sample set
-gives None, never 0.
+window (start, end], statistics cover the steady-state cohort: successful requests sent after
+the plateau moment (`Window.plateau_s`) whose last chunk arrived inside the window, all their
+TTFTs, TPOTs, ITLs and E2ELs (when no such request exists, every successful request that ended
+inside the window). Requests sent in the ramp-up's burst are left out: their TTFT measures the
+burst, not the steady state. Without a window, every successful request counts. Window tokens
+count the chunks that arrived inside the window, each worth the request's completion_tokens /
+chunks. The window is open at its start because a closed-loop window starts at a request's
+last chunk: that request belongs to the ramp-up. An empty sample set gives None, never 0.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class BenchMetrics:
         tpot_ms: time per output token after the first, ms.
         itl_ms: inter-token (inter-chunk) latency, ms.
         e2el_ms: end-to-end latency, ms.
+        latency_requests: requests the latency statistics cover.
         window_completed: successful requests whose last chunk arrived in the window.
         window_output_tokens: output tokens whose chunks arrived in the window.
         request_throughput: window_completed / window duration, requests/s.
@@ -84,6 +87,7 @@ class BenchMetrics:
     tpot_ms: LatencyStats
     itl_ms: LatencyStats
     e2el_ms: LatencyStats
+    latency_requests: int
     window_completed: int | None
     window_output_tokens: float | None
     request_throughput: float | None
@@ -99,7 +103,9 @@ class BenchMetrics:
 def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> BenchMetrics:
     """Turn a run's request records (and its steady-state window, if any) into metrics."""
     ok = [r for r in records if r.success]
-    scoped = ok if window is None else [r for r in ok if window.start_s < r.end_s <= window.end_s]
+    ended_in = ok if window is None else [r for r in ok if window.start_s < r.end_s <= window.end_s]
+    cohort = ended_in if window is None else [r for r in ended_in if r.send_s > window.plateau_s]
+    scoped = cohort or ended_in
     run_s = max(r.end_s for r in records) - min(r.send_s for r in records) if records else 0.0
     run_tokens = sum(r.tokens for r in ok)
     window_tokens = _window_tokens(records, window) if window else None
@@ -111,9 +117,10 @@ def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> 
         tpot_ms=LatencyStats.of_seconds([_tpot_s(r) for r in scoped if r.tokens > 1]),
         itl_ms=LatencyStats.of_seconds(_itls_s(scoped)),
         e2el_ms=LatencyStats.of_seconds([r.e2el_s for r in scoped if r.e2el_s is not None]),
-        window_completed=len(scoped) if window else None,
+        latency_requests=len(scoped),
+        window_completed=len(ended_in) if window else None,
         window_output_tokens=window_tokens,
-        request_throughput=len(scoped) / window.duration_s if window else None,
+        request_throughput=len(ended_in) / window.duration_s if window else None,
         output_token_throughput=(
             window_tokens / window.duration_s if window and window_tokens is not None else None
         ),

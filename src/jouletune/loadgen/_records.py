@@ -74,11 +74,15 @@ class Window:
         end_s: window end, seconds (perf_counter).
         plateau_in_flight: the in-flight request count the run settled at (the level the
             start rule waited for).
+        plateau_s: when the in-flight count first reached that level, seconds (perf_counter);
+            requests sent after it are the steady-state cohort whose latencies are reported
+            (-inf: every request).
     """
 
     start_s: float
     end_s: float
     plateau_in_flight: int
+    plateau_s: float = float("-inf")
 
     def __post_init__(self) -> None:
         if not self.end_s > self.start_s:

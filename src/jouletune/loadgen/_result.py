@@ -106,7 +106,8 @@ class RequestDetail(_Model):
     send_unix_s: float
     first_token_unix_s: float | None
     end_unix_s: float
-    in_window: bool = Field(description="ended inside the window: counted in the statistics")
+    in_window: bool = Field(description="ended inside the window")
+    cohort: bool = Field(description="sent after the plateau moment (steady-state cohort)")
     prompt_tokens: int | None
     output_tokens: int | None
     ttft_ms: float | None
@@ -131,10 +132,12 @@ class BenchResult(_Model):
     """The result of one `jouletune bench` run.
 
     Besides DESIGN.md's keys: `latency_scope` (`window`: the latency statistics cover the
-    requests that ended inside the window; `all`: every successful request, used when there is
-    no window), `window_output_tokens`, `power_cap_bound_fraction` (fraction of exporter
-    scrapes in the window at >= `cap_bound_ratio` x the power limit), `avg_batch_size_source`
-    (`server`: vLLM's `num_requests_running` gauge; `client`: the client's in-flight count),
+    steady-state cohort, requests sent after the plateau moment that ended inside the window;
+    `all`: every successful request, used when there is no window), `latency_requests` (how
+    many requests the statistics cover), `window_output_tokens`, `power_cap_bound_fraction`
+    (fraction of exporter scrapes in the window at >= `cap_bound_ratio` x the power limit),
+    `avg_batch_size_source` (`server`: vLLM's `num_requests_running` gauge; `client`: the
+    client's in-flight count),
     `idle_power_w` (total GPU power just before the run), `valid`/`invalid_reason`, `partial`
     (the server was lost mid-run), `errors` (up to 10 distinct request errors), `warnings`,
     `requests` (per-request detail with `save_detailed`).
@@ -147,6 +150,7 @@ class BenchResult(_Model):
     duration_s: float
     window: WindowResult | None
     latency_scope: Literal["window", "all"]
+    latency_requests: int
     ttft_ms: LatencySummary
     tpot_ms: LatencySummary
     itl_ms: LatencySummary

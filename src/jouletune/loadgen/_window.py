@@ -7,7 +7,8 @@ The rule, from the request records alone (client clock, perf_counter seconds):
    the time-weighted median of the client's in-flight count between the first and the last
    send).
 2. Plateau moment: the first time the in-flight count reaches L. The streams in flight then
-   are "every concurrent stream".
+   are "every concurrent stream"; requests sent after it are the steady-state cohort (their
+   TTFT does not include the ramp-up's burst of arrivals).
 3. Start = the later of (a) the first request end (at least one request has finished, so the
    server mixes prefill and decode as it will for the rest of the run) and (b) the first
    token of every stream in flight at the plateau moment (their prefill burst is over).
@@ -80,7 +81,7 @@ def steady_state_window(
             f" finished ({start_s - by_send[0].send_s:.3f}s); send more requests than"
             f" --max-concurrency ({len(by_send)} sent, {level} in flight)"
         )
-    return Window(start_s=start_s, end_s=end_s, plateau_in_flight=level)
+    return Window(start_s=start_s, end_s=end_s, plateau_in_flight=level, plateau_s=plateau_s)
 
 
 def _events(records: Sequence[RequestRecord]) -> list[tuple[float, int]]:
