@@ -141,6 +141,16 @@ class BenchmarkLoop:
         self._spec: BenchmarkSpec | None = None
         self._study: Study | None = None
         self._written = False  # whether this process has written the status yet
+        self._closing = False  # the benchmark is being deleted: start no more pods
+
+    def close(self) -> None:
+        """Start no more trial pods (the benchmark is being deleted)."""
+        self._closing = True
+
+    @property
+    def closing(self) -> bool:
+        """True once `close()` was called (it may happen during any await)."""
+        return self._closing
 
     @property
     def status(self) -> BenchmarkStatus:
@@ -343,7 +353,7 @@ class BenchmarkLoop:
     ) -> None:
         for record in running:
             name = trial_pod_name(self.ref.name, record.number)
-            if name in pods:
+            if name in pods or self.closing:
                 continue
             config = TrialConfig.from_point(record.point)
             body = build_trial_pod(
@@ -353,7 +363,13 @@ class BenchmarkLoop:
                 config=config,
                 settings=self._ctx.config,
             )
-            if await self._ctx.kube.create_pod(self.ref.namespace, body):
+            created = await self._ctx.kube.create_pod(self.ref.namespace, body)
+            if self.closing:
+                # Deleted while the create was in flight: the deletion handler may have
+                # listed the pods before this one existed.
+                await self._ctx.kube.delete_pod(self.ref.namespace, name)
+                return
+            if created:
                 self._event(
                     "Normal",
                     "TrialStarted",
@@ -452,14 +468,7 @@ class BenchmarkLoop:
         self, spec: BenchmarkSpec, records: list[TrialRecord], rec: TunerRecommendation
     ) -> BenchmarkStatus:
         status = self._status.model_copy(deep=True)
-        status.trials = self._rows(records)
-        status.trials_running = sum(r.state is RecordState.RUNNING for r in records)
-        status.trials_complete = sum(
-            r.state is RecordState.COMPLETE and r.duplicate_of is None for r in records
-        )
-        status.trials_failed = _real_failures(records)
-        measured = [r for r in records if r.measured and r.role.value != "finalist"]
-        status.trial_progress = f"{len(measured)}/{spec.budget.max_trials}"
+        self._count(status, records, spec)
         points = summarize_points(records, spec)
         status.pareto_front = [_front_point(p, spec) for p in front(points, spec)]
         feasible = [p.energy_per_output_token_j for p in points if p.feasible]
@@ -517,14 +526,24 @@ class BenchmarkLoop:
         self._written = True
         self._ctx.metrics.observe_status(self.ref.namespace, self.ref.name, status)
 
+    def _count(
+        self, status: BenchmarkStatus, records: list[TrialRecord], spec: BenchmarkSpec
+    ) -> None:
+        """The trial table and its counts."""
+        status.trials = self._rows(records)
+        status.trials_running = sum(r.state is RecordState.RUNNING for r in records)
+        status.trials_complete = sum(
+            r.state is RecordState.COMPLETE and r.duplicate_of is None for r in records
+        )
+        status.trials_failed = _real_failures(records)
+        measured = [r for r in records if r.measured and r.role.value != "finalist"]
+        status.trial_progress = f"{len(measured)}/{spec.budget.max_trials}"
+
     async def fail(self, fatal: _Fatal) -> None:
         """Write a terminal Failed status, and delete the pods the failure names."""
         status = self._status.model_copy(deep=True)
-        if self._study is not None:
-            records = self._study.records()
-            status.trials = self._rows(records)
-            status.trials_running = 0
-            status.trials_failed = _real_failures(records)
+        if self._study is not None and self._spec is not None:
+            self._count(status, self._study.records(), self._spec)
         if fatal.reason == "SpecInvalid":
             status.set_condition(
                 Condition(

@@ -131,6 +131,9 @@ class Operator:
     ) -> None:
         assert namespace is not None, "EnergyBenchmarks are namespaced"
         ctx = self._context()
+        loop = self._loops.get(uid)
+        if loop is not None:
+            loop.close()
         labels = {LABEL_BENCHMARK: benchmark_label(name)}
         pods = await ctx.kube.list_pods(namespace, labels=labels)
         for pod in pods:
