@@ -147,9 +147,8 @@ class BenchmarkLoop:
         """Start no more trial pods (the benchmark is being deleted)."""
         self._closing = True
 
-    @property
     def closing(self) -> bool:
-        """True once `close()` was called (it may happen during any await)."""
+        """True once `close()` was called (which may happen during any await)."""
         return self._closing
 
     @property
@@ -353,7 +352,7 @@ class BenchmarkLoop:
     ) -> None:
         for record in running:
             name = trial_pod_name(self.ref.name, record.number)
-            if name in pods or self.closing:
+            if name in pods or self.closing():
                 continue
             config = TrialConfig.from_point(record.point)
             body = build_trial_pod(
@@ -364,7 +363,7 @@ class BenchmarkLoop:
                 settings=self._ctx.config,
             )
             created = await self._ctx.kube.create_pod(self.ref.namespace, body)
-            if self.closing:
+            if self.closing():
                 # Deleted while the create was in flight: the deletion handler may have
                 # listed the pods before this one existed.
                 await self._ctx.kube.delete_pod(self.ref.namespace, name)
