@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,6 +400,3 @@ def canned_message_from(result_path: Path) -> str:
     from jouletune.operator import CompactResult
 
     return CompactResult.from_bench(json.loads(result_path.read_text())).to_message()
-
-
-KubeletFactory = Callable[..., Kubelet]
