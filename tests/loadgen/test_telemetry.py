@@ -17,6 +17,7 @@ from jouletune.loadgen._telemetry import (
     ServerScrape,
     avg_running,
     measure_energy,
+    parse_driver_version,
     parse_exporter_text,
     parse_server_text,
 )
@@ -139,3 +140,12 @@ def test_avg_running_uses_scrapes_inside_the_window() -> None:
     ]
     assert avg_running(scrapes, Window(start_s=0.5, end_s=2.5, plateau_in_flight=8)) == 7.0
     assert avg_running(scrapes, Window(start_s=0.1, end_s=0.2, plateau_in_flight=8)) is None
+
+
+def test_driver_version_label_is_found_when_exposed() -> None:
+    text = (
+        "# TYPE jouletune_gpu_info gauge\n"
+        'jouletune_gpu_info{gpu="0",driver_version="580.159.04"} 1.0\n'
+    )
+    assert parse_driver_version(text) == "580.159.04"
+    assert parse_driver_version("# TYPE x gauge\nx 1\n") is None

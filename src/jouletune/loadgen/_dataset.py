@@ -104,7 +104,7 @@ def _random_requests(
     requests = []
     for in_len, out_len in zip(in_lens, out_lens, strict=True):
         ids = rng.integers(_MIN_TOKEN_ID, _MAX_TOKEN_ID + 1, size=int(in_len))
-        prompt = " ".join(f"t{i}" for i in ids.tolist())
+        prompt = "t" + " t".join(map(str, ids.tolist()))
         requests.append(
             SampleRequest(prompt=prompt, prompt_len=int(in_len), output_len=int(out_len))
         )

@@ -18,6 +18,7 @@ import aiohttp
 from jouletune.loadgen._telemetry import (
     ExporterScrape,
     ServerScrape,
+    parse_driver_version,
     parse_exporter_text,
     parse_server_text,
 )
@@ -55,15 +56,19 @@ async def _get_text(
 
 
 async def scrape_exporter(
-    session: aiohttp.ClientSession, url: str, *, timeout_s: float = 2.0
+    session: aiohttp.ClientSession, url: str, *, timeout_s: float = 2.0, versions: bool = False
 ) -> ExporterScrape:
-    """One scrape of an exporter; raises ScrapeError when unreachable or malformed."""
+    """One scrape of an exporter; raises ScrapeError when unreachable or malformed.
+
+    `versions` also looks for a `driver_version` label (once per run, not every poll).
+    """
     t_s, text = await _get_text(session, metrics_url(url), timeout_s)
     try:
         gpus = parse_exporter_text(text)
+        driver = parse_driver_version(text) if versions else None
     except ValueError as err:
         raise ScrapeError(f"{url}: not Prometheus text: {err}") from None
-    return ExporterScrape(url=url, t_s=t_s, gpus=tuple(gpus))
+    return ExporterScrape(url=url, t_s=t_s, gpus=tuple(gpus), driver_version=driver)
 
 
 async def scrape_server(

@@ -124,8 +124,10 @@ class EnvironmentInfo(_Model):
     server_model: str
     server_model_root: str | None
     server_version: str | None
-    gpu_models: list[str]
-    gpu_driver_version: str | None
+    gpu_models: list[str] = Field(description="the exporters' `model_name` labels")
+    gpu_driver_version: str | None = Field(
+        description="a `driver_version` label on any exporter series; None when none has one"
+    )
 
 
 class BenchResult(_Model):

@@ -154,7 +154,9 @@ async def _probe_exporters(session: aiohttp.ClientSession, urls: list[str]) -> l
     scrapes = []
     for url in urls:
         try:
-            scrape = await scrape_exporter(session, url, timeout_s=_CONNECT_TIMEOUT_S)
+            scrape = await scrape_exporter(
+                session, url, timeout_s=_CONNECT_TIMEOUT_S, versions=True
+            )
         except ScrapeError as err:
             raise BenchError(f"exporter unreachable: {err}") from None
         if not scrape.gpus:
@@ -215,58 +217,107 @@ async def _measure(
     requests: list[SampleRequest],
     progress: ProgressCallback | None,
 ) -> _Run:
-    """Send the measured requests on their precomputed schedule under the concurrency cap."""
+    """Send the measured requests: closed loop as `max_concurrency` streams that each send
+    the next request when the last ends; open loop on the precomputed arrival times, queued
+    behind the concurrency cap when there is one (vLLM's semaphore)."""
     measured = requests[: config.num_prompts]
-    offsets_s = arrival_offsets_s(
-        len(measured),
-        request_rate=config.request_rate,
-        burstiness=config.burstiness,
-        seed=config.seed,
-    )
-    limit = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
-    watch = _ServerWatch(session, config.base_url)
-    headers = request_headers()
-    done = 0
+    dispatch = _Dispatch(session=session, config=config, server=server, progress=progress)
     unix_offset_s = _unix_offset_s()
-    t0_s = perf_counter()
-    stop_s = t0_s + config.duration_s if config.duration_s else float("inf")
+    dispatch.start()
+    if config.closed_loop:
+        await dispatch.closed_loop(measured)
+    else:
+        await dispatch.open_loop(measured)
+    return _Run(
+        records=dispatch.records,
+        t0_s=dispatch.t0_s,
+        unix_offset_s=unix_offset_s,
+        lost=dispatch.watch.lost,
+    )
 
-    def stopped() -> bool:
-        return watch.lost is not None or perf_counter() >= stop_s
 
-    async def one(i: int, req: SampleRequest) -> RequestRecord | None:
-        nonlocal done
-        async with limit if limit is not None else contextlib.nullcontext():
-            if stopped():
-                return None
-            body = build_body(
-                req, model=server.model, chat=config.chat, ignore_eos=config.ignore_eos
-            )
-            outcome = await stream_request(
-                session,
-                config.api_url,
-                body,
-                headers=headers,
-                index=i,
-                expected_output_len=req.output_len,
-            )
+class _Dispatch:
+    """Sends requests until the workload, the `--duration` or the server runs out."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        config: BenchConfig,
+        server: ServerInfo,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self._model = server.model
+        self._progress = progress
+        self._headers = request_headers()
+        self.watch = _ServerWatch(session, config.base_url)
+        self.records: list[RequestRecord] = []
+        self.t0_s = perf_counter()
+        self._stop_s = float("inf")
+
+    def start(self) -> None:
+        """Start the clock the arrival times and `--duration` count from."""
+        self.t0_s = perf_counter()
+        if self._config.duration_s is not None:
+            self._stop_s = self.t0_s + self._config.duration_s
+
+    def stopped(self) -> bool:
+        """True once no new request may be sent."""
+        return self.watch.lost is not None or perf_counter() >= self._stop_s
+
+    async def closed_loop(self, measured: list[SampleRequest]) -> None:
+        """`max_concurrency` streams (all requests at once without a cap) share the queue."""
+        queue = iter(enumerate(measured))
+        streams = min(self._config.max_concurrency or len(measured), len(measured))
+
+        async def stream() -> None:
+            for i, req in queue:
+                if self.stopped():
+                    return
+                await self._send(i, req)
+
+        await asyncio.gather(*(stream() for _ in range(streams)))
+
+    async def open_loop(self, measured: list[SampleRequest]) -> None:
+        """One task per arrival, each waiting for a slot under the cap."""
+        cfg = self._config
+        offsets_s = arrival_offsets_s(
+            len(measured), request_rate=cfg.request_rate, burstiness=cfg.burstiness, seed=cfg.seed
+        )
+        limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+
+        async def arrival(i: int, req: SampleRequest) -> None:
+            async with limit if limit is not None else contextlib.nullcontext():
+                if not self.stopped():
+                    await self._send(i, req)
+
+        tasks = []
+        for i, (req, offset_s) in enumerate(zip(measured, offsets_s, strict=True)):
+            # sleep(0) when behind schedule still lets the started requests run.
+            await asyncio.sleep(max(0.0, self.t0_s + offset_s - perf_counter()))
+            if self.stopped():
+                break
+            tasks.append(asyncio.create_task(arrival(i, req)))
+        await asyncio.gather(*tasks)
+
+    async def _send(self, index: int, req: SampleRequest) -> None:
+        cfg = self._config
+        body = build_body(req, model=self._model, chat=cfg.chat, ignore_eos=cfg.ignore_eos)
+        outcome = await stream_request(
+            self._session,
+            cfg.api_url,
+            body,
+            headers=self._headers,
+            index=index,
+            expected_output_len=req.output_len,
+        )
+        self.records.append(outcome.record)
         if outcome.error_kind == "connection":
-            await watch.connection_failed(outcome.record.error or "connection failed")
-        done += 1
-        if progress is not None:
-            progress(done, len(measured))
-        return outcome.record
-
-    tasks: list[asyncio.Task[RequestRecord | None]] = []
-    for i, (req, offset_s) in enumerate(zip(measured, offsets_s, strict=True)):
-        if (delay_s := t0_s + offset_s - perf_counter()) > 0:
-            await asyncio.sleep(delay_s)
-        if stopped():
-            break
-        tasks.append(asyncio.create_task(one(i, req)))
-    results = await asyncio.gather(*tasks)
-    records = [r for r in results if r is not None]
-    return _Run(records=records, t0_s=t0_s, unix_offset_s=unix_offset_s, lost=watch.lost)
+            await self.watch.connection_failed(outcome.record.error or "connection failed")
+        if self._progress is not None:
+            self._progress(len(self.records), cfg.num_prompts)
 
 
 def _unix_offset_s() -> float:
@@ -463,7 +514,9 @@ def _environment(server: ServerInfo, first_scrapes: list[ExporterScrape]) -> Env
         server_model_root=server.model_root,
         server_version=server.version,
         gpu_models=sorted({g.model_name for s in first_scrapes for g in s.gpus if g.model_name}),
-        gpu_driver_version=None,
+        gpu_driver_version=next(
+            (s.driver_version for s in first_scrapes if s.driver_version), None
+        ),
     )
 
 

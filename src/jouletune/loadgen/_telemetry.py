@@ -27,6 +27,7 @@ __all__ = [
     "ServerScrape",
     "avg_running",
     "measure_energy",
+    "parse_driver_version",
     "parse_exporter_text",
     "parse_server_text",
 ]
@@ -57,6 +58,7 @@ class ExporterScrape:
     url: str
     t_s: float
     gpus: tuple[GpuReading, ...]
+    driver_version: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -136,6 +138,15 @@ def parse_exporter_text(text: str) -> list[GpuReading]:
         for key, values in sorted(by_gpu.items())
         if _ENERGY in values
     ]
+
+
+def parse_driver_version(text: str) -> str | None:
+    """The `driver_version` label of any series in an exporter's text, if it exposes one."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if version := sample.labels.get("driver_version"):
+                return version
+    return None
 
 
 def parse_server_text(text: str) -> tuple[float | None, float | None]:
