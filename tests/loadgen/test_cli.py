@@ -187,3 +187,27 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
 
 def _energy_j(sim_url: str) -> float:
     return float(sum(g["energy_j"] for g in get_json(sim_url + "/sim/gpus")["gpus"]))
+
+
+def test_open_loop_rate_with_warmup(stack: SimStack, tmp_path: Path) -> None:
+    args = ["--request-rate", "40", "--burstiness", "0.5", "--num-prompts", "120"]
+    args += ["--warmup-requests", "4", "--exporter-url", stack.exporter.url]
+    run = run_bench_cli(bench_args(stack.sim.url, *SMALL, *args, result=tmp_path / "r.json"))
+    assert run.returncode == 0, run.stderr
+    res = run.result
+    assert res is not None and res["valid"]
+    assert res["completed"] == 120 and res["workload"]["sent"] == 120  # warm-up not counted
+    assert res["config"]["request_rate"] == 40.0 and res["workload"]["request_rate"] == 40.0
+    # 120 requests at 40/s take ~3 s to send; the window sits inside the sending phase.
+    assert 0 < res["window"]["start_s"] < res["window"]["end_s"] <= res["duration_s"]
+    assert res["energy_per_output_token_j"] > 0 and res["avg_batch_size_source"] == "server"
+
+
+def test_duration_caps_the_sending(stack: SimStack, tmp_path: Path) -> None:
+    args = ["--max-concurrency", "8", "--num-prompts", "100000", "--duration", "1.5"]
+    run = run_bench_cli(bench_args(stack.sim.url, *SMALL, *args, result=tmp_path / "r.json"))
+    assert run.returncode == 0, run.stderr
+    res = run.result
+    assert res is not None and res["valid"]
+    assert 8 < res["workload"]["sent"] < 100000 and res["completed"] == res["workload"]["sent"]
+    assert 1.5 <= res["duration_s"] < 5.0
