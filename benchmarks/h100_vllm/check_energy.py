@@ -1,0 +1,51 @@
+"""Exporter energy vs an independent NVML read, for every committed real-vLLM point.
+
+Each `jouletune bench` result took its window energy from `jouletune exporter`'s counter.
+Beside it, `nvml_energy_log.py` logged the same GPU's total-energy counter every 50 ms in a
+separate process. This script interpolates that log at each result's window edges and prints
+both energies and their difference (issue 7: within 2%).
+
+    python benchmarks/h100_vllm/check_energy.py [benchmarks/results/h100-vllm]
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_LIMIT_PCT = 2.0
+
+
+def _nvml_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(path, "rt") as f:
+        rows = [(float(r["unix_s"]), float(r["energy_j"])) for r in csv.DictReader(f)]
+    times, energies = zip(*rows, strict=True)
+    return np.asarray(times), np.asarray(energies)
+
+
+def main(results_dir: Path) -> int:
+    """Print one line per result; exit 1 if any differs by more than the limit."""
+    print(f"{'point':<24}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
+    worst = 0.0
+    for path in sorted(results_dir.glob("n*_w*.json")):
+        result = json.loads(path.read_text())
+        max_num_seqs = path.name.split("_")[0]
+        times, energies = _nvml_log(results_dir / f"nvml_{max_num_seqs}.csv.gz")
+        window = result["window"]
+        edges = np.interp([window["start_unix_s"], window["end_unix_s"]], times, energies)
+        independent_j = float(edges[1] - edges[0])
+        diff_pct = 100.0 * (result["energy_j"] - independent_j) / independent_j
+        worst = max(worst, abs(diff_pct))
+        print(f"{path.stem:<24}{result['energy_j']:>12.1f}{independent_j:>12.1f}{diff_pct:>+9.2f}")
+    print(f"worst |diff| {worst:.2f}% (limit {_LIMIT_PCT}%)")
+    return 0 if worst <= _LIMIT_PCT else 1
+
+
+if __name__ == "__main__":
+    default = Path(__file__).resolve().parents[1] / "results" / "h100-vllm"
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else default))
