@@ -56,21 +56,22 @@ def jouletune_process(
     args: list[str], *, port: int, health_path: str, timeout_s: float = 30.0
 ) -> Iterator[Proc]:
     """Run `python -m jouletune ARGS` until the block ends; yields once `health_path` is 200."""
-    log = tempfile.NamedTemporaryFile(prefix="jouletune-", suffix=".log", delete=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "jouletune", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    proc = Proc(popen=popen, url=f"http://127.0.0.1:{port}", log_path=log.name)
-    try:
-        wait_http_ok(proc.url + health_path, timeout_s, proc)
-        yield proc
-    finally:
-        popen.terminate()
+    with tempfile.NamedTemporaryFile(prefix="jouletune-", suffix=".log") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "jouletune", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        proc = Proc(popen=popen, url=f"http://127.0.0.1:{port}", log_path=log.name)
         try:
-            popen.wait(10)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-        log.close()
-        os.unlink(log.name)
+            wait_http_ok(proc.url + health_path, timeout_s, proc)
+            yield proc
+        finally:
+            popen.terminate()
+            try:
+                popen.wait(10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
