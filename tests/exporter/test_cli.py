@@ -237,3 +237,33 @@ def test_against_a_real_sim_server_limits_show_up_and_are_restored() -> None:
     assert [after[(limit, i)][0] for i in ("0", "1")] == [before[(limit, i)][0] for i in "01"]
     energy = "jouletune_gpu_energy_joules_total"
     assert after[(energy, "1")][0] > before[(energy, "1")][0]  # an idle GPU still draws power
+
+
+def test_power_limit_flag_holds_the_cap_while_running_and_restores_it_on_sigterm() -> None:
+    sim_port, port = free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1"]
+    sim_args += ["--port", str(sim_port)]
+    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+        (gpu,) = open_sim_gpus(sim.url)
+        before_w = gpu.sample().power_limit_w
+        exporter_args = _exporter_args(port, "--sim", sim.url, "--power-limit-w", "350")
+        with jouletune_process(exporter_args, port=port, health_path="/healthz") as exporter:
+            held_w = _scrape(exporter.url)[("jouletune_gpu_power_limit_watts", "0")][0]
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+        after_w = gpu.sample().power_limit_w
+    assert (before_w, held_w, after_w) == (700.0, 350.0, 700.0)
+
+
+def test_a_power_limit_outside_the_gpus_range_is_a_one_line_error() -> None:
+    sim_port, port = free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1"]
+    sim_args += ["--port", str(sim_port)]
+    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+        result = _run(_exporter_args(port, "--sim", sim.url, "--power-limit-w", "5000"))
+    assert result.returncode == 1
+    # Log lines come first; the error is the last line.
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("jouletune exporter: cannot hold power limit 5000 W:")
+    assert "outside GPU 0" in last_line
+    assert "Traceback" not in result.stderr

@@ -1,8 +1,12 @@
 """`jouletune exporter`: serve GPU energy and power to Prometheus.
 
     jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL] [--gpus 0,1]
+                       [--power-limit-w W]
 
-NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. In a pod, the
+NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. With
+`--power-limit-w`, the exporter holds that cap on its GPUs while it runs and restores each
+GPU's previous limit when it stops: in a trial pod it is the one container that needs the
+capability to change limits. In a pod, the
 `pod` and `namespace` labels come from POD_NAME and POD_NAMESPACE (the downward API).
 """
 
@@ -14,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -21,7 +26,15 @@ from prometheus_client import CollectorRegistry
 from jouletune.exporter._collector import GpuCollector
 from jouletune.exporter._server import ExporterServer, make_app
 from jouletune.exporter._source import GpuSource
-from jouletune.gpu import GpuError, NvmlGpu, NvmlUnavailableError, open_nvml_gpus, open_sim_gpus
+from jouletune.gpu import (
+    Gpu,
+    GpuError,
+    NvmlGpu,
+    NvmlUnavailableError,
+    open_nvml_gpus,
+    open_sim_gpus,
+    power_limit,
+)
 
 __all__ = ["main"]
 
@@ -62,9 +75,23 @@ def main(argv: list[str]) -> int:
     except OSError as err:
         return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror}", _EXIT_FAILURE)
     _log.info("serving http://%s:%d/metrics and /healthz", args.host, server.port)
-    _serve_until_signal(server)
-    _close(source)
+    try:
+        _serve_capped(server, source.opened(), args.power_limit_w)
+    except (GpuError, ValueError) as err:
+        return _fail(f"cannot hold power limit {args.power_limit_w:g} W: {err}", _EXIT_FAILURE)
+    finally:
+        _close(source)
     return 0
+
+
+def _serve_capped(server: ExporterServer, gpus: Sequence[Gpu], watts: float | None) -> None:
+    """Serve until a signal; with `watts`, hold that cap meanwhile (restored on the way out)."""
+    if watts is not None and not gpus:
+        raise GpuError("no GPU could be opened")
+    with power_limit(gpus, watts):
+        if watts is not None:
+            _log.info("holding a %g W power limit on %d GPU(s)", watts, len(gpus))
+        _serve_until_signal(server)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim", metavar="URL", help="read a jouletune sim-server's GPUs")
     parser.add_argument(
         "--gpus", type=_indices, metavar="0,1", help="export only these GPU indices (default all)"
+    )
+    parser.add_argument(
+        "--power-limit-w",
+        type=float,
+        metavar="W",
+        help="hold this power cap on the exported GPUs while running; restored on exit",
     )
     return parser
 
