@@ -91,9 +91,15 @@ def test_latency_and_energy_match_simulator_truth(
     same = [r for r in t["requests"] if r["request_id"] in covered]
     assert len(same) == len(covered), "the simulator finished them inside the window too"
     ttft_ms, tpot_ms = _truth_means(same)
+    j_per_token = t["energy_j"] / t["output_tokens"]
+    print(  # shown with `pytest -s`: the figures behind the assertions
+        f"\n{concurrency} stream(s), {len(same)} requests: "
+        f"TTFT {res['ttft_ms']['mean']:.2f} vs truth {ttft_ms:.2f} ms, "
+        f"TPOT {res['tpot_ms']['mean']:.3f} vs {tpot_ms:.3f} ms, "
+        f"J/token {res['energy_per_output_token_j']:.5f} vs {j_per_token:.5f}"
+    )
     assert res["ttft_ms"]["mean"] == pytest.approx(ttft_ms, rel=TOLERANCE)
     assert res["tpot_ms"]["mean"] == pytest.approx(tpot_ms, rel=TOLERANCE)
-    j_per_token = t["energy_j"] / t["output_tokens"]
     assert res["energy_per_output_token_j"] == pytest.approx(j_per_token, rel=TOLERANCE)
     # The window's requests and tokens are the ones the simulator finished and emitted in it.
     assert w["completed_requests"] == pytest.approx(len(t["requests"]), rel=TOLERANCE)
