@@ -6,14 +6,14 @@ The truth (`GET /sim/truth`) is taken over the result's window (`window.start_un
 steady-state cohort, named with --save-detailed), with the simulator's server-side times.
 
 The client's TTFT also holds the trip of the request into the server and of the first token
-out of it. Measured on this 2-core machine: about 1-2 ms at one stream (~0.5 ms the client's
-own, the rest the sim-server's asyncio timers waking up to 1 ms late), and about 10 ms at 256
-streams, where each engine step ends with 256 chunk writes by the sim-server and 256 reads by
-the client (in a stand-alone burst test the client stamps a 256-chunk burst 4.5 ms p50 / 8 ms
-p90 after its first write). The workloads therefore keep prefill, not transport, in charge of
-TTFT: 8192-token prompts at one stream, and at 256 streams a prefill budget of 2048 tokens per
-step (`--max-num-batched-tokens 2048`, vLLM's pre-V1 default) so queued prefills set TTFT
-(~2 s). Output lengths vary by ±50% so completions, and with them arrivals, spread out.
+out of it: on a 2-core machine a millisecond or two at one stream (the sim-server's asyncio
+timers wake up to 1 ms late), and around ten at 256 streams, where each engine step ends with
+256 chunk writes by the sim-server and 256 reads by the client, the new streams' first tokens
+among them. Both are fixed costs, so the workloads keep prefill, not transport, in charge of
+TTFT: 8192-token prompts at one stream (TTFT ~245 ms), and at 256 streams a prefill budget of
+2048 tokens per step (`--max-num-batched-tokens 2048`, vLLM's pre-V1 default) so that queued
+prefills set TTFT (~2 s). Output lengths vary by ±50% so completions, and with them arrivals,
+spread out. `pytest -s` prints the figures.
 """
 
 from __future__ import annotations

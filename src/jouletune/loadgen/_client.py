@@ -4,8 +4,8 @@ Send time: the moment the request's last byte was handed to the socket (aiohttp'
 `on_request_chunk_sent` trace signal), falling back to the moment before the POST when the
 signal did not fire. vLLM stamps before the POST; on Python < 3.12 aiohttp then writes the body
 from a separate task that waits behind every other ready callback, so vLLM's stamp adds the
-client's own event-loop queueing to TTFT and E2EL (measured: 1.8 ms mean at 256 streams on a
-loaded 2-core machine). Stamping the write measures the server, not the client.
+client's own event-loop queueing to TTFT and E2EL (milliseconds when hundreds of streams send
+at once). Stamping the write measures the server, not the client.
 
 Token times: each read from the socket is stamped once with `perf_counter()`, and every
 server-sent event with non-empty `choices` in that read counts as a token chunk at that time
