@@ -17,7 +17,8 @@ from jouletune.sim import (
     model_arch,
     run_closed_loop,
 )
-from jouletune.sim._engine import BLOCK_SIZE, Step, StepListener
+from jouletune.sim._engine import Step, StepListener
+from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 
 CALIBRATION = (
     Path(__file__).resolve().parents[3]
@@ -122,7 +123,8 @@ def test_full_kv_cache_preempts_and_recomputes_yet_every_token_arrives() -> None
     config = _config(max_num_seqs=64, max_num_batched_tokens=4096)
     engine = _engine(config)
     # shrink the cache to 40 blocks (640 tokens): 8 requests of 100 + 60 tokens cannot all fit
-    engine.num_blocks = engine.free_blocks = 40
+    engine.num_blocks = 40
+    engine.pool = BlockPool(num_blocks=40, enable_caching=True)
     rec = _Recorder()
     _add(engine, rec, 8, prompt=100, out=60)
     _run(engine)

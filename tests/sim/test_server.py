@@ -249,10 +249,10 @@ def test_truth_rejects_bad_windows(server: Proc) -> None:
         assert err.value.code == 400
 
 
-def _prefill_ttft_s(server: Proc) -> float:
-    """Server-side TTFT of a 1,900-token prompt: one compute-bound prefill step."""
+def _prefill_ttft_s(server: Proc, word: str) -> float:
+    """Server-side TTFT of a 1,900-token prompt of `word`: one compute-bound prefill step."""
     start_s = time.time()
-    out = _client(server).completions.create(model=MODEL, prompt="t3 " * 1900, max_tokens=2)
+    out = _client(server).completions.create(model=MODEL, prompt=f"{word} " * 1900, max_tokens=2)
     end_s = time.time()
     truth = _get(server, f"/sim/truth?start_unix_s={start_s}&end_unix_s={end_s}")
     (rec,) = [r for r in truth["requests"] if r["request_id"] == out.id]
@@ -260,12 +260,13 @@ def _prefill_ttft_s(server: Proc) -> float:
 
 
 def test_power_limit_changes_at_run_time_and_slows_prefill(server: Proc) -> None:
-    free_s = _prefill_ttft_s(server)
+    # distinct prompts: a repeated one would be served from the prefix cache
+    free_s = _prefill_ttft_s(server, "t3")
     status, sample = _put(server, "/sim/gpus/0/power-limit", {"watts": 250})
     assert status == 200 and sample["power_limit_w"] == 250
     try:
         assert _get(server, "/sim/gpus")["gpus"][0]["power_limit_w"] == 250
-        capped_s = _prefill_ttft_s(server)
+        capped_s = _prefill_ttft_s(server, "t4")
     finally:
         _put(server, "/sim/gpus/0/power-limit", {"watts": 700})
     assert capped_s > 1.3 * free_s

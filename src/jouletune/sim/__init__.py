@@ -2,18 +2,30 @@
 
 `jouletune sim-server` (`cli.main`) serves vLLM's OpenAI API, vLLM's own `/metrics` and the
 `/sim/*` endpoints (GPUs, power limits, ground truth). The same engine model runs in simulated
-time through `run_closed_loop`, which the calibration benchmark and fast tests use.
+time through `run_closed_loop` (the calibration's fixed window) and `ClosedLoopReplay` (a
+`jouletune bench` closed loop, replayed request by request), which the calibration and
+fidelity benchmarks and fast tests use.
 """
 
-from jouletune.sim._closedloop import ClosedLoopResult, run_closed_loop
+from jouletune.sim._closedloop import (
+    ClientRequest,
+    ClosedLoopReplay,
+    ClosedLoopResult,
+    TracedRequest,
+    run_closed_loop,
+)
 from jouletune.sim._engine import Engine, EngineConfig, RequestRecord, SimRequest
+from jouletune.sim._kvcache import BLOCK_SIZE, prompt_block_hashes
 from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._perf import DEFAULT_PERF, BatchShape, PerfConstants, kv_cache_tokens, step_work
 
 __all__ = [
+    "BLOCK_SIZE",
     "DEFAULT_PERF",
     "MODEL_CATALOG",
     "BatchShape",
+    "ClientRequest",
+    "ClosedLoopReplay",
     "ClosedLoopResult",
     "Engine",
     "EngineConfig",
@@ -21,8 +33,10 @@ __all__ = [
     "PerfConstants",
     "RequestRecord",
     "SimRequest",
+    "TracedRequest",
     "kv_cache_tokens",
     "model_arch",
+    "prompt_block_hashes",
     "run_closed_loop",
     "step_work",
 ]

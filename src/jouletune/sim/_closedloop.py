@@ -11,13 +11,21 @@ virtual clock from step to step, so a 25 s window takes well under a second.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jouletune.gpu.simulated import SimulatedGpu
 from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step, StepListener
 
-__all__ = ["ClosedLoopResult", "run_closed_loop"]
+__all__ = [
+    "ClientRequest",
+    "ClosedLoopReplay",
+    "ClosedLoopResult",
+    "TracedRequest",
+    "run_closed_loop",
+]
 
 _T0_S = 1_000_000.0  # virtual unix time of the run's start; any value works
 
@@ -192,3 +200,142 @@ def _pct(values_s: list[float], q: int) -> float:
     if len(values_s) == 1:
         return values_s[0] * 1e3
     return statistics.quantiles(values_s, n=100, method="inclusive")[q - 1] * 1e3
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientRequest:
+    """One request a replayed client sends.
+
+    Attributes:
+        prompt_tokens: prompt length, tokens.
+        max_tokens: output length, tokens (the simulator never stops early).
+        block_hashes: chained hashes of the prompt's full 16-token blocks, for prefix
+            caching (empty: the prompt shares nothing with any other).
+    """
+
+    prompt_tokens: int
+    max_tokens: int
+    block_hashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TracedRequest:
+    """What the client saw of one replayed request (virtual clock, seconds).
+
+    Attributes:
+        index: position of the request in the workload.
+        send_s: when the client sent it.
+        token_times_s: when each output token reached the client (one chunk per token).
+        prompt_tokens: prompt length, tokens.
+    """
+
+    index: int
+    send_s: float
+    token_times_s: tuple[float, ...]
+    prompt_tokens: int
+
+
+class _Stream(StepListener):
+    """One closed-loop client stream: sends the next queued request when its last ends."""
+
+    def __init__(self, replay: ClosedLoopReplay) -> None:
+        self.replay = replay
+
+    def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
+        assert req.token_times_s is not None
+        req.token_times_s.append(t_s)
+
+    def on_finish(self, req: SimRequest, t_s: float) -> None:
+        self.replay._next(self, t_s)
+
+
+class ClosedLoopReplay:
+    """One simulated server (engine and GPUs on a virtual clock) that closed-loop runs share.
+
+    Runs on one replay follow each other on the same clock and the same KV cache, as bench
+    runs against one `vllm serve` do, so a later workload can hit an earlier one's cached
+    prefixes. `run` behaves like `jouletune bench --max-concurrency N --duration D`: N
+    streams share one queue of requests, no stream sends after D seconds from the first
+    send, and the run ends when the last request has finished.
+
+    Args:
+        config: the server settings.
+        power_limit_w: each GPU's power limit; None for the GPU's default.
+    """
+
+    def __init__(self, config: EngineConfig, *, power_limit_w: float | None = None) -> None:
+        self._clock_s = _T0_S
+        self.gpus = [
+            SimulatedGpu(model=config.gpu, index=i, clock=lambda: self._clock_s)
+            for i in range(config.tensor_parallel_size)
+        ]
+        for gpu in self.gpus:
+            gpu.set_loaded(True, at_s=_T0_S)
+            if power_limit_w is not None:
+                gpu.set_power_limit_w(power_limit_w)
+        self.steps: list[Step] = []
+        self.engine = Engine(config=config, gpus=self.gpus, on_step=self.steps.append)
+        self._queue: list[tuple[int, ClientRequest]] = []
+        self._stop_s = math.inf
+        self._sent: list[tuple[int, SimRequest]] = []
+
+    @property
+    def now_s(self) -> float:
+        """The virtual clock, seconds."""
+        return self._clock_s
+
+    def run(
+        self, requests: Sequence[ClientRequest], *, concurrency: int, duration_s: float
+    ) -> list[TracedRequest]:
+        """Play `requests` with `concurrency` streams for `duration_s`; every sent request."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1: {concurrency=}")
+        start_s = self._clock_s
+        self._queue = list(enumerate(requests))
+        self._queue.reverse()  # pop() from the end takes the next request in order
+        self._stop_s = start_s + duration_s
+        self._sent = []
+        for _ in range(min(concurrency, len(requests))):
+            self._next(_Stream(self), start_s)
+        t_s = start_s
+        while self.engine.has_work():
+            step = self.engine.begin_step(t_s)
+            if step is None:
+                nxt = self.engine.next_ready_s()
+                assert nxt is not None, "work left but nothing pending"
+                t_s = nxt
+                continue
+            self._clock_s = step.end_s
+            self.engine.finish_step(step)
+            t_s = step.end_s
+        self._clock_s = t_s
+        return [
+            TracedRequest(
+                index=i,
+                send_s=req.arrival_s,
+                token_times_s=tuple(req.token_times_s or ()),
+                prompt_tokens=req.prompt_tokens,
+            )
+            for i, req in self._sent
+        ]
+
+    def energy_j(self, start_s: float, end_s: float) -> float:
+        """Energy of all GPUs between two instants of the virtual clock, joules."""
+        return sum(g.energy_between(start_s, end_s) for g in self.gpus)
+
+    def _next(self, stream: _Stream, t_s: float) -> None:
+        if not self._queue or t_s >= self._stop_s:
+            return
+        index, spec = self._queue.pop()
+        req = SimRequest(
+            request_id=f"r{index}",
+            prompt_tokens=spec.prompt_tokens,
+            max_tokens=spec.max_tokens,
+            arrival_s=t_s,
+            ready_s=t_s + self.engine.config.perf.frontend_s,
+            listener=stream,
+            block_hashes=spec.block_hashes,
+        )
+        req.token_times_s = []
+        self._sent.append((index, req))
+        self.engine.add(req)

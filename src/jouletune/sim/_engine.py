@@ -21,13 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from jouletune.gpu.simulated import GpuModel, SimulatedGpu, StepOutcome
+from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 from jouletune.sim._models import ModelArch
 from jouletune.sim._perf import BatchShape, PerfConstants, kv_cache_tokens, step_work
 
 __all__ = ["Engine", "EngineConfig", "RequestRecord", "SimRequest", "Step", "StepListener"]
 
-# vLLM's default KV block size on CUDA (cache_config_info block_size="16" in the exposition).
-BLOCK_SIZE = 16
 # Ground truth older than this is dropped so a long-running server's memory stays bounded
 # (the simulated GPUs keep energy history as long); /sim/truth cannot look further back.
 TRUTH_RETENTION_S = 6 * 3600.0
@@ -47,6 +46,8 @@ class EngineConfig:
     max_model_len: int
     gpu_memory_utilization: float
     perf: PerfConstants
+    # vLLM 0.24 serves with automatic prefix caching on unless --no-enable-prefix-caching.
+    enable_prefix_caching: bool = True
 
 
 class SimRequest:
@@ -54,13 +55,15 @@ class SimRequest:
 
     __slots__ = (
         "arrival_s",
+        "block_hashes",
+        "blocks",
+        "cached_blocks",
         "computed",
         "finish_reason",
         "first_token_s",
         "last_token_s",
         "listener",
         "max_tokens",
-        "num_blocks",
         "output_tokens",
         "preemptions",
         "prev_token_s",
@@ -81,6 +84,7 @@ class SimRequest:
         arrival_s: float,
         ready_s: float,
         listener: StepListener | None = None,
+        block_hashes: tuple[int, ...] = (),
     ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
@@ -90,7 +94,10 @@ class SimRequest:
         self.listener = listener
         self.computed = 0  # tokens whose KV is in the cache (prompt, then outputs)
         self.output_tokens = 0
-        self.num_blocks = 0
+        # Chained hashes of the prompt's full blocks (prefix caching); empty: never shared.
+        self.block_hashes = block_hashes
+        self.blocks: list[int] = []  # KV blocks held, in token order
+        self.cached_blocks = 0  # leading blocks whose hash is registered in the pool
         self.preemptions = 0
         self.queued_s = math.nan
         self.scheduled_s = math.nan
@@ -153,6 +160,8 @@ class EngineStats:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.preemptions = 0
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of those, tokens found cached
         self.steps = 0
         self.finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
 
@@ -188,7 +197,9 @@ class Engine:
             perf=config.perf,
         )
         self.num_blocks = max(self.kv_tokens // BLOCK_SIZE, 0)
-        self.free_blocks = self.num_blocks
+        self.pool = BlockPool(
+            num_blocks=self.num_blocks, enable_caching=config.enable_prefix_caching
+        )
         self.pending: list[SimRequest] = []  # arrived, not yet through the API server
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
@@ -312,6 +323,11 @@ class Engine:
         hi = bisect_right(self._record_times_s, end_s)
         return self.records[lo:hi]
 
+    @property
+    def free_blocks(self) -> int:
+        """KV blocks no request holds (empty or holding a cached prefix)."""
+        return self.pool.free_blocks
+
     def kv_usage(self) -> float:
         """Fraction of KV blocks in use (vllm:kv_cache_usage_perc)."""
         return 1.0 - self.free_blocks / self.num_blocks if self.num_blocks else 0.0
@@ -368,9 +384,9 @@ class Engine:
             and not preempted  # vLLM V1 admits no new request in a step that preempted
         ):
             req = self.waiting[0]
-            n_new = min(self._tokens_needed(req), budget)
-            if not self._allocate(req, n_new):
+            if not self._admit(req, budget):
                 break
+            n_new = min(self._tokens_needed(req), budget)
             self.waiting.popleft()
             self.running.append(req)
             if math.isnan(req.scheduled_s):
@@ -387,14 +403,41 @@ class Engine:
             return req.total_tokens - req.computed - (1 if req.output_tokens else 0)
         return 1
 
-    def _allocate(self, req: SimRequest, n_new: int) -> bool:
-        need = math.ceil((req.computed + n_new) / BLOCK_SIZE) - req.num_blocks
-        if need <= 0:
-            return True
-        if need > self.free_blocks:
+    def _admit(self, req: SimRequest, budget: int) -> bool:
+        """Give a waiting request its cached prefix and the blocks of its first chunk."""
+        hits: list[int] = []
+        if req.computed == 0 and self.config.enable_prefix_caching:
+            # vLLM computes at least the last prompt token, so a fully cached prompt
+            # still recomputes its last block (kv_cache_manager.get_computed_blocks).
+            hits = self.pool.cached_prefix(req.block_hashes, (req.total_tokens - 1) // BLOCK_SIZE)
+        cached = len(hits) * BLOCK_SIZE
+        n_new = min(req.total_tokens - (1 if req.output_tokens else 0) - cached, budget)
+        need = math.ceil((cached + n_new) / BLOCK_SIZE) - len(hits)
+        if need + self.pool.evictable(hits) > self.pool.free_blocks:
             return False
-        self.free_blocks -= need
-        req.num_blocks += need
+        if req.computed == 0 and self.config.enable_prefix_caching:
+            self.stats.prefix_queries += req.total_tokens
+            self.stats.prefix_hits += cached
+        self.pool.touch(hits)
+        req.blocks = hits
+        req.cached_blocks = len(hits)
+        req.computed = cached
+        allocated = self._allocate(req, n_new)
+        assert allocated, "blocks were counted before the allocation"
+        return True
+
+    def _allocate(self, req: SimRequest, n_new: int) -> bool:
+        need = math.ceil((req.computed + n_new) / BLOCK_SIZE) - len(req.blocks)
+        if need > 0:
+            blocks = self.pool.allocate(need)
+            if blocks is None:
+                return False
+            req.blocks.extend(blocks)
+        # Register the prompt blocks this step fills, as vLLM does when it allocates them.
+        full = min((req.computed + n_new) // BLOCK_SIZE, len(req.block_hashes))
+        for i in range(req.cached_blocks, full):
+            self.pool.register(req.blocks[i], req.block_hashes[i])
+        req.cached_blocks = max(req.cached_blocks, full)
         return True
 
     def _preempt(self, req: SimRequest) -> None:
@@ -404,8 +447,9 @@ class Engine:
         self.stats.preemptions += 1
 
     def _free(self, req: SimRequest) -> None:
-        self.free_blocks += req.num_blocks
-        req.num_blocks = 0
+        self.pool.free(req.blocks)
+        req.blocks = []
+        req.cached_blocks = 0
 
     def _finish(self, req: SimRequest, reason: str, t_s: float) -> None:
         req.finish_reason = reason

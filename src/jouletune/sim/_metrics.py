@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jouletune.sim._engine import BLOCK_SIZE, Engine, SimRequest, Step
+from jouletune.sim._engine import Engine, SimRequest, Step
+from jouletune.sim._kvcache import BLOCK_SIZE
 
 __all__ = ["VllmMetrics"]
 
@@ -122,14 +123,15 @@ class _EngineCollector(Collector):
             "calculations).",
             self.write_bytes_per_gpu,
         )
-        # Random prompts never hit the prefix cache; every queried token is computed.
         yield self._counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
-            stats.prompt_tokens,
+            stats.prefix_queries,
         )
         yield self._counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", 0
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            stats.prefix_hits,
         )
         yield self._counter(
             "vllm:num_preemptions",

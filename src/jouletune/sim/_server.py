@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from jouletune.gpu.simulated import SimulatedGpu
 from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step, StepListener
+from jouletune.sim._kvcache import prompt_block_hashes
 from jouletune.sim._metrics import VllmMetrics
 from jouletune.sim._perf import step_work
 
@@ -50,6 +51,7 @@ class _Parsed:
 
     prompt_tokens: int
     max_tokens: int
+    block_hashes: tuple[int, ...]  # of the prompt's full KV blocks (prefix caching)
     stream: bool
     include_usage: bool
     chat: bool
@@ -303,6 +305,7 @@ class SimServer:
             arrival_s=arrival_s,
             ready_s=arrival_s + self.config.perf.frontend_s,
             listener=stream,
+            block_hashes=parsed.block_hashes,
         )
         response: web.StreamResponse
         if parsed.stream:
@@ -335,7 +338,8 @@ class SimServer:
         n = body.get("n", 1)
         if n != 1:
             raise _BadRequest("the simulator serves n=1 only")
-        prompt_tokens = _count_chat(body) if chat else _count_prompt(body.get("prompt"))
+        words = _chat_words(body) if chat else _prompt_words(body.get("prompt"))
+        prompt_tokens = len(words)
         if prompt_tokens < 1:
             raise _BadRequest("the prompt is empty")
         limit = self.config.max_model_len
@@ -365,6 +369,7 @@ class SimServer:
         return _Parsed(
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
+            block_hashes=prompt_block_hashes(words),
             stream=stream,
             include_usage=stream and bool(options.get("include_usage", False)),
             chat=chat,
@@ -525,33 +530,33 @@ def _error(status: int, message: str) -> web.Response:
     )
 
 
-def _count_prompt(prompt: Any) -> int:
-    """Tokens of a completion prompt: words of a string, or the length of a token-id list."""
+def _prompt_words(prompt: Any) -> Sequence[str | int]:
+    """Tokens of a completion prompt: words of a string, or a token-id list."""
     if isinstance(prompt, str):
-        return len(prompt.split())
+        return prompt.split()
     if isinstance(prompt, list) and prompt:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return len(prompt)
+            return prompt
         if len(prompt) == 1:
-            return _count_prompt(prompt[0])
+            return _prompt_words(prompt[0])
         raise _BadRequest("the simulator serves one prompt per request")
     raise _BadRequest("prompt must be a string or a list of token ids")
 
 
-def _count_chat(body: dict[str, Any]) -> int:
+def _chat_words(body: dict[str, Any]) -> list[str]:
     """Tokens of a chat request: the words of every message's text content."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _BadRequest("messages must be a non-empty list")
-    words = 0
+    words: list[str] = []
     for msg in messages:
         if not isinstance(msg, dict):
             raise _BadRequest("each message must be an object")
         content = msg.get("content")
         if isinstance(content, str):
-            words += len(content.split())
+            words += content.split()
         elif isinstance(content, list):
-            words += sum(
-                len(str(part.get("text", "")).split()) for part in content if isinstance(part, dict)
-            )
+            for part in content:
+                if isinstance(part, dict):
+                    words += str(part.get("text", "")).split()
     return words

@@ -36,8 +36,6 @@ _VLLM_BOOLEAN_FLAGS = frozenset(
     {
         "--enforce-eager",
         "--trust-remote-code",
-        "--enable-prefix-caching",
-        "--no-enable-prefix-caching",
         "--enable-chunked-prefill",
         "--no-enable-chunked-prefill",
         "--disable-log-requests",
@@ -73,6 +71,7 @@ class SimServerArgs:
     max_num_batched_tokens: int | None
     max_model_len: int | None
     gpu_memory_utilization: float
+    enable_prefix_caching: bool = True
     ignored: tuple[str, ...]
 
 
@@ -101,6 +100,12 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse cached KV blocks of shared prompt prefixes (vLLM 0.24's default: on)",
+    )
     return p
 
 
@@ -165,6 +170,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         max_num_batched_tokens=ns.max_num_batched_tokens,
         max_model_len=ns.max_model_len,
         gpu_memory_utilization=ns.gpu_memory_utilization,
+        enable_prefix_caching=ns.enable_prefix_caching,
         ignored=tuple(ignored),
     )
 
@@ -226,6 +232,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
         max_model_len=max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
         perf=DEFAULT_PERF,
+        enable_prefix_caching=args.enable_prefix_caching,
     )
 
 

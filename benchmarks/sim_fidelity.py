@@ -1,0 +1,287 @@
+"""Simulator fidelity: replay every committed real H100 `jouletune bench` point on the simulator.
+
+    python benchmarks/sim_fidelity.py [--results benchmarks/results/h100-vllm] [--markdown]
+
+For each server of the real sweep (one `vllm serve --max-num-seqs N --max-model-len 2048` per
+N, its workloads run one after another, in the order their windows were measured) this
+builds the same server in the simulator (Llama-3.1-8B shape on a simulated h100-80gb, vLLM
+0.24's H100 defaults otherwise: 8192-token chunked-prefill budget, gpu_memory_utilization
+0.9, prefix caching on) and replays each run exactly as `jouletune bench` drove it: the same
+prompts (rebuilt from the result's dataset, lengths and seed with jouletune's own workload
+code, so prompts that shared a prefix on the H100 share it here), N closed-loop streams on
+one queue, no send after `--duration` seconds. The engine runs on a virtual clock
+(`jouletune.sim.ClosedLoopReplay`), so the whole sweep takes seconds. The replayed requests
+then go through the load generator's own steady-state window and metrics
+(`jouletune.loadgen.steady_state_window`, `compute_metrics`) and the energy is the simulated
+GPUs' exact integral over that window, so both sides are measured by the same rule.
+
+Prints one row per point: J/output-token, ITL p50, TTFT p50 and average power, real vs
+simulated, and the error. Exits 1 when J/output-token or ITL p50 misses by more than 15%
+anywhere, 2 on bad input (no results, an unreadable file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jouletune import __version__
+from jouletune.gpu.simulated import gpu_model
+from jouletune.loadgen import RequestRecord, compute_metrics, load_requests, steady_state_window
+from jouletune.sim import (
+    DEFAULT_PERF,
+    ClientRequest,
+    ClosedLoopReplay,
+    EngineConfig,
+    TracedRequest,
+    model_arch,
+    prompt_block_hashes,
+)
+
+_RESULTS = Path(__file__).resolve().parent / "results" / "h100-vllm"
+_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+_TOLERANCE = 0.15
+# The real servers' flags (results README): --max-num-seqs N --max-model-len 2048; the rest
+# are vLLM 0.24's defaults on an H100 (EngineArgs.get_batch_defaults: 8192 batched tokens).
+_MAX_MODEL_LEN = 2048
+_MAX_NUM_BATCHED_TOKENS = 8192
+_GPU_MEMORY_UTILIZATION = 0.9
+
+
+class _InputError(Exception):
+    """Bad input; the message is one line."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Figures:
+    """The compared figures of one point (real or simulated).
+
+    Attributes:
+        j_per_output_token: energy over the window / output tokens in it, joules.
+        itl_ms_p50: median inter-token latency, ms.
+        ttft_ms_p50: median time to first token, ms.
+        avg_power_w: average GPU power over the window, watts.
+        output_tok_s: output tokens per second over the window.
+        avg_batch_size: time-weighted running requests over the window.
+    """
+
+    j_per_output_token: float
+    itl_ms_p50: float
+    ttft_ms_p50: float
+    avg_power_w: float
+    output_tok_s: float
+    avg_batch_size: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RealPoint:
+    """One committed `jouletune bench` result and what the replay needs from it."""
+
+    name: str
+    concurrency: int
+    input_len: int
+    output_len: int
+    range_ratio: float
+    seed: int
+    sent: int
+    duration_s: float
+    window_start_unix_s: float
+    figures: Figures
+
+
+def load_points(folder: Path) -> list[RealPoint]:
+    """Every `*.json` bench result in `folder`; raises _InputError on a bad file."""
+    paths = sorted(folder.glob("n*_w*.json"))
+    if not paths:
+        raise _InputError(f"no bench results (n*_w*.json) in {folder}")
+    return [_point(path) for path in paths]
+
+
+def _point(path: Path) -> RealPoint:
+    try:
+        d: dict[str, Any] = json.loads(path.read_text())
+        cfg = d["config"]
+        if cfg["dataset_name"] != "random" or cfg["request_rate"] != "inf":
+            raise _InputError(f"{path.name}: only closed-loop random workloads are replayed")
+        return RealPoint(
+            name=path.stem,
+            concurrency=int(cfg["max_concurrency"]),
+            input_len=int(cfg["random_input_len"]),
+            output_len=int(cfg["random_output_len"]),
+            range_ratio=float(cfg["random_range_ratio"]),
+            seed=int(cfg["seed"]),
+            sent=int(d["workload"]["sent"]),
+            duration_s=float(cfg["duration_s"]),
+            window_start_unix_s=float(d["window"]["start_unix_s"]),
+            figures=Figures(
+                j_per_output_token=float(d["energy_per_output_token_j"]),
+                itl_ms_p50=float(d["itl_ms"]["p50"]),
+                ttft_ms_p50=float(d["ttft_ms"]["p50"]),
+                avg_power_w=float(d["avg_power_w"]),
+                output_tok_s=float(d["output_token_throughput"]),
+                avg_batch_size=float(d["avg_batch_size"]),
+            ),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise _InputError(f"{path.name}: not a bench result JSON ({err!r})") from None
+
+
+def _engine_config(max_num_seqs: int) -> EngineConfig:
+    return EngineConfig(
+        arch=model_arch(_MODEL),
+        gpu=gpu_model("h100-80gb"),
+        tensor_parallel_size=1,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=_MAX_NUM_BATCHED_TOKENS,
+        max_model_len=_MAX_MODEL_LEN,
+        gpu_memory_utilization=_GPU_MEMORY_UTILIZATION,
+        perf=DEFAULT_PERF,
+    )
+
+
+def _client_requests(point: RealPoint) -> list[ClientRequest]:
+    # The bench drew 100,000 prompts; with range_ratio 0 the length draws consume no
+    # randomness, so the first `sent` prompts are the same when only those are drawn.
+    if point.range_ratio != 0:
+        raise _InputError(f"{point.name}: range_ratio != 0 cannot be rebuilt cheaply")
+    samples = load_requests(
+        dataset="random",
+        num_prompts=point.sent,
+        seed=point.seed,
+        random_input_len=point.input_len,
+        random_output_len=point.output_len,
+    )
+    return [
+        ClientRequest(
+            prompt_tokens=s.prompt_len,
+            max_tokens=s.output_len,
+            block_hashes=prompt_block_hashes(s.prompt.split()),
+        )
+        for s in samples
+    ]
+
+
+def simulate_server(points: list[RealPoint]) -> list[Figures]:
+    """Replay one real server's runs, in their order, on one simulated server."""
+    replay = ClosedLoopReplay(_engine_config(points[0].concurrency))
+    figures = []
+    for point in points:
+        traced = replay.run(
+            _client_requests(point), concurrency=point.concurrency, duration_s=point.duration_s
+        )
+        figures.append(_measure(replay, traced, point.concurrency))
+    return figures
+
+
+def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency: int) -> Figures:
+    records = [
+        RequestRecord(
+            index=t.index,
+            request_id=f"r{t.index}",
+            success=True,
+            error=None,
+            send_s=t.send_s,
+            end_s=t.token_times_s[-1],
+            chunk_times_s=t.token_times_s,
+            output_tokens=len(t.token_times_s),
+            prompt_tokens=t.prompt_tokens,
+            expected_output_len=len(t.token_times_s),
+        )
+        for t in traced
+    ]
+    window = steady_state_window(records, max_concurrency=concurrency, closed_loop=True)
+    metrics = compute_metrics(records, window)
+    tokens = metrics.window_output_tokens
+    itl, ttft = metrics.itl_ms.p50, metrics.ttft_ms.p50
+    assert tokens and itl is not None and ttft is not None, "a window without tokens"
+    energy_j = replay.energy_j(window.start_s, window.end_s)
+    batch = 0.0
+    for step in replay.steps:
+        overlap_s = min(step.end_s, window.end_s) - max(step.start_s, window.start_s)
+        if overlap_s > 0:
+            batch += step.batch.num_seqs * overlap_s
+    return Figures(
+        j_per_output_token=energy_j / tokens,
+        itl_ms_p50=itl,
+        ttft_ms_p50=ttft,
+        avg_power_w=energy_j / window.duration_s / len(replay.gpus),
+        output_tok_s=tokens / window.duration_s,
+        avg_batch_size=batch / window.duration_s,
+    )
+
+
+def _err(sim: float, real: float) -> float:
+    return sim / real - 1
+
+
+def print_table(rows: list[tuple[RealPoint, Figures]]) -> int:
+    """Print the comparison as a Markdown table; return the number of points that miss."""
+    print(
+        "| point | J/out-tok real | sim | err | ITL p50 ms real | sim | err "
+        "| TTFT p50 ms real | sim | err | power W real | sim | err "
+        "| tok/s real | sim | batch real | sim |"
+    )
+    print("|" + "---|" * 19)
+    misses = 0
+    for point, sim in rows:
+        real = point.figures
+        e_j = _err(sim.j_per_output_token, real.j_per_output_token)
+        e_itl = _err(sim.itl_ms_p50, real.itl_ms_p50)
+        miss = abs(e_j) > _TOLERANCE or abs(e_itl) > _TOLERANCE
+        misses += miss
+        print(
+            f"| {point.name}{' **MISS**' if miss else ''} "
+            f"| {real.j_per_output_token:.4f} | {sim.j_per_output_token:.4f} | {e_j:+.1%} "
+            f"| {real.itl_ms_p50:.2f} | {sim.itl_ms_p50:.2f} | {e_itl:+.1%} "
+            f"| {real.ttft_ms_p50:.0f} | {sim.ttft_ms_p50:.0f} "
+            f"| {_err(sim.ttft_ms_p50, real.ttft_ms_p50):+.0%} "
+            f"| {real.avg_power_w:.0f} | {sim.avg_power_w:.0f} "
+            f"| {_err(sim.avg_power_w, real.avg_power_w):+.1%} "
+            f"| {real.output_tok_s:.0f} | {sim.output_tok_s:.0f} "
+            f"| {real.avg_batch_size:.1f} | {sim.avg_batch_size:.1f} |"
+        )
+    return misses
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay the committed points; 0 if all within 15%, 1 if any misses, 2 on bad input."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=_RESULTS, help="folder of bench JSONs")
+    args = parser.parse_args(argv)
+    try:
+        points = load_points(args.results)
+        by_server: dict[int, list[RealPoint]] = defaultdict(list)
+        for point in points:
+            by_server[point.concurrency].append(point)
+        started_s = time.perf_counter()
+        rows: list[tuple[RealPoint, Figures]] = []
+        for concurrency in sorted(by_server):
+            runs = sorted(by_server[concurrency], key=lambda p: p.window_start_unix_s)
+            rows += zip(runs, simulate_server(runs), strict=True)
+        elapsed_s = time.perf_counter() - started_s
+    except _InputError as err:
+        print(f"sim_fidelity: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"# sim_fidelity: jouletune {__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; {len(rows)} real points from {args.results}; "
+        f"simulated in {elapsed_s:.1f} s\n"
+    )
+    misses = print_table(rows)
+    print(
+        f"\n{misses} point(s) outside ±{_TOLERANCE:.0%} on J/output-token or ITL p50 "
+        f"(TTFT and power are reported, not gated)"
+    )
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
