@@ -25,11 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jouletune.loadgen import BenchConfig
 from jouletune.operator._config import OperatorConfig
 from jouletune.operator._names import GROUP, KIND, VERSION
 from jouletune.operator._status import TrialConfig
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
+from jouletune.tuner import bench_config, serve_args
 from jouletune.tuner.spec import Backend, BenchmarkSpec
 
 __all__ = [
@@ -104,7 +104,10 @@ def build_trial_pod(
         gpu_indices=list(range(config.tensor_parallel_size)),
         startup_timeout_s=spec.engine.startup_timeout_s,
         timeout_s=spec.budget.trial_timeout_s,
-        bench=bench_config(spec, engine_url=engine_url),
+        # Validated here, so a bad configuration fails the operator, not a pod.
+        bench=bench_config(
+            spec, base_url=engine_url, exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"]
+        ).model_dump(mode="json"),
     )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -156,42 +159,6 @@ def build_trial_pod(
     }
 
 
-def bench_config(spec: BenchmarkSpec, *, engine_url: str) -> dict[str, Any]:
-    """The trial's `BenchConfig` (validated here, so a bad one fails the operator, not a pod)."""
-    workload = spec.workload
-    config = BenchConfig(
-        base_url=engine_url,
-        model=spec.model,
-        dataset_name=workload.dataset,
-        dataset_path=workload.dataset_path,
-        random_input_len=workload.input_len,
-        random_output_len=workload.output_len,
-        num_prompts=workload.num_prompts,
-        request_rate=workload.request_rate,
-        burstiness=workload.burstiness,
-        max_concurrency=workload.max_concurrency,
-        seed=workload.seed,
-        duration_s=workload.duration_s,
-        exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"],
-        # A stream silent this long is dead; the trial's own timeout bounds the whole run.
-        request_timeout_s=min(600.0, spec.budget.trial_timeout_s),
-    )
-    return config.model_dump(mode="json")
-
-
-def engine_args(spec: BenchmarkSpec, config: TrialConfig) -> list[str]:
-    """The `vllm serve` flags of a trial: the searched knobs, then the spec's fixed args."""
-    args = [
-        "--tensor-parallel-size",
-        str(config.tensor_parallel_size),
-        "--max-num-seqs",
-        str(config.max_num_seqs),
-    ]
-    if config.max_num_batched_tokens is not None:
-        args += ["--max-num-batched-tokens", str(config.max_num_batched_tokens)]
-    return [*args, "--max-model-len", str(spec.engine.max_model_len), *spec.engine.args]
-
-
 def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) -> dict[str, Any]:
     serve = [
         spec.model,
@@ -199,7 +166,7 @@ def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) 
         "0.0.0.0",
         "--port",
         str(ENGINE_PORT),
-        *engine_args(spec, config),
+        *serve_args(config.point().server, spec),
     ]
     container: dict[str, Any] = {
         "name": CONTAINER_ENGINE,

@@ -15,9 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from jouletune.tuner._records import Role, TrialRecord
-from jouletune.tuner._records import TrialState as RecordState
-from jouletune.tuner._space import PointConfig, ServerConfig
+from jouletune.tuner import PointConfig, Role, TrialRecord
+from jouletune.tuner import TrialState as RecordState
 
 __all__ = [
     "BenchmarkStatus",
@@ -102,12 +101,10 @@ class TrialConfig(_Model):
 
     def point(self) -> PointConfig:
         """The tuner point this configuration is."""
-        return PointConfig(
-            server=ServerConfig(
-                tensor_parallel_size=self.tensor_parallel_size,
-                max_num_seqs=self.max_num_seqs,
-                max_num_batched_tokens=self.max_num_batched_tokens,
-            ),
+        return PointConfig.from_fields(
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             power_limit_w=self.power_limit_w,
         )
 

@@ -37,9 +37,10 @@ from jouletune.tuner._runners import (
     RunnerError,
     SimRunner,
     TrialServer,
+    bench_config,
     vllm_command,
 )
-from jouletune.tuner._space import PointConfig, SearchGrid, ServerConfig
+from jouletune.tuner._space import PointConfig, SearchGrid, ServerConfig, serve_args
 from jouletune.tuner._storage import StorageError, default_storage_url, open_storage
 from jouletune.tuner._study import Phase, Study, StudyMismatchError
 from jouletune.tuner.spec import BenchmarkSpec, SpecError, load_spec, parse_spec
@@ -69,6 +70,7 @@ __all__ = [
     "TrialServer",
     "TrialState",
     "artifacts",
+    "bench_config",
     "default_storage_url",
     "dominates",
     "figures_from_result",
@@ -78,6 +80,7 @@ __all__ = [
     "pareto_front",
     "parse_spec",
     "recommend",
+    "serve_args",
     "summarize_points",
     "vllm_command",
     "write_report",

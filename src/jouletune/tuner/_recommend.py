@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._records import Role, TrialRecord, TrialState
-from jouletune.tuner._space import PointConfig
+from jouletune.tuner._space import PointConfig, serve_args
 from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = [
@@ -175,12 +175,7 @@ def recommend(
 
 def artifacts(point: PointConfig, spec: BenchmarkSpec) -> Artifacts:
     """The `vllm serve` command line, the power-limit command and a Kubernetes container."""
-    args = [
-        *point.server.engine_args(),
-        "--max-model-len",
-        str(spec.engine.max_model_len),
-        *spec.engine.args,
-    ]
+    args = serve_args(point.server, spec)
     cap = point.power_limit_w
     gpus = ",".join(str(i) for i in range(point.server.tensor_parallel_size))
     container: dict[str, Any] = {

@@ -197,12 +197,10 @@ class TrialRecord(BaseModel):
     @property
     def point(self) -> PointConfig:
         """The point this trial measured."""
-        return PointConfig(
-            server=ServerConfig(
-                tensor_parallel_size=self.tensor_parallel_size,
-                max_num_seqs=self.max_num_seqs,
-                max_num_batched_tokens=self.max_num_batched_tokens,
-            ),
+        return PointConfig.from_fields(
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             power_limit_w=self.power_limit_w,
         )
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from jouletune.gpu import (
     Gpu,
@@ -39,8 +39,11 @@ from jouletune.gpu import (
 )
 from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
 from jouletune.tuner._records import TrialOutcome, TrialPlan
-from jouletune.tuner._space import ServerConfig
+from jouletune.tuner._space import ServerConfig, serve_args
 from jouletune.tuner.spec import BenchmarkSpec
+
+if TYPE_CHECKING:
+    from jouletune.loadgen import BenchConfig
 
 __all__ = [
     "LocalRunner",
@@ -48,6 +51,7 @@ __all__ = [
     "RunnerError",
     "SimRunner",
     "TrialServer",
+    "bench_config",
     "vllm_command",
 ]
 
@@ -94,6 +98,37 @@ class Runner(Protocol):
         ...
 
 
+def bench_config(
+    spec: BenchmarkSpec, *, base_url: str, exporter_urls: Sequence[str]
+) -> BenchConfig:
+    """The load generator's configuration for one trial of `spec` against `base_url`.
+
+    Both the local runners and the operator's trial pods measure with it, so a trial runs the
+    same workload wherever it runs.
+    """
+    # Imported here: loading the tuner (the operator, `jouletune report`) needs no loadgen.
+    from jouletune.loadgen import BenchConfig
+
+    workload = spec.workload
+    return BenchConfig(
+        base_url=base_url,
+        model=spec.model,
+        dataset_name=workload.dataset,
+        dataset_path=workload.dataset_path,
+        random_input_len=workload.input_len,
+        random_output_len=workload.output_len,
+        num_prompts=workload.num_prompts,
+        request_rate=workload.request_rate,
+        burstiness=workload.burstiness,
+        max_concurrency=workload.max_concurrency,
+        seed=workload.seed,
+        duration_s=workload.duration_s,
+        exporter_urls=list(exporter_urls),
+        # A stream silent this long is dead; the trial's own timeout bounds the whole run.
+        request_timeout_s=min(600.0, spec.budget.trial_timeout_s),
+    )
+
+
 @dataclass(kw_only=True)
 class _Running:
     """One server, its exporter, and the GPUs its trials cap."""
@@ -108,28 +143,14 @@ class _Running:
         return self.server.alive() and self.exporter.alive()
 
     async def measure(self, plan: TrialPlan, *, trial_dir: Path) -> TrialOutcome:
-        from jouletune.loadgen import BenchConfig, BenchError, run_bench
+        from jouletune.loadgen import BenchError, run_bench
 
         trial_dir.mkdir(parents=True, exist_ok=True)
         _link(trial_dir / "server.log", self.server.log_path)
         start = time.monotonic()
         cap = None if self.read_only else plan.power_limit_w
-        workload = self.spec.workload
-        config = BenchConfig(
-            base_url=self.server.url,
-            model=self.spec.model,
-            dataset_name=workload.dataset,
-            dataset_path=workload.dataset_path,
-            random_input_len=workload.input_len,
-            random_output_len=workload.output_len,
-            num_prompts=workload.num_prompts,
-            request_rate=workload.request_rate,
-            burstiness=workload.burstiness,
-            max_concurrency=workload.max_concurrency,
-            seed=workload.seed,
-            duration_s=workload.duration_s,
-            exporter_urls=[self.exporter.url],
-            request_timeout_s=min(600.0, self.spec.budget.trial_timeout_s),
+        config = bench_config(
+            self.spec, base_url=self.server.url, exporter_urls=[self.exporter.url]
         )
         limit_w: float | None = None
         try:
@@ -231,10 +252,7 @@ class _ProcessRunner:
             _HOST,
             "--port",
             str(port),
-            *config.engine_args(),
-            "--max-model-len",
-            str(self._spec.engine.max_model_len),
-            *self._spec.engine.args,
+            *serve_args(config, self._spec),
         ]
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "PointConfig",
     "SearchGrid",
     "ServerConfig",
+    "serve_args",
 ]
 
 PARAM_TENSOR_PARALLEL_SIZE = "tensor_parallel_size"
@@ -67,6 +68,16 @@ class ServerConfig:
         return text
 
 
+def serve_args(server: ServerConfig, spec: BenchmarkSpec) -> list[str]:
+    """The `vllm serve` flags after the model: the searched knobs, then the spec's fixed args."""
+    return [
+        *server.engine_args(),
+        "--max-model-len",
+        str(spec.engine.max_model_len),
+        *spec.engine.args,
+    ]
+
+
 @dataclass(frozen=True, kw_only=True)
 class PointConfig:
     """One point of the search space.
@@ -93,6 +104,25 @@ class PointConfig:
             PARAM_MAX_NUM_BATCHED_TOKENS: self.server.max_num_batched_tokens,
             PARAM_POWER_LIMIT_W: self.power_limit_w,
         }
+
+    @classmethod
+    def from_fields(
+        cls,
+        *,
+        tensor_parallel_size: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int | None,
+        power_limit_w: float | None,
+    ) -> PointConfig:
+        """The point of flat fields, as a trial record and a trial pod's config hold them."""
+        return cls(
+            server=ServerConfig(
+                tensor_parallel_size=tensor_parallel_size,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+            ),
+            power_limit_w=power_limit_w,
+        )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PointConfig:
