@@ -53,7 +53,7 @@ _TOLERANCE = 0.15
 # are vLLM 0.24's defaults on an H100 (EngineArgs.get_batch_defaults: 8192 batched tokens).
 _MAX_MODEL_LEN = 2048
 _MAX_NUM_BATCHED_TOKENS = 8192
-_GPU_MEMORY_UTILIZATION = 0.9
+_GPU_MEMORY_UTILIZATION = 0.92
 
 
 class _InputError(Exception):

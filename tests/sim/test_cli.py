@@ -71,7 +71,7 @@ def test_defaults_follow_vllm_batch_defaults_per_gpu() -> None:
     assert vllm_batch_defaults(gpu_model("l40s-48gb")) == (256, 2048)
     config = build_config(parse_args([LLAMA_8B, "--gpu", "a100-80gb", "--max-model-len", "4096"]))
     assert (config.max_num_seqs, config.max_num_batched_tokens) == (256, 2048)
-    assert config.gpu_memory_utilization == 0.9
+    assert config.gpu_memory_utilization == 0.92
 
 
 @pytest.mark.parametrize(

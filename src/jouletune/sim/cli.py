@@ -99,7 +99,9 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    # vLLM 0.24's default: the calibration server, started without the flag, reported
+    # gpu_memory_utilization="0.92" in cache_config_info (../shared/calibration).
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.92)
     p.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
