@@ -58,7 +58,22 @@ class WindowResult(_Model):
 
 
 class GpuResult(_Model):
-    """One GPU over the window (joules, watts); see `jouletune.loadgen._telemetry.GpuEnergy`."""
+    """One GPU over the window.
+
+    Attributes:
+        exporter_url: the exporter that serves this GPU.
+        gpu: the GPU's index label.
+        uuid: the GPU's uuid label.
+        model_name: the GPU's model, e.g. `NVIDIA H100 80GB HBM3`.
+        energy_j: counter difference between the window's edges, joules.
+        avg_power_w: energy_j / window duration, watts.
+        sampled_power_w: mean of the power gauge over the scrapes inside the window, watts
+            (a cross-check; NVML averages power over ~1 s on Hopper).
+        power_limit_w: the power limit in the window's last scrape, watts.
+        power_cap_bound_fraction: fraction of scrapes inside the window whose power was at
+            least `cap_ratio` x the limit; None without limit or power readings.
+        scrapes_in_window: scrapes that fell inside the window.
+    """
 
     exporter_url: str
     gpu: str

@@ -37,7 +37,6 @@ from jouletune.loadgen._records import RequestRecord, Window
 from jouletune.loadgen._result import (
     BenchResult,
     EnvironmentInfo,
-    GpuResult,
     LatencySummary,
     RequestDetail,
     RunSummary,
@@ -54,7 +53,6 @@ from jouletune.loadgen._server import (
 from jouletune.loadgen._telemetry import (
     EnergyMeasurement,
     ExporterScrape,
-    GpuEnergy,
     avg_running,
     measure_energy,
 )
@@ -433,7 +431,7 @@ def _assemble(
         ),
         avg_power_w=energy.avg_power_w if energy else None,
         power_cap_bound_fraction=energy.cap_bound_fraction if energy else None,
-        gpus=[_gpu_result(g) for g in energy.gpus] if energy else [],
+        gpus=list(energy.gpus) if energy else [],
         avg_batch_size=batch if batch is not None else metrics.avg_in_flight,
         avg_batch_size_source=batch_source,
         idle_power_w=idle_power_w,
@@ -469,21 +467,6 @@ def _window_result(window: Window | None, run: _Run, metrics: BenchMetrics) -> W
         output_tokens=metrics.window_output_tokens or 0.0,
         completed_requests=metrics.window_completed or 0,
         plateau_in_flight=window.plateau_in_flight,
-    )
-
-
-def _gpu_result(g: GpuEnergy) -> GpuResult:
-    return GpuResult(
-        exporter_url=g.exporter_url,
-        gpu=g.gpu,
-        uuid=g.uuid,
-        model_name=g.model_name,
-        energy_j=g.energy_j,
-        avg_power_w=g.avg_power_w,
-        sampled_power_w=g.sampled_power_w,
-        power_limit_w=g.power_limit_w,
-        power_cap_bound_fraction=g.cap_bound_fraction,
-        scrapes_in_window=g.scrapes_in_window,
     )
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from jouletune.loadgen._records import Window
+from jouletune.loadgen._result import GpuResult
 
 __all__ = [
     "EnergyMeasurement",
     "ExporterScrape",
-    "GpuEnergy",
     "GpuReading",
     "ServerScrape",
     "avg_running",
@@ -71,41 +71,10 @@ class ServerScrape:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class GpuEnergy:
-    """One GPU over the window.
-
-    Attributes:
-        exporter_url: the exporter that serves this GPU.
-        gpu: the GPU's index label.
-        uuid: the GPU's uuid label.
-        model_name: the GPU's model, e.g. `NVIDIA H100 80GB HBM3`.
-        energy_j: counter difference between the window's edges, joules.
-        avg_power_w: energy_j / window duration, watts.
-        sampled_power_w: mean of the power gauge over the scrapes inside the window, watts
-            (a cross-check; NVML averages power over ~1 s on Hopper).
-        power_limit_w: the power limit in the window's last scrape, watts.
-        cap_bound_fraction: fraction of scrapes inside the window whose power was at least
-            `cap_ratio` x the limit; None without limit or power readings.
-        scrapes_in_window: scrapes that fell inside the window.
-    """
-
-    exporter_url: str
-    gpu: str
-    uuid: str
-    model_name: str
-    energy_j: float
-    avg_power_w: float
-    sampled_power_w: float | None
-    power_limit_w: float | None
-    cap_bound_fraction: float | None
-    scrapes_in_window: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class EnergyMeasurement:
     """All GPUs over the window; `problem` (one line) is set when the energy is not valid."""
 
-    gpus: tuple[GpuEnergy, ...]
+    gpus: tuple[GpuResult, ...]
     energy_j: float | None
     avg_power_w: float | None
     cap_bound_fraction: float | None
@@ -190,7 +159,7 @@ def measure_energy(
             series.setdefault((scrape.url, reading.gpu, reading.uuid), []).append(
                 (scrape.t_s, reading)
             )
-    gpus: list[GpuEnergy] = []
+    gpus: list[GpuResult] = []
     problems: list[str] = []
     for (url, _, _), points in series.items():
         points.sort(key=lambda p: p[0])
@@ -204,11 +173,13 @@ def measure_energy(
     return _combine(gpus, problems, window)
 
 
-def _combine(gpus: list[GpuEnergy], problems: list[str], window: Window) -> EnergyMeasurement:
+def _combine(gpus: list[GpuResult], problems: list[str], window: Window) -> EnergyMeasurement:
     bound = [
-        g.cap_bound_fraction * g.scrapes_in_window for g in gpus if g.cap_bound_fraction is not None
+        g.power_cap_bound_fraction * g.scrapes_in_window
+        for g in gpus
+        if g.power_cap_bound_fraction is not None
     ]
-    counted = sum(g.scrapes_in_window for g in gpus if g.cap_bound_fraction is not None)
+    counted = sum(g.scrapes_in_window for g in gpus if g.power_cap_bound_fraction is not None)
     energy_j = None if problems else sum(g.energy_j for g in gpus)
     return EnergyMeasurement(
         gpus=tuple(gpus),
@@ -221,7 +192,7 @@ def _combine(gpus: list[GpuEnergy], problems: list[str], window: Window) -> Ener
 
 def _gpu_energy(
     url: str, points: list[tuple[float, GpuReading]], window: Window, cap_ratio: float
-) -> GpuEnergy | str:
+) -> GpuResult | str:
     """This GPU's energy over the window, or the reason (one line) it cannot be measured."""
     name = f"exporter {url} GPU {points[0][1].gpu}"
     lo = max((i for i, (t, _) in enumerate(points) if t <= window.start_s), default=None)
@@ -242,7 +213,7 @@ def _gpu_energy(
         (r.power_w, r.power_limit_w) for r in inside if r.power_w is not None and r.power_limit_w
     ]
     limits = [r.power_limit_w for _, r in points[lo : hi + 1] if r.power_limit_w is not None]
-    return GpuEnergy(
+    return GpuResult(
         exporter_url=url,
         gpu=points[0][1].gpu,
         uuid=points[0][1].uuid,
@@ -251,7 +222,7 @@ def _gpu_energy(
         avg_power_w=energy_j / window.duration_s,
         sampled_power_w=sum(powers) / len(powers) if powers else None,
         power_limit_w=limits[-1] if limits else None,
-        cap_bound_fraction=(
+        power_cap_bound_fraction=(
             sum(1 for p, lim in paired if p >= cap_ratio * lim) / len(paired) if paired else None
         ),
         scrapes_in_window=len(inside),
