@@ -1,6 +1,7 @@
 """Simulator fidelity: replay every committed real H100 `jouletune bench` point on the simulator.
 
-    python benchmarks/sim_fidelity.py [--results benchmarks/results/h100-vllm] [--markdown]
+    python benchmarks/sim_fidelity.py [--results benchmarks/results/h100-vllm]
+                                      [--no-prefix-caching]
 
 For each server of the real sweep (one `vllm serve --max-num-seqs N --max-model-len 2048` per
 N, its workloads run one after another, in the order their windows were measured) this
@@ -134,7 +135,7 @@ def _point(path: Path) -> RealPoint:
         raise _InputError(f"{path.name}: not a bench result JSON ({err!r})") from None
 
 
-def _engine_config(max_num_seqs: int) -> EngineConfig:
+def _engine_config(max_num_seqs: int, *, prefix_caching: bool) -> EngineConfig:
     return EngineConfig(
         arch=model_arch(_MODEL),
         gpu=gpu_model("h100-80gb"),
@@ -144,6 +145,7 @@ def _engine_config(max_num_seqs: int) -> EngineConfig:
         max_model_len=_MAX_MODEL_LEN,
         gpu_memory_utilization=_GPU_MEMORY_UTILIZATION,
         perf=DEFAULT_PERF,
+        enable_prefix_caching=prefix_caching,
     )
 
 
@@ -169,9 +171,10 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
     ]
 
 
-def simulate_server(points: list[RealPoint]) -> list[Figures]:
+def simulate_server(points: list[RealPoint], *, prefix_caching: bool = True) -> list[Figures]:
     """Replay one real server's runs, in their order, on one simulated server."""
-    replay = ClosedLoopReplay(_engine_config(points[0].concurrency))
+    config = _engine_config(points[0].concurrency, prefix_caching=prefix_caching)
+    replay = ClosedLoopReplay(config)
     figures = []
     for point in points:
         traced = replay.run(
@@ -255,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     """Replay the committed points; 0 if all within 15%, 1 if any misses, 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=_RESULTS, help="folder of bench JSONs")
+    parser.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="simulate servers without prefix caching (to see what the cache accounts for)",
+    )
     args = parser.parse_args(argv)
     try:
         points = load_points(args.results)
@@ -265,14 +273,16 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[RealPoint, Figures]] = []
         for concurrency in sorted(by_server):
             runs = sorted(by_server[concurrency], key=lambda p: p.window_start_unix_s)
-            rows += zip(runs, simulate_server(runs), strict=True)
+            sims = simulate_server(runs, prefix_caching=not args.no_prefix_caching)
+            rows += zip(runs, sims, strict=True)
         elapsed_s = time.perf_counter() - started_s
     except _InputError as err:
         print(f"sim_fidelity: error: {err}", file=sys.stderr)
         return 2
     print(
         f"# sim_fidelity: jouletune {__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; {len(rows)} real points from {args.results}; "
+        f"{os.cpu_count()} CPUs; {len(rows)} real points from {args.results}; prefix caching "
+        f"{'off' if args.no_prefix_caching else 'on'}; "
         f"simulated in {elapsed_s:.1f} s\n"
     )
     misses = print_table(rows)
