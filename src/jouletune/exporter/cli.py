@@ -23,6 +23,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
+from jouletune.exporter._args import port_arg
 from jouletune.exporter._collector import GpuCollector
 from jouletune.exporter._server import ExporterServer, make_app
 from jouletune.exporter._source import GpuSource
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jouletune exporter", description="Serve GPU energy and power to Prometheus."
     )
-    parser.add_argument("--port", type=_port, default=9400, help="TCP port (default 9400)")
+    parser.add_argument("--port", type=port_arg, default=9400, help="TCP port (default 9400)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--sim", metavar="URL", help="read a jouletune sim-server's GPUs")
     parser.add_argument(
@@ -111,16 +112,6 @@ def _parser() -> argparse.ArgumentParser:
         help="hold this power cap on the exported GPUs while running; restored on exit",
     )
     return parser
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
-    return port
 
 
 def _indices(text: str) -> list[int]:

@@ -47,6 +47,8 @@ def main(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from jouletune.exporter import port_arg  # here: `trial` and `crd` need no exporter
+
     parser = _Parser(
         prog=_PROG,
         description="Run the EnergyBenchmark operator (Kopf). Sub-commands: trial, crd.",
@@ -59,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--liveness", metavar="URL", help="Kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
-    parser.add_argument("--metrics-port", type=_port, help="serve Prometheus /metrics here")
+    parser.add_argument("--metrics-port", type=port_arg, help="serve Prometheus /metrics here")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics")
     parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
     parser.add_argument("--trial-image", help="jouletune image of trial pods' sidecars")
@@ -126,16 +128,6 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     )
     return 0
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
-    return port
 
 
 def _positive(text: str) -> float:

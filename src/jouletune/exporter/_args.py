@@ -1,0 +1,18 @@
+"""Command-line argument types shared by the commands that serve HTTP."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["port_arg"]
+
+
+def port_arg(text: str) -> int:
+    """An argparse `type=` for a TCP port (0-65535); bad text is argparse's one-line error."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port
