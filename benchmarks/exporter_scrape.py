@@ -20,9 +20,7 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
@@ -31,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -39,6 +38,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from jouletune.exporter import GpuCollector
 from jouletune.gpu import open_nvml_gpus, sample_all
+
+# The repository root, for the tests' process helpers (start, wait until healthy, stop).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.procs import free_port, jouletune_process
 
 # A sim-server with 8 GPUs: a 70B model at TP 8 (its CLI mirrors `vllm serve`).
 _SIM_ARGS_8_GPUS = "meta-llama/Llama-3.1-70B-Instruct --tensor-parallel-size 8"
@@ -127,10 +130,10 @@ def _end_to_end(num_gpus: int, scrapes: int, sim_url: str | None, sim_args: str)
             found = len(json.load(resp)["gpus"])
         if found != num_gpus:
             raise RuntimeError(f"sim-server at {url} has {found} GPUs, not {num_gpus}")
-        port = _free_port()
+        port = free_port()
         args = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--sim", url]
-        with _process(args, f"http://127.0.0.1:{port}/healthz") as exporter_url:
-            metrics_url = exporter_url.removesuffix("/healthz") + "/metrics"
+        with jouletune_process(args, port=port, health_path="/healthz", timeout_s=60.0) as exp:
+            metrics_url = exp.url + "/metrics"
 
             def scrape() -> bytes:
                 with urllib.request.urlopen(metrics_url, timeout=5) as resp:
@@ -160,50 +163,10 @@ def _sim_server(sim_url: str | None, sim_args: str) -> Iterator[str]:
     if sim_url is not None:
         yield sim_url.rstrip("/")
         return
-    port = _free_port()
+    port = free_port()
     args = ["sim-server", "--host", "127.0.0.1", "--port", str(port), *shlex.split(sim_args)]
-    with _process(args, f"http://127.0.0.1:{port}/sim/gpus") as url:
-        yield url.removesuffix("/sim/gpus")
-
-
-@contextmanager
-def _process(args: list[str], ready_url: str, timeout_s: float = 60.0) -> Iterator[str]:
-    """Run `python -m jouletune ARGS` until the block ends; yields once `ready_url` is 200."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jouletune", *args], stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _answers(ready_url):
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"`jouletune {' '.join(args)}` exited: {err.strip()[-300:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{ready_url} not ready within {timeout_s}s")
-            time.sleep(0.05)
-        yield ready_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with jouletune_process(args, port=port, health_path="/sim/gpus", timeout_s=60.0) as sim:
+        yield sim.url
 
 
 def _environment() -> dict[str, Any]:

@@ -48,8 +48,8 @@ from tests.operator.harness import (  # noqa: E402
     tiny_spec,
     wait_for,
 )
-from tests.operator.kubelet import CANNED, Kubelet, canned_message_from, free_port  # noqa: E402
-from tests.procs import jouletune_process  # noqa: E402
+from tests.operator.kubelet import CANNED, Kubelet, canned_message_from  # noqa: E402
+from tests.procs import free_port, jouletune_process  # noqa: E402
 
 _TERMINAL = {"Succeeded", "Failed"}
 

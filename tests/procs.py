@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: start a `jouletune` command, wait until it answers."""
+"""Real processes for end-to-end tests: start a `jouletune` command (or Prometheus), wait until
+it answers, and stop it when the block ends."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -69,9 +71,44 @@ def jouletune_process(
             wait_http_ok(proc.url + health_path, timeout_s, proc)
             yield proc
         finally:
-            popen.terminate()
-            try:
-                popen.wait(10)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+            stop(popen)
+
+
+@contextmanager
+def prometheus_process(
+    config: Path, *, workdir: Path, binary: str = "prometheus", timeout_s: float = 30.0
+) -> Iterator[str]:
+    """Run a Prometheus server with `config` on a free loopback port until the block ends.
+
+    Its TSDB goes to `workdir/data` and its log to `workdir/prometheus.log`; yields its base
+    URL once `/-/ready` answers 200.
+    """
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        proc = Proc(popen=popen, url=f"http://127.0.0.1:{port}", log_path=str(log_path))
+        try:
+            wait_http_ok(proc.url + "/-/ready", timeout_s, proc)
+            yield proc.url
+        finally:
+            stop(popen)
+
+
+def stop(popen: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """End a process we started: SIGTERM, then SIGKILL if it is still there after `timeout_s`."""
+    popen.terminate()
+    try:
+        popen.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()

@@ -23,7 +23,7 @@ import yaml
 
 from tests.deploy import dashboards
 from tests.deploy.tools import PROMETHEUS, RULES, tool
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, prometheus_process
 
 # The labels a trial's targets carry (in Kubernetes the PodMonitor sets them from pod labels).
 _TRIAL = {"namespace": "e2e", "benchmark": "bench-e2e", "trial": "0"}
@@ -94,38 +94,11 @@ def _prometheus_config(tmp_path: Path, targets: dict[str, str]) -> Path:
 
 @contextmanager
 def _prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[str]:
-    port = free_port()
     config = _prometheus_config(tmp_path, targets)
-    log_path = tmp_path / "prometheus.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                tool("prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _poll("Prometheus to be ready", lambda: _ready(url, proc, log_path))
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"prometheus exited {proc.returncode}:\n{log_path.read_text()}")
-    with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-        return bool(resp.status == 200)
+    with prometheus_process(
+        config, workdir=tmp_path, binary=tool("prometheus"), timeout_s=20.0
+    ) as url:
+        yield url
 
 
 def _targets_up(prom: str) -> bool:

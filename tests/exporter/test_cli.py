@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jouletune.gpu import open_sim_gpus, power_limit
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, stop
 
 METRICS = {
     "jouletune_gpu_energy_joules": "counter",
@@ -75,8 +75,7 @@ def _raw_exporter(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def test_exports_the_sim_servers_gpus_with_fresh_values() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, prometheus_process
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus") and shutil.which("promtool")),
@@ -38,34 +38,14 @@ def _exporter(state: FakeSimState) -> Iterator[str]:
 
 @contextmanager
 def _prometheus(target: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: jouletune\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with prometheus_process(config, workdir=tmp_path) as url:
+        yield url
 
 
 def _query_until(prom_url: str, query: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.operator.apiserver import Api
+from tests.procs import free_port, stop
 
 # How often pods and processes are polled (a real kubelet reacts to watch events; polling
 # a small in-memory list this often costs nothing).
@@ -45,13 +45,6 @@ EXPORTER_PORT = 9400
 OOM = "oom"  # the engine is killed by the OOM killer (exit 137, reason OOMKilled)
 HANG = "hang"  # the containers start and never finish
 CANNED = "canned"  # the load generator ends at once with `canned_message`
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -74,12 +67,7 @@ class _Proc:
 
     def stop(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+            stop(self.popen, timeout_s=5.0)
 
 
 @dataclass

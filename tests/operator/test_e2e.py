@@ -28,7 +28,8 @@ from tests.operator.harness import (
     wait_for,
     wait_phase,
 )
-from tests.operator.kubelet import HANG, OOM, free_port
+from tests.operator.kubelet import HANG, OOM
+from tests.procs import free_port
 
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
 CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
