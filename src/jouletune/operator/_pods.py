@@ -73,6 +73,22 @@ class BenchmarkRef:
     name: str
     uid: str
 
+    def owner_reference(self, *, block_owner_deletion: bool) -> dict[str, Any]:
+        """The ownerReference that makes an object this benchmark's (garbage-collected with it).
+
+        `block_owner_deletion` keeps a foreground deletion of the benchmark waiting for it.
+        """
+        ref: dict[str, Any] = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+        }
+        if block_owner_deletion:
+            ref["blockOwnerDeletion"] = True
+        return ref
+
 
 def benchmark_label(name: str) -> str:
     """The `jouletune.io/benchmark` label value of a benchmark's pods."""
@@ -106,7 +122,10 @@ def build_trial_pod(
         timeout_s=spec.budget.trial_timeout_s,
         # Validated here, so a bad configuration fails the operator, not a pod.
         bench=bench_config(
-            spec, base_url=engine_url, exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"]
+            spec,
+            trial_number=number,
+            base_url=engine_url,
+            exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"],
         ).model_dump(mode="json"),
     )
     pod_spec: dict[str, Any] = {
@@ -144,16 +163,7 @@ def build_trial_pod(
             "annotations": {
                 ANNOTATION_CONFIG: json.dumps(config.model_dump(mode="json", by_alias=True)),
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "name": ref.name,
-                    "uid": ref.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [ref.owner_reference(block_owner_deletion=True)],
         },
         "spec": pod_spec,
     }

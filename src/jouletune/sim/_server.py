@@ -225,6 +225,8 @@ class SimServer:
                 if ready_s is None:
                     self._wake.clear()
                     await self._wake.wait()
+                    # Idle time is not work to catch up on: the next step starts now.
+                    free_s = max(free_s, time.time())
                     continue
                 free_s = max(free_s, ready_s)
                 await _sleep_until(free_s)

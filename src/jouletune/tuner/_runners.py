@@ -99,12 +99,14 @@ class Runner(Protocol):
 
 
 def bench_config(
-    spec: BenchmarkSpec, *, base_url: str, exporter_urls: Sequence[str]
+    spec: BenchmarkSpec, *, trial_number: int, base_url: str, exporter_urls: Sequence[str]
 ) -> BenchConfig:
-    """The load generator's configuration for one trial of `spec` against `base_url`.
+    """The load generator's configuration for trial `trial_number` of `spec` at `base_url`.
 
     Both the local runners and the operator's trial pods measure with it, so a trial runs the
-    same workload wherever it runs.
+    same workload wherever it runs. Each trial draws its own prompts (seed + trial number):
+    trials that share a server would otherwise resend the same prompts, and vLLM's prefix cache
+    would make every trial after the first look cheaper than it is.
     """
     # Imported here: loading the tuner (the operator, `jouletune report`) needs no loadgen.
     from jouletune.loadgen import BenchConfig
@@ -121,7 +123,7 @@ def bench_config(
         request_rate=workload.request_rate,
         burstiness=workload.burstiness,
         max_concurrency=workload.max_concurrency,
-        seed=workload.seed,
+        seed=workload.seed + trial_number,
         duration_s=workload.duration_s,
         exporter_urls=list(exporter_urls),
         # A stream silent this long is dead; the trial's own timeout bounds the whole run.
@@ -150,7 +152,10 @@ class _Running:
         start = time.monotonic()
         cap = None if self.read_only else plan.power_limit_w
         config = bench_config(
-            self.spec, base_url=self.server.url, exporter_urls=[self.exporter.url]
+            self.spec,
+            trial_number=plan.number,
+            base_url=self.server.url,
+            exporter_urls=[self.exporter.url],
         )
         limit_w: float | None = None
         try:
