@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from jouletune.operator._names import GROUP, KIND, VERSION
+from jouletune.operator._names import GROUP
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
 from jouletune.tuner import BenchmarkSpec, Recommendation
 
@@ -64,15 +64,7 @@ def recommendation_configmap(
             "name": configmap_name(ref.name),
             "namespace": ref.namespace,
             "labels": {LABEL_BENCHMARK: benchmark_label(ref.name)},
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "name": ref.name,
-                    "uid": ref.uid,
-                    "controller": True,
-                }
-            ],
+            "ownerReferences": [ref.owner_reference(block_owner_deletion=False)],
         },
         "data": data,
     }
