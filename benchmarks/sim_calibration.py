@@ -39,9 +39,9 @@ from jouletune.gpu.simulated import gpu_model
 from jouletune.sim import DEFAULT_PERF, EngineConfig, model_arch, run_closed_loop
 
 _CALIBRATION = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "calibration"
+    Path(__file__).resolve().parent
+    / "results"
+    / "h100-calibration"
     / "h100_vllm0.24_llama8b-dummy_512in-256out.jsonl"
 )
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"

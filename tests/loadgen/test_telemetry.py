@@ -23,7 +23,8 @@ from jouletune.loadgen._telemetry import (
 )
 
 CALIBRATION_METRICS = (
-    Path(__file__).parents[3] / "shared/calibration/vllm0.24_metrics_exposition.txt"
+    Path(__file__).resolve().parents[2]
+    / "benchmarks/results/h100-calibration/vllm0.24_metrics_exposition.txt"
 )
 
 
@@ -61,7 +62,6 @@ def test_parse_exporter_text_rejects_garbage() -> None:
         parse_exporter_text("<html>not metrics</html>\n")
 
 
-@pytest.mark.skipif(not CALIBRATION_METRICS.exists(), reason="shared/calibration not present")
 def test_parse_server_text_on_real_vllm_exposition() -> None:
     text = CALIBRATION_METRICS.read_text()
     assert parse_server_text(text) == (0.0, 0.0)  # `_by_reason` series are not summed in

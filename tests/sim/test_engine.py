@@ -21,9 +21,10 @@ from jouletune.sim._engine import Step, StepListener
 from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 
 CALIBRATION = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "calibration"
+    Path(__file__).resolve().parents[2]
+    / "benchmarks"
+    / "results"
+    / "h100-calibration"
     / "h100_vllm0.24_llama8b-dummy_512in-256out.jsonl"
 )
 

@@ -24,9 +24,10 @@ from tests.procs import Proc, free_port, jouletune_process
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 EXPOSITION = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "calibration"
+    Path(__file__).resolve().parents[2]
+    / "benchmarks"
+    / "results"
+    / "h100-calibration"
     / "vllm0.24_metrics_exposition.txt"
 )
 MAX_NUM_SEQS = 4
