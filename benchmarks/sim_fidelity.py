@@ -72,6 +72,9 @@ class Figures:
         avg_power_w: average GPU power over the window, watts.
         output_tok_s: output tokens per second over the window.
         avg_batch_size: time-weighted running requests over the window.
+        itl_ms_p99: 99th-percentile inter-token latency, ms (a step with a prefill chunk).
+        tpot_ms_mean: mean time per output token after the first, ms.
+        e2el_ms_p50: median end-to-end latency, ms.
     """
 
     j_per_output_token: float
@@ -80,6 +83,9 @@ class Figures:
     avg_power_w: float
     output_tok_s: float
     avg_batch_size: float
+    itl_ms_p99: float
+    tpot_ms_mean: float
+    e2el_ms_p50: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +135,9 @@ def _point(path: Path) -> RealPoint:
                 avg_power_w=float(d["avg_power_w"]),
                 output_tok_s=float(d["output_token_throughput"]),
                 avg_batch_size=float(d["avg_batch_size"]),
+                itl_ms_p99=float(d["itl_ms"]["p99"]),
+                tpot_ms_mean=float(d["tpot_ms"]["mean"]),
+                e2el_ms_p50=float(d["e2el_ms"]["p50"]),
             ),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -204,7 +213,9 @@ def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency:
     metrics = compute_metrics(records, window)
     tokens = metrics.window_output_tokens
     itl, ttft = metrics.itl_ms.p50, metrics.ttft_ms.p50
+    itl99, tpot, e2el = metrics.itl_ms.p99, metrics.tpot_ms.mean, metrics.e2el_ms.p50
     assert tokens and itl is not None and ttft is not None, "a window without tokens"
+    assert itl99 is not None and tpot is not None and e2el is not None, "a window without tokens"
     energy_j = replay.energy_j(window.start_s, window.end_s)
     batch = 0.0
     for step in replay.steps:
@@ -218,6 +229,9 @@ def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency:
         avg_power_w=energy_j / window.duration_s / len(replay.gpus),
         output_tok_s=tokens / window.duration_s,
         avg_batch_size=batch / window.duration_s,
+        itl_ms_p99=itl99,
+        tpot_ms_mean=tpot,
+        e2el_ms_p50=e2el,
     )
 
 
@@ -254,6 +268,19 @@ def print_table(rows: list[tuple[RealPoint, Figures]]) -> int:
     return misses
 
 
+def print_latency_table(rows: list[tuple[RealPoint, Figures]]) -> None:
+    """Print the latencies that show scheduling (reported, not gated)."""
+    print("| point | ITL p99 ms real | sim | TPOT mean ms real | sim | E2EL p50 ms real | sim |")
+    print("|" + "---|" * 7)
+    for point, sim in rows:
+        real = point.figures
+        print(
+            f"| {point.name} | {real.itl_ms_p99:.1f} | {sim.itl_ms_p99:.1f} "
+            f"| {real.tpot_ms_mean:.1f} | {sim.tpot_ms_mean:.1f} "
+            f"| {real.e2el_ms_p50:.0f} | {sim.e2el_ms_p50:.0f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Replay the committed points; 0 if all within 15%, 1 if any misses, 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -286,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         f"simulated in {elapsed_s:.1f} s\n"
     )
     misses = print_table(rows)
+    print()
+    print_latency_table(rows)
     print(
         f"\n{misses} point(s) outside ±{_TOLERANCE:.0%} on J/output-token or ITL p50 "
         f"(TTFT and power are reported, not gated)"

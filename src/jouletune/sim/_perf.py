@@ -57,10 +57,12 @@ class PerfConstants:
 # Fitted to ../shared/calibration (H100, vLLM 0.24, Llama-3.1-8B shape); kv_bw_efficiency and
 # host_per_seq_s refitted against benchmarks/results/h100-vllm, whose two context lengths
 # separate the per-sequence cost from the per-context-token cost; see docs/simulator.md.
+# gemm_efficiency refitted with the H100 power model's tensor_w: capped prefill steps were 5-14%
+# too slow at too high a clock (ITL p99, SM clock, the matmul power check).
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
-    gemm_efficiency=0.70,
+    gemm_efficiency=0.90,
     attention_efficiency=0.683,
     host_step_s=1.16e-3,
     host_per_seq_s=10e-6,
