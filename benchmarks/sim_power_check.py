@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from jouletune.gpu.simulated import KernelWork, gpu_model, plan_step
+from jouletune.sim import DEFAULT_PERF
 
 _RESULT = Path(__file__).resolve().parent / "results" / "h100-validation" / "h100_validation.json"
 
@@ -60,8 +61,9 @@ def main() -> None:
     )
     sim_tflops = h100.bf16_dense_flops * matmul_out.sm_clock_hz / h100.max_sm_clock_hz / 1e12
     print(
-        f"matmul rate: measured {comp['load_result']['tflops']:.0f} TFLOP/s, "
-        f"simulated peak at its clock {sim_tflops:.0f} TFLOP/s"
+        f"matmul rate: measured {comp['load_result']['tflops']:.0f} TFLOP/s; simulated at its "
+        f"clock {sim_tflops * DEFAULT_PERF.gemm_efficiency:.0f} TFLOP/s "
+        f"({sim_tflops:.0f} peak x gemm_efficiency {DEFAULT_PERF.gemm_efficiency:g})"
     )
 
 
