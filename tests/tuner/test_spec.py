@@ -20,11 +20,11 @@ from jouletune.tuner import SpecError, load_spec, parse_spec
         ({"slos": [{"metric": "tpot_p95", "maxMs": 5}]}, "spec.slos.0.metric: Input should be"),
         (
             {"gpu": {"readOnly": True}, "searchSpace": {"powerLimitW": [300]}},
-            "searchSpace.powerLimitW must be empty when gpu.readOnly is true",
+            "spec: searchSpace.powerLimitW must be empty when gpu.readOnly is true",
         ),
         (
             {"gpu": {"count": 1}, "searchSpace": {"tensorParallelSize": [1, 2]}},
-            "searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
+            "spec: searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
         ),
     ],
 )

@@ -210,7 +210,8 @@ def _format_errors(err: ValidationError, prefix: str) -> str:
     lines = []
     for e in err.errors():
         path = ".".join([prefix, *(str(p) for p in e["loc"])]) if e["loc"] else prefix
-        lines.append(f"{path}: {e['msg']}")
+        # A validator's ValueError arrives as "Value error, <its message>": keep the message.
+        lines.append(f"{path}: {str(e['msg']).removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
