@@ -157,6 +157,22 @@ def test_read_only_collapses_the_power_axis(tmp_path: Path) -> None:
     assert {p.power_limit_w for p in plans} == {None}
 
 
+def test_bracket_probes_where_the_latency_line_crosses_the_slo(tmp_path: Path) -> None:
+    # Synthetic tpot_p90 (ms): 48 -> 8.8, 160 -> 13.5, 256 -> 17.6; the SLO is 15. Once 256
+    # misses and 48 meets it, the line through them crosses 15 ms at ~194, so the third start
+    # goes to 160 (the largest feasible value), where plain bisection would try 96.
+    spec = _spec(
+        searchSpace={"maxNumSeqs": [1, 16, 48, 96, 160, 256]},
+        slos=[{"metric": "tpot_p90", "maxMs": 15}],
+        budget={"maxTrials": 3, "finalistRepeats": 0},
+    )
+    storage = open_storage(default_storage_url(tmp_path))
+    study = Study.open(spec=spec, name="rf", storage=storage, read_only=True)
+    plans = _run(study)
+    assert [p.point.server.max_num_seqs for p in plans] == [256, 48, 160]
+    assert [r.feasible for r in study.measured()] == [False, True, True]
+
+
 def test_rebuilt_from_records_continues_by_number(tmp_path: Path) -> None:
     study = _open(tmp_path)
     for _ in range(3):

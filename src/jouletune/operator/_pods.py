@@ -124,6 +124,7 @@ def build_trial_pod(
         bench=bench_config(
             spec,
             trial_number=number,
+            max_num_seqs=config.max_num_seqs,
             base_url=engine_url,
             exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"],
         ).model_dump(mode="json"),

@@ -99,14 +99,20 @@ class Runner(Protocol):
 
 
 def bench_config(
-    spec: BenchmarkSpec, *, trial_number: int, base_url: str, exporter_urls: Sequence[str]
+    spec: BenchmarkSpec,
+    *,
+    trial_number: int,
+    max_num_seqs: int,
+    base_url: str,
+    exporter_urls: Sequence[str],
 ) -> BenchConfig:
     """The load generator's configuration for trial `trial_number` of `spec` at `base_url`.
 
     Both the local runners and the operator's trial pods measure with it, so a trial runs the
     same workload wherever it runs. Each trial draws its own prompts (seed + trial number):
     trials that share a server would otherwise resend the same prompts, and vLLM's prefix cache
-    would make every trial after the first look cheaper than it is.
+    would make every trial after the first look cheaper than it is. With `workload.saturate`
+    the closed loop runs `max_num_seqs` clients, the trial's own batch bound.
     """
     # Imported here: loading the tuner (the operator, `jouletune report`) needs no loadgen.
     from jouletune.loadgen import BenchConfig
@@ -122,7 +128,7 @@ def bench_config(
         num_prompts=workload.num_prompts,
         request_rate=workload.request_rate,
         burstiness=workload.burstiness,
-        max_concurrency=workload.max_concurrency,
+        max_concurrency=max_num_seqs if workload.saturate else workload.max_concurrency,
         seed=workload.seed + trial_number,
         duration_s=workload.duration_s,
         exporter_urls=list(exporter_urls),
@@ -154,6 +160,7 @@ class _Running:
         config = bench_config(
             self.spec,
             trial_number=plan.number,
+            max_num_seqs=plan.point.server.max_num_seqs,
             base_url=self.server.url,
             exporter_urls=[self.exporter.url],
         )

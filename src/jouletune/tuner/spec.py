@@ -131,6 +131,11 @@ class WorkloadSpec(_Model):
     request_rate: Annotated[float, Field(gt=0)] = math.inf
     burstiness: Annotated[float, Field(gt=0)] = 1.0
     max_concurrency: Annotated[int, Field(ge=1)] | None = 256
+    saturate: bool = Field(
+        False,
+        description="closed loop with as many clients as each trial's maxNumSeqs, so every"
+        " configuration is measured at a full batch (maxConcurrency is then unused)",
+    )
     duration_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="stop sending after this long; the window is taken from what ran"
     )
@@ -140,6 +145,8 @@ class WorkloadSpec(_Model):
     def _dataset_path_needed(self) -> WorkloadSpec:
         if self.dataset != "random" and not self.dataset_path:
             raise ValueError(f"datasetPath is required for dataset {self.dataset!r}")
+        if self.saturate and not math.isinf(self.request_rate):
+            raise ValueError("saturate needs a closed loop: leave requestRate unset")
         return self
 
 
