@@ -93,6 +93,7 @@ class RealPoint:
     """One committed `jouletune bench` result and what the replay needs from it."""
 
     name: str
+    server: str
     concurrency: int
     input_len: int
     output_len: int
@@ -105,22 +106,35 @@ class RealPoint:
 
 
 def load_points(folder: Path) -> list[RealPoint]:
-    """Every `*.json` bench result in `folder`; raises _InputError on a bad file."""
-    paths = sorted(folder.glob("n*_w*.json"))
-    if not paths:
-        raise _InputError(f"no bench results (n*_w*.json) in {folder}")
-    return [_point(path) for path in paths]
+    """Every bench result in `folder`; raises _InputError on a bad file.
+
+    `nN_wIN-OUT.json` are campaign points (one server per N, its workloads in turn);
+    `STUDY/trials/NNNN/result.json` are read-only tune trials (one server each: changing
+    max_num_seqs restarts vLLM).
+    """
+    points = [
+        _point(path, name=path.stem, server=None) for path in sorted(folder.glob("n*_w*.json"))
+    ]
+    for path in sorted(folder.glob("*/trials/*/result.json")):
+        study, trial = path.parent.parent.parent.name, path.parent.name
+        points.append(_point(path, name=f"{study}#{int(trial)}", server=f"{study}#{trial}"))
+    if not points:
+        raise _InputError(f"no bench results (n*_w*.json, */trials/*/result.json) in {folder}")
+    return points
 
 
-def _point(path: Path) -> RealPoint:
+def _point(path: Path, *, name: str, server: str | None) -> RealPoint:
     try:
         d: dict[str, Any] = json.loads(path.read_text())
         cfg = d["config"]
         if cfg["dataset_name"] != "random" or cfg["request_rate"] != "inf":
             raise _InputError(f"{path.name}: only closed-loop random workloads are replayed")
+        concurrency = int(cfg["max_concurrency"])
+        lengths = f"n{concurrency}_w{cfg['random_input_len']}-{cfg['random_output_len']}"
         return RealPoint(
-            name=path.stem,
-            concurrency=int(cfg["max_concurrency"]),
+            name=name if server is None else f"{name} {lengths}",
+            server=server or f"n{concurrency}",
+            concurrency=concurrency,
             input_len=int(cfg["random_input_len"]),
             output_len=int(cfg["random_output_len"]),
             range_ratio=float(cfg["random_range_ratio"]),
@@ -293,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         points = load_points(args.results)
-        by_server: dict[int, list[RealPoint]] = defaultdict(list)
+        by_server: dict[str, list[RealPoint]] = defaultdict(list)
         for point in points:
-            by_server[point.concurrency].append(point)
+            by_server[point.server].append(point)
         started_s = time.perf_counter()
         rows: list[tuple[RealPoint, Figures]] = []
-        for concurrency in sorted(by_server):
-            runs = sorted(by_server[concurrency], key=lambda p: p.window_start_unix_s)
+        for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
+            runs = sorted(by_server[server], key=lambda p: p.window_start_unix_s)
             sims = simulate_server(runs, prefix_caching=not args.no_prefix_caching)
             rows += zip(runs, sims, strict=True)
         elapsed_s = time.perf_counter() - started_s

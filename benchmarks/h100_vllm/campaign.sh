@@ -10,7 +10,7 @@ SEQS=$1; DEADLINE=$2
 RES=/tmp/campaign; mkdir -p "$RES"
 export PYTHONPATH=$PWD/src:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 JT="python3 -m jouletune"
-WORKLOADS="512:256 1024:128"   # input:output; 1024:128 is not in shared/calibration
+WORKLOADS=${WORKLOADS:-"512:256 1024:128"}  # input:output[:seed] (seed 1 by default)
 DUR=${DUR:-20}
 
 stop_all() {
@@ -26,7 +26,8 @@ stop_all() {
 }
 
 for N in $SEQS; do
-  todo=0; for W in $WORKLOADS; do [ -f "$RES/n${N}_w${W/:/-}.json" ] || todo=1; done
+  todo=0; for W in $WORKLOADS; do IFS=: read -r IN OUTL _ <<< "$W"
+    [ -f "$RES/n${N}_w${IN}-${OUTL}.json" ] || todo=1; done
   [ $todo = 1 ] || continue
   now=$(date +%s); [ $((DEADLINE - now)) -lt 200 ] && { echo "campaign: deadline near, stop before N=$N"; break; }
   stop_all
@@ -44,12 +45,12 @@ for N in $SEQS; do
   done
   echo "campaign: healthy after $(( $(date +%s) - t0 )) s"
   for W in $WORKLOADS; do
-    IN=${W%:*}; OUTL=${W#*:}; F="$RES/n${N}_w${IN}-${OUTL}.json"
+    IFS=: read -r IN OUTL SEED <<< "$W"; SEED=${SEED:-1}; F="$RES/n${N}_w${IN}-${OUTL}.json"
     [ -f "$F" ] && continue
     NP=$(( N * 4 + 8 ))
     $JT bench --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
       --random-input-len "$IN" --random-output-len "$OUTL" --max-concurrency "$N" \
-      --num-prompts 100000 --duration "$DUR" --seed 1 --no-progress \
+      --num-prompts 100000 --duration "$DUR" --seed "$SEED" --no-progress \
       --result-filename "$F.tmp" > "$RES/bench_n${N}_w${IN}-${OUTL}.txt" 2>&1
     echo "campaign: N=$N W=$W exit $? at $(date +%T)"; tail -4 "$RES/bench_n${N}_w${IN}-${OUTL}.txt"
     [ -f "$F.tmp" ] && mv "$F.tmp" "$F"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jouletune.tuner import SpecError, load_spec, parse_spec
+from jouletune.tuner import SpecError, bench_config, load_spec, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,10 @@ from jouletune.tuner import SpecError, load_spec, parse_spec
         (
             {"gpu": {"count": 1}, "searchSpace": {"tensorParallelSize": [1, 2]}},
             "spec: searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
+        ),
+        (
+            {"workload": {"saturate": True, "requestRate": 5}},
+            "spec.workload: saturate needs a closed loop: leave requestRate unset",
         ),
     ],
 )
@@ -125,3 +129,15 @@ def test_cli_unreachable_storage_fails_before_any_trial(tmp_path: Path) -> None:
         "unable to open database file"
     )
     assert not (tmp_path / "o" / "servers").exists()
+
+
+@pytest.mark.parametrize(("saturate", "clients"), [(False, 64), (True, 160)])
+def test_saturate_runs_as_many_clients_as_the_trials_batch_bound(
+    saturate: bool, clients: int
+) -> None:
+    spec = parse_spec({"workload": {"maxConcurrency": 64, "saturate": saturate, "seed": 7}})
+    config = bench_config(
+        spec, trial_number=3, max_num_seqs=160, base_url="http://x", exporter_urls=[]
+    )
+    assert config.max_concurrency == clients
+    assert config.seed == 10  # each trial draws its own prompts
