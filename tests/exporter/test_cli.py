@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -180,8 +181,9 @@ def test_without_nvml_it_says_so_in_one_line_and_exits_2() -> None:
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--gpus", "0,x", "expected GPU indices like 0,1"),
+        ("--gpus", "0,-1", "must be distinct and >= 0"),
         ("--gpus", "1,1", "must be distinct"),
+        ("--gpus", ",", "expected GPU indices or UUIDs"),
         ("--port", "70000", "port must be 0-65535"),
     ],
 )
@@ -197,8 +199,50 @@ def test_unknown_gpu_index_of_a_running_sim_server_exits_2() -> None:
         result = _run(_exporter_args(free_port(), "--sim", sim_url, "--gpus", "0,5"))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"jouletune exporter: no GPU with index [5]: sim-server {sim_url} has [0, 1]"
+        f"jouletune exporter: no GPU [5] on sim-server {sim_url}; it has 0=GPU-fake-0, 1=GPU-fake-1"
     )
+
+
+def test_gpus_by_uuid_select_those_gpus_under_their_own_indices() -> None:
+    port = free_port()
+    with (
+        fake_sim_server(FakeSimState(num_gpus=4)) as sim_url,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim_url, "--gpus", "GPU-fake-3,GPU-fake-1"),
+            port=port,
+            health_path="/healthz",
+        ) as proc,
+    ):
+        scraped = _scrape(proc.url)
+    assert {gpu for (name, gpu) in scraped if name == "jouletune_gpu_power_watts"} == {"1", "3"}
+
+
+def test_gpus_file_is_awaited_then_only_its_gpus_are_exported(tmp_path: Path) -> None:
+    # In a trial pod the engine container writes its GPUs' UUIDs after the sidecar started.
+    listed = tmp_path / "uuids"
+    port = free_port()
+    with (
+        fake_sim_server(FakeSimState(num_gpus=4)) as sim_url,
+        _raw_exporter(_exporter_args(port, "--sim", sim_url, "--gpus-file", str(listed))),
+    ):
+        time.sleep(1.0)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            _get(f"http://127.0.0.1:{port}/healthz")  # not serving before the list exists
+        listed.write_text("GPU-fake-2\n")
+        _poll_status(f"http://127.0.0.1:{port}/healthz", 200)
+        scraped = _scrape(f"http://127.0.0.1:{port}")
+    assert {gpu for (name, gpu) in scraped if name == "jouletune_gpu_power_watts"} == {"2"}
+
+
+def test_a_gpus_file_that_never_comes_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "uuids"
+    args = ["--gpus-file", str(missing), "--gpus-file-timeout-s", "0.5"]
+    result = _run(_exporter_args(free_port(), "--sim", "http://127.0.0.1:1", *args))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"jouletune exporter: --gpus-file {missing}: no GPU list after 0.5 s"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_a_busy_port_is_a_one_line_error() -> None:

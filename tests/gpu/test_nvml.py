@@ -46,8 +46,14 @@ def test_open_all_gpus_by_default() -> None:
     assert [g.uuid for g in gpus] == ["GPU-handle0", "GPU-handle1", "GPU-handle2"]
 
 
+def test_open_by_uuid_keeps_the_hosts_indices() -> None:
+    with fake_nvml(num_gpus=3):
+        gpus = open_nvml_gpus(["GPU-handle2", "GPU-handle0"])
+    assert [(g.index, g.uuid) for g in gpus] == [(2, "GPU-handle2"), (0, "GPU-handle0")]
+
+
 def test_open_unknown_index_is_a_value_error() -> None:
-    with fake_nvml(num_gpus=2), pytest.raises(ValueError, match=r"no GPU with index \[5\]"):
+    with fake_nvml(num_gpus=2), pytest.raises(ValueError, match=r"no GPU \[5\] on this host"):
         open_nvml_gpus([0, 5])
 
 

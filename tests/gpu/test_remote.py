@@ -44,7 +44,7 @@ def test_sample_all_reads_one_server_with_one_request() -> None:
 def test_unknown_index_is_a_value_error() -> None:
     with (
         fake_sim_server(FakeSimState(num_gpus=2)) as url,
-        pytest.raises(ValueError, match=r"no GPU with index \[4\]"),
+        pytest.raises(ValueError, match=r"no GPU \[4\] on sim-server"),
     ):
         open_sim_gpus(url, indices=[0, 4])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -81,7 +83,7 @@ def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
     spec = {"backend": "vllm", "gpu": {"count": 2}, "engine": {"args": ["--enforce-eager"]}}
     config = TrialConfig(tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096)
     engine = containers(build(spec, config))["engine"]
-    assert engine["command"] == ["vllm", "serve"]
+    assert engine["command"][:2] == ["/bin/sh", "-c"], "lists its GPUs, then execs vllm serve"
     args = engine["args"]
     assert args[0] == "meta-llama/Llama-3.1-8B-Instruct"
     for flag, value in (
@@ -96,6 +98,48 @@ def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
     assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in engine["volumeMounts"]
     assert engine["restartPolicy"] == "Always", "a native sidecar"
+
+
+def _stub(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("has_nvidia_smi", [True, False])
+def test_vllm_engine_lists_its_gpus_for_the_exporter_then_execs_vllm(
+    tmp_path: Path, has_nvidia_smi: bool
+) -> None:
+    # The engine's real command, run by a real shell, with nvidia-smi and vllm stubbed.
+    pod = build(
+        {"backend": "vllm", "gpu": {"count": 2}},
+        TrialConfig(tensor_parallel_size=2, max_num_seqs=8),
+    )
+    by_name = containers(pod)
+    engine, exporter = by_name["engine"], by_name["exporter"]
+    (listed,) = [e["value"] for e in engine["env"] if e["name"] == "JOULETUNE_GPU_LIST"]
+    assert exporter["args"][exporter["args"].index("--gpus-file") + 1] == listed
+    mount = {m["name"]: m for m in exporter["volumeMounts"]}["gpu-list"]
+    assert mount["readOnly"] and listed.startswith(mount["mountPath"] + "/")
+    assert {"name": "gpu-list", "mountPath": mount["mountPath"]} in engine["volumeMounts"]
+    assert {"name": "gpu-list", "emptyDir": {}} in pod["spec"]["volumes"]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A failing stub, not a missing one: a GPU host's own nvidia-smi must not answer here.
+    listing = "printf 'GPU-aaa\\nGPU-bbb\\n'" if has_nvidia_smi else "exit 9"
+    _stub(bin_dir, "nvidia-smi", listing)
+    _stub(bin_dir, "vllm", f'printf "%s\\n" "$@" > {tmp_path}/vllm-argv')
+    out = tmp_path / "gpus"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "JOULETUNE_GPU_LIST": str(out),
+        "NVIDIA_VISIBLE_DEVICES": "GPU-ccc,GPU-ddd",
+    }
+    subprocess.run([*engine["command"], *engine["args"]], env=env, check=True, timeout=30)
+    expected = "GPU-aaa\nGPU-bbb\n" if has_nvidia_smi else "GPU-ccc\nGPU-ddd\n"
+    assert out.read_text() == expected
+    assert (tmp_path / "vllm-argv").read_text().splitlines() == ["serve", *engine["args"]]
 
 
 def test_sim_engine_is_the_simulator_without_gpus() -> None:

@@ -1,9 +1,12 @@
 """`jouletune exporter`: serve GPU energy and power to Prometheus.
 
-    jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL] [--gpus 0,1]
-                       [--power-limit-w W]
+    jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL]
+                       [--gpus 0,1 | --gpus GPU-…,GPU-… | --gpus-file PATH] [--power-limit-w W]
 
-NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. With
+NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. `--gpus` picks
+GPUs by index or UUID; `--gpus-file` waits for a file that lists them (in a trial pod the
+engine container writes the UUIDs of the GPUs the device plugin gave it, since the sidecar
+sees the whole node). With
 `--power-limit-w`, the exporter holds that cap on its GPUs while it runs and restores each
 GPU's previous limit when it stops: in a trial pod it is the one container that needs the
 capability to change limits. In a pod, the
@@ -18,7 +21,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -30,10 +35,12 @@ from jouletune.exporter._source import GpuSource
 from jouletune.gpu import (
     Gpu,
     GpuError,
+    GpuSelector,
     NvmlGpu,
     NvmlUnavailableError,
     open_nvml_gpus,
     open_sim_gpus,
+    parse_selection,
     power_limit,
 )
 
@@ -44,13 +51,18 @@ _log = logging.getLogger("jouletune.exporter")
 # Exit codes: 2 for bad input or a host where NVML cannot run at all, 1 for other failures.
 _EXIT_USAGE = 2
 _EXIT_FAILURE = 1
+_GPUS_FILE_POLL_S = 0.2
 
 
 def main(argv: list[str]) -> int:
     """Run the exporter until SIGTERM or Ctrl-C; return the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    source = _source(args.sim, args.gpus)
+    try:
+        selection = args.gpus or _wait_for_gpus_file(args.gpus_file, args.gpus_file_timeout_s)
+    except ValueError as err:
+        return _fail(str(err), _EXIT_FAILURE)
+    source = _source(args.sim, selection)
     try:
         gpus = source.gpus()
     except (NvmlUnavailableError, ValueError) as err:
@@ -102,8 +114,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=port_arg, default=9400, help="TCP port (default 9400)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--sim", metavar="URL", help="read a jouletune sim-server's GPUs")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--gpus",
+        type=_selection,
+        metavar="0,1",
+        help="export only these GPUs, by index or UUID (default all)",
+    )
+    chosen.add_argument(
+        "--gpus-file",
+        type=Path,
+        metavar="PATH",
+        help="wait for PATH, then export the GPUs it lists (indices or UUIDs)",
+    )
     parser.add_argument(
-        "--gpus", type=_indices, metavar="0,1", help="export only these GPU indices (default all)"
+        "--gpus-file-timeout-s",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="how long to wait for --gpus-file (default 600)",
     )
     parser.add_argument(
         "--power-limit-w",
@@ -114,17 +143,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _indices(text: str) -> list[int]:
+def _selection(text: str) -> list[GpuSelector]:
     try:
-        indices = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1, got {text!r}") from None
-    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
-        raise argparse.ArgumentTypeError(f"GPU indices must be distinct and >= 0, got {text!r}")
-    return indices
+        return parse_selection(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _source(sim_url: str | None, indices: list[int] | None) -> GpuSource:
+def _wait_for_gpus_file(path: Path | None, timeout_s: float) -> list[GpuSelector] | None:
+    """The GPUs listed in `path` once it exists and is not empty; None without a path.
+
+    Raises:
+        ValueError: the file did not appear in time, or does not list GPUs.
+    """
+    if path is None:
+        return None
+    deadline = time.monotonic() + timeout_s
+    _log.info("waiting for the GPU list in %s", path)
+    while not (path.is_file() and path.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise ValueError(f"--gpus-file {path}: no GPU list after {timeout_s:g} s")
+        time.sleep(_GPUS_FILE_POLL_S)
+    try:
+        return parse_selection(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"--gpus-file {path}: {err}") from None
+
+
+def _source(sim_url: str | None, indices: list[GpuSelector] | None) -> GpuSource:
     if sim_url is not None:
         return GpuSource(
             open_gpus=lambda: open_sim_gpus(sim_url, indices=indices),

@@ -11,6 +11,7 @@ from jouletune.gpu._limits import power_limit
 from jouletune.gpu._nvml import NvmlGpu, nvml_versions, open_nvml_gpus
 from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus
 from jouletune.gpu._sampling import sample_all
+from jouletune.gpu._select import GpuSelector, parse_selection
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
 from jouletune.gpu.simulated import SimulatedGpu
 
@@ -19,6 +20,7 @@ __all__ = [
     "GpuError",
     "GpuPermissionError",
     "GpuSample",
+    "GpuSelector",
     "NvmlGpu",
     "NvmlUnavailableError",
     "PowerLimitRange",
@@ -27,6 +29,7 @@ __all__ = [
     "nvml_versions",
     "open_nvml_gpus",
     "open_sim_gpus",
+    "parse_selection",
     "power_limit",
     "sample_all",
 ]

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import pynvml
 
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
+from jouletune.gpu._select import GpuSelector, resolve_selection
 from jouletune.gpu._types import GpuSample, PowerLimitRange
 
 __all__ = ["NvmlGpu", "nvml_versions", "open_nvml_gpus"]
@@ -93,22 +94,26 @@ def _init() -> None:
         raise NvmlUnavailableError(f"NVML is unavailable: {err}") from err
 
 
-def open_nvml_gpus(indices: Sequence[int] | None = None) -> list[NvmlGpu]:
-    """Initialise NVML and open the GPUs at `indices` (default: all of them).
+def open_nvml_gpus(selection: Sequence[GpuSelector] | None = None) -> list[NvmlGpu]:
+    """Initialise NVML and open the GPUs `selection` names (indices or UUIDs; default all).
 
     Raises:
         NvmlUnavailableError: NVML or the driver is missing, or the host has no GPU.
-        ValueError: an index is not a GPU of this host.
+        ValueError: a selector names no GPU of this host.
     """
     _init()
     count = _call("counting GPUs", pynvml.nvmlDeviceGetCount)
     if count == 0:
         raise NvmlUnavailableError("NVML found no GPU on this host")
-    chosen = list(range(count)) if indices is None else list(indices)
-    missing = sorted(set(chosen) - set(range(count)))
-    if missing:
-        raise ValueError(f"no GPU with index {missing}: this host has GPUs 0..{count - 1}")
-    return [NvmlGpu(index=i) for i in chosen]
+    uuids = {
+        i: str(_call(f"reading GPU {i}'s UUID", pynvml.nvmlDeviceGetUUID, _handle(i)))
+        for i in range(count)
+    }
+    return [NvmlGpu(index=i) for i in resolve_selection(selection, uuids, "this host")]
+
+
+def _handle(index: int) -> Any:
+    return _call(f"opening GPU {index}", pynvml.nvmlDeviceGetHandleByIndex, index)
 
 
 def nvml_versions() -> dict[str, str]:

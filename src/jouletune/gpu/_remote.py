@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jouletune.gpu._errors import GpuError
+from jouletune.gpu._select import GpuSelector, resolve_selection
 from jouletune.gpu._types import GpuSample, PowerLimitRange
 
 __all__ = ["RemoteSimGpu", "open_sim_gpus"]
@@ -145,20 +146,21 @@ class RemoteSimGpu:
 
 
 def open_sim_gpus(
-    url: str, *, indices: Sequence[int] | None = None, timeout_s: float = _DEFAULT_TIMEOUT_S
+    url: str,
+    *,
+    indices: Sequence[GpuSelector] | None = None,
+    timeout_s: float = _DEFAULT_TIMEOUT_S,
 ) -> list[RemoteSimGpu]:
-    """The GPUs of the sim-server at `url` (all, or those at `indices`).
+    """The GPUs of the sim-server at `url` (all, or those `indices` names: indices or UUIDs).
 
     Raises:
         GpuError: the server does not answer or answers malformed data.
-        ValueError: an index is not a GPU of that server.
+        ValueError: a selector names no GPU of that server.
     """
     client = _SimClient(url=url, timeout_s=timeout_s)
     found = client.read()
-    chosen = sorted(found) if indices is None else list(indices)
-    missing = sorted(set(chosen) - set(found))
-    if missing:
-        raise ValueError(f"no GPU with index {missing}: sim-server {url} has {sorted(found)}")
+    uuids = {i: sample.uuid for i, (sample, _) in found.items()}
+    chosen = resolve_selection(indices, uuids, f"sim-server {url}")
     return [
         RemoteSimGpu(
             client=client,

@@ -58,6 +58,19 @@ ENGINE_PORT = 8000
 EXPORTER_PORT = 9400
 ENGINE_PORT_NAME = "http"
 EXPORTER_PORT_NAME = "metrics"
+# The device plugin hands GPUs to the engine container; the exporter sidecar sees the whole
+# node, so the engine writes its GPUs' UUIDs to a shared volume and the exporter reads only
+# (and caps only) those. nvidia-smi first; the device plugin's variable if it is missing.
+GPU_LIST_VOLUME = "gpu-list"
+GPU_LIST_DIR = "/var/run/jouletune"
+GPU_LIST_FILE = f"{GPU_LIST_DIR}/gpus"
+ENV_GPU_LIST = "JOULETUNE_GPU_LIST"
+ENGINE_SCRIPT = """set -e
+{ nvidia-smi --query-gpu=uuid --format=csv,noheader ||
+  printf '%s\\n' "$NVIDIA_VISIBLE_DEVICES" | tr , '\\n'; } > "$JOULETUNE_GPU_LIST.tmp"
+mv "$JOULETUNE_GPU_LIST.tmp" "$JOULETUNE_GPU_LIST"
+exec vllm serve "$@"
+"""
 # A label value holds at most 63 characters; longer benchmark names are cut and hashed.
 _LABEL_MAX = 63
 # Pod names are DNS subdomains (253), but the pod's hostname is cut at 63; keep names short
@@ -144,6 +157,8 @@ def build_trial_pod(
         "containers": [_loadgen(plan, settings)],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     }
+    if spec.backend is not Backend.SIM:
+        pod_spec["volumes"].append({"name": GPU_LIST_VOLUME, "emptyDir": {}})
     if settings.trial_node_selector:
         pod_spec["nodeSelector"] = dict(settings.trial_node_selector)
     if settings.trial_tolerations:
@@ -201,8 +216,10 @@ def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) 
     else:
         container["image"] = spec.engine.image
         container["imagePullPolicy"] = settings.image_pull_policy
-        container["command"] = ["vllm", "serve"]
+        container["command"] = ["/bin/sh", "-c", ENGINE_SCRIPT, "engine"]
         container["args"] = serve
+        container["env"] = [{"name": ENV_GPU_LIST, "value": GPU_LIST_FILE}]
+        container["volumeMounts"].append({"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR})
         gpus = {"nvidia.com/gpu": str(spec.gpu.count)}
         container["resources"] = {"limits": gpus, "requests": gpus}
     return container
@@ -215,12 +232,15 @@ def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     security: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    mounts: list[dict[str, Any]] = []
     if spec.backend is Backend.SIM:
         args += ["--sim", f"http://127.0.0.1:{ENGINE_PORT}"]
         security["capabilities"] = {"drop": ["ALL"]}
     else:
-        # The device plugin hands GPUs to the container that requests them; the sidecar
-        # reads them through NVML's utility capability only (see docs/operator.md).
+        # NVML's utility capability only, on every GPU of the node; it exports and caps
+        # those the engine lists (see GPU_LIST_FILE and docs/operator.md).
+        args += ["--gpus-file", GPU_LIST_FILE]
+        mounts.append({"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR, "readOnly": True})
         env += [
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
@@ -231,7 +251,7 @@ def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig
             security["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
         else:
             security["capabilities"] = {"drop": ["ALL"]}
-    return {
+    container: dict[str, Any] = {
         "name": CONTAINER_EXPORTER,
         "image": settings.trial_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -243,6 +263,9 @@ def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": EXPORTER_PORT}},
         "securityContext": security,
     }
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
 
 
 def _loadgen(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
