@@ -1,0 +1,83 @@
+"""Read-only check, on a GPU host, of how a trial pod hands its GPUs to the exporter sidecar.
+
+    PYTHONPATH=src python3 benchmarks/h100_vllm/gpu_list_check.py
+
+Runs the engine container's real start script (`ENGINE_SCRIPT`, read from
+`jouletune/operator/_pods.py` without importing the operator) with a stand-in `vllm` on PATH,
+and `jouletune exporter --gpus-file` beside it, as in a pod; then scrapes the exporter and
+checks it exports exactly the GPUs the script listed, by UUID, from NVML. Changes no GPU
+setting. Exits 0 when they match, 1 when not.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+_PODS = Path(__file__).resolve().parents[2] / "src" / "jouletune" / "operator" / "_pods.py"
+_PORT = 9461
+
+
+def engine_script() -> str:
+    """The ENGINE_SCRIPT constant of the operator's pod builder."""
+    for node in ast.parse(_PODS.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ENGINE_SCRIPT":
+            return str(ast.literal_eval(node.value))
+    raise SystemExit(f"gpu_list_check: no ENGINE_SCRIPT in {_PODS}")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def main() -> int:
+    """Run the hand-over once; 0 when the exported GPUs are the listed ones."""
+    tmp = Path(tempfile.mkdtemp())
+    listed, stub = tmp / "gpus", tmp / "bin" / "vllm"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nsleep 1\n")
+    stub.chmod(0o755)
+    argv = ["exporter", "--host", "127.0.0.1", "--port", str(_PORT), "--gpus-file", str(listed)]
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "jouletune", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # the sidecar starts first and waits for the list
+        env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+        env["JOULETUNE_GPU_LIST"] = str(listed)
+        subprocess.run(["/bin/sh", "-c", engine_script(), "engine"], env=env, check=True)
+        metrics = ""
+        for _ in range(100):
+            if exporter.poll() is not None:
+                break  # it failed; its stderr says why
+            try:
+                _get(f"http://127.0.0.1:{_PORT}/healthz")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            metrics = _get(f"http://127.0.0.1:{_PORT}/metrics")
+            break
+    finally:
+        exporter.terminate()
+        _, err = exporter.communicate(timeout=10)
+    want = listed.read_text().split()
+    lines = [m for m in metrics.splitlines() if m.startswith("jouletune_gpu_energy_joules_total")]
+    got = sorted(m.split('uuid="')[1].split('"')[0] for m in lines)
+    print(f"listed by the engine script: {want}\nexported: {got}")
+    print(err.strip().splitlines()[-1] if err.strip() else "")
+    ok = got == sorted(want)
+    print("gpu_list_check: ok" if ok else "gpu_list_check: MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
