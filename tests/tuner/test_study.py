@@ -204,6 +204,9 @@ def test_bench_result_without_energy_fails_the_trial(tmp_path: Path) -> None:
     [
         ("sqlite:////nonexistent-dir/x/study.db", "unable to open database file"),
         ("postgresql://u:secret@127.0.0.1:1/db", "storage postgresql://u:***@127.0.0.1:1/db"),
+        # The driver SQLAlchemy picks for postgresql:// (psycopg, or psycopg2 before 2.1).
+        ("postgresql://u@127.0.0.1:1/db", "not installed (pip install"),
+        ("mysql+pymysql://u@127.0.0.1:1/db", "driver pymysql not installed (pip install PyMySQL)"),
         ("not a url", "Could not parse"),
     ],
 )

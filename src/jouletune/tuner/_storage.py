@@ -13,6 +13,13 @@ from optuna.storages import BaseStorage, RDBStorage
 __all__ = ["StorageError", "default_storage_url", "open_storage"]
 
 STUDY_DB = "study.db"
+# The PyPI packages behind the drivers SQLAlchemy imports for the usual URLs.
+_DRIVER_PACKAGES = {
+    "psycopg": "'jouletune[postgres]' or 'psycopg[binary]'",  # SQLAlchemy 2.1's default
+    "psycopg2": "psycopg2-binary",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+}
 
 
 class StorageError(RuntimeError):
@@ -31,12 +38,29 @@ def open_storage(url: str) -> BaseStorage:
         StorageError: one line naming the URL (password hidden) and the reason.
     """
     shown = _hide_password(url)
+    missing = _missing_driver(url)
+    if missing is not None:
+        hint = _DRIVER_PACKAGES.get(missing, missing)
+        raise StorageError(f"storage {shown}: driver {missing} not installed (pip install {hint})")
     try:
         return RDBStorage(url, skip_table_creation=False)
     except ModuleNotFoundError as err:
         raise StorageError(f"storage {shown}: driver not installed ({err.name})") from None
     except Exception as err:  # SQLAlchemy raises many types; all mean "cannot use this URL"
         raise StorageError(f"storage {shown}: {_first_line(err)}") from None
+
+
+def _missing_driver(url: str) -> str | None:
+    """The module SQLAlchemy needs for `url` when it is not installed, else None."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url).get_dialect().import_dbapi()
+    except ModuleNotFoundError as err:
+        return err.name
+    except Exception:  # a bad URL or dialect: RDBStorage says so in its own words
+        return None
+    return None
 
 
 def _first_line(err: BaseException) -> str:
