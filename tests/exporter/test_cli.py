@@ -210,9 +210,12 @@ def test_gpus_file_is_awaited_then_only_its_gpus_are_exported(tmp_path: Path) ->
     port = free_port()
     with (
         fake_sim_server(FakeSimState(num_gpus=4)) as sim_url,
-        _raw_exporter(_exporter_args(port, "--sim", sim_url, "--gpus-file", str(listed))),
+        _raw_exporter(_exporter_args(port, "--sim", sim_url, "--gpus-file", str(listed))) as proc,
     ):
-        time.sleep(1.0)
+        assert proc.stderr is not None
+        for line in proc.stderr:  # its log says when it waits; EOF if it died instead
+            if b"waiting for the GPU list" in line:
+                break
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             _get(f"http://127.0.0.1:{port}/healthz")  # not serving before the list exists
         listed.write_text("GPU-fake-2\n")

@@ -30,7 +30,7 @@ def test_open_reads_identity_and_range() -> None:
 def test_sample_all_reads_one_server_with_one_request() -> None:
     state = FakeSimState(num_gpus=8, power_w=420.0)
     with fake_sim_server(state) as url:
-        gpus = open_sim_gpus(url, indices=[5, 1, 7])
+        gpus = open_sim_gpus(url, selection=[5, 1, 7])
         state.gets = 0
         samples = sample_all(gpus)
         assert state.gets == 1
@@ -46,7 +46,7 @@ def test_unknown_index_is_a_value_error() -> None:
         fake_sim_server(FakeSimState(num_gpus=2)) as url,
         pytest.raises(ValueError, match=r"no GPU \[4\] on sim-server"),
     ):
-        open_sim_gpus(url, indices=[0, 4])
+        open_sim_gpus(url, selection=[0, 4])
 
 
 def test_unreachable_server_is_a_one_line_gpu_error() -> None:
@@ -68,7 +68,7 @@ def test_http_error_is_a_gpu_error_with_the_status() -> None:
 def test_set_power_limit_puts_watts() -> None:
     state = FakeSimState(num_gpus=2)
     with fake_sim_server(state) as url:
-        gpu = open_sim_gpus(url, indices=[1])[0]
+        gpu = open_sim_gpus(url, selection=[1])[0]
         gpu.set_power_limit_w(333.0)
         assert gpu.sample().power_limit_w == 333.0
     assert state.puts == [(1, 333.0)]

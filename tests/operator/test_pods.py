@@ -106,15 +106,15 @@ def _stub(folder: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("has_nvidia_smi", [True, False])
-def test_vllm_engine_lists_its_gpus_for_the_exporter_then_execs_vllm(
-    tmp_path: Path, has_nvidia_smi: bool
-) -> None:
-    # The engine's real command, run by a real shell, with nvidia-smi and vllm stubbed.
-    pod = build(
+def _vllm_pod() -> dict[str, Any]:
+    return build(
         {"backend": "vllm", "gpu": {"count": 2}},
         TrialConfig(tensor_parallel_size=2, max_num_seqs=8),
     )
+
+
+def test_vllm_engine_and_exporter_share_the_gpu_list() -> None:
+    pod = _vllm_pod()
     by_name = containers(pod)
     engine, exporter = by_name["engine"], by_name["exporter"]
     (listed,) = [e["value"] for e in engine["env"] if e["name"] == "JOULETUNE_GPU_LIST"]
@@ -124,22 +124,55 @@ def test_vllm_engine_lists_its_gpus_for_the_exporter_then_execs_vllm(
     assert {"name": "gpu-list", "mountPath": mount["mountPath"]} in engine["volumeMounts"]
     assert {"name": "gpu-list", "emptyDir": {}} in pod["spec"]["volumes"]
 
+
+def _run_engine(tmp_path: Path, nvidia_smi: str, visible: str) -> subprocess.CompletedProcess[str]:
+    """The engine's real command, run by a real shell, with nvidia-smi and vllm stubbed.
+
+    The nvidia-smi stub always exists, so that a GPU host's own nvidia-smi never answers.
+    """
+    engine = containers(_vllm_pod())["engine"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # A failing stub, not a missing one: a GPU host's own nvidia-smi must not answer here.
-    listing = "printf 'GPU-aaa\\nGPU-bbb\\n'" if has_nvidia_smi else "exit 9"
-    _stub(bin_dir, "nvidia-smi", listing)
+    _stub(bin_dir, "nvidia-smi", nvidia_smi)
     _stub(bin_dir, "vllm", f'printf "%s\\n" "$@" > {tmp_path}/vllm-argv')
-    out = tmp_path / "gpus"
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "JOULETUNE_GPU_LIST": str(out),
-        "NVIDIA_VISIBLE_DEVICES": "GPU-ccc,GPU-ddd",
+        "JOULETUNE_GPU_LIST": str(tmp_path / "gpus"),
+        "NVIDIA_VISIBLE_DEVICES": visible,
     }
-    subprocess.run([*engine["command"], *engine["args"]], env=env, check=True, timeout=30)
-    expected = "GPU-aaa\nGPU-bbb\n" if has_nvidia_smi else "GPU-ccc\nGPU-ddd\n"
-    assert out.read_text() == expected
-    assert (tmp_path / "vllm-argv").read_text().splitlines() == ["serve", *engine["args"]]
+    argv = [*engine["command"], *engine["args"]]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("nvidia_smi", "listed"),
+    [
+        ("printf 'GPU-aaa\\nGPU-bbb\\n'", "GPU-aaa\nGPU-bbb\n"),
+        # nvidia-smi prints its failures on stdout: they must not reach the list.
+        (
+            "echo 'Failed to initialize NVML: Driver/library version mismatch'; exit 18",
+            "GPU-ccc\nGPU-ddd\n",
+        ),
+    ],
+)
+def test_vllm_engine_lists_its_gpus_then_execs_vllm(
+    tmp_path: Path, nvidia_smi: str, listed: str
+) -> None:
+    result = _run_engine(tmp_path, nvidia_smi, visible="GPU-ccc,GPU-ddd")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gpus").read_text() == listed
+    args = containers(_vllm_pod())["engine"]["args"]
+    assert (tmp_path / "vllm-argv").read_text().splitlines() == ["serve", *args]
+
+
+@pytest.mark.parametrize("visible", ["all", ""])
+def test_vllm_engine_that_cannot_list_its_gpus_stops_with_the_reason(
+    tmp_path: Path, visible: str
+) -> None:
+    result = _run_engine(tmp_path, "exit 9", visible=visible)
+    assert result.returncode == 1
+    assert "engine: cannot tell which GPUs this container holds" in result.stderr
+    assert not (tmp_path / "gpus").exists() and not (tmp_path / "vllm-argv").exists()
 
 
 def test_sim_engine_is_the_simulator_without_gpus() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -62,6 +63,8 @@ def main(argv: list[str]) -> int:
         selection = args.gpus or _wait_for_gpus_file(args.gpus_file, args.gpus_file_timeout_s)
     except ValueError as err:
         return _fail(str(err), _EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return 0  # stopped while waiting: nothing was opened, nothing to restore
     source = _source(args.sim, selection)
     try:
         gpus = source.gpus()
@@ -129,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gpus-file-timeout-s",
-        type=float,
+        type=_positive_s,
         default=600.0,
         metavar="S",
         help="how long to wait for --gpus-file (default 600)",
@@ -144,39 +147,61 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _selection(text: str) -> list[GpuSelector]:
+    """`--gpus`: indices or UUIDs (argparse turns the ValueError into a usage error)."""
     try:
         return parse_selection(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _positive_s(text: str) -> float:
+    """A finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 def _wait_for_gpus_file(path: Path | None, timeout_s: float) -> list[GpuSelector] | None:
     """The GPUs listed in `path` once it exists and is not empty; None without a path.
 
     Raises:
-        ValueError: the file did not appear in time, or does not list GPUs.
+        ValueError: the file did not appear in time, cannot be read, or lists no GPUs.
     """
     if path is None:
         return None
     deadline = time.monotonic() + timeout_s
     _log.info("waiting for the GPU list in %s", path)
-    while not (path.is_file() and path.read_text().strip()):
+    while not (text := _read_if_there(path)):
         if time.monotonic() > deadline:
             raise ValueError(f"--gpus-file {path}: no GPU list after {timeout_s:g} s")
         time.sleep(_GPUS_FILE_POLL_S)
     try:
-        return parse_selection(path.read_text())
+        return parse_selection(text)
     except ValueError as err:
         raise ValueError(f"--gpus-file {path}: {err}") from None
 
 
-def _source(sim_url: str | None, indices: list[GpuSelector] | None) -> GpuSource:
+def _read_if_there(path: Path) -> str:
+    """The file's text without surrounding blanks; "" while it does not exist."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as err:
+        raise ValueError(f"--gpus-file {path}: cannot read it: {err.strerror}") from None
+
+
+def _source(sim_url: str | None, selection: list[GpuSelector] | None) -> GpuSource:
     if sim_url is not None:
         return GpuSource(
-            open_gpus=lambda: open_sim_gpus(sim_url, indices=indices),
+            open_gpus=lambda: open_sim_gpus(sim_url, selection=selection),
             where=f"sim-server {sim_url}",
         )
-    return GpuSource(open_gpus=lambda: open_nvml_gpus(indices), where="NVML")
+    return GpuSource(open_gpus=lambda: open_nvml_gpus(selection), where="NVML")
 
 
 def _serve_until_signal(server: ExporterServer) -> None:

@@ -105,15 +105,18 @@ def open_nvml_gpus(selection: Sequence[GpuSelector] | None = None) -> list[NvmlG
     count = _call("counting GPUs", pynvml.nvmlDeviceGetCount)
     if count == 0:
         raise NvmlUnavailableError("NVML found no GPU on this host")
-    uuids = {
-        i: str(_call(f"reading GPU {i}'s UUID", pynvml.nvmlDeviceGetUUID, _handle(i)))
-        for i in range(count)
-    }
+    # UUIDs are read only when asked for: a GPU that fails to answer must not stop an
+    # exporter that was told to read others by index.
+    if selection is not None and any(isinstance(s, str) for s in selection):
+        uuids = {i: _uuid(i) for i in range(count)}
+    else:
+        uuids = {i: "" for i in range(count)}
     return [NvmlGpu(index=i) for i in resolve_selection(selection, uuids, "this host")]
 
 
-def _handle(index: int) -> Any:
-    return _call(f"opening GPU {index}", pynvml.nvmlDeviceGetHandleByIndex, index)
+def _uuid(index: int) -> str:
+    handle = _call(f"opening GPU {index}", pynvml.nvmlDeviceGetHandleByIndex, index)
+    return str(_call(f"reading GPU {index}'s UUID", pynvml.nvmlDeviceGetUUID, handle))
 
 
 def nvml_versions() -> dict[str, str]:

@@ -148,10 +148,10 @@ class RemoteSimGpu:
 def open_sim_gpus(
     url: str,
     *,
-    indices: Sequence[GpuSelector] | None = None,
+    selection: Sequence[GpuSelector] | None = None,
     timeout_s: float = _DEFAULT_TIMEOUT_S,
 ) -> list[RemoteSimGpu]:
-    """The GPUs of the sim-server at `url` (all, or those `indices` names: indices or UUIDs).
+    """The GPUs of the sim-server at `url` (all, or those `selection` names: indices or UUIDs).
 
     Raises:
         GpuError: the server does not answer or answers malformed data.
@@ -160,7 +160,7 @@ def open_sim_gpus(
     client = _SimClient(url=url, timeout_s=timeout_s)
     found = client.read()
     uuids = {i: sample.uuid for i, (sample, _) in found.items()}
-    chosen = resolve_selection(indices, uuids, f"sim-server {url}")
+    chosen = resolve_selection(selection, uuids, f"sim-server {url}")
     return [
         RemoteSimGpu(
             client=client,

@@ -7,9 +7,12 @@ index 0 in one container is not index 0 in another.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 __all__ = ["GpuSelector", "parse_selection", "resolve_selection"]
+
+_INTEGER = re.compile(r"-?[0-9]+")
 
 GpuSelector = int | str
 """A GPU's index on its host, or its UUID."""
@@ -24,7 +27,7 @@ def parse_selection(text: str) -> list[GpuSelector]:
     parts = text.replace(",", " ").split()
     if not parts:
         raise ValueError("expected GPU indices or UUIDs like 0,1 or GPU-…, got nothing")
-    chosen: list[GpuSelector] = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+    chosen: list[GpuSelector] = [int(p) if _INTEGER.fullmatch(p) else p for p in parts]
     if any(isinstance(c, int) and c < 0 for c in chosen) or len(set(chosen)) != len(chosen):
         raise ValueError(f"GPU indices must be distinct and >= 0, UUIDs distinct, got {text!r}")
     return chosen
@@ -33,10 +36,12 @@ def parse_selection(text: str) -> list[GpuSelector]:
 def resolve_selection(
     selection: Sequence[GpuSelector] | None, uuids: Mapping[int, str], where: str
 ) -> list[int]:
-    """The indices `selection` names among `uuids` (index -> UUID); all of them for None.
+    """The indices `selection` names among `uuids` (index -> UUID, "" when not read).
+
+    All of them for None.
 
     Raises:
-        ValueError: a selector names no GPU of `where`.
+        ValueError: a selector names no GPU of `where`, or two name the same GPU.
     """
     if selection is None:
         return sorted(uuids)
@@ -44,6 +49,9 @@ def resolve_selection(
     indices = [by_uuid.get(s) if isinstance(s, str) else s for s in selection]
     missing = [s for s, i in zip(selection, indices, strict=True) if i is None or i not in uuids]
     if missing:
-        known = ", ".join(f"{i}={uuids[i]}" for i in sorted(uuids))
+        known = ", ".join(f"{i}={uuids[i]}" if uuids[i] else str(i) for i in sorted(uuids))
         raise ValueError(f"no GPU {missing} on {where}; it has {known}")
-    return [i for i in indices if i is not None]
+    chosen = [i for i in indices if i is not None]
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"GPUs {list(selection)} name the same GPU twice on {where}")
+    return chosen

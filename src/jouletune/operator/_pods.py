@@ -60,15 +60,21 @@ ENGINE_PORT_NAME = "http"
 EXPORTER_PORT_NAME = "metrics"
 # The device plugin hands GPUs to the engine container; the exporter sidecar sees the whole
 # node, so the engine writes its GPUs' UUIDs to a shared volume and the exporter reads only
-# (and caps only) those. nvidia-smi first; the device plugin's variable if it is missing.
+# (and caps only) those. nvidia-smi first, the device plugin's variable if nvidia-smi fails;
+# anything that is not a list of UUIDs or indices stops the engine with the reason.
 GPU_LIST_VOLUME = "gpu-list"
 GPU_LIST_DIR = "/var/run/jouletune"
 GPU_LIST_FILE = f"{GPU_LIST_DIR}/gpus"
 ENV_GPU_LIST = "JOULETUNE_GPU_LIST"
 ENGINE_SCRIPT = """set -e
-{ nvidia-smi --query-gpu=uuid --format=csv,noheader ||
-  printf '%s\\n' "$NVIDIA_VISIBLE_DEVICES" | tr , '\\n'; } > "$JOULETUNE_GPU_LIST.tmp"
-mv "$JOULETUNE_GPU_LIST.tmp" "$JOULETUNE_GPU_LIST"
+f="$JOULETUNE_GPU_LIST"
+nvidia-smi --query-gpu=uuid --format=csv,noheader > "$f.tmp" 2>/dev/null ||
+  printf '%s\\n' "$NVIDIA_VISIBLE_DEVICES" | tr , '\\n' > "$f.tmp"
+if [ ! -s "$f.tmp" ] || grep -Evxq '(GPU|MIG)-[[:alnum:]/-]+|[0-9]+' "$f.tmp"; then
+  echo "engine: cannot tell which GPUs this container holds: $(tr '\\n' ' ' < "$f.tmp")" >&2
+  exit 1
+fi
+mv "$f.tmp" "$f"
 exec vllm serve "$@"
 """
 # A label value holds at most 63 characters; longer benchmark names are cut and hashed.

@@ -66,7 +66,7 @@ async def run_trial(plan: PodPlan) -> CompactResult:
         return CompactResult.failure("InvalidPlan", str(err).splitlines()[0])
     try:
         gpus = (
-            open_sim_gpus(plan.engine_url, indices=plan.gpu_indices)
+            open_sim_gpus(plan.engine_url, selection=plan.gpu_indices)
             if plan.set_power_limit_w is not None
             else []
         )

@@ -300,7 +300,7 @@ class SimRunner(_ProcessRunner):
     def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
         if self._read_only:
             return []
-        return list(open_sim_gpus(server_url, indices=range(config.tensor_parallel_size)))
+        return list(open_sim_gpus(server_url, selection=range(config.tensor_parallel_size)))
 
 
 class LocalRunner(_ProcessRunner):
