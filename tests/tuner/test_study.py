@@ -21,6 +21,7 @@ from jouletune.tuner import (
     open_storage,
     parse_spec,
 )
+from jouletune.tuner._boundary import brackets_closed
 from tests.tuner.synthetic import measured
 
 SPACE: dict[str, Any] = {
@@ -171,6 +172,36 @@ def test_bracket_probes_where_the_latency_line_crosses_the_slo(tmp_path: Path) -
     plans = _run(study)
     assert [p.point.server.max_num_seqs for p in plans] == [256, 48, 160]
     assert [r.feasible for r in study.measured()] == [False, True, True]
+
+
+def test_a_latency_knee_costs_no_more_starts_than_bisection(tmp_path: Path) -> None:
+    # 128 values; p90 TPOT is nearly flat until 600 sequences, then climbs. The line through
+    # the bracket ends crosses the SLO just above `lo` every time: without the midpoint floor
+    # the bracket crept up 544, 560, ... (10 starts); with it, it halves (8: bisection's).
+    seqs = list(range(8, 1025, 8))
+
+    def knee(point: PointConfig) -> TrialOutcome:
+        n = point.server.max_num_seqs
+        tpot = 6.0 + 0.01 * n + 0.02 * max(0, n - 600)
+        result = dict(measured(point).result or {})
+        result["tpot_ms"] = {"mean": tpot, "p50": tpot, "p90": tpot, "p99": tpot}
+        return TrialOutcome(result=result, duration_s=30.0)
+
+    spec = _spec(
+        searchSpace={"maxNumSeqs": seqs, "baselineMaxNumSeqs": 1024},
+        slos=[{"metric": "tpot_p90", "maxMs": 12}],
+        budget={"maxTrials": 40, "finalistRepeats": 0},
+    )
+    storage = open_storage(default_storage_url(tmp_path))
+    study = Study.open(spec=spec, name="knee", storage=storage, read_only=True)
+    probes = []
+    while not brackets_closed(study.records(), study.grid):
+        plan = study.ask()
+        assert plan is not None
+        study.tell(plan, knee(plan.point))
+        probes.append(plan.point.server.max_num_seqs)
+    assert len(probes) <= 8, probes  # the baseline + log2(128)
+    assert {600, 608} <= set(probes)  # closed where it should be: 600 meets 12 ms, 608 not
 
 
 def test_rebuilt_from_records_continues_by_number(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ boundary s*, with a cap no lower than a boundary cap for each, and the minimum-e
 sits on that boundary. The search:
 
 1. brackets s* over max_num_seqs, uncapped (one server start each): at the midpoint until
-   both ends of the bracket are measured, then where the line through the two ends' latencies
-   crosses the SLO (regula falsi). At a full batch, latency grows close to linearly with
-   max_num_seqs (the H100 sweep: 0.070, 0.078, 0.080 ms per sequence from 32 to 256) and a
-   little faster than linearly, so the line's crossing is the largest feasible value or just
-   below it;
+   both ends of the bracket are measured, then at the largest value under the SLO crossing of
+   the line through the two ends' latencies (regula falsi), but never below the midpoint. At
+   a full batch (`workload.saturate`) latency grows close to linearly with max_num_seqs (the
+   H100 sweep: 0.070, 0.078, 0.080 ms per sequence from 32 to 256); with fixed client counts
+   it flattens above them, and the midpoint floor bounds what a bad line can cost;
 2. walks the boundary from s* downwards: at each max_num_seqs it lowers the cap while the
    point stays feasible and J/token keeps falling (no restart), then moves one max_num_seqs
    down, starting from the lowest cap that was feasible above; it stops at the first
@@ -40,6 +40,8 @@ BINDS_RATIO = 0.95
 # misses its SLO by less than this fraction of the bound may meet it on another run: it does
 # not stop a walk down the power axis (it is still never recommended unless measured feasible).
 SLO_NOISE_RATIO = 0.03
+# Float slack when comparing a max_num_seqs value with the interpolated SLO crossing.
+_CROSSING_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -138,17 +140,22 @@ def _bisection_step(
     lo, hi = _bracket(family, usable, seqs)
     if hi - lo <= 1:
         return None
-    index = _interpolated(family, usable, seqs, lo, hi)
-    if index is None:
-        index = (lo + hi) // 2
+    # Never below the midpoint: where latency bends upwards the line's crossing would creep
+    # up from `lo` one value per server start; the midpoint at least halves the bracket.
+    midpoint = (lo + hi) // 2
+    interpolated = _interpolated(family, usable, seqs, lo, hi)
+    index = midpoint if interpolated is None else max(midpoint, interpolated)
     return PointConfig(server=family.server(seqs[index]), power_limit_w=None)
 
 
 def _interpolated(
     family: _Family, usable: Sequence[TrialRecord], seqs: list[int], lo: int, hi: int
 ) -> int | None:
-    """The index strictly inside (lo, hi) at or below the SLO crossing of the line through the
-    bracket ends' latencies; None unless both ends were measured and an SLO binds between."""
+    """The largest index inside (lo, hi) at or below the line's SLO crossing, or None.
+
+    The line runs through the two bracket ends' measured latencies; None unless both ends
+    were measured and an SLO binds between them.
+    """
     if lo < 0 or hi >= len(seqs):
         return None
     low, high = _uncapped(family, usable, seqs[lo]), _uncapped(family, usable, seqs[hi])
@@ -163,7 +170,8 @@ def _interpolated(
             crossings.append(low.max_num_seqs + share * (high.max_num_seqs - low.max_num_seqs))
     if not crossings:
         return None
-    below = [i for i in range(lo + 1, hi) if seqs[i] <= min(crossings)]
+    # A crossing computed as 159.99999999999997 must still admit 160.
+    below = [i for i in range(lo + 1, hi) if seqs[i] <= min(crossings) + _CROSSING_SLACK]
     return max(below, default=lo + 1)
 
 
