@@ -36,14 +36,29 @@ def _load(folder: Path) -> dict[str, Any]:
 
 
 def _grid_best(folder: Path) -> tuple[float, str]:
-    """The lowest J/token among the grid's measured feasible trials (`trials.csv`)."""
-    with (folder / "trials.csv").open(newline="") as f:
-        rows = [
-            r for r in csv.DictReader(f) if r["state"] == "complete" and r["feasible"] == "True"
-        ]
-    if not rows:
-        raise SystemExit("compare_tune_grid: error: the grid has no feasible trial")
-    best = min(rows, key=lambda r: float(r["energy_per_output_token_j"]))
+    """The lowest J/token among the grid's first measurements of feasible points.
+
+    Checks that the study was a grid (`run.json`) and measured every max_num_seqs value.
+    """
+    try:
+        run = json.loads((folder / "run.json").read_text())
+        with (folder / "trials.csv").open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["state"] == "complete"]
+        space = run["spec"]["searchSpace"]
+        values = {*space["maxNumSeqs"], space.get("baselineMaxNumSeqs", 256)}
+        sampler = run["spec"].get("sampler")
+    except (OSError, ValueError, KeyError) as err:
+        raise _InputError(f"{folder}: {err!r}") from None
+    if sampler != "grid":
+        raise _InputError(f"{folder}: sampler {sampler!r}, not an exhaustive grid")
+    rows = [r for r in rows if r["role"] != "finalist"]  # repeats would bias the minimum low
+    missing = values - {int(r["max_num_seqs"]) for r in rows}
+    if missing:
+        raise _InputError(f"{folder}: the grid never measured max_num_seqs {sorted(missing)}")
+    feasible = [r for r in rows if r["feasible"] == "True"]
+    if not feasible:
+        raise _InputError(f"{folder}: the grid has no feasible trial")
+    best = min(feasible, key=lambda r: float(r["energy_per_output_token_j"]))
     return float(best["energy_per_output_token_j"]), f"max_num_seqs {best['max_num_seqs']}"
 
 
@@ -58,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except _InputError as err:
         print(f"compare_tune_grid: error: {err}", file=sys.stderr)
         return 2
-    rec = tune["recommended"]
+    rec = tune.get("recommended")
+    if not rec:
+        print(f"compare_tune_grid: the tune recommended nothing ({tune.get('verdict')})")
+        return 1
     gap = rec["energy_per_output_token_j"] / best_j - 1
     starts = tune["server_starts"] / grid["server_starts"]
     print(

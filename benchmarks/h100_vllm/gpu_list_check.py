@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 _PODS = Path(__file__).resolve().parents[2] / "src" / "jouletune" / "operator" / "_pods.py"
-_PORT = 9461
 
 
 def engine_script() -> str:
@@ -37,39 +37,37 @@ def _get(url: str) -> str:
         return str(resp.read().decode())
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main() -> int:
     """Run the hand-over once; 0 when the exported GPUs are the listed ones."""
-    tmp = Path(tempfile.mkdtemp())
-    listed, stub = tmp / "gpus", tmp / "bin" / "vllm"
-    stub.parent.mkdir()
-    stub.write_text("#!/bin/sh\nsleep 1\n")
-    stub.chmod(0o755)
-    argv = ["exporter", "--host", "127.0.0.1", "--port", str(_PORT), "--gpus-file", str(listed)]
-    exporter = subprocess.Popen(
-        [sys.executable, "-m", "jouletune", *argv],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.0)  # the sidecar starts first and waits for the list
-        env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
-        env["JOULETUNE_GPU_LIST"] = str(listed)
-        subprocess.run(["/bin/sh", "-c", engine_script(), "engine"], env=env, check=True)
-        metrics = ""
-        for _ in range(100):
-            if exporter.poll() is not None:
-                break  # it failed; its stderr says why
-            try:
-                _get(f"http://127.0.0.1:{_PORT}/healthz")
-            except OSError:
-                time.sleep(0.2)
-                continue
-            metrics = _get(f"http://127.0.0.1:{_PORT}/metrics")
-            break
-    finally:
-        exporter.terminate()
-        _, err = exporter.communicate(timeout=10)
-    want = listed.read_text().split()
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        listed, stub, port = tmp / "gpus", tmp / "bin" / "vllm", _free_port()
+        stub.parent.mkdir()
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+        argv = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--gpus-file", str(listed)]
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "jouletune", *argv], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert exporter.stderr is not None
+            for line in exporter.stderr:  # the sidecar starts first and waits for the list
+                if "waiting for the GPU list" in line:
+                    break
+            env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+            env["JOULETUNE_GPU_LIST"] = str(listed)
+            subprocess.run(["/bin/sh", "-c", engine_script(), "engine"], env=env, check=True)
+            metrics = _scrape(exporter, f"http://127.0.0.1:{port}")
+        finally:
+            exporter.terminate()
+            _, err = exporter.communicate(timeout=10)
+        want = listed.read_text().split()
     lines = [m for m in metrics.splitlines() if m.startswith("jouletune_gpu_energy_joules_total")]
     got = sorted(m.split('uuid="')[1].split('"')[0] for m in lines)
     print(f"listed by the engine script: {want}\nexported: {got}")
@@ -77,6 +75,20 @@ def main() -> int:
     ok = got == sorted(want)
     print("gpu_list_check: ok" if ok else "gpu_list_check: MISMATCH")
     return 0 if ok else 1
+
+
+def _scrape(exporter: subprocess.Popen[str], url: str) -> str:
+    """/metrics once /healthz answers; "" if the exporter died first (its stderr says why)."""
+    for _ in range(100):
+        if exporter.poll() is not None:
+            return ""
+        try:
+            _get(f"{url}/healthz")
+        except OSError:
+            time.sleep(0.2)
+            continue
+        return _get(f"{url}/metrics")
+    return ""
 
 
 if __name__ == "__main__":

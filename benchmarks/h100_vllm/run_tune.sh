@@ -11,12 +11,17 @@ rm -rf /tmp/jt && mkdir -p /tmp/jt && cp -r src benchmarks/h100_vllm/tune.yaml /
 export PYTHONPATH=/tmp/jt/src:/tmp/site:/tmp/site2 VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export JOULETUNE_VLLM_CMD="${JOULETUNE_VLLM_CMD:-python3 -m vllm.entrypoints.cli.main serve}"
 cd /tmp/jt
+# The grid: the same spec with `sampler: grid` and a budget of one trial per value.
+values=$(grep -o 'maxNumSeqs: \[[^]]*\]' tune.yaml | tr -cd ',' | wc -c)
 sed -e 's/name: h100-vllm-tune/name: h100-vllm-grid/' -e 's/^  backend: vllm$/&\n  sampler: grid/' \
-  -e 's/maxTrials: 3/maxTrials: 6/' tune.yaml > grid.yaml
+  -e "s/maxTrials: [0-9]*/maxTrials: $((values + 1))/" tune.yaml > grid.yaml
+grep -q '^  sampler: grid$' grid.yaml || { echo "run_tune: could not make grid.yaml" >&2; exit 2; }
 for study in tune grid; do
   echo "run_tune: $study starts at $(date +%T)"
   python3 -m jouletune tune "$study.yaml" --backend local --out "$OUT/$study"
-  echo "run_tune: $study exit $? at $(date +%T)"
+  code=$?
+  echo "run_tune: $study exit $code at $(date +%T)"
+  echo "$study $code" >> "$OUT/exit_codes"
 done
 { nvidia-smi --query-gpu=name,driver_version,power.limit,power.default_limit --format=csv,noheader
   python3 -c "import torch, vllm, optuna; print('torch', torch.__version__, 'cuda', torch.version.cuda)

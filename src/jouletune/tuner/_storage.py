@@ -57,7 +57,7 @@ def _missing_driver(url: str) -> str | None:
 
         make_url(url).get_dialect().import_dbapi()
     except ModuleNotFoundError as err:
-        return err.name
+        return err.name or "for this URL"
     except Exception:  # a bad URL or dialect: RDBStorage says so in its own words
         return None
     return None

@@ -142,7 +142,7 @@ class WorkloadSpec(_Model):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _dataset_path_needed(self) -> WorkloadSpec:
+    def _consistent_workload(self) -> WorkloadSpec:
         if self.dataset != "random" and not self.dataset_path:
             raise ValueError(f"datasetPath is required for dataset {self.dataset!r}")
         if self.saturate and not math.isinf(self.request_rate):
