@@ -110,6 +110,9 @@ class RealPoint:
     figures: Figures
 
 
+Row = tuple[RealPoint, Figures]
+
+
 def load_points(folder: Path) -> list[RealPoint]:
     """Every bench result in `folder`; raises _InputError on a bad file.
 
@@ -239,6 +242,18 @@ def simulate_server(points: list[RealPoint], *, prefix_caching: bool = True) -> 
     return figures
 
 
+def replay_all(points: list[RealPoint], *, prefix_caching: bool = True) -> list[Row]:
+    """Every point next to its replay; each real server replayed once, its runs in order."""
+    by_server: dict[str, list[RealPoint]] = defaultdict(list)
+    for point in points:
+        by_server[point.server].append(point)
+    rows: list[Row] = []
+    for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
+        runs = sorted(by_server[server], key=lambda p: p.window_start_unix_s)
+        rows += zip(runs, simulate_server(runs, prefix_caching=prefix_caching), strict=True)
+    return rows
+
+
 def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency: int) -> Figures:
     records = [
         RequestRecord(
@@ -283,9 +298,6 @@ def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency:
 
 def _err(sim: float, real: float) -> float:
     return sim / real - 1
-
-
-Row = tuple[RealPoint, Figures]
 
 
 def _key(point: RealPoint) -> tuple[int, int, int, int, int]:
@@ -382,27 +394,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        points = load_points(args.results)
-        by_server: dict[str, list[RealPoint]] = defaultdict(list)
-        for point in points:
-            by_server[point.server].append(point)
         started_s = time.perf_counter()
-        rows: list[tuple[RealPoint, Figures]] = []
-        for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
-            runs = sorted(by_server[server], key=lambda p: p.window_start_unix_s)
-            sims = simulate_server(runs, prefix_caching=not args.no_prefix_caching)
-            rows += zip(runs, sims, strict=True)
+        rows = replay_all(load_points(args.results), prefix_caching=not args.no_prefix_caching)
         elapsed_s = time.perf_counter() - started_s
     except _InputError as err:
         print(f"sim_fidelity: error: {err}", file=sys.stderr)
         return 2
+    errors = gate(rows)
     print(
         f"# sim_fidelity: jouletune {__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; {len(rows)} real points from {args.results}; prefix caching "
-        f"{'off' if args.no_prefix_caching else 'on'}; "
+        f"{os.cpu_count()} CPUs; {len(rows)} real measurements of {len(errors)} points from "
+        f"{args.results}; prefix caching {'off' if args.no_prefix_caching else 'on'}; "
         f"simulated in {elapsed_s:.1f} s\n"
     )
-    errors = gate(rows)
     misses = sum(_misses(e) for e in errors.values())
     print_table(rows, errors)
     print()
