@@ -19,6 +19,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import optuna
@@ -81,14 +82,18 @@ def tune_main(argv: list[str]) -> int:
     if done or abandoned:
         err.print(f"resuming: {done} trials measured, {len(abandoned)} interrupted will rerun")
     interrupted = False
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt where the loop is, rather than asyncio.run's
+    # own SIGINT handling, which cancels the main task: twice in full test runs that
+    # cancellation was lost on its way (Python 3.11) and the study ran on to exit 0.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Progress(spec=setup.spec, console=err, done=done) as progress:
             asyncio.run(run_study(setup.study, runner, out_dir=setup.out_dir, observer=progress))
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     rec = _finish(setup)
     if interrupted:
         err.print(
@@ -98,6 +103,10 @@ def tune_main(argv: list[str]) -> int:
     print(rec.message)
     print(f"report: {setup.out_dir / 'report.html'}")
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def report_main(argv: list[str]) -> int:
