@@ -168,7 +168,11 @@ class _Running:
         try:
             with power_limit(self.gpus, cap):
                 limit_w = _limit_now(self.gpus)
-                result = await asyncio.wait_for(run_bench(config), self.spec.budget.trial_timeout_s)
+                # asyncio.timeout, not wait_for: the bench runs in this task, so a Ctrl-C
+                # (a cancellation) reaches it directly; Python 3.11's wait_for can drop a
+                # cancellation that arrives as its inner task finishes.
+                async with asyncio.timeout(self.spec.budget.trial_timeout_s):
+                    result = await run_bench(config)
         except TimeoutError:
             reason = f"timed out after {self.spec.budget.trial_timeout_s:g} s (server hung?)"
             return self._failed(reason, start, limit_w)

@@ -82,18 +82,16 @@ def tune_main(argv: list[str]) -> int:
     if done or abandoned:
         err.print(f"resuming: {done} trials measured, {len(abandoned)} interrupted will rerun")
     interrupted = False
-    # Ctrl-C and SIGTERM raise KeyboardInterrupt where the loop is, rather than asyncio.run's
-    # own SIGINT handling, which cancels the main task: twice in full test runs that
-    # cancellation was lost on its way (Python 3.11) and the study ran on to exit 0.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGTERM acts as Ctrl-C: inside asyncio.run that cancels the study's task, so servers
+    # stop and power limits are restored on the way out, then KeyboardInterrupt is raised.
+    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         with Progress(spec=setup.spec, console=err, done=done) as progress:
             asyncio.run(run_study(setup.study, runner, out_dir=setup.out_dir, observer=progress))
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, previous)
     rec = _finish(setup)
     if interrupted:
         err.print(
@@ -105,8 +103,8 @@ def tune_main(argv: list[str]) -> int:
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def report_main(argv: list[str]) -> int:
