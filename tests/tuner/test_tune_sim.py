@@ -36,7 +36,10 @@ def _port_free(port: int) -> bool:
     return not port_busy("127.0.0.1", port)
 
 
-def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     # Five trials, so that on a loaded machine the Ctrl-C still lands while trials remain
     # (the first cap is trial 1; with three the study could end before the signal).
     config = write_spec(tmp_path / "tiny.yaml", max_trials=5)
@@ -50,7 +53,7 @@ def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(tmp_path: Path) -> 
             proc=proc,
             what="a power cap",
         )
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         assert proc.wait(60) == 130
     finally:
         if proc.poll() is None:

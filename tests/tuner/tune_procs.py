@@ -26,6 +26,14 @@ spec:
 """
 
 
+# `jouletune` with Ctrl-C enabled: a test run from a background job inherits SIGINT ignored,
+# which the tuner rightly respects (as under nohup), so reset it, then exec.
+_WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'jouletune', *sys.argv[1:]])"
+)
+
+
 def write_spec(path: Path, *, slo_ms: float = 14, max_trials: int = 3, repeats: int = 0) -> Path:
     """A tiny quickstart-like spec file."""
     path.write_text(TINY_SPEC.format(slo_ms=slo_ms, max_trials=max_trials, repeats=repeats))
@@ -39,7 +47,7 @@ def start_tune(
     log_path = out.with_suffix(".log")
     log = open(log_path, "ab")  # noqa: SIM115 - closed by the process's end (see finish)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jouletune", "tune", str(config), "--out", str(out), *extra],
+        [sys.executable, "-c", _WITH_CTRL_C, "tune", str(config), "--out", str(out), *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

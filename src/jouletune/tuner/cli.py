@@ -17,10 +17,10 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import optuna
 from rich.console import Console
@@ -81,17 +81,12 @@ def tune_main(argv: list[str]) -> int:
     done = len([r for r in setup.study.measured() if r.role.value != "finalist"])
     if done or abandoned:
         err.print(f"resuming: {done} trials measured, {len(abandoned)} interrupted will rerun")
-    interrupted = False
-    # SIGTERM acts as Ctrl-C: inside asyncio.run that cancels the study's task, so servers
-    # stop and power limits are restored on the way out, then KeyboardInterrupt is raised.
-    previous = signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         with Progress(spec=setup.spec, console=err, done=done) as progress:
-            asyncio.run(run_study(setup.study, runner, out_dir=setup.out_dir, observer=progress))
-    except KeyboardInterrupt:
+            study = run_study(setup.study, runner, out_dir=setup.out_dir, observer=progress)
+            interrupted = asyncio.run(_until_signalled(study))
+    except KeyboardInterrupt:  # Ctrl-C outside the event loop
         interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     rec = _finish(setup)
     if interrupted:
         err.print(
@@ -103,8 +98,34 @@ def tune_main(argv: list[str]) -> int:
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
 
 
-def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    signal.raise_signal(signal.SIGINT)
+async def _until_signalled(work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work`; SIGTERM, and Ctrl-C unless this process ignores SIGINT, cancel it.
+
+    Cancelling unwinds the study: servers stop and power limits are restored on the way
+    out. Returns True when a signal ended it.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # e.g. under nohup: respected
+        signals.append(signal.SIGINT)
+    hits: list[int] = []
+
+    def cancel(signum: int) -> None:
+        hits.append(signum)
+        task.cancel()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, cancel, signum)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not hits:
+            raise
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    return bool(hits)
 
 
 def report_main(argv: list[str]) -> int:
