@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-__all__ = ["port_arg"]
+__all__ = ["port_arg", "seconds_arg"]
 
 
 def port_arg(text: str) -> int:
@@ -16,3 +17,14 @@ def port_arg(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
     return port
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse `type=` for a duration: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0 (and finite), got {text}")
+    return value

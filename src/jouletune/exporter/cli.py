@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
@@ -29,7 +28,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
-from jouletune.exporter._args import port_arg
+from jouletune.exporter._args import port_arg, seconds_arg
 from jouletune.exporter._collector import GpuCollector
 from jouletune.exporter._server import ExporterServer, make_app
 from jouletune.exporter._source import GpuSource
@@ -132,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--gpus-file-timeout-s",
-        type=_positive_s,
+        type=seconds_arg,
         default=600.0,
         metavar="S",
         help="how long to wait for --gpus-file (default 600)",
@@ -152,17 +151,6 @@ def _selection(text: str) -> list[GpuSelector]:
         return parse_selection(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive_s(text: str) -> float:
-    """A finite number of seconds above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
 
 
 def _wait_for_gpus_file(path: Path | None, timeout_s: float) -> list[GpuSelector] | None:

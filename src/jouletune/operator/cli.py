@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jouletune.exporter import port_arg  # here: `trial` and `crd` need no exporter
+    # here: `trial` and `crd` need no exporter
+    from jouletune.exporter import port_arg, seconds_arg
 
     parser = _Parser(
         prog=_PROG,
@@ -70,13 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--reconcile-interval",
-        type=_positive,
+        type=seconds_arg,
         metavar="S",
         help="seconds between looks at a benchmark when no pod event arrives (default 10)",
     )
     parser.add_argument(
         "--unschedulable-timeout",
-        type=_positive,
+        type=seconds_arg,
         metavar="S",
         help="seconds a trial pod may stay Unschedulable (default 300)",
     )
@@ -128,16 +129,6 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
     )
     return 0
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _fail(message: str) -> int:
