@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,10 @@ from rich.table import Table
 
 from jouletune import __version__
 from jouletune.loadgen import BenchConfig, BenchResult, run_bench
+
+# The repository root, for the tests' process helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.procs import free_port
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ITL_TOLERANCE = 0.02
@@ -80,12 +83,6 @@ def _cores() -> tuple[int, int]:
     if len(cores) < 2:
         raise SystemExit("loadgen_throughput: needs two CPU cores (one each for bench and sim)")
     return cores[0], cores[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get_json(url: str) -> Any:
@@ -287,7 +284,7 @@ def main() -> int:
     _LOADAVG_BEFORE[:] = [f"{x:.2f}" for x in os.getloadavg()]
     bench_core, sim_core = _cores()
     os.sched_setaffinity(0, {bench_core})
-    port = _free_port()
+    port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix="loadgen-bench-")) / "sim.log"
     sim = _start_sim(port, sim_core, max(levels), log_path)
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-_PODS = Path(__file__).resolve().parents[2] / "src" / "jouletune" / "operator" / "_pods.py"
+_ROOT = Path(__file__).resolve().parents[2]
+_PODS = _ROOT / "src" / "jouletune" / "operator" / "_pods.py"
+# The repository root, for the tests' process helpers.
+sys.path.insert(0, str(_ROOT))
+from tests.procs import free_port  # noqa: E402
 
 
 def engine_script() -> str:
@@ -37,17 +40,11 @@ def _get(url: str) -> str:
         return str(resp.read().decode())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> int:
     """Run the hand-over once; 0 when the exported GPUs are the listed ones."""
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        listed, stub, port = tmp / "gpus", tmp / "bin" / "vllm", _free_port()
+        listed, stub, port = tmp / "gpus", tmp / "bin" / "vllm", free_port()
         stub.parent.mkdir()
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
