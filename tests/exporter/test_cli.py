@@ -17,18 +17,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from jouletune.contract import GPU_ENERGY, GPU_METRICS
 from jouletune.gpu import open_sim_gpus, power_limit
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
 from tests.procs import free_port, jouletune_process, stop
 
+# Family names as the parser reports them: a counter's without `_total`.
 METRICS = {
-    "jouletune_gpu_energy_joules": "counter",
-    "jouletune_gpu_power_watts": "gauge",
-    "jouletune_gpu_power_limit_watts": "gauge",
-    "jouletune_gpu_sm_clock_hertz": "gauge",
-    "jouletune_gpu_utilization_ratio": "gauge",
-    "jouletune_gpu_memory_used_bytes": "gauge",
-    "jouletune_gpu_temperature_celsius": "gauge",
+    name.removesuffix("_total"): "counter" if name == GPU_ENERGY else "gauge"
+    for name in GPU_METRICS
 }
 
 

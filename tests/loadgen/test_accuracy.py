@@ -24,13 +24,9 @@ from typing import Any
 
 import pytest
 
+from jouletune.contract import RESULT_KEYS
 from tests.loadgen.conftest import SimStack, bench_args, run_bench_cli, sim_stack, truth
 
-DESIGN_KEYS = {
-    "config", "workload", "completed", "failed", "duration_s", "window", "ttft_ms", "tpot_ms",
-    "itl_ms", "e2el_ms", "request_throughput", "output_token_throughput", "energy_j",
-    "energy_per_output_token_j", "energy_per_request_j", "avg_power_w", "gpus", "avg_batch_size",
-}  # fmt: skip
 TOLERANCE = 0.02
 
 
@@ -83,7 +79,7 @@ def test_latency_and_energy_match_simulator_truth(
     assert run.returncode == 0, run.stderr
     res = run.result
     assert res is not None and res["valid"] and not res["partial"]
-    assert res.keys() >= DESIGN_KEYS
+    assert res.keys() >= set(RESULT_KEYS)
     w = res["window"]
     t = truth(chunked.sim.url, w["start_unix_s"], w["end_unix_s"])
     covered = {q["request_id"] for q in res["requests"] if q["in_window"] and q["cohort"]}

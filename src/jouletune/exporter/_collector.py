@@ -2,7 +2,7 @@
 
 Nothing is registered at import; callers pass the registry (`registry.register(collector)`),
 and every scrape builds fresh metric families, as prometheus_client's custom-collector guide
-does. Metric names and labels are the contract in DESIGN.md.
+does. Metric names and labels are the contract (jouletune.contract, docs/contract.md).
 """
 
 from __future__ import annotations
@@ -13,6 +13,17 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jouletune.contract import (
+    GPU_ENERGY,
+    GPU_ENERGY_ESTIMATED,
+    GPU_LABELS,
+    GPU_MEMORY_USED,
+    GPU_POWER,
+    GPU_POWER_LIMIT,
+    GPU_SM_CLOCK,
+    GPU_TEMPERATURE,
+    GPU_UTILIZATION,
+)
 from jouletune.gpu import GpuSample
 
 __all__ = ["GpuCollector"]
@@ -26,25 +37,25 @@ class _Gauge:
     value: Callable[[GpuSample], float | None]
 
 
-_ENERGY_NAME = "jouletune_gpu_energy_joules"  # exposed as ..._total
+_ENERGY_NAME = GPU_ENERGY.removesuffix("_total")  # prometheus_client adds the suffix
 _ENERGY_DOC = (
     "Energy the GPU consumed, joules (NVML total-energy counter; take differences between scrapes)"
 )
 _GAUGES: tuple[_Gauge, ...] = (
-    _Gauge("jouletune_gpu_power_watts", "GPU power draw as NVML reports it, watts", "watts",
+    _Gauge(GPU_POWER, "GPU power draw as NVML reports it, watts", "watts",
            lambda s: s.power_w),
-    _Gauge("jouletune_gpu_power_limit_watts", "GPU power-management limit, watts", "watts",
+    _Gauge(GPU_POWER_LIMIT, "GPU power-management limit, watts", "watts",
            lambda s: s.power_limit_w),
-    _Gauge("jouletune_gpu_sm_clock_hertz", "GPU SM clock, hertz", "hertz",
+    _Gauge(GPU_SM_CLOCK, "GPU SM clock, hertz", "hertz",
            lambda s: s.sm_clock_hz),
-    _Gauge("jouletune_gpu_utilization_ratio",
+    _Gauge(GPU_UTILIZATION,
            "Fraction of the last sample period in which a kernel ran on the GPU (0-1)", "ratio",
            lambda s: s.utilization_ratio),
-    _Gauge("jouletune_gpu_memory_used_bytes", "GPU memory in use, bytes", "bytes",
+    _Gauge(GPU_MEMORY_USED, "GPU memory in use, bytes", "bytes",
            lambda s: float(s.memory_used_bytes)),
-    _Gauge("jouletune_gpu_temperature_celsius", "GPU temperature, degrees Celsius", "celsius",
+    _Gauge(GPU_TEMPERATURE, "GPU temperature, degrees Celsius", "celsius",
            lambda s: s.temperature_c),
-    _Gauge("jouletune_gpu_energy_estimated",
+    _Gauge(GPU_ENERGY_ESTIMATED,
            "1 when the GPU has no energy counter and the energy counter integrates sampled "
            "power instead (less accurate), else 0", "",
            lambda s: 1.0 if s.energy_estimated else 0.0),
@@ -74,7 +85,7 @@ class GpuCollector(Collector):
             self._extra["pod"] = pod
         if namespace:
             self._extra["namespace"] = namespace
-        self._label_names = ["gpu", "uuid", "model_name", *self._extra]
+        self._label_names = [*GPU_LABELS, *self._extra]
 
     def describe(self) -> Iterator[Metric]:
         """The metric families without samples, so registering reads no GPU."""

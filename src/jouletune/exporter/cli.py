@@ -28,6 +28,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
+from jouletune.contract import EXPORTER_PORT
 from jouletune.exporter._args import port_arg, seconds_arg
 from jouletune.exporter._collector import GpuCollector
 from jouletune.exporter._server import ExporterServer, make_app
@@ -113,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jouletune exporter", description="Serve GPU energy and power to Prometheus."
     )
-    parser.add_argument("--port", type=port_arg, default=9400, help="TCP port (default 9400)")
+    parser.add_argument(
+        "--port", type=port_arg, default=EXPORTER_PORT, help=f"TCP port (default {EXPORTER_PORT})"
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--sim", metavar="URL", help="read a jouletune sim-server's GPUs")
     chosen = parser.add_mutually_exclusive_group()

@@ -42,7 +42,7 @@ __all__ = [
     "gpu_model",
 ]
 
-# NVML reports power averaged over about one second on Hopper (DESIGN.md); the sample's
+# NVML reports power averaged over about one second on Hopper (docs/contract.md); the sample's
 # power_w and utilization_ratio use the same trailing window so they read like NVML's.
 _AVERAGING_WINDOW_S = 1.0
 # History older than this is dropped; /sim/truth cannot look further back.

@@ -2,7 +2,7 @@
 
     result = await run_bench(BenchConfig(base_url="http://127.0.0.1:8000", max_concurrency=64,
                                          exporter_urls=["http://127.0.0.1:9400"]))
-    result.model_dump()  # the result JSON of DESIGN.md
+    result.model_dump()  # the result JSON of docs/contract.md
 
 A streaming OpenAI-compatible client (aiohttp) with vLLM's workloads, arrival process and
 latency definitions; a steady-state window without ramp-up and drain; and energy from the

@@ -1,6 +1,6 @@
-"""`BenchResult`: the result of one run; `model_dump()` is the result JSON of DESIGN.md.
+"""`BenchResult`: the result of one run; `model_dump()` is the result JSON of docs/contract.md.
 
-Top-level keys are DESIGN.md's contract (`config`, `workload`, `completed`, `failed`,
+Top-level keys are the contract (docs/contract.md) (`config`, `workload`, `completed`, `failed`,
 `duration_s`, `window`, `ttft_ms`, `tpot_ms`, `itl_ms`, `e2el_ms`, `request_throughput`,
 `output_token_throughput`, `energy_j`, `energy_per_output_token_j`, `energy_per_request_j`,
 `avg_power_w`, `gpus`, `avg_batch_size`) plus the fields documented below. A figure that could
@@ -148,7 +148,7 @@ class EnvironmentInfo(_Model):
 class BenchResult(_Model):
     """The result of one `jouletune bench` run.
 
-    Besides DESIGN.md's keys: `latency_scope` (`window`: the latency statistics cover the
+    Besides the contract's keys: `latency_scope` (`window`: the latency statistics cover the
     steady-state cohort, requests sent after the plateau moment that ended inside the window;
     `all`: every successful request, used when there is no window), `latency_requests` (how
     many requests the statistics cover), `window_output_tokens`, `power_cap_bound_fraction`

@@ -1,6 +1,6 @@
 """Talking to the server outside the measured requests: its model, version, liveness, and
-waiting until it is idle (DESIGN.md: `vllm:num_requests_running` and `_waiting` read 0, and
-the GPU's power has settled, before each measurement)."""
+waiting until it is idle (the drain rule of docs/contract.md: `vllm:num_requests_running` and
+`_waiting` read 0, and the GPU's power has settled, before each measurement)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from typing import Any
 
 import aiohttp
 
+from jouletune.contract import (
+    DRAIN_POWER_ABS_TOL_W,
+    DRAIN_POWER_REL_TOL,
+    DRAIN_POWER_STABLE_READS,
+)
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._poller import ScrapeError, scrape_exporter, scrape_server
 
@@ -19,10 +24,6 @@ __all__ = ["ServerInfo", "is_alive", "probe_server", "wait_idle", "wait_power_se
 _PROBE_TIMEOUT_S = 10.0
 _IDLE_POLL_S = 0.1
 _POWER_POLL_S = 0.2
-# Power has settled when three reads in a row (0.4 s) agree within 3% or 5 W per GPU.
-_POWER_STABLE_READS = 3
-_POWER_REL_TOL = 0.03
-_POWER_ABS_TOL_W = 5.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,7 +129,7 @@ async def wait_power_settled(
 ) -> tuple[float | None, bool]:
     """Poll the exporters until every GPU's power holds steady; returns (total W, settled).
 
-    A GPU can stay at full power for seconds after a cancelled run (DESIGN.md); its energy
+    A GPU can stay at full power for seconds after a cancelled run (docs/contract.md); its energy
     must not land in the next measurement. Gives up after `timeout_s` and says so.
     """
     deadline_s = perf_counter() + timeout_s
@@ -141,7 +142,7 @@ async def wait_power_settled(
         powers = [g.power_w for s in scrapes for g in s.gpus if g.power_w is not None]
         if powers:
             history.append(powers)
-        if _stable(history[-_POWER_STABLE_READS:]):
+        if _stable(history[-DRAIN_POWER_STABLE_READS:]):
             return sum(history[-1]), True
         if perf_counter() >= deadline_s:
             return (sum(history[-1]) if history else None), False
@@ -149,11 +150,11 @@ async def wait_power_settled(
 
 
 def _stable(reads: list[list[float]]) -> bool:
-    if len(reads) < _POWER_STABLE_READS or len({len(r) for r in reads}) != 1:
+    if len(reads) < DRAIN_POWER_STABLE_READS or len({len(r) for r in reads}) != 1:
         return False
     for per_gpu in zip(*reads, strict=True):
         spread_w = max(per_gpu) - min(per_gpu)
-        if spread_w > max(_POWER_ABS_TOL_W, _POWER_REL_TOL * max(per_gpu)):
+        if spread_w > max(DRAIN_POWER_ABS_TOL_W, DRAIN_POWER_REL_TOL * max(per_gpu)):
             return False
     return True
 

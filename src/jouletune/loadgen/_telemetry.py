@@ -4,7 +4,7 @@ Pure functions: parsing Prometheus text (prometheus_client's parser) and summari
 over the steady-state window. A scrape is stamped with the midpoint of its HTTP request on
 the perf_counter clock; on loopback or in one pod that is within a millisecond of the read.
 
-Energy follows DESIGN.md's measurement rules: the cumulative counter
+Energy follows the measurement rules (docs/contract.md): the cumulative counter
 `jouletune_gpu_energy_joules_total` is linearly interpolated at the window's edges between the
 scrapes that bracket each edge, per GPU; a counter that goes backwards anywhere between those
 scrapes invalidates the measurement.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from jouletune.contract import GPU_ENERGY, GPU_POWER, GPU_POWER_LIMIT, VLLM_RUNNING, VLLM_WAITING
 from jouletune.loadgen._records import Window
 from jouletune.loadgen._result import GpuResult
 
@@ -32,11 +33,8 @@ __all__ = [
     "parse_server_text",
 ]
 
-_ENERGY = "jouletune_gpu_energy_joules_total"
-_POWER = "jouletune_gpu_power_watts"
-_LIMIT = "jouletune_gpu_power_limit_watts"
-_RUNNING = "vllm:num_requests_running"
-_WAITING = "vllm:num_requests_waiting"
+# The two gauges' sample lines, with or without labels.
+_GAUGE_PREFIXES = tuple(f"{name}{sep}" for name in (VLLM_RUNNING, VLLM_WAITING) for sep in "{ ")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,7 +89,7 @@ def parse_exporter_text(text: str) -> list[GpuReading]:
     labels_of: dict[tuple[str, str], dict[str, str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in (_ENERGY, _POWER, _LIMIT):
+            if sample.name in (GPU_ENERGY, GPU_POWER, GPU_POWER_LIMIT):
                 key = (sample.labels.get("gpu", ""), sample.labels.get("uuid", ""))
                 by_gpu.setdefault(key, {})[sample.name] = float(sample.value)
                 labels_of.setdefault(key, sample.labels)
@@ -100,12 +98,12 @@ def parse_exporter_text(text: str) -> list[GpuReading]:
             gpu=key[0],
             uuid=key[1],
             model_name=labels_of[key].get("model_name", ""),
-            energy_j=values[_ENERGY],
-            power_w=values.get(_POWER),
-            power_limit_w=values.get(_LIMIT),
+            energy_j=values[GPU_ENERGY],
+            power_w=values.get(GPU_POWER),
+            power_limit_w=values.get(GPU_POWER_LIMIT),
         )
         for key, values in sorted(by_gpu.items())
-        if _ENERGY in values
+        if GPU_ENERGY in values
     ]
 
 
@@ -130,13 +128,15 @@ def parse_server_text(text: str) -> tuple[float | None, float | None]:
     kept = "\n".join(
         line
         for line in text.splitlines()
-        if line.startswith((_RUNNING + "{", _RUNNING + " ", _WAITING + "{", _WAITING + " "))
+        if line.startswith(
+            (VLLM_RUNNING + "{", VLLM_RUNNING + " ", VLLM_WAITING + "{", VLLM_WAITING + " ")
+        )
     )
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(kept + "\n"):
         for sample in family.samples:
             sums[sample.name] = sums.get(sample.name, 0.0) + float(sample.value)
-    return sums.get(_RUNNING), sums.get(_WAITING)
+    return sums.get(VLLM_RUNNING), sums.get(VLLM_WAITING)
 
 
 def avg_running(scrapes: Sequence[ServerScrape], window: Window) -> float | None:

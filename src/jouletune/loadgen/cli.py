@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from jouletune.contract import ENGINE_PORT
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._result import BenchResult
@@ -69,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--base-url", default="http://127.0.0.1:8000", help="server URL (default: %(default)s)"
+        "--base-url",
+        default=f"http://127.0.0.1:{ENGINE_PORT}",
+        help="server URL (default: %(default)s)",
     )
     p.add_argument("--model", help="model name (default: the server's first /v1/models entry)")
     p.add_argument(

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from jouletune.operator._names import GROUP
+from jouletune.contract import CRD_GROUP as GROUP
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
 from jouletune.tuner import BenchmarkSpec, Recommendation
 

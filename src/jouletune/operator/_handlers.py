@@ -18,11 +18,14 @@ from typing import Any
 
 import kopf
 
+from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import CRD_KIND as KIND
+from jouletune.contract import CRD_PLURAL as PLURAL
+from jouletune.contract import CRD_VERSION as VERSION
 from jouletune.operator._benchmark import BenchmarkLoop, Context, EventSink, kopf_events
 from jouletune.operator._config import OperatorConfig
 from jouletune.operator._kube import KubeApi
 from jouletune.operator._metrics import OperatorMetrics
-from jouletune.operator._names import GROUP, KIND, PLURAL, VERSION
 from jouletune.operator._pods import LABEL_BENCHMARK, benchmark_label
 
 __all__ = ["Operator", "configure"]

@@ -23,7 +23,9 @@ from urllib.parse import quote
 import aiohttp
 
 from jouletune import __version__
-from jouletune.operator._names import GROUP, PLURAL, VERSION
+from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import CRD_PLURAL as PLURAL
+from jouletune.contract import CRD_VERSION as VERSION
 
 __all__ = ["CALLS", "ApiCall", "KubeApi", "KubeError"]
 

@@ -25,8 +25,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import CRD_KIND as KIND
+from jouletune.contract import CRD_VERSION as VERSION
+from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
 from jouletune.operator._config import OperatorConfig
-from jouletune.operator._names import GROUP, KIND, VERSION
 from jouletune.operator._status import TrialConfig
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
 from jouletune.tuner import bench_config, serve_args
@@ -53,9 +56,7 @@ ANNOTATION_CONFIG = f"{GROUP}/config"
 CONTAINER_ENGINE = "engine"
 CONTAINER_EXPORTER = "exporter"
 CONTAINER_LOADGEN = "loadgen"
-# vLLM's and the exporter's default ports; the chart's PodMonitor scrapes the port names.
-ENGINE_PORT = 8000
-EXPORTER_PORT = 9400
+# The chart's PodMonitor scrapes the port names.
 ENGINE_PORT_NAME = "http"
 EXPORTER_PORT_NAME = "metrics"
 # The device plugin hands GPUs to the engine container; the exporter sidecar sees the whole

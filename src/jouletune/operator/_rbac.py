@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import CRD_PLURAL as PLURAL
 from jouletune.operator._kube import CALLS, ApiCall
-from jouletune.operator._names import GROUP, PLURAL
 
 __all__ = ["KOPF_CALLS", "RBAC_RULES", "rbac_rules"]
 

@@ -14,15 +14,13 @@ from typing import Any
 
 import yaml
 
-from jouletune.operator._names import (
-    CRD_NAME,
-    GROUP,
-    KIND,
-    PLURAL,
-    SHORT_NAME,
-    SINGULAR,
-    VERSION,
-)
+from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import CRD_KIND as KIND
+from jouletune.contract import CRD_NAME
+from jouletune.contract import CRD_PLURAL as PLURAL
+from jouletune.contract import CRD_SHORT_NAME as SHORT_NAME
+from jouletune.contract import CRD_SINGULAR as SINGULAR
+from jouletune.contract import CRD_VERSION as VERSION
 from jouletune.operator._schema import to_structural
 from jouletune.operator._status import BenchmarkStatus
 from jouletune.tuner.spec import BenchmarkSpec

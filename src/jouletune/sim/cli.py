@@ -19,6 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from jouletune.contract import ENGINE_PORT
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
 from jouletune.sim._engine import EngineConfig
 from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
@@ -91,7 +92,7 @@ def _parser() -> _Parser:
     )
     p.add_argument("--model", help="HF id of a model in the catalog")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=ENGINE_PORT)
     p.add_argument("--served-model-name", nargs="+", default=None)
     p.add_argument("--gpu", default="h100-80gb", help=f"one of {', '.join(GPU_CATALOG)}")
     p.add_argument("--power-limit", type=float, default=None, help="initial power limit, W")

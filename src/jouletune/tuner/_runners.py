@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from jouletune.contract import ENGINE_PORT
 from jouletune.gpu import (
     Gpu,
     GpuError,
@@ -318,7 +319,7 @@ class LocalRunner(_ProcessRunner):
         *,
         spec: BenchmarkSpec,
         read_only: bool = False,
-        port: int | None = 8000,
+        port: int | None = ENGINE_PORT,
         server_command: Sequence[str] | None = None,
         exporter_command: Sequence[str] | None = None,
     ) -> None:

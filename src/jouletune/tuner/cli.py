@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import optuna
 from rich.console import Console
 
+from jouletune.contract import ENGINE_PORT
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
 from jouletune.tuner._recommend import Recommendation, recommend
@@ -177,7 +178,10 @@ def _tune_parser() -> argparse.ArgumentParser:
         "--read-only", action="store_true", help="never change a GPU setting (power limits)"
     )
     parser.add_argument(
-        "--port", type=int, default=8000, help="port of the local vLLM server (default 8000)"
+        "--port",
+        type=int,
+        default=ENGINE_PORT,
+        help=f"port of the local vLLM server (default {ENGINE_PORT})",
     )
     return parser
 
