@@ -35,10 +35,10 @@ import optuna
 from jouletune.gpu.simulated import gpu_model
 from jouletune.sim import DEFAULT_PERF, EngineConfig, model_arch, run_closed_loop
 from jouletune.tuner import (
-    PointConfig,
+    Point,
     SearchGrid,
-    ServerConfig,
     Study,
+    TrialFigures,
     TrialOutcome,
     parse_spec,
 )
@@ -159,7 +159,7 @@ CASES = (
 class Eval:
     """One point evaluated in simulated time."""
 
-    result: dict[str, Any] | None  # bench-result keys the tuner reads; None: failed
+    figures: TrialFigures | None  # what a measurement would find; None: failed
     reason: str | None
     trial_s: float
     energy_j: float
@@ -188,21 +188,21 @@ class Evaluator:
 
     def __init__(self, case: Case) -> None:
         self.case = case
-        self._cache: dict[PointConfig, Eval] = {}
+        self._cache: dict[Point, Eval] = {}
 
-    def __call__(self, point: PointConfig) -> Eval:
+    def __call__(self, point: Point) -> Eval:
         if point not in self._cache:
             self._cache[point] = self._evaluate(point)
         return self._cache[point]
 
-    def _evaluate(self, point: PointConfig) -> Eval:
+    def _evaluate(self, point: Point) -> Eval:
         case = self.case
         config = EngineConfig(
             arch=model_arch(case.model),
             gpu=gpu_model(case.gpu),
-            tensor_parallel_size=point.server.tensor_parallel_size,
-            max_num_seqs=point.server.max_num_seqs,
-            max_num_batched_tokens=point.server.max_num_batched_tokens or MAX_NUM_BATCHED_TOKENS,
+            tensor_parallel_size=point.tensor_parallel_size,
+            max_num_seqs=point.max_num_seqs,
+            max_num_batched_tokens=point.max_num_batched_tokens or MAX_NUM_BATCHED_TOKENS,
             max_model_len=case.input_len + case.output_len + 64,
             gpu_memory_utilization=0.9,
             perf=DEFAULT_PERF,
@@ -223,42 +223,42 @@ class Evaluator:
         trial_s = 2 * one_request_s + WINDOW_S
         if not math.isfinite(r.j_per_output_token):
             return Eval(None, "no tokens in the window", trial_s, math.inf, False)
-        latency = {
-            "mean": r.itl_ms_p50,
-            "p50": r.itl_ms_p50,
-            "p90": r.itl_ms_p90,
-            "p99": r.itl_ms_p99,
-        }
-        result = {
-            "energy_per_output_token_j": r.j_per_output_token,
-            "itl_ms": latency,
-            "ttft_ms": {"mean": r.ttft_ms_p50, "p50": r.ttft_ms_p50, "p90": r.ttft_ms_p90},
-            "avg_power_w": r.power_w * point.server.tensor_parallel_size,
-            "output_token_throughput": r.output_tok_s,
-            "completed": r.output_tokens // case.output_len,
-            "failed": 0,
-        }
+        figures = TrialFigures(
+            energy_per_output_token_j=r.j_per_output_token,
+            latency_ms={
+                "itl_p50": r.itl_ms_p50,
+                "itl_p90": r.itl_ms_p90,
+                "itl_p99": r.itl_ms_p99,
+                "ttft_mean": r.ttft_ms_p50,
+                "ttft_p50": r.ttft_ms_p50,
+                "ttft_p90": r.ttft_ms_p90,
+            },
+            avg_power_w=r.power_w * point.tensor_parallel_size,
+            avg_power_per_gpu_w=r.power_w,
+            output_token_throughput=r.output_tok_s,
+            completed=r.output_tokens // case.output_len,
+        )
         feasible = r.itl_ms_p90 <= case.itl_p90_slo_ms
-        return Eval(result, None, trial_s, r.j_per_output_token, feasible)
+        return Eval(figures, None, trial_s, r.j_per_output_token, feasible)
 
 
 def replay(
-    points: Sequence[PointConfig], evaluate: Evaluator, *, start_s: float, noise: Noise | None
+    points: Sequence[Point], evaluate: Evaluator, *, start_s: float, noise: Noise | None
 ) -> Trace:
     """Cost and outcome of measuring `points` in this order. After each trial, `best_j` is the
     true J/token of the point the measurements so far would pick (lowest measured J/token
     among points measured feasible), or inf when that point truly misses the SLO."""
     trace = Trace()
     gpu_s = 0.0
-    pick: tuple[float, PointConfig] | None = None
-    running: ServerConfig | None = None
+    pick: tuple[float, Point] | None = None
+    running: Point | None = None
     for n, point in enumerate(points, start=1):
         ev = evaluate(point)
         if point.server != running:
             trace.starts += 1
-            gpu_s += start_s * point.server.tensor_parallel_size
-            running = point.server if ev.result is not None else None
-        gpu_s += ev.trial_s * point.server.tensor_parallel_size
+            gpu_s += start_s * point.tensor_parallel_size
+            running = point.server if ev.figures is not None else None
+        gpu_s += ev.trial_s * point.tensor_parallel_size
         seen = ev if noise is None else noise.apply(ev, evaluate.case, n)
         if seen.feasible and (pick is None or seen.energy_j < pick[0]):
             pick = (seen.energy_j, point)
@@ -277,37 +277,36 @@ class Noise:
         self._rel = rel
 
     def apply(self, ev: Eval, case: Case, _trial: int) -> Eval:
-        if ev.result is None:
+        if ev.figures is None:
             return ev
         e = 1.0 + self._rng.gauss(0.0, self._rel)
         t = 1.0 + self._rng.gauss(0.0, self._rel)
-        result = dict(ev.result)
-        result["energy_per_output_token_j"] = ev.energy_j * e
-        result["itl_ms"] = {k: v * t for k, v in ev.result["itl_ms"].items()}
-        feasible = result["itl_ms"]["p90"] <= case.itl_p90_slo_ms
-        return Eval(result, None, ev.trial_s, ev.energy_j * e, feasible)
+        latency = {k: v * t if k.startswith("itl") else v for k, v in ev.figures.latency_ms.items()}
+        figures = ev.figures.model_copy(
+            update={"energy_per_output_token_j": ev.energy_j * e, "latency_ms": latency}
+        )
+        feasible = latency["itl_p90"] <= case.itl_p90_slo_ms
+        return Eval(figures, None, ev.trial_s, ev.energy_j * e, feasible)
 
 
-def tuner_points(
-    spec: BenchmarkSpec, evaluate: Evaluator, noise: Noise | None
-) -> list[PointConfig]:
+def tuner_points(spec: BenchmarkSpec, evaluate: Evaluator, noise: Noise | None) -> list[Point]:
     """The points jouletune's Study measures, in order, for `spec`."""
     study = Study.open(spec=spec, name="bench", storage=optuna.storages.InMemoryStorage())
-    points: list[PointConfig] = []
+    points: list[Point] = []
     while (plan := study.ask()) is not None:
         ev = evaluate(plan.point)
         if noise is not None:
             ev = noise.apply(ev, evaluate.case, len(points) + 1)
-        if ev.result is None:
+        if ev.figures is None:
             outcome = TrialOutcome(fail_reason=ev.reason or "failed", duration_s=ev.trial_s)
         else:
-            outcome = TrialOutcome(result=ev.result, duration_s=ev.trial_s)
+            outcome = TrialOutcome(figures=ev.figures, duration_s=ev.trial_s)
         study.tell(plan, outcome)
         points.append(plan.point)
     return points
 
 
-def grid_order(spec: BenchmarkSpec) -> list[PointConfig]:
+def grid_order(spec: BenchmarkSpec) -> list[Point]:
     """Every point, server by server: the cheapest exhaustive order."""
     return SearchGrid(spec=spec).points()
 

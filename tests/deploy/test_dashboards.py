@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from jouletune.operator import OperatorMetrics
+from jouletune.tuner import TrialFigures
 from tests.deploy import dashboards
 from tests.deploy.tools import PROMETHEUS, RULES, run, tool
 
@@ -71,20 +72,10 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     assert proc.returncode != 0
 
 
-# Per-trial series the dashboards read that `jouletune operator` does not publish yet; asked
-# of the operator (docs/deploy.md, "Requested from the operator"). Remove a name once the
-# operator registers it.
-_REQUESTED_OPERATOR_METRICS = {
-    "jouletune_operator_trial_latency_seconds",
-    "jouletune_operator_trial_energy_per_output_token_joules",
-}
-
-
 def _registered_operator_metrics() -> set[str]:
     """Sample names the operator's metrics registry can expose."""
-    metrics = pytest.importorskip("jouletune.operator._metrics", reason="operator metrics absent")
     registry = CollectorRegistry()
-    metrics.OperatorMetrics(registry=registry)
+    OperatorMetrics(registry=registry)
     suffixes = {
         "counter": ("_total",),
         "histogram": ("_bucket", "_sum", "_count"),
@@ -106,5 +97,29 @@ def test_operator_series_the_dashboards_read_are_the_operators() -> None:
     }
     registered = _registered_operator_metrics()
     assert used, "no operator panels"
-    unknown = used - registered - _REQUESTED_OPERATOR_METRICS
+    unknown = used - registered
     assert not unknown, f"dashboards read operator series nobody publishes: {sorted(unknown)}"
+
+
+def test_the_trial_table_shows_every_figure_the_operator_publishes() -> None:
+    """One column per TrialFigures figure, without naming them: a new figure is a new column."""
+    (table,) = [
+        p
+        for p in dashboards.dashboards()["jouletune-trials.json"]["panels"]
+        if p["type"] == "table"
+    ]
+    (target,) = table["targets"]
+    assert "jouletune_operator_trial_figure{" in target["expr"] and "figure=" not in target["expr"]
+    (matrix,) = [t for t in table["transformations"] if t["id"] == "groupingToMatrix"]
+    assert matrix["options"]["columnField"] == "figure"
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry=registry)
+    figures = TrialFigures(energy_per_output_token_j=0.1, latency_ms={"tpot_p90": 9.0})
+    metrics.observe_figures("ns", "b", trial=0, figures=figures)
+    published = {
+        s.labels["figure"]
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "jouletune_operator_trial_figure"
+    }
+    assert {"energy_per_output_token_j", "tpot_p90_ms", "completed"} <= published

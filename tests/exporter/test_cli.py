@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jouletune.contract import GPU_ENERGY, GPU_METRICS
-from jouletune.gpu import open_sim_gpus, power_limit
+from jouletune.gpu import EXPORTER_GPUS_PATH, open_remote_gpus, open_sim_gpus, power_limit
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
 from tests.procs import free_port, jouletune_process, stop
 
@@ -297,3 +297,25 @@ def test_a_power_limit_outside_the_gpus_range_is_a_one_line_error() -> None:
     assert last_line.startswith("jouletune exporter: cannot hold power limit 5000 W:")
     assert "outside GPU 0" in last_line
     assert "Traceback" not in result.stderr
+
+
+def test_control_port_steps_limits_on_loopback_and_the_exporter_restores_them() -> None:
+    sim_port, port, control_port = free_port(), free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--tensor-parallel-size", "2"]
+    sim_args += ["--host", "127.0.0.1", "--port", str(sim_port)]
+    control = f"http://127.0.0.1:{control_port}"
+    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+        sim_gpus = open_sim_gpus(sim.url)
+        exporter_args = _exporter_args(port, "--sim", sim.url, "--control-port", str(control_port))
+        with jouletune_process(exporter_args, port=port, health_path="/healthz") as exporter:
+            gpus = open_remote_gpus(control, path=EXPORTER_GPUS_PATH)
+            assert [g.uuid for g in gpus] == [g.uuid for g in sim_gpus]
+            with power_limit(gpus[:1], 300):
+                stepped = [g.sample().power_limit_w for g in sim_gpus]
+            back = [g.sample().power_limit_w for g in sim_gpus]
+            gpus[1].set_power_limit_w(250)  # left capped: the exporter must undo it
+            assert _get(exporter.url + "/gpus")[0] == 404  # the metrics port has no control
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+        after = [g.sample().power_limit_w for g in sim_gpus]
+    assert stepped == [300.0, 700.0] and back == [700.0, 700.0] and after == [700.0, 700.0]

@@ -1,4 +1,4 @@
-"""RemoteSimGpu over real HTTP against a small sim-server stand-in."""
+"""RemoteGpu over real HTTP against a small sim-server stand-in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from jouletune.gpu import (
     Gpu,
     GpuError,
     PowerLimitRange,
-    RemoteSimGpu,
+    RemoteGpu,
     open_sim_gpus,
     power_limit,
     sample_all,
@@ -77,7 +77,7 @@ def test_set_power_limit_puts_watts() -> None:
 def test_power_limit_without_a_reported_range_fails_before_writing() -> None:
     state = FakeSimState(range_w=None)
     with fake_sim_server(state) as url:
-        gpus: list[RemoteSimGpu] = open_sim_gpus(url)
+        gpus: list[RemoteGpu] = open_sim_gpus(url)
         with pytest.raises(GpuError, match="no power_limit_range"), power_limit(gpus, 300):
             pass
     assert state.puts == []

@@ -21,7 +21,6 @@ pod through `overrides`, and the kubelet then writes the status a kubelet would.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jouletune.tuner import Point, TrialFigures, TrialOutcome
 from tests.operator.apiserver import Api
 from tests.procs import free_port, stop
 
@@ -40,6 +40,7 @@ from tests.procs import free_port, stop
 POLL_S = 0.05
 ENGINE_PORT = 8000
 EXPORTER_PORT = 9400
+CONTROL_PORT = 9401
 
 # Per-trial overrides a test may ask for: what no local process can produce for real.
 OOM = "oom"  # the engine is killed by the OOM killer (exit 137, reason OOMKilled)
@@ -214,7 +215,7 @@ class _PodRun:
     # --- running containers -------------------------------------------------------------
 
     def _run_containers(self) -> None:
-        ports = {ENGINE_PORT: free_port(), EXPORTER_PORT: free_port()}
+        ports = {port: free_port() for port in (ENGINE_PORT, EXPORTER_PORT, CONTROL_PORT)}
         logdir = self.kubelet.workdir / self.name
         logdir.mkdir(parents=True, exist_ok=True)
         message_path = logdir / "termination-log"
@@ -371,7 +372,7 @@ def _remap_args(args: list[str], ports: Mapping[int, int]) -> list[str]:
         previous = args[i - 1] if i else ""
         if previous == "--host" and arg == "0.0.0.0":
             arg = "127.0.0.1"
-        elif previous == "--port" and int(arg) in ports:
+        elif previous in ("--port", "--control-port") and int(arg) in ports:
             arg = str(ports[int(arg)])
         out.append(_remap_text(arg, ports))
     return out
@@ -383,8 +384,13 @@ def _remap_text(text: str, ports: Mapping[int, int]) -> str:
     return text
 
 
-def canned_message_from(result_path: Path) -> str:
-    """The termination message of a real bench result file (for CANNED trials)."""
-    from jouletune.operator import CompactResult
+def canned_message_from(result_path: Path, point: Point) -> str:
+    """The termination message of a trial that measured `point` with the real bench result in
+    `result_path` (for CANNED trials)."""
+    from jouletune.loadgen import BenchResult
+    from jouletune.operator import PodResult, PodTrial
 
-    return CompactResult.from_bench(json.loads(result_path.read_text())).to_message()
+    result = BenchResult.model_validate_json(result_path.read_text())
+    figures = TrialFigures.from_result(result, num_gpus=point.tensor_parallel_size)
+    trial = PodTrial.of(point, TrialOutcome(figures=figures))
+    return PodResult(ok=True, trials=[trial]).to_message()

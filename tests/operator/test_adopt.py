@@ -7,40 +7,34 @@ from typing import Any
 import pytest
 import yaml
 
+from jouletune.engine import merge_args
 from jouletune.operator import BenchmarkRef
 from jouletune.operator._adopt import (
     ANNOTATION_POWER_LIMIT,
     deployment_patch,
-    merge_args,
     recommendation_configmap,
 )
-from jouletune.tuner import PointConfig, Recommendation, ServerConfig, artifacts, parse_spec
+from jouletune.tuner import Point, Recommendation, TrialFigures, artifacts, parse_spec
 
 SPEC = parse_spec({"model": "org/model", "engine": {"maxModelLen": 2048}})
 REF = BenchmarkRef(namespace="ml", name="b", uid="u-1")
 
 
 def recommendation(cap: float | None, tp: int = 1) -> Recommendation:
-    point = PointConfig(
-        server=ServerConfig(tensor_parallel_size=tp, max_num_seqs=64), power_limit_w=cap
-    )
+    point = Point(tensor_parallel_size=tp, max_num_seqs=64, power_limit_w=cap)
     summary = {
-        "tensor_parallel_size": tp,
-        "max_num_seqs": 64,
-        "max_num_batched_tokens": None,
-        "power_limit_w": cap,
+        "point": point,
         "label": point.label(),
         "runs": 1,
         "trials": [3],
-        "energy_per_output_token_j": 0.1,
+        "figures": TrialFigures(
+            energy_per_output_token_j=0.1, latency_ms={"tpot_p90": 20.0}, avg_power_per_gpu_w=300
+        ),
         "energy_per_output_token_j_min": 0.1,
         "energy_per_output_token_j_max": 0.1,
         "energy_spread_pct": 0.0,
-        "latency_ms": {"tpot_p90": 20.0},
         "slo_excess_ms": {},
         "feasible": True,
-        "avg_power_per_gpu_w": 300.0,
-        "output_token_throughput": 1000.0,
         "is_baseline": False,
     }
     fields: dict[str, Any] = {

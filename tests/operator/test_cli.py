@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from jouletune.operator import PodPlan
-from jouletune.operator._wire import ENV_PLAN
+from jouletune.operator._wire import ENV_PLAN, dumps_plan
+from jouletune.tuner import Point, Role, parse_spec
 from tests.operator.conftest import Cluster
 from tests.operator.harness import EBM_PATH, PODS_PATH, benchmark, tiny_spec, wait_for
 from tests.operator.kubelet import HANG
@@ -68,15 +69,14 @@ def test_a_trial_whose_engine_never_answers_says_so(tmp_path: Path) -> None:
     plan = PodPlan(
         benchmark="ml/b",
         trial=0,
+        role=Role.BASELINE,
+        points=[Point(tensor_parallel_size=1, max_num_seqs=8)],
+        spec=parse_spec({"engine": {"startupTimeoutS": 0.3}}),
         engine_url=f"http://127.0.0.1:{free_port()}",
-        startup_timeout_s=0.3,
-        timeout_s=5,
-        bench={"base_url": "http://127.0.0.1:1"},
+        exporter_url="http://127.0.0.1:1",
     )
     log = tmp_path / "termination-log"
-    done = run(
-        ["operator", "trial", "--termination-log", str(log)], {ENV_PLAN: plan.model_dump_json()}
-    )
+    done = run(["operator", "trial", "--termination-log", str(log)], {ENV_PLAN: dumps_plan(plan)})
     assert done.returncode == 1
     message = json.loads(log.read_text())
     assert message["ok"] is False and message["reason"] == "EngineNotReady"
@@ -115,4 +115,4 @@ def test_the_operator_process_serves_health_and_metrics_and_runs_trials(
             return text if 'jouletune_operator_trials{benchmark="cli"' in text else ""
 
         text = wait_for(exposition, timeout_s=10, what="the benchmark's metrics")
-        assert 'state="Running"} 2.0' in text
+        assert 'state="running"} 2.0' in text

@@ -14,8 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from jouletune.operator import BenchmarkStatus, TrialConfig, TrialRow, TrialState
+from jouletune.operator import BenchmarkStatus, TrialRow
 from jouletune.operator.crd import IMMUTABLE_SPEC_FIELDS, render_crd
+from jouletune.tuner import Point, Role, TrialFigures, TrialState
 from jouletune.tuner.spec import BenchmarkSpec, SpecError, parse_spec
 from tests.operator.crdschema import (
     CRD_PATH,
@@ -179,11 +180,10 @@ def test_status_the_operator_writes_is_valid(crd: dict[str, Any]) -> None:
     row = TrialRow(
         number=0,
         state=TrialState.COMPLETE,
-        role="baseline",
-        config=TrialConfig(tensor_parallel_size=1, max_num_seqs=256),
+        role=Role.BASELINE,
+        point=Point(tensor_parallel_size=1, max_num_seqs=256),
+        figures=TrialFigures(energy_per_output_token_j=0.1, latency_ms={"tpot_p90": 20.0}),
         pod="b-trial-0",
-        j_per_token=0.1,
-        latency_ms={"tpot_p90": 20.0},
         feasible=True,
     )
     status = BenchmarkStatus(trials=[row], observed_generation=1, trial_progress="1/4")

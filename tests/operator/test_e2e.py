@@ -71,16 +71,22 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     health = f"http://127.0.0.1:{free_port()}/healthz"
     with running_operator(cluster.url, liveness=health) as op:
         status = wait_phase(api, "tiny", {"Succeeded", "Failed"}, timeout_s=50)
+        # Kopf posts events from a queue of its own: wait for the last one before stopping.
+        wait_for(
+            lambda: any(e["reason"] == "BenchmarkSucceeded" for e in events_of(api, "tiny")),
+            timeout_s=10,
+            what="the BenchmarkSucceeded event",
+        )
         with urllib.request.urlopen(health, timeout=5) as resp:
             assert resp.status == 200
         metric = op.metrics.get_sample_value
         labels = {"namespace": NAMESPACE, "benchmark": "tiny"}
-        assert metric("jouletune_operator_trials", {**labels, "state": "Complete"}) == 3
+        assert metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3
         assert metric("jouletune_operator_benchmark_phase", {**labels, "phase": "Succeeded"}) == 1
         best = metric("jouletune_operator_best_energy_per_output_token_joules", labels)
         assert best == pytest.approx(status["bestJPerToken"])
         durations = metric(
-            "jouletune_operator_trial_duration_seconds_count", {**labels, "state": "Complete"}
+            "jouletune_operator_trial_duration_seconds_count", {**labels, "state": "complete"}
         )
         assert durations == 3
 
@@ -88,19 +94,23 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert status["observedGeneration"] == 1
     trials = status["trials"]
     assert [t["number"] for t in trials] == list(range(len(trials))) and len(trials) == 3
-    assert trials[0]["role"] == "baseline" and trials[0]["config"]["maxNumSeqs"] == 256
+    assert trials[0]["role"] == "baseline" and trials[0]["point"]["maxNumSeqs"] == 256
     for trial in trials:
-        assert trial["state"] == "Complete" and trial["jPerToken"] > 0, trial
-        assert trial["latencyMs"]["tpot_p90"] > 0 and trial["avgPowerW"] > 0
+        figures = trial["figures"]
+        assert trial["state"] == "complete" and figures["energyPerOutputTokenJ"] > 0, trial
+        assert figures["latencyMs"]["tpot_p90"] > 0 and figures["avgPowerW"] > 0
     assert status["trialProgress"] == "3/3" and status["trialsComplete"] == 3
     assert status["paretoFront"], "a feasible front"
-    front_j = [p["jPerToken"] for p in status["paretoFront"]]
+    front_j = [p["figures"]["energyPerOutputTokenJ"] for p in status["paretoFront"]]
     assert front_j == sorted(front_j) and status["bestJPerToken"] == min(front_j)
 
     rec = status["recommendation"]
-    assert rec["verdict"] == "recommended" and rec["jPerToken"] == status["bestJPerToken"]
-    assert rec["baselineJPerToken"] > 0 and rec["savingPct"] is not None
-    assert "--max-num-seqs" in rec["vllmArgs"] and rec["summary"]
+    best = rec["recommended"]
+    assert rec["verdict"] == "recommended"
+    assert best["figures"]["energyPerOutputTokenJ"] == status["bestJPerToken"]
+    assert rec["baseline"]["figures"]["energyPerOutputTokenJ"] > 0 and rec["savingPct"] is not None
+    args = rec["artifacts"]["vllmServeArgs"]
+    assert "--max-num-seqs" in args and best["label"]
     assert rec["configMap"] == "tiny-recommendation" and rec["adopted"] is True
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Complete"]["status"] == "True"
@@ -108,12 +118,12 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
 
     configmap = api.get(f"{CONFIGMAPS}/tiny-recommendation")
     assert configmap is not None
-    assert json.loads(configmap["data"]["vllm-serve-args.json"]) == rec["vllmArgs"]
+    assert json.loads(configmap["data"]["vllm-serve-args.json"]) == args
     assert configmap["metadata"]["ownerReferences"][0]["name"] == "tiny"
     deployment = api.get(f"{DEPLOYMENTS}/llm")
     assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    seqs = str(rec["config"]["maxNumSeqs"])
+    seqs = str(best["point"]["maxNumSeqs"])
     assert container["args"][:3] == ["some/model", "--port", "8000"], "kept what was not searched"
     assert container["args"][container["args"].index("--max-num-seqs") + 1] == seqs
     assert container["args"].count("--max-num-seqs") == 1
@@ -121,7 +131,9 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert api.items(PODS_PATH) == [], "trial pods are deleted once read"
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values())
     reasons = [e["reason"] for e in events_of(api, "tiny")]
-    assert reasons.count("TrialStarted") == 3 and reasons.count("TrialFinished") == 3
+    pods = {t["pod"] for t in trials}
+    assert sorted(cluster.kubelet.created) == sorted(pods)
+    assert reasons.count("TrialStarted") == len(pods) and reasons.count("TrialFinished") == 3
     assert "BenchmarkSucceeded" in reasons
 
     sent = cluster.server.calls("kopf/", "jouletune-operator/")
@@ -151,7 +163,7 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
             what="one trial done and one running",
         )
     before = status_of(api, "restart")
-    running = [t for t in before["trials"] if t["state"] == "Running"]
+    running = [t for t in before["trials"] if t["state"] == "running"]
     assert len(running) == 1
     if storage:
         api.patch(f"{EBM_PATH}/restart/status", {"status": {"trials": []}})
@@ -161,13 +173,17 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     trials = status["trials"]
     assert [t["number"] for t in trials] == list(range(len(trials)))
     # The trial running across the restart was measured once, in the pod started before it.
-    assert trials[running[0]["number"]]["state"] == "Complete"
-    assert sorted(cluster.kubelet.created) == sorted(t["pod"] for t in trials if t.get("pod"))
-    assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), "no pod twice"
+    assert trials[running[0]["number"]]["state"] == "complete"
+    assert sorted(cluster.kubelet.created) == sorted({t["pod"] for t in trials if t.get("pod")})
+    assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), (
+        "no pod twice",
+        cluster.kubelet.created,
+        [(t["number"], t["pod"], t["role"], t["point"]) for t in trials],
+    )
     finished = [e["message"] for e in events_of(api, "restart") if e["reason"] == "TrialFinished"]
     numbers = [m.split(":")[0] for m in finished]
     assert sorted(numbers) == sorted(set(numbers)), "no trial told twice"
-    configs = [json.dumps(t["config"], sort_keys=True) for t in trials if t["role"] == "search"]
+    configs = [json.dumps(t["point"], sort_keys=True) for t in trials if t["role"] == "search"]
     assert len(configs) == len(set(configs)), "no configuration measured twice"
     if url:
         obj = api.get(f"{EBM_PATH}/restart")
@@ -207,6 +223,13 @@ def test_failed_trials_carry_their_reason_and_max_failed_trials_fails_the_benchm
         api.create(EBM_PATH, benchmark(name, tiny_spec(budget=budget, **changes)))
     with running_operator(cluster.url) as op:
         statuses = {name: wait_phase(api, name, {"Succeeded", "Failed"}, 40) for name in FAILURES}
+        wait_for(
+            lambda: all(
+                any(e["reason"] == "TrialFailed" for e in events_of(api, name)) for name in FAILURES
+            ),
+            timeout_s=10,
+            what="every benchmark's TrialFailed event",
+        )
         failures = {
             name: op.metrics.get_sample_value(
                 "jouletune_operator_trial_failures_total",
@@ -221,9 +244,39 @@ def test_failed_trials_carry_their_reason_and_max_failed_trials_fails_the_benchm
         assert failed["status"] == "True" and failed["reason"] == "MaxFailedTrialsReached"
         assert "maxFailedTrials=1" in failed["message"]
         trial = status["trials"][0]
-        assert trial["state"] == "Failed" and trial["reason"] == reason, (name, trial)
+        assert trial["state"] == "failed" and trial["reason"] == reason, (name, trial)
         assert trial["failReason"].startswith(reason)
         warnings = [e for e in events_of(api, name) if e["type"] == "Warning"]
         assert any(e["reason"] == "TrialFailed" and reason in e["message"] for e in warnings)
         assert failures[name] == 1
     assert api.items(PODS_PATH) == []
+
+
+def test_a_trial_pod_sweeps_three_power_limits_under_one_engine_start(cluster: Cluster) -> None:
+    """The grid's server at 8 sequences: after its uncapped point, one pod measures 500, 400
+    and 300 W, stepping the sim's GPU through the exporter's control port."""
+    spec = tiny_spec(
+        sampler="grid",
+        searchSpace={"maxNumSeqs": [8], "baselineMaxNumSeqs": 8, "powerLimitW": [500, 400, 300]},
+        budget={"maxTrials": 4, "parallelTrials": 1, "trialTimeoutS": 60, "finalistRepeats": 0},
+    )
+    cluster.api.create(EBM_PATH, benchmark("sweep", spec))
+    with running_operator(cluster.url):
+        status = wait_phase(cluster.api, "sweep", {"Succeeded", "Failed"}, timeout_s=60)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    trials = status["trials"]
+    by_pod: dict[str, list[float | None]] = {}
+    for trial in trials:
+        assert trial["state"] == "complete", trial
+        by_pod.setdefault(trial["pod"], []).append(trial["point"].get("powerLimitW"))
+    swept = {pod: caps for pod, caps in by_pod.items() if len(caps) > 1}
+    assert list(swept.values()) == [[500.0, 400.0, 300.0]], by_pod
+    (pod,) = swept
+    # One engine start: the sim-server logged its start once and took each cap in turn.
+    engine_log = (cluster.kubelet.workdir / pod / "engine.log").read_text()
+    assert engine_log.count("listening on http") == 1
+    limits = [line.split("set to ")[1] for line in engine_log.splitlines() if "set to" in line]
+    assert [w for w in limits if w != "700 W"] == ["500 W", "400 W", "300 W"]
+    # Each measurement ran at its own cap (read back from the GPU while measuring).
+    measured = [t["measuredPowerLimitW"] for t in trials if t["pod"] == pod]
+    assert measured == [500.0, 400.0, 300.0]

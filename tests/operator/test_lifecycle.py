@@ -102,6 +102,11 @@ def test_an_invalid_spec_fails_with_the_field_path(cluster: Cluster) -> None:
     with running_operator(cluster.url):
         wide = wait_phase(cluster.api, "too-wide", {"Failed"}, timeout_s=20)
         bad = wait_phase(cluster.api, "bad-value", {"Failed"}, timeout_s=20)
+        wait_for(
+            lambda: any(e["reason"] == "SpecInvalid" for e in events_of(cluster.api, "bad-value")),
+            timeout_s=10,
+            what="the SpecInvalid event",
+        )
     # A cross-field rule names its fields in the message; a field's own bound in the path.
     for status, path in ((wide, "spec: "), (bad, "spec.searchSpace.maxNumSeqs.0: ")):
         conditions = {c["type"]: c for c in status["conditions"]}

@@ -6,21 +6,17 @@ from typing import Any
 
 import pytest
 
-from jouletune.operator import CompactResult, Timeouts, classify_pod
+from jouletune.operator import PodResult, PodTrial, Timeouts, classify_pod
 from jouletune.operator._outcome import parse_time_s
+from jouletune.tuner import Point, TrialFigures, TrialOutcome
 
 T0 = "2026-01-01T00:00:00Z"
 NOW = parse_time_s(T0) or 0.0
 TIMEOUTS = Timeouts(unschedulable_s=300, trial_s=1000)
-RESULT = {
-    "valid": True,
-    "completed": 10,
-    "failed": 0,
-    "energy_per_output_token_j": 0.25,
-    "tpot_ms": {"mean": 10, "p50": 9, "p90": 12, "p99": 15},
-    "avg_power_w": 400.0,
-    "window": {"start_s": 1.0, "end_s": 9.0},
-}
+POINT = Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=400.0)
+FIGURES = TrialFigures(
+    energy_per_output_token_j=0.25, latency_ms={"tpot_p90": 12.0}, avg_power_w=400.0, completed=10
+)
 
 
 def pod(
@@ -54,27 +50,30 @@ def test_a_running_pod_is_waited_for() -> None:
     assert classify_pod(pod(), now_s=NOW + 10, timeouts=TIMEOUTS).state == "running"
 
 
-def test_a_finished_load_generator_gives_its_compact_result() -> None:
-    message = CompactResult.from_bench(RESULT, power_limit_w=400.0).to_message()
+def test_a_finished_load_generator_gives_each_points_figures() -> None:
+    measured = PodTrial.of(POINT, TrialOutcome(figures=FIGURES, power_limit_w=400.0))
+    failed = PodTrial.of(
+        POINT.model_copy(update={"power_limit_w": 300.0}),
+        TrialOutcome(fail_reason="invalid measurement: energy counter went backwards"),
+    )
+    message = PodResult(ok=True, trials=[measured, failed]).to_message()
     outcome = classify_pod(
         pod(phase="Succeeded", loadgen=terminated(0, message)), now_s=NOW, timeouts=TIMEOUTS
     )
     assert outcome.state == "done" and outcome.result is not None
-    assert outcome.result.energy_per_output_token_j == 0.25
-    assert outcome.result.power_limit_w == 400.0
-    assert outcome.result.as_bench_result()["tpot_ms"]["p90"] == 12
+    first, second = outcome.result.trials
+    assert first.figures == FIGURES and first.power_limit_w == 400.0
+    assert second.figures is None and "went backwards" in (second.outcome().fail_reason or "")
 
 
-def test_an_invalid_measurement_fails_the_trial_with_the_bench_reason() -> None:
-    bad = {**RESULT, "valid": False, "invalid_reason": "energy counter went backwards"}
-    message = CompactResult.from_bench(bad).to_message()
+def test_a_result_without_points_is_invalid() -> None:
+    message = PodResult(ok=True).to_message()
     outcome = classify_pod(pod(loadgen=terminated(0, message)), now_s=NOW, timeouts=TIMEOUTS)
-    assert (outcome.state, outcome.reason) == ("failed", "InvalidMeasurement")
-    assert outcome.message == "energy counter went backwards"
+    assert (outcome.state, outcome.reason) == ("failed", "InvalidResult")
 
 
 def test_a_load_generator_that_measured_nothing_says_why() -> None:
-    message = CompactResult.failure("EngineNotReady", "no /health within 900 s").to_message()
+    message = PodResult.failure("EngineNotReady", "no /health within 900 s").to_message()
     outcome = classify_pod(
         pod(phase="Failed", loadgen=terminated(1, message, "Error")), now_s=NOW, timeouts=TIMEOUTS
     )

@@ -10,18 +10,16 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from jouletune.loadgen import BenchConfig
 from jouletune.operator import (
     BenchmarkRef,
     OperatorConfig,
     PodPlan,
-    TrialConfig,
     build_trial_pod,
     trial_pod_name,
 )
-from jouletune.operator._pods import benchmark_label, config_from_pod
+from jouletune.operator._pods import benchmark_label, points_of_pod, trial_plan
 from jouletune.operator._wire import ENV_PLAN
-from jouletune.tuner import parse_spec
+from jouletune.tuner import Point, Role, bench_config, parse_spec
 
 REF = BenchmarkRef(namespace="ml", name="llama", uid="1234-abcd")
 SETTINGS = OperatorConfig(
@@ -31,10 +29,17 @@ SETTINGS = OperatorConfig(
 )
 
 
-def build(spec: dict[str, Any], config: TrialConfig) -> dict[str, Any]:
-    return build_trial_pod(
-        ref=REF, spec=parse_spec(spec), number=7, config=config, settings=SETTINGS
+def build(spec: dict[str, Any], *points: Point) -> dict[str, Any]:
+    plan = trial_plan(
+        ref=REF,
+        spec=parse_spec(spec),
+        number=7,
+        role=Role.SEARCH,
+        points=list(points),
+        caps=[None, 400.0, 300.0],
+        walk=True,
     )
+    return build_trial_pod(ref=REF, plan=plan, settings=SETTINGS)
 
 
 def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -46,12 +51,12 @@ def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("cap", [None, 400.0])
 def test_pods_are_valid_kubernetes_objects(backend: str, cap: float | None) -> None:
     spec = {"backend": backend, "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}}
-    pod = build(spec, TrialConfig(tensor_parallel_size=2, max_num_seqs=64, power_limit_w=cap))
+    pod = build(spec, Point(tensor_parallel_size=2, max_num_seqs=64, power_limit_w=cap))
     assert kubernetes_validate.validate(pod, "1.37.0", strict=True)
 
 
 def test_identity_labels_and_owner() -> None:
-    pod = build({}, TrialConfig(tensor_parallel_size=1, max_num_seqs=64))
+    pod = build({}, Point(tensor_parallel_size=1, max_num_seqs=64))
     meta = pod["metadata"]
     assert meta["name"] == "llama-trial-7" == trial_pod_name("llama", 7)
     assert meta["labels"]["jouletune.io/benchmark"] == "llama"
@@ -65,7 +70,7 @@ def test_identity_labels_and_owner() -> None:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    assert config_from_pod(pod) == TrialConfig(tensor_parallel_size=1, max_num_seqs=64)
+    assert points_of_pod(pod) == [Point(tensor_parallel_size=1, max_num_seqs=64)]
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -81,8 +86,8 @@ def test_long_names_fit_labels_and_hostnames_and_stay_distinct() -> None:
 
 def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
     spec = {"backend": "vllm", "gpu": {"count": 2}, "engine": {"args": ["--enforce-eager"]}}
-    config = TrialConfig(tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096)
-    engine = containers(build(spec, config))["engine"]
+    point = Point(tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096)
+    engine = containers(build(spec, point))["engine"]
     assert engine["command"][:2] == ["/bin/sh", "-c"], "lists its GPUs, then execs vllm serve"
     args = engine["args"]
     assert args[0] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -109,7 +114,7 @@ def _stub(folder: Path, name: str, body: str) -> None:
 def _vllm_pod() -> dict[str, Any]:
     return build(
         {"backend": "vllm", "gpu": {"count": 2}},
-        TrialConfig(tensor_parallel_size=2, max_num_seqs=8),
+        Point(tensor_parallel_size=2, max_num_seqs=8),
     )
 
 
@@ -177,7 +182,7 @@ def test_vllm_engine_that_cannot_list_its_gpus_stops_with_the_reason(
 
 def test_sim_engine_is_the_simulator_without_gpus() -> None:
     engine = containers(
-        build({"gpu": {"type": "a100-80gb"}}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8))
+        build({"gpu": {"type": "a100-80gb"}}, Point(tensor_parallel_size=1, max_num_seqs=8))
     )["engine"]
     assert engine["command"] == ["jouletune", "sim-server"]
     assert engine["image"] == SETTINGS.trial_image
@@ -189,11 +194,11 @@ def test_sim_engine_is_the_simulator_without_gpus() -> None:
     ("backend", "cap", "privileged"),
     [("vllm", 400.0, True), ("vllm", None, False), ("sim", 400.0, False), ("sim", None, False)],
 )
-def test_sys_admin_only_where_a_real_gpu_cap_is_held(
+def test_sys_admin_only_where_a_real_gpu_cap_is_stepped(
     backend: str, cap: float | None, privileged: bool
 ) -> None:
     pod = build(
-        {"backend": backend}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=cap)
+        {"backend": backend}, Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=cap)
     )
     by_name = containers(pod)
     added = by_name["exporter"]["securityContext"]["capabilities"].get("add", [])
@@ -201,8 +206,27 @@ def test_sys_admin_only_where_a_real_gpu_cap_is_held(
     for name in ("engine", "loadgen"):
         caps = by_name[name].get("securityContext", {}).get("capabilities", {})
         assert "SYS_ADMIN" not in caps.get("add", []), name
+    # Caps are stepped through the exporter's loopback control port, on either backend.
     exporter_args = by_name["exporter"]["args"]
-    assert ("--power-limit-w" in exporter_args) == privileged
+    assert ("--control-port" in exporter_args) == (cap is not None)
+    plan = _plan(pod)
+    assert (plan.control_url is not None) == (cap is not None)
+
+
+def _plan(pod: dict[str, Any]) -> PodPlan:
+    (env,) = [e for e in containers(pod)["loadgen"]["env"] if e["name"] == ENV_PLAN]
+    return PodPlan.model_validate(json.loads(env["value"]))
+
+
+def test_a_pod_with_riders_measures_them_all_and_waits_for_each() -> None:
+    spec = {"searchSpace": {"powerLimitW": [400, 300]}, "budget": {"trialTimeoutS": 100}}
+    points = [Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=w) for w in (400, 300)]
+    pod = build({**spec, "engine": {"startupTimeoutS": 50}}, *points)
+    plan = _plan(pod)
+    assert plan.points == points and plan.walk and plan.caps == [None, 400.0, 300.0]
+    assert points_of_pod(pod) == points
+    # Start-up, then one measurement per point, then the operator's grace.
+    assert pod["spec"]["activeDeadlineSeconds"] == 50 + 2 * 100 + SETTINGS.trial_grace_s
 
 
 def test_the_load_generator_plan_runs_the_spec_workload() -> None:
@@ -216,16 +240,21 @@ def test_the_load_generator_plan_runs_the_spec_workload() -> None:
         },
         "budget": {"trialTimeoutS": 120},
     }
-    pod = build(spec, TrialConfig(tensor_parallel_size=2, max_num_seqs=8, power_limit_w=300.0))
+    point = Point(tensor_parallel_size=2, max_num_seqs=8, power_limit_w=300.0)
+    pod = build(spec, point)
     loadgen = containers(pod)["loadgen"]
     assert loadgen["command"] == ["jouletune", "operator", "trial"]
     assert loadgen["terminationMessagePath"] == "/dev/termination-log"
-    (env,) = [e for e in loadgen["env"] if e["name"] == ENV_PLAN]
-    plan = PodPlan.model_validate(json.loads(env["value"]))
-    assert plan.trial == 7 and plan.benchmark == "ml/llama"
-    assert plan.set_power_limit_w == 300.0 and plan.gpu_indices == [0, 1]
-    assert plan.timeout_s == 120
-    bench = BenchConfig.model_validate(plan.bench)
+    plan = _plan(pod)
+    assert plan.trial == 7 and plan.benchmark == "ml/llama" and plan.points == [point]
+    assert plan.spec.budget.trial_timeout_s == 120
+    bench = bench_config(
+        plan.spec,
+        point=point,
+        seed_offset=plan.trial,
+        base_url=plan.engine_url,
+        exporter_urls=[plan.exporter_url],
+    )
     assert (bench.random_input_len, bench.random_output_len, bench.num_prompts) == (100, 50, 20)
     assert (bench.max_concurrency, bench.request_rate) == (3, 2.5)
     assert bench.base_url == "http://127.0.0.1:8000"
@@ -233,7 +262,5 @@ def test_the_load_generator_plan_runs_the_spec_workload() -> None:
 
 
 def test_an_unlimited_request_rate_survives_the_trip_through_json() -> None:
-    pod = build({}, TrialConfig(tensor_parallel_size=1, max_num_seqs=8))
-    (env,) = containers(pod)["loadgen"]["env"]
-    bench = BenchConfig.model_validate(json.loads(env["value"])["bench"])
-    assert bench.request_rate == float("inf")
+    pod = build({}, Point(tensor_parallel_size=1, max_num_seqs=8))
+    assert _plan(pod).spec.workload.request_rate == float("inf")

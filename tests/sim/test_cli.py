@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from jouletune.gpu.simulated import gpu_model
 from jouletune.sim import MODEL_CATALOG
-from jouletune.sim.cli import build_config, parse_args, vllm_batch_defaults
+from jouletune.sim.cli import build_config, parse_args
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -62,13 +61,10 @@ def test_known_flags_parse_into_the_engine_config() -> None:
     assert config.gpu.key == "h200-141gb"
 
 
-def test_defaults_follow_vllm_batch_defaults_per_gpu() -> None:
-    # vLLM 0.24 EngineArgs.get_batch_defaults for `vllm serve`: >= 70 GiB and not an A100
-    # gets 1024 seqs / 8192 tokens, other GPUs 256 / 2048.
-    assert vllm_batch_defaults(gpu_model("h100-80gb")) == (1024, 8192)
-    assert vllm_batch_defaults(gpu_model("h200-141gb")) == (1024, 8192)
-    assert vllm_batch_defaults(gpu_model("a100-80gb")) == (256, 2048)
-    assert vllm_batch_defaults(gpu_model("l40s-48gb")) == (256, 2048)
+def test_defaults_are_the_engines_for_the_simulated_gpu() -> None:
+    config = build_config(parse_args([LLAMA_8B, "--max-model-len", "4096"]))
+    assert (config.max_num_seqs, config.max_num_batched_tokens) == (1024, 8192)
+    assert config.enable_prefix_caching
     config = build_config(parse_args([LLAMA_8B, "--gpu", "a100-80gb", "--max-model-len", "4096"]))
     assert (config.max_num_seqs, config.max_num_batched_tokens) == (256, 2048)
     assert config.gpu_memory_utilization == 0.92

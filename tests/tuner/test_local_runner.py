@@ -14,22 +14,21 @@ from typing import Any
 
 import pytest
 
+from jouletune.engine import vllm_command
 from jouletune.tuner import (
     LocalRunner,
-    PointConfig,
+    Point,
     Role,
     RunnerError,
-    ServerConfig,
     StartError,
     TrialPlan,
     parse_spec,
-    vllm_command,
 )
 from tests.procs import free_port
 
 SIM_AS_VLLM = [sys.executable, "-m", "jouletune", "sim-server"]
 SIM_EXPORTER = [sys.executable, "-m", "jouletune", "exporter", "--sim", "{server_url}"]
-SERVER = ServerConfig(tensor_parallel_size=1, max_num_seqs=32)
+SERVER = Point(tensor_parallel_size=1, max_num_seqs=32)
 
 
 def _spec(**engine: Any) -> Any:
@@ -70,9 +69,7 @@ def _gone(pid: int) -> bool:
 def test_start_measure_stop(tmp_path: Path) -> None:
     port = free_port()
     runner = _runner(port)
-    plan = TrialPlan(
-        number=0, role=Role.SEARCH, point=PointConfig(server=SERVER, power_limit_w=None)
-    )
+    plan = TrialPlan(number=0, role=Role.SEARCH, point=SERVER)
 
     async def scenario() -> tuple[Any, Any, int]:
         async with runner.server(SERVER, log_dir=tmp_path / "srv") as server:
@@ -86,8 +83,7 @@ def test_start_measure_stop(tmp_path: Path) -> None:
     first, second, pid = asyncio.run(scenario())
     for outcome in (first, second):
         assert outcome.fail_reason is None
-        assert outcome.result is not None and outcome.result["valid"]
-        assert outcome.result["energy_per_output_token_j"] > 0
+        assert outcome.figures is not None and outcome.figures.energy_per_output_token_j > 0
     command = (tmp_path / "srv" / "server.log").read_text().splitlines()[0]
     assert " sim-server meta-llama/Llama-3.1-8B-Instruct --host 127.0.0.1 " in command
     for flag in ("--port " + str(port), "--max-num-seqs 32", "--tensor-parallel-size 1",
@@ -147,10 +143,8 @@ def test_busy_port_is_a_reason(tmp_path: Path) -> None:
     assert not (tmp_path / "server.log").exists()  # nothing was started
 
 
-def test_server_command_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JOULETUNE_VLLM_CMD", "jouletune sim-server")
-    assert vllm_command() == ["jouletune", "sim-server"]
-    monkeypatch.delenv("JOULETUNE_VLLM_CMD")
+def test_server_command_without_vllm_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOULETUNE_VLLM_CMD", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
     assert vllm_command()[1:] == ["-m", "vllm.entrypoints.cli.main", "serve"]
 

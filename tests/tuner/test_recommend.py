@@ -16,7 +16,6 @@ from jouletune.tuner import (
     Phase,
     Role,
     Study,
-    TrialOutcome,
     default_storage_url,
     front,
     open_storage,
@@ -26,7 +25,7 @@ from jouletune.tuner import (
     summarize_points,
     write_report,
 )
-from tests.tuner.synthetic import bench_result
+from tests.tuner.synthetic import measured
 
 SPEC: dict[str, Any] = {
     "model": "meta-llama/Llama-3.1-8B-Instruct",
@@ -53,7 +52,7 @@ def _finished_study(tmp_path: Path, spec_data: dict[str, Any]) -> tuple[Any, Stu
     study = Study.open(spec=spec, name="r", storage=open_storage(default_storage_url(tmp_path)))
     noise = iter([0.0] * 12 + [0.02, -0.02] * 20)
     while (plan := study.ask()) is not None:
-        study.tell(plan, TrialOutcome(result=bench_result(plan.point, noise=next(noise))))
+        study.tell(plan, measured(plan.point, noise=next(noise)))
     assert study.phase() == Phase.DONE
     return spec, study
 
@@ -76,14 +75,17 @@ def test_recommendation_is_the_lowest_energy_feasible_finalist(tmp_path: Path) -
     assert base is not None and base.is_baseline and base.runs == 3
     expected = 100 * (1 - best.energy_per_output_token_j / base.energy_per_output_token_j)
     assert rec.saving_pct is not None and abs(rec.saving_pct - expected) < 1e-9
-    assert rec.latency_cost_ms == best.latency_ms["tpot_p90"] - base.latency_ms["tpot_p90"]
+    tpot = "tpot_p90"
+    assert rec.latency_cost_ms == best.figures.latency_ms[tpot] - base.figures.latency_ms[tpot]
     art = rec.artifacts
     assert art is not None
     assert art.vllm_serve_command.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct ")
-    assert f"--max-num-seqs {best.max_num_seqs}" in art.vllm_serve_command
-    assert art.kubernetes_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    if best.power_limit_w is not None:
-        assert art.power_limit_command == f"sudo nvidia-smi -i 0 -pl {best.power_limit_w:g}"
+    assert f"--max-num-seqs {best.point.max_num_seqs}" in art.vllm_serve_command
+    assert art.kubernetes_container.resources["limits"]["nvidia.com/gpu"] == "1"
+    assert art.kubernetes_container.image == "vllm/vllm-openai:v0.24.0"
+    cap = best.point.power_limit_w
+    if cap is not None:
+        assert art.power_limit_command == f"sudo nvidia-smi -i 0 -pl {cap:g}"
 
 
 def test_infeasible_slo_gives_the_closest_points(tmp_path: Path) -> None:
@@ -106,11 +108,12 @@ def test_report_files(tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
     assert [int(r["number"]) for r in rows] == [r.number for r in records]
     assert rows[0]["role"] == Role.BASELINE.value and rows[0]["tpot_p90_ms"]
+    assert rows[0]["max_num_seqs"] == "256" and rows[0]["energy_per_output_token_j"]
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["front"] == [
         p.model_dump(mode="json") for p in front(summarize_points(records, spec), spec)
     ]
-    assert all(p["feasible"] for p in pareto["front"])
+    assert pareto["front"] and all(p["feasible"] for p in pareto["front"])
     assert json.loads((out / "recommendation.json").read_text())["verdict"] == "recommended"
     png = (out / "pareto.png").read_bytes()
     assert png.startswith(b"\x89PNG")

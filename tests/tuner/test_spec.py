@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jouletune.tuner import SpecError, bench_config, load_spec, parse_spec
+from jouletune.tuner import Point, SpecError, bench_config, load_spec, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -136,8 +136,7 @@ def test_saturate_runs_as_many_clients_as_the_trials_batch_bound(
     saturate: bool, clients: int
 ) -> None:
     spec = parse_spec({"workload": {"maxConcurrency": 64, "saturate": saturate, "seed": 7}})
-    config = bench_config(
-        spec, trial_number=3, max_num_seqs=160, base_url="http://x", exporter_urls=[]
-    )
+    point = Point(tensor_parallel_size=1, max_num_seqs=160)
+    config = bench_config(spec, point=point, seed_offset=3, base_url="http://x", exporter_urls=[])
     assert config.max_concurrency == clients
     assert config.seed == 10  # each trial draws its own prompts

@@ -11,7 +11,7 @@ import pytest
 
 from jouletune.tuner import (
     Phase,
-    PointConfig,
+    Point,
     Role,
     StorageError,
     Study,
@@ -23,7 +23,7 @@ from jouletune.tuner import (
     parse_spec,
 )
 from jouletune.tuner._boundary import brackets_closed
-from tests.tuner.synthetic import measured
+from tests.tuner.synthetic import figures, measured
 
 SPACE: dict[str, Any] = {
     "searchSpace": {"maxNumSeqs": [8, 16, 32, 64, 128], "powerLimitW": [600, 500, 400, 300]},
@@ -54,8 +54,8 @@ def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
     study = _open(tmp_path)
     plans = _run(study)
     assert plans[0].role is Role.BASELINE
-    assert plans[0].point == PointConfig(server=study.grid.baseline.server, power_limit_w=None)
-    assert plans[0].point.server.max_num_seqs == 256
+    assert plans[0].point == study.grid.baseline
+    assert plans[0].point.max_num_seqs == 256 and plans[0].point.power_limit_w is None
     roles = [p.role for p in plans]
     first_finalist = roles.index(Role.FINALIST)
     assert all(r is Role.FINALIST for r in roles[first_finalist:])
@@ -66,8 +66,8 @@ def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
     assert finalists[0] == study.grid.baseline
     for point in finalists:
         assert sum(p.point == point for p in plans if p.role is Role.FINALIST) == 2
-    servers = [p.point.server for p in plans[first_finalist:]]
-    assert servers == sorted(servers)
+    order = [p.point.run_order() for p in plans[first_finalist:]]
+    assert order == sorted(order)
 
 
 def test_search_never_measures_a_point_twice(tmp_path: Path) -> None:
@@ -85,8 +85,8 @@ def test_power_steps_stay_on_the_running_server(tmp_path: Path) -> None:
     # The baseline (no SLO: feasible) is followed by lower caps on the same server, each
     # below the power it drew, while J/token keeps falling.
     assert plans[1].point.server == plans[0].point.server
-    assert plans[1].power_limit_w == 600.0
-    caps = [p.power_limit_w for p in plans if p.point.server == plans[0].point.server]
+    assert plans[1].point.power_limit_w == 600.0
+    caps = [p.point.power_limit_w for p in plans if p.point.server == plans[0].point.server]
     assert caps[:3] == [None, 600.0, 500.0]
 
 
@@ -101,7 +101,7 @@ def test_cap_above_the_power_drawn_is_skipped(tmp_path: Path) -> None:
         ),
     )
     plans = _run(study)
-    assert [p.power_limit_w for p in plans] == [None, 400.0, 600.0]
+    assert [p.point.power_limit_w for p in plans] == [None, 400.0, 600.0]
 
 
 def test_resume_after_a_crash_repeats_no_finished_trial(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_read_only_collapses_the_power_axis(tmp_path: Path) -> None:
     study = Study.open(spec=spec, name="ro", storage=storage, read_only=True)
     assert list(study.grid.power_limits_w) == [None]
     plans = _run(study)
-    assert {p.power_limit_w for p in plans} == {None}
+    assert {p.point.power_limit_w for p in plans} == {None}
 
 
 def test_bracket_probes_where_the_latency_line_crosses_the_slo(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ def test_bracket_probes_where_the_latency_line_crosses_the_slo(tmp_path: Path) -
     storage = open_storage(default_storage_url(tmp_path))
     study = Study.open(spec=spec, name="rf", storage=storage, read_only=True)
     plans = _run(study)
-    assert [p.point.server.max_num_seqs for p in plans] == [256, 48, 160]
+    assert [p.point.max_num_seqs for p in plans] == [256, 48, 160]
     assert [r.feasible for r in study.measured()] == [False, True, True]
 
 
@@ -181,12 +181,12 @@ def test_a_latency_knee_costs_no_more_starts_than_bisection(tmp_path: Path) -> N
     # the bracket crept up 544, 560, ... (10 starts); with it, it halves (8: bisection's).
     seqs = list(range(8, 1025, 8))
 
-    def knee(point: PointConfig) -> TrialOutcome:
-        n = point.server.max_num_seqs
+    def knee(point: Point) -> TrialOutcome:
+        n = point.max_num_seqs
         tpot = 6.0 + 0.01 * n + 0.02 * max(0, n - 600)
-        result = dict(measured(point).result or {})
-        result["tpot_ms"] = {"mean": tpot, "p50": tpot, "p90": tpot, "p99": tpot}
-        return TrialOutcome(result=result, duration_s=30.0)
+        found = figures(point)
+        latency = found.latency_ms | {"tpot_p90": tpot}
+        return TrialOutcome(figures=found.model_copy(update={"latency_ms": latency}))
 
     spec = _spec(
         searchSpace={"maxNumSeqs": seqs, "baselineMaxNumSeqs": 1024},
@@ -200,7 +200,7 @@ def test_a_latency_knee_costs_no_more_starts_than_bisection(tmp_path: Path) -> N
         plan = study.ask()
         assert plan is not None
         study.tell(plan, knee(plan.point))
-        probes.append(plan.point.server.max_num_seqs)
+        probes.append(plan.point.max_num_seqs)
     assert len(probes) <= 8, probes  # the baseline + log2(128)
     assert {600, 608} <= set(probes)  # closed where it should be: 600 meets 12 ms, 608 not
 
@@ -221,14 +221,17 @@ def test_rebuilt_from_records_continues_by_number(tmp_path: Path) -> None:
     assert record.state is TrialState.COMPLETE and record.number == running.number
 
 
-def test_bench_result_without_energy_fails_the_trial(tmp_path: Path) -> None:
+def test_figures_without_the_slo_statistic_fail_the_trial(tmp_path: Path) -> None:
     study = _open(tmp_path)
     plan = study.ask()
     assert plan is not None
-    result = dict(measured(plan.point).result or {}, energy_per_output_token_j=None)
-    record = study.tell(plan, TrialOutcome(result=result))
+    found = figures(plan.point)
+    latency = {k: v for k, v in found.latency_ms.items() if k != "tpot_p90"}
+    record = study.tell(
+        plan, TrialOutcome(figures=found.model_copy(update={"latency_ms": latency}))
+    )
     assert record.state is TrialState.FAILED
-    assert record.fail_reason == "the bench measured no energy per output token"
+    assert record.fail_reason == "the bench reported no tpot_p90"
 
 
 def _unless_missing(*modules: str) -> pytest.MarkDecorator:

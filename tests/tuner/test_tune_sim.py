@@ -128,7 +128,7 @@ def test_resume_after_sigkill_repeats_no_finished_trial(killed_and_resumed: dict
 
 
 def _bench_j_per_token(
-    tmp: Path, rec: dict[str, Any], spec_workload: dict[str, Any], tag: str
+    tmp: Path, point: dict[str, Any], spec_workload: dict[str, Any], tag: str
 ) -> float:
     port, exporter_port = free_port(), free_port()
     args = [
@@ -139,12 +139,12 @@ def _bench_j_per_token(
         "--port",
         str(port),
         "--max-num-seqs",
-        str(rec["max_num_seqs"]),
+        str(point["max_num_seqs"]),
         "--max-model-len",
         "512",
     ]
-    if rec["power_limit_w"] is not None:
-        args += ["--power-limit", str(rec["power_limit_w"])]
+    if point["power_limit_w"] is not None:
+        args += ["--power-limit", str(point["power_limit_w"])]
     with jouletune_process(args, port=port, health_path="/health") as server:
         exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
         with jouletune_process(
@@ -183,11 +183,11 @@ def test_saving_is_reproduced_by_an_independent_bench(
     assert run["code"] == 0, run["output"]
     rec = json.loads((run["out"] / "recommendation.json").read_text())
     assert rec["verdict"] == "recommended"
-    assert rec["recommended"]["power_limit_w"] is not None  # a saving worth checking
+    assert rec["recommended"]["point"]["power_limit_w"] is not None  # a saving worth checking
     workload = {"inputLen": 64, "outputLen": 16, "maxConcurrency": 8, "numPrompts": 200,
                 "durationS": 1.5}  # fmt: skip
-    recommended = _bench_j_per_token(tmp_path, rec["recommended"], workload, "recommended")
-    baseline = _bench_j_per_token(tmp_path, rec["baseline"], workload, "baseline")
+    recommended = _bench_j_per_token(tmp_path, rec["recommended"]["point"], workload, "recommended")
+    baseline = _bench_j_per_token(tmp_path, rec["baseline"]["point"], workload, "baseline")
     saving_pct = 100.0 * (1.0 - recommended / baseline)
     assert abs(saving_pct - rec["saving_pct"]) <= 3.0, (saving_pct, rec["saving_pct"])
 
@@ -202,7 +202,7 @@ def test_infeasible_slo_ends_with_a_verdict(tmp_path: Path) -> None:
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["verdict"] == "infeasible" and rec["recommended"] is None
     assert len(rec["closest"]) == 2
-    assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])
+    assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])  # two, checked
     records = _records(out, config)
     assert [r.state for r in records] == [TrialState.COMPLETE] * 2
 

@@ -2,6 +2,7 @@
 
     jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL]
                        [--gpus 0,1 | --gpus GPU-…,GPU-… | --gpus-file PATH] [--power-limit-w W]
+                       [--control-port 9401]
 
 NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. `--gpus` picks
 GPUs by index or UUID; `--gpus-file` waits for a file that lists them (in a trial pod the
@@ -9,8 +10,10 @@ engine container writes the UUIDs of the GPUs the device plugin gave it, since t
 sees the whole node). With
 `--power-limit-w`, the exporter holds that cap on its GPUs while it runs and restores each
 GPU's previous limit when it stops: in a trial pod it is the one container that needs the
-capability to change limits. In a pod, the
-`pod` and `namespace` labels come from POD_NAME and POD_NAMESPACE (the downward API).
+capability to change limits. `--control-port` serves the GPU API on 127.0.0.1 so the load
+generator can step limits through the exporter (`_control`); the exporter restores every
+GPU's original limit when it stops. In a pod, the `pod` and `namespace` labels come from
+POD_NAME and POD_NAMESPACE (the downward API).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from jouletune.contract import EXPORTER_PORT
 from jouletune.exporter._args import port_arg, seconds_arg
 from jouletune.exporter._collector import GpuCollector
+from jouletune.exporter._control import CONTROL_HOST, make_control_app
 from jouletune.exporter._server import ExporterServer, make_app
 from jouletune.exporter._source import GpuSource
 from jouletune.gpu import (
@@ -39,10 +43,11 @@ from jouletune.gpu import (
     GpuSelector,
     NvmlGpu,
     NvmlUnavailableError,
+    PowerLimits,
+    held_power_limits,
     open_nvml_gpus,
     open_sim_gpus,
     parse_selection,
-    power_limit,
 )
 
 __all__ = ["main"]
@@ -92,22 +97,48 @@ def main(argv: list[str]) -> int:
         return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror}", _EXIT_FAILURE)
     _log.info("serving http://%s:%d/metrics and /healthz", args.host, server.port)
     try:
-        _serve_capped(server, source.opened(), args.power_limit_w)
+        with held_power_limits() as limits:
+            _hold(limits, source.opened(), args.power_limit_w)
+            control = _control_server(args.control_port, source, limits)
+            try:
+                _serve_until_signal(server)
+            finally:
+                if control is not None:
+                    control.shutdown()
+    except OSError as err:
+        return _fail(f"cannot listen on the control port: {err.strerror}", _EXIT_FAILURE)
     except (GpuError, ValueError) as err:
-        return _fail(f"cannot hold power limit {args.power_limit_w:g} W: {err}", _EXIT_FAILURE)
+        return _fail(str(err), _EXIT_FAILURE)
     finally:
         _close(source)
     return 0
 
 
-def _serve_capped(server: ExporterServer, gpus: Sequence[Gpu], watts: float | None) -> None:
-    """Serve until a signal; with `watts`, hold that cap meanwhile (restored on the way out)."""
-    if watts is not None and not gpus:
-        raise GpuError("no GPU could be opened")
-    with power_limit(gpus, watts):
-        if watts is not None:
-            _log.info("holding a %g W power limit on %d GPU(s)", watts, len(gpus))
-        _serve_until_signal(server)
+def _hold(limits: PowerLimits, gpus: Sequence[Gpu], watts: float | None) -> None:
+    """With `watts`, cap the exported GPUs now (held until the exporter stops)."""
+    if watts is None:
+        return
+    try:
+        if not gpus:
+            raise GpuError("no GPU could be opened")
+        limits.apply(gpus, watts)
+    except (GpuError, ValueError) as err:
+        raise GpuError(f"cannot hold power limit {watts:g} W: {err}") from None
+    _log.info("holding a %g W power limit on %d GPU(s)", watts, len(gpus))
+
+
+def _control_server(
+    port: int | None, source: GpuSource, limits: PowerLimits
+) -> ExporterServer | None:
+    """Start the loopback control port in a thread, if asked for."""
+    if port is None:
+        return None
+    control = ExporterServer(
+        app=make_control_app(source=source, limits=limits), host=CONTROL_HOST, port=port
+    )
+    threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
+    _log.info("power-limit control on http://%s:%d/gpus", CONTROL_HOST, control.port)
+    return control
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="W",
         help="hold this power cap on the exported GPUs while running; restored on exit",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=port_arg,
+        metavar="PORT",
+        help="serve the GPU power-limit API on 127.0.0.1:PORT (limits restored on exit)",
     )
     return parser
 

@@ -7,15 +7,24 @@ only way jouletune changes a limit.
 """
 
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
-from jouletune.gpu._limits import power_limit
+from jouletune.gpu._limits import PowerLimits, held_power_limits, power_limit
 from jouletune.gpu._nvml import NvmlGpu, nvml_versions, open_nvml_gpus
-from jouletune.gpu._remote import RemoteSimGpu, open_sim_gpus
+from jouletune.gpu._remote import (
+    EXPORTER_GPUS_PATH,
+    SIM_GPUS_PATH,
+    RemoteGpu,
+    gpu_entry,
+    open_remote_gpus,
+    open_sim_gpus,
+)
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._select import GpuSelector, parse_selection
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
 from jouletune.gpu.simulated import SimulatedGpu
 
 __all__ = [
+    "EXPORTER_GPUS_PATH",
+    "SIM_GPUS_PATH",
     "Gpu",
     "GpuError",
     "GpuPermissionError",
@@ -24,10 +33,14 @@ __all__ = [
     "NvmlGpu",
     "NvmlUnavailableError",
     "PowerLimitRange",
-    "RemoteSimGpu",
+    "PowerLimits",
+    "RemoteGpu",
     "SimulatedGpu",
+    "gpu_entry",
+    "held_power_limits",
     "nvml_versions",
     "open_nvml_gpus",
+    "open_remote_gpus",
     "open_sim_gpus",
     "parse_selection",
     "power_limit",

@@ -21,7 +21,7 @@ from typing import Any
 from jouletune.gpu._errors import GpuError
 from jouletune.gpu._types import Gpu
 
-__all__ = ["power_limit"]
+__all__ = ["PowerLimits", "held_power_limits", "power_limit"]
 
 _log = logging.getLogger(__name__)
 
@@ -36,14 +36,73 @@ class _Change:
     restored: bool = False
 
 
+class PowerLimits:
+    """Power-limit changes that remember each GPU's limit as first found, to put it back.
+
+    Use inside `held_power_limits()`, which restores everything however its block ends.
+    """
+
+    def __init__(self) -> None:
+        self._changes: list[_Change] = []
+
+    def apply(self, gpus: Sequence[Gpu], watts: float | None) -> None:
+        """Cap every GPU in `gpus` at `watts`; None puts each back to its limit as found.
+
+        A GPU already at the limit asked for is not written.
+
+        Raises:
+            ValueError: `watts` is outside a GPU's `power_limit_range()`.
+            GpuError: a limit could not be read or set.
+        """
+        if watts is None:
+            _restore([c for c in self._changes if c.gpu in gpus])
+            return
+        _validate(gpus, watts)
+        for gpu in gpus:
+            change = self._change_of(gpu)
+            current_w = gpu.sample().power_limit_w
+            if current_w is None:
+                raise GpuError(f"GPU {gpu.index} ({gpu.name}) cannot report its power limit")
+            if abs(current_w - watts) < _SAME_LIMIT_W:
+                continue
+            if change is None:
+                # Recorded before the write: if the write half-succeeds we still restore.
+                self._changes.append(_Change(gpu=gpu, previous_w=current_w))
+            else:
+                change.restored = False
+            gpu.set_power_limit_w(watts)
+
+    def restore(self) -> None:
+        """Put every changed GPU back to its limit as found."""
+        _restore(self._changes)
+
+    def _change_of(self, gpu: Gpu) -> _Change | None:
+        return next((c for c in self._changes if c.gpu is gpu), None)
+
+
+@contextmanager
+def held_power_limits() -> Iterator[PowerLimits]:
+    """A `PowerLimits` whose changes are undone on normal exit, on an exception, and on SIGTERM
+    (when entered in the main thread): the handler restores, then hands the signal to the
+    handler that was installed before (by default: the process dies of SIGTERM).
+
+    Raises:
+        GpuError: a limit could not be restored.
+    """
+    limits = PowerLimits()
+    with _restore_on_sigterm(limits):
+        try:
+            yield limits
+        finally:
+            limits.restore()
+
+
 @contextmanager
 def power_limit(gpus: Sequence[Gpu], watts: float | None) -> Iterator[None]:
     """Cap every GPU in `gpus` at `watts` for the block, then restore each one's previous limit.
 
     `watts=None` changes nothing. A GPU already at `watts` is not written. The previous limits
-    are restored on normal exit, on an exception, and on SIGTERM (when entered in the main
-    thread): the handler restores, then hands the signal to the handler that was installed
-    before (by default: the process dies of SIGTERM).
+    are restored as `held_power_limits()` restores them.
 
     Raises:
         ValueError: `watts` is outside a GPU's `power_limit_range()`.
@@ -52,22 +111,9 @@ def power_limit(gpus: Sequence[Gpu], watts: float | None) -> Iterator[None]:
     if watts is None:
         yield
         return
-    _validate(gpus, watts)
-    changes: list[_Change] = []
-    with _restore_on_sigterm(changes):
-        try:
-            for gpu in gpus:
-                current_w = gpu.sample().power_limit_w
-                if current_w is None:
-                    raise GpuError(f"GPU {gpu.index} ({gpu.name}) cannot report its power limit")
-                if abs(current_w - watts) < _SAME_LIMIT_W:
-                    continue
-                # Recorded before the write: if the write half-succeeds we still restore.
-                changes.append(_Change(gpu=gpu, previous_w=current_w))
-                gpu.set_power_limit_w(watts)
-            yield
-        finally:
-            _restore(changes)
+    with held_power_limits() as limits:
+        limits.apply(gpus, watts)
+        yield
 
 
 def _validate(gpus: Sequence[Gpu], watts: float) -> None:
@@ -80,7 +126,7 @@ def _validate(gpus: Sequence[Gpu], watts: float) -> None:
             )
 
 
-def _restore(changes: list[_Change]) -> None:
+def _restore(changes: Sequence[_Change]) -> None:
     """Put back every limit not yet restored; try all GPUs before raising the first error."""
     first_error: GpuError | None = None
     for change in reversed(changes):
@@ -98,8 +144,8 @@ def _restore(changes: list[_Change]) -> None:
 
 
 @contextmanager
-def _restore_on_sigterm(changes: list[_Change]) -> Iterator[None]:
-    """While the block runs, SIGTERM restores `changes` before the previous handler acts."""
+def _restore_on_sigterm(limits: PowerLimits) -> Iterator[None]:
+    """While the block runs, SIGTERM restores `limits` before the previous handler acts."""
     if threading.current_thread() is not threading.main_thread():
         # Python only lets the main thread install signal handlers; try/finally still covers
         # normal exit and exceptions there.
@@ -114,7 +160,7 @@ def _restore_on_sigterm(changes: list[_Change]) -> Iterator[None]:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> Any:
         try:
-            _restore(changes)
+            limits.restore()
         finally:
             signal.signal(signal.SIGTERM, previous)
             if callable(previous):

@@ -1,9 +1,12 @@
-"""A sim-server's GPUs over HTTP, so tools can read and cap them like real ones.
+"""GPUs behind an HTTP API, so tools can read and cap them like local ones.
 
-The sim-server serves `GET /sim/gpus` → `{"gpus": [GpuSample JSON, ...]}` (each entry may also
-carry `"power_limit_range": {"min_w", "max_w", "default_w"}`) and
-`PUT /sim/gpus/{index}/power-limit` with `{"watts": W}`. One GET returns every GPU, so
-`sample_all()` (in `_sampling.py`) reads all GPUs of one server with a single request.
+Two servers speak it: the sim-server (its simulated GPUs under `/sim/gpus`) and the
+exporter's loopback control port (`jouletune exporter --control-port`, the GPUs it exports
+under `/gpus`; in a trial pod the exporter is the one container allowed to change limits).
+`GET <prefix>` → `{"gpus": [GpuSample JSON, ...]}` (each entry may also carry
+`"power_limit_range": {"min_w", "max_w", "default_w"}`); `PUT <prefix>/{index}/power-limit`
+with `{"watts": W}` caps one GPU. One GET returns every GPU, so `sample_all()` (in
+`_sampling.py`) reads all GPUs of one server with a single request.
 """
 
 from __future__ import annotations
@@ -16,28 +19,52 @@ from typing import Any
 
 from jouletune.gpu._errors import GpuError
 from jouletune.gpu._select import GpuSelector, resolve_selection
-from jouletune.gpu._types import GpuSample, PowerLimitRange
+from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
 
-__all__ = ["RemoteSimGpu", "open_sim_gpus"]
+__all__ = [
+    "EXPORTER_GPUS_PATH",
+    "SIM_GPUS_PATH",
+    "RemoteGpu",
+    "gpu_entry",
+    "open_remote_gpus",
+    "open_sim_gpus",
+]
+
+SIM_GPUS_PATH = "/sim/gpus"
+EXPORTER_GPUS_PATH = "/gpus"
 
 # Loopback answers in about a millisecond; a sim-server that has not answered in 5 s is stuck.
 _DEFAULT_TIMEOUT_S = 5.0
 
 
-class _SimClient:
-    """The HTTP side shared by all `RemoteSimGpu`s of one sim-server."""
+def gpu_entry(gpu: Gpu) -> dict[str, Any]:
+    """What a GPU server serves for `gpu`: a fresh sample and its power-limit range."""
+    entry = gpu.sample().to_json()
+    entry["power_limit_range"] = gpu.power_limit_range().to_json()
+    return entry
 
-    def __init__(self, *, url: str, timeout_s: float) -> None:
+
+class _Client:
+    """The HTTP side shared by all `RemoteGpu`s of one server."""
+
+    def __init__(self, *, url: str, path: str, timeout_s: float) -> None:
         self.url = url.rstrip("/")
+        self._path = path
         self._timeout_s = timeout_s
+        self._what = "sim-server" if path == SIM_GPUS_PATH else "GPU server"
+
+    def describe(self) -> str:
+        """`sim-server URL` or `GPU server URL`, for messages."""
+        return f"{self._what} {self.url}"
 
     def read(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
         """Every GPU of the server, by index, with its power-limit range when the server
         reports one."""
-        body = self._request("GET", "/sim/gpus")
+        body = self._request("GET", self._path)
         entries = body.get("gpus") if isinstance(body, dict) else None
         if not isinstance(entries, list):
-            raise GpuError(f"sim-server {self.url}/sim/gpus did not return {{'gpus': [...]}}")
+            where = f"{self._what} {self.url}{self._path}"
+            raise GpuError(f"{where} did not return {{'gpus': [...]}}")
         out: dict[int, tuple[GpuSample, PowerLimitRange | None]] = {}
         try:
             for entry in entries:
@@ -46,12 +73,13 @@ class _SimClient:
                 sample = GpuSample.from_json(entry)
                 out[sample.index] = (sample, limits)
         except (ValueError, AttributeError) as err:
-            raise GpuError(f"sim-server {self.url}/sim/gpus sent a bad GPU entry: {err}") from None
+            where = f"{self._what} {self.url}{self._path}"
+            raise GpuError(f"{where} sent a bad GPU entry: {err}") from None
         return out
 
     def put_power_limit(self, index: int, watts: float) -> None:
         """Ask the server to cap GPU `index` at `watts`."""
-        self._request("PUT", f"/sim/gpus/{index}/power-limit", {"watts": watts})
+        self._request("PUT", f"{self._path}/{index}/power-limit", {"watts": watts})
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
@@ -65,22 +93,23 @@ class _SimClient:
             detail = err.read().decode(errors="replace").strip().splitlines()
             reason = detail[0] if detail else err.reason
             raise GpuError(
-                f"sim-server {method} {path} failed: HTTP {err.code}: {reason}"
+                f"{self._what} {method} {path} failed: HTTP {err.code}: {reason}"
             ) from None
         except (urllib.error.URLError, OSError) as err:
             why = err.reason if isinstance(err, urllib.error.URLError) else err
-            raise GpuError(f"sim-server {self.url} is unreachable: {why}") from None
+            raise GpuError(f"{self._what} {self.url} is unreachable: {why}") from None
         except json.JSONDecodeError:
-            raise GpuError(f"sim-server {method} {path} did not answer JSON") from None
+            raise GpuError(f"{self._what} {method} {path} did not answer JSON") from None
 
 
-class RemoteSimGpu:
-    """One GPU of a running `jouletune sim-server`; create with `open_sim_gpus(url)`."""
+class RemoteGpu:
+    """One GPU behind a server's GPU API; create with `open_sim_gpus(url)` or
+    `open_remote_gpus(url, path=EXPORTER_GPUS_PATH)`."""
 
     def __init__(
         self,
         *,
-        client: _SimClient,
+        client: _Client,
         index: int,
         uuid: str,
         name: str,
@@ -93,26 +122,26 @@ class RemoteSimGpu:
         self._limits = limits
 
     def __repr__(self) -> str:
-        return f"RemoteSimGpu(url={self._client.url!r}, index={self._index}, name={self._name!r})"
+        return f"RemoteGpu(url={self._client.url!r}, index={self._index}, name={self._name!r})"
 
     @property
     def index(self) -> int:
-        """The sim-server's index of this GPU."""
+        """The server's index of this GPU."""
         return self._index
 
     @property
     def uuid(self) -> str:
-        """The simulated GPU's UUID."""
+        """The GPU's UUID."""
         return self._uuid
 
     @property
     def name(self) -> str:
-        """The simulated GPU's model name."""
+        """The GPU's model name."""
         return self._name
 
     @property
     def url(self) -> str:
-        """The sim-server's base URL."""
+        """The server's base URL."""
         return self._client.url
 
     def sample(self) -> GpuSample:
@@ -120,12 +149,12 @@ class RemoteSimGpu:
         return self.pick(self._client.read())
 
     def read_server(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
-        """One GET of every GPU of this GPU's sim-server, for `sample_all` to share."""
+        """One GET of every GPU of this GPU's server, for `sample_all` to share."""
         return self._client.read()
 
     @property
     def server_key(self) -> int:
-        """Equal for GPUs opened together from one sim-server (they share one client)."""
+        """Equal for GPUs opened together from one server (they share one client)."""
         return id(self._client)
 
     def pick(self, found: dict[int, tuple[GpuSample, PowerLimitRange | None]]) -> GpuSample:
@@ -133,15 +162,13 @@ class RemoteSimGpu:
         return _pick(found, self._index, self._client.url)[0]
 
     def power_limit_range(self) -> PowerLimitRange:
-        """The range the sim-server reported for this GPU when it was opened."""
+        """The range the server reported for this GPU when it was opened."""
         if self._limits is None:
-            raise GpuError(
-                f"sim-server {self._client.url} reports no power_limit_range for GPU {self._index}"
-            )
+            raise GpuError(f"{self._client.url} reports no power_limit_range for GPU {self._index}")
         return self._limits
 
     def set_power_limit_w(self, watts: float) -> None:
-        """Cap this simulated GPU; use `power_limit()`, which validates and restores."""
+        """Cap this GPU; use `power_limit()`, which validates and restores."""
         self._client.put_power_limit(self._index, watts)
 
 
@@ -150,19 +177,35 @@ def open_sim_gpus(
     *,
     selection: Sequence[GpuSelector] | None = None,
     timeout_s: float = _DEFAULT_TIMEOUT_S,
-) -> list[RemoteSimGpu]:
+) -> list[RemoteGpu]:
     """The GPUs of the sim-server at `url` (all, or those `selection` names: indices or UUIDs).
 
     Raises:
         GpuError: the server does not answer or answers malformed data.
         ValueError: a selector names no GPU of that server.
     """
-    client = _SimClient(url=url, timeout_s=timeout_s)
+    return open_remote_gpus(url, path=SIM_GPUS_PATH, selection=selection, timeout_s=timeout_s)
+
+
+def open_remote_gpus(
+    url: str,
+    *,
+    path: str,
+    selection: Sequence[GpuSelector] | None = None,
+    timeout_s: float = _DEFAULT_TIMEOUT_S,
+) -> list[RemoteGpu]:
+    """The GPUs a server serves under `path` (all, or those `selection` names).
+
+    Raises:
+        GpuError: the server does not answer or answers malformed data.
+        ValueError: a selector names no GPU of that server.
+    """
+    client = _Client(url=url, path=path, timeout_s=timeout_s)
     found = client.read()
     uuids = {i: sample.uuid for i, (sample, _) in found.items()}
-    chosen = resolve_selection(selection, uuids, f"sim-server {url}")
+    chosen = resolve_selection(selection, uuids, client.describe())
     return [
-        RemoteSimGpu(
+        RemoteGpu(
             client=client,
             index=i,
             uuid=found[i][0].uuid,
@@ -179,4 +222,4 @@ def _pick(
     try:
         return found[index]
     except KeyError:
-        raise GpuError(f"sim-server {url} no longer reports GPU {index}") from None
+        raise GpuError(f"{url} no longer reports GPU {index}") from None

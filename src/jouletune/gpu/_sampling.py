@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from jouletune.gpu._nvml import NvmlGpu
-from jouletune.gpu._remote import RemoteSimGpu
+from jouletune.gpu._remote import RemoteGpu
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
 
 __all__ = ["sample_all"]
@@ -38,7 +38,7 @@ def sample_all(gpus: Sequence[Gpu]) -> list[GpuSample]:
     for i, gpu in enumerate(gpus):
         if i in samples:
             continue
-        if isinstance(gpu, RemoteSimGpu):
+        if isinstance(gpu, RemoteGpu):
             if gpu.server_key not in servers:
                 servers[gpu.server_key] = gpu.read_server()
             samples[i] = gpu.pick(servers[gpu.server_key])

@@ -123,7 +123,7 @@ class PowerLimitRange:
 class Gpu(Protocol):
     """One GPU jouletune can read and whose power limit it can change.
 
-    Implementations: `NvmlGpu` (a real GPU), `RemoteSimGpu` (a sim-server's GPU over HTTP) and
+    Implementations: `NvmlGpu` (a real GPU), `RemoteGpu` (a sim-server's GPU over HTTP) and
     the simulator's in-process `SimulatedGpu`. Change limits only through `power_limit()`,
     which restores them.
     """

@@ -2,7 +2,7 @@
 
 `jouletune operator` runs it (Kopf); `python -m jouletune.operator.crd` prints its CRD.
 The operator keeps up to `spec.budget.parallelTrials` trial pods running, reads each pod's
-compact result from its termination message, tells it to the tuner's ask/tell `Study`, and
+result from its termination message, tells it to the tuner's ask/tell `Study`, and
 writes the trial table, the Pareto front and the recommendation into `status`.
 
     operator = Operator(config=OperatorConfig(), metrics=OperatorMetrics(registry=registry))
@@ -26,17 +26,8 @@ from jouletune.operator._pods import (
     trial_pod_name,
 )
 from jouletune.operator._rbac import KOPF_CALLS, RBAC_RULES, rbac_rules
-from jouletune.operator._status import (
-    BenchmarkStatus,
-    Condition,
-    FrontPoint,
-    Phase,
-    Recommendation,
-    TrialConfig,
-    TrialRow,
-    TrialState,
-)
-from jouletune.operator._wire import CompactResult, PodPlan, ResultError
+from jouletune.operator._status import BenchmarkStatus, Condition, Phase, Recommendation, TrialRow
+from jouletune.operator._wire import PodPlan, PodResult, PodTrial, ResultError
 
 if TYPE_CHECKING:
     from jouletune.operator._handlers import Operator, configure
@@ -50,10 +41,8 @@ __all__ = [
     "ApiCall",
     "BenchmarkRef",
     "BenchmarkStatus",
-    "CompactResult",
     "Condition",
     "ConfigError",
-    "FrontPoint",
     "KubeApi",
     "KubeError",
     "Operator",
@@ -62,12 +51,12 @@ __all__ = [
     "Phase",
     "PodOutcome",
     "PodPlan",
+    "PodResult",
+    "PodTrial",
     "Recommendation",
     "ResultError",
     "Timeouts",
-    "TrialConfig",
     "TrialRow",
-    "TrialState",
     "build_trial_pod",
     "classify_pod",
     "configure",

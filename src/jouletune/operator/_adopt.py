@@ -1,9 +1,11 @@
-"""Adoption: the recommendation as a ready manifest, and optionally patched into a Deployment.
+"""The end of a study, and adoption: the recommendation as a ready manifest, and optionally
+patched into a Deployment.
 
 Always: a ConfigMap `<benchmark>-recommendation` with the `vllm serve` flags, the power limit
 and a strategic-merge patch for a vLLM container. With `spec.adopt.mode: Apply` and a
 `targetRef`, the operator applies that patch to the Deployment: the container's args keep
-everything the benchmark did not search and get the recommended values of what it did.
+everything the benchmark did not search and get the recommended values of what it did
+(`jouletune.engine.merge_args`).
 
 A GPU power limit is a node setting, not a pod one: it cannot travel in a Deployment patch.
 It is written beside the args (and as a pod-template annotation) for whatever manages the
@@ -14,30 +16,125 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 
 from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.engine import merge_args
+from jouletune.operator._kube import KubeApi
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
+from jouletune.operator._status import BenchmarkStatus, Condition, Phase, now_iso
+from jouletune.operator._table import COND_ADOPTED, COND_COMPLETE, COND_PROGRESSING, set_failed
 from jouletune.tuner import BenchmarkSpec, Recommendation
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
+    "adopt",
+    "conclude",
     "configmap_name",
     "deployment_patch",
-    "merge_args",
     "recommendation_configmap",
 ]
 
 ANNOTATION_POWER_LIMIT = f"{GROUP}/power-limit-w"
 _GPU = "nvidia.com/gpu"
 
+Event = Callable[[str, str, str], None]
+"""Posts one Kubernetes Event about the benchmark: (type, reason, message)."""
+
+
+async def conclude(
+    *,
+    kube: KubeApi,
+    ref: BenchmarkRef,
+    spec: BenchmarkSpec,
+    rec: Recommendation,
+    status: BenchmarkStatus,
+    event: Event,
+) -> None:
+    """The study is done: Succeeded with the recommendation adopted, or Failed saying why."""
+    if rec.verdict != "recommended" or rec.artifacts is None or status.recommendation is None:
+        reason = "NoFeasibleConfiguration" if rec.verdict == "infeasible" else "NoTrialMeasured"
+        set_failed(status, reason, rec.message)
+        event("Warning", "BenchmarkFailed", rec.message)
+        return
+    await adopt(kube=kube, ref=ref, spec=spec, rec=rec, status=status, event=event)
+    status.phase = Phase.SUCCEEDED
+    status.finished_at = now_iso()
+    status.set_condition(
+        Condition(type=COND_COMPLETE, status="True", reason="Recommended", message=rec.message)
+    )
+    status.set_condition(
+        Condition(type=COND_PROGRESSING, status="False", reason="Complete", message="")
+    )
+    event("Normal", "BenchmarkSucceeded", rec.message)
+
 
 def configmap_name(benchmark: str) -> str:
     """The recommendation ConfigMap's name."""
     return f"{benchmark}-recommendation"
+
+
+async def adopt(
+    *,
+    kube: KubeApi,
+    ref: BenchmarkRef,
+    spec: BenchmarkSpec,
+    rec: Recommendation,
+    status: BenchmarkStatus,
+    event: Event,
+) -> None:
+    """Write the recommendation ConfigMap and, with `adopt.mode: Apply`, patch the target
+    Deployment; record what happened in `status` (its recommendation and Adopted condition)."""
+    assert status.recommendation is not None, "adoption follows a recommendation"
+    target = spec.adopt.target_ref
+    container = (target.container if target else None) or "vllm"
+    body = recommendation_configmap(ref=ref, spec=spec, rec=rec, container=container)
+    await kube.apply_configmap(ref.namespace, body)
+    status.recommendation.config_map = configmap_name(ref.name)
+    if target is None or spec.adopt.mode != "Apply":
+        status.set_condition(
+            Condition(
+                type=COND_ADOPTED,
+                status="False",
+                reason="Recommend",
+                message=f"written to ConfigMap {status.recommendation.config_map} "
+                "(spec.adopt.mode is Recommend)",
+            )
+        )
+        return
+    reason, message = await _apply(kube, ref.namespace, target.name, spec, rec, container)
+    adopted = reason == "DeploymentPatched"
+    status.recommendation.adopted = adopted
+    status.set_condition(
+        Condition(
+            type=COND_ADOPTED, status="True" if adopted else "False", reason=reason, message=message
+        )
+    )
+    event("Normal" if adopted else "Warning", "Adopted" if adopted else reason, message)
+
+
+async def _apply(
+    kube: KubeApi,
+    namespace: str,
+    target: str,
+    spec: BenchmarkSpec,
+    rec: Recommendation,
+    container: str,
+) -> tuple[str, str]:
+    """Patch the target Deployment; (reason, message) of what happened."""
+    deployment = await kube.get_deployment(namespace, target)
+    if deployment is None:
+        return "TargetNotFound", f"Deployment {target} not found"
+    try:
+        patch = deployment_patch(deployment, spec=spec, rec=rec, container=container)
+    except ValueError as err:
+        return "ContainerNotFound", f"Deployment {target}: {err}"
+    await kube.patch_deployment(namespace, target, patch)
+    summary = rec.recommended.label if rec.recommended else ""
+    return "DeploymentPatched", f"Deployment {target} container {container} runs {summary}"
 
 
 def recommendation_configmap(
@@ -47,7 +144,8 @@ def recommendation_configmap(
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     args = rec.artifacts.vllm_serve_args
     cap = rec.artifacts.power_limit_w
-    patch = _container_patch(container, [spec.model, *args], rec.recommended.tensor_parallel_size)
+    gpus = rec.recommended.point.tensor_parallel_size
+    patch = _container_patch(container, [spec.model, *args], gpus)
     data = {
         "vllm-serve-args": shlex.join(args),
         "vllm-serve-args.json": json.dumps(args),
@@ -85,32 +183,13 @@ def deployment_patch(
         names = [c.get("name") for c in containers or []]
         raise ValueError(f"Deployment has no container {container!r} (it has {names})")
     args = merge_args(current.get("args") or [spec.model], rec.artifacts.vllm_serve_args)
-    patch = _container_patch(container, args, rec.recommended.tensor_parallel_size)
+    patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
     cap = rec.artifacts.power_limit_w
     if cap is not None:
         patch["spec"]["template"]["metadata"] = {
             "annotations": {ANNOTATION_POWER_LIMIT: f"{cap:g}"}
         }
     return patch
-
-
-def merge_args(existing: Sequence[str], recommended: Sequence[str]) -> list[str]:
-    """`existing` without the flags `recommended` sets (either `--f v` or `--f=v`), then
-    `recommended`: the container keeps its model, port and other flags."""
-    ours = {a.split("=", 1)[0] for a in recommended if a.startswith("--")}
-    kept: list[str] = []
-    skip_value = False
-    for arg in existing:
-        if skip_value:
-            skip_value = False
-            if not arg.startswith("--"):
-                continue
-        flag = arg.split("=", 1)[0]
-        if arg.startswith("--") and flag in ours:
-            skip_value = "=" not in arg
-            continue
-        kept.append(arg)
-    return [*kept, *recommended]
 
 
 def _container_patch(name: str, args: list[str], gpus: int) -> dict[str, Any]:

@@ -18,100 +18,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import kopf
 
-from jouletune.operator._adopt import configmap_name, deployment_patch, recommendation_configmap
-from jouletune.operator._config import OperatorConfig
-from jouletune.operator._kube import KubeApi
-from jouletune.operator._metrics import OperatorMetrics
-from jouletune.operator._outcome import PodOutcome, Timeouts, classify_pod, parse_time_s
+from jouletune.operator._adopt import conclude
+from jouletune.operator._context import Context, trial_event
+from jouletune.operator._harvest import Told, harvest
 from jouletune.operator._pods import (
     LABEL_BENCHMARK,
     BenchmarkRef,
     benchmark_label,
     build_trial_pod,
+    trial_plan,
     trial_pod_name,
 )
-from jouletune.operator._status import (
-    BenchmarkStatus,
-    Condition,
-    FrontPoint,
-    Phase,
-    Recommendation,
-    TrialConfig,
-    TrialRow,
-    TrialState,
-    now_iso,
+from jouletune.operator._status import BenchmarkStatus, Condition, TrialRow, now_iso
+from jouletune.operator._table import (
+    COND_SPEC_VALID,
+    Placement,
+    build_status,
+    count_trials,
+    real_failures,
+    set_failed,
 )
 from jouletune.tuner import (
     BenchmarkSpec,
-    PointSummary,
     SpecError,
     StorageError,
     Study,
     StudyMismatchError,
     TrialOutcome,
+    TrialPlan,
     TrialRecord,
-    front,
+    TrialState,
     open_storage,
     parse_spec,
     recommend,
-    summarize_points,
 )
 from jouletune.tuner import Phase as StudyPhase
-from jouletune.tuner import Recommendation as TunerRecommendation
-from jouletune.tuner import TrialState as RecordState
 
-__all__ = ["BenchmarkLoop", "Context", "EventSink"]
+__all__ = ["BenchmarkLoop"]
 
-# Condition types of status.conditions.
-COND_SPEC_VALID = "SpecValid"
-COND_PROGRESSING = "Progressing"
-COND_COMPLETE = "Complete"
-COND_FAILED = "Failed"
-COND_ADOPTED = "Adopted"
-
-
-class EventSink(Protocol):
-    """Posts Kubernetes Events about a benchmark (Kopf's `kopf.event` in the operator)."""
-
-    def __call__(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-        """Post one event."""
-
-
-def kopf_events(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    """Post through Kopf's event queue (batched, rate-limited by Kopf)."""
-    kopf.event(body, type=type, reason=reason, message=message)  # type: ignore[arg-type]
-
-
-@dataclass
-class Context:
-    """What every benchmark loop of one operator shares."""
-
-    kube: KubeApi
-    config: OperatorConfig
-    metrics: OperatorMetrics
-    events: EventSink = kopf_events
-    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-
-    def wakeup(self, namespace: str, name: str) -> asyncio.Event:
-        """The event a pod change sets to wake this benchmark's loop."""
-        return self.wakeups.setdefault((namespace, name), asyncio.Event())
-
-
-@dataclass
-class _Placement:
-    """What the table says about a trial beyond the study's record."""
-
-    pod: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    reason: str | None = None
+# Most points one trial pod measures under one engine start: the plan's and its riders'
+# (power steps). Four fit the termination message with room to spare.
+_MAX_POINTS_PER_POD = 4
 
 
 class _Terminal(Exception):
@@ -133,9 +85,9 @@ class BenchmarkLoop:
         self._body = body
         self._log = logger
         self.ref = BenchmarkRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-        self._status = _read_status(body.get("status"))
+        self._status = _read_status(body.get("status"), logger)
         self._placements = {
-            row.number: _Placement(row.pod, row.started_at, row.finished_at, row.reason)
+            row.number: Placement(row.pod, row.started_at, row.finished_at, row.reason)
             for row in self._status.trials
         }
         self._spec: BenchmarkSpec | None = None
@@ -185,19 +137,34 @@ class BenchmarkLoop:
         study = await self._load_study(spec)
         pods = await self._trial_pods()
         finished = self._harvest(study, pods)
-        failed = _real_failures(study.records())
+        failed = real_failures(study.records())
         if failed >= spec.budget.max_failed_trials:
             await self._abort(study, pods, failed, spec)
         self._ask(study, spec)
         records = study.records()
-        running = [r for r in records if r.state is RecordState.RUNNING]
+        running = [r for r in records if r.state is TrialState.RUNNING]
         done = not running and study.phase() == StudyPhase.DONE
-        tuner_rec = recommend(spec=spec, records=records, finalists=study.finalists(), done=done)
-        status = self._build_status(spec, records, tuner_rec)
+        rec = recommend(spec=spec, records=records, finalists=study.finalists(), done=done)
+        status = build_status(
+            self._status,
+            benchmark=self.ref.name,
+            spec=spec,
+            records=records,
+            placements=self._placements,
+            recommendation=rec,
+            generation=self._body["metadata"].get("generation"),
+        )
         if done:
-            await self._finish(spec, tuner_rec, status)
+            await conclude(
+                kube=self._ctx.kube,
+                ref=self.ref,
+                spec=spec,
+                rec=rec,
+                status=status,
+                event=self._event,
+            )
         await self._write(status)
-        await self._start_pods(spec, running, pods)
+        await self._start_pods(study, spec, running, pods)
         await self._delete_pods(finished + self._orphans(pods, running))
         if status.phase.terminal:
             raise _Terminal()
@@ -251,78 +218,42 @@ class BenchmarkLoop:
 
     def _harvest(self, study: Study, pods: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Tell the study every finished pod's outcome; return the pods to delete."""
-        spec = self._spec
-        assert spec is not None, "spec is loaded first"
-        timeouts = Timeouts(
-            unschedulable_s=self._ctx.config.unschedulable_timeout_s,
-            trial_s=spec.engine.startup_timeout_s
-            + spec.budget.trial_timeout_s
-            + self._ctx.config.trial_grace_s,
+        assert self._spec is not None, "spec is loaded first"
+        told, finished = harvest(
+            study,
+            pods,
+            benchmark=self.ref.name,
+            spec=self._spec,
+            config=self._ctx.config,
+            placements=self._placements,
         )
-        now_s = time.time()
-        done = []
-        for record in study.records():
-            if record.state is not RecordState.RUNNING:
-                continue
-            pod = pods.get(trial_pod_name(self.ref.name, record.number))
-            if pod is None:
-                continue
-            outcome = classify_pod(pod, now_s=now_s, timeouts=timeouts)
-            if outcome.state == "running":
-                continue
-            self._tell(study, record, outcome, pod)
-            done.append(pod["metadata"]["name"])
-        return done
+        for trial in told:
+            self._observe(trial)
+        return finished
 
-    def _tell(
-        self, study: Study, record: TrialRecord, outcome: PodOutcome, pod: Mapping[str, Any]
-    ) -> None:
-        placement = self._placements.setdefault(record.number, _Placement())
-        started_s = parse_time_s(placement.started_at) or parse_time_s(
-            pod["metadata"].get("creationTimestamp")
-        )
-        duration_s = 0.0 if started_s is None else time.time() - started_s
-        if outcome.state == "done":
-            assert outcome.result is not None, "a done outcome carries its result"
-            self._ctx.metrics.observe_result(
-                self.ref.namespace, self.ref.name, trial=record.number, result=outcome.result
+    def _observe(self, told: Told) -> None:
+        """Metrics and the Event of one told trial."""
+        record = told.record
+        if record.figures is not None:
+            self._ctx.metrics.observe_figures(
+                self.ref.namespace, self.ref.name, trial=record.number, figures=record.figures
             )
-            told = study.tell(
-                record.number,
-                TrialOutcome(
-                    result=outcome.result.as_bench_result(),
-                    duration_s=duration_s,
-                    power_limit_w=outcome.result.power_limit_w,
-                ),
-            )
-        else:
-            told = study.tell(
-                record.number,
-                TrialOutcome(
-                    fail_reason=f"{outcome.reason}: {outcome.message}", duration_s=duration_s
-                ),
-            )
-        placement.finished_at = now_iso()
-        if told.state is RecordState.FAILED:
-            # A result the study could not use fails too; keep the pod's word when it had one.
-            placement.reason = outcome.reason or "InvalidResult"
-        state = TrialState.COMPLETE if told.state is RecordState.COMPLETE else TrialState.FAILED
         self._ctx.metrics.observe_trial(
             self.ref.namespace,
             self.ref.name,
-            state=state,
-            duration_s=duration_s,
-            reason=placement.reason,
+            state=record.state,
+            duration_s=told.duration_s,
+            reason=told.placement.reason,
         )
-        self._event_trial_end(told, placement)
+        self._event_trial_end(record, told.placement)
 
     def _ask(self, study: Study, spec: BenchmarkSpec) -> None:
-        running = sum(r.state is RecordState.RUNNING for r in study.records())
+        running = sum(r.state is TrialState.RUNNING for r in study.records())
         while running < spec.budget.parallel_trials:
             plan = study.ask()
             if plan is None:
                 return
-            self._placements[plan.number] = _Placement(
+            self._placements[plan.number] = Placement(
                 pod=trial_pod_name(self.ref.name, plan.number), started_at=now_iso()
             )
             running += 1
@@ -338,14 +269,15 @@ class BenchmarkLoop:
             f"{failed} trials failed (spec.budget.maxFailedTrials={spec.budget.max_failed_trials})"
         )
         for record in study.records():
-            if record.state is RecordState.RUNNING:
+            if record.state is TrialState.RUNNING:
                 study.tell(record.number, TrialOutcome(fail_reason=f"Aborted: {message}"))
-                placement = self._placements.setdefault(record.number, _Placement())
+                placement = self._placements.setdefault(record.number, Placement())
                 placement.finished_at, placement.reason = now_iso(), "Aborted"
         raise _Fatal("MaxFailedTrialsReached", message, delete=list(pods))
 
     async def _start_pods(
         self,
+        study: Study,
         spec: BenchmarkSpec,
         running: list[TrialRecord],
         pods: Mapping[str, Mapping[str, Any]],
@@ -354,12 +286,19 @@ class BenchmarkLoop:
             name = trial_pod_name(self.ref.name, record.number)
             if name in pods or self.closing():
                 continue
-            config = TrialConfig.from_point(record.point)
+            plan = TrialPlan(number=record.number, role=record.role, point=record.point)
+            riders = study.riders(plan, limit=_MAX_POINTS_PER_POD - 1)
             body = build_trial_pod(
                 ref=self.ref,
-                spec=spec,
-                number=record.number,
-                config=config,
+                plan=trial_plan(
+                    ref=self.ref,
+                    spec=spec,
+                    number=record.number,
+                    role=record.role,
+                    points=[record.point, *riders],
+                    caps=list(study.grid.power_limits_w),
+                    walk=study.walks(),
+                ),
                 settings=self._ctx.config,
             )
             created = await self._ctx.kube.create_pod(self.ref.namespace, body)
@@ -369,11 +308,12 @@ class BenchmarkLoop:
                 await self._ctx.kube.delete_pod(self.ref.namespace, name)
                 return
             if created:
+                more = f" and {len(riders)} lower cap(s)" if riders else ""
                 self._event(
                     "Normal",
                     "TrialStarted",
                     f"trial {record.number} ({record.role.value}): "
-                    f"{record.point.label()} in pod {name}",
+                    f"{record.point.label()}{more} in pod {name}",
                 )
 
     async def _delete_pods(self, names: list[str]) -> None:
@@ -387,131 +327,7 @@ class BenchmarkLoop:
         wanted = {trial_pod_name(self.ref.name, r.number) for r in running}
         return [name for name in pods if name not in wanted]
 
-    # --- the end ------------------------------------------------------------------------
-
-    async def _finish(
-        self, spec: BenchmarkSpec, rec: TunerRecommendation, status: BenchmarkStatus
-    ) -> None:
-        """Decide the terminal phase; with a recommendation, write and apply it."""
-        if rec.verdict != "recommended" or rec.artifacts is None or status.recommendation is None:
-            reason = "NoFeasibleConfiguration" if rec.verdict == "infeasible" else "NoTrialMeasured"
-            _set_failed(status, reason, rec.message)
-            self._event("Warning", "BenchmarkFailed", rec.message)
-            return
-        target = spec.adopt.target_ref
-        container = (target.container if target else None) or "vllm"
-        body = recommendation_configmap(ref=self.ref, spec=spec, rec=rec, container=container)
-        await self._ctx.kube.apply_configmap(self.ref.namespace, body)
-        status.recommendation.config_map = configmap_name(self.ref.name)
-        if target is not None and spec.adopt.mode == "Apply":
-            await self._apply_to_deployment(spec, rec, status, target.name, container)
-        else:
-            status.set_condition(
-                Condition(
-                    type=COND_ADOPTED,
-                    status="False",
-                    reason="Recommend",
-                    message=f"written to ConfigMap {status.recommendation.config_map} "
-                    "(spec.adopt.mode is Recommend)",
-                )
-            )
-        status.phase = Phase.SUCCEEDED
-        status.finished_at = now_iso()
-        status.set_condition(
-            Condition(type=COND_COMPLETE, status="True", reason="Recommended", message=rec.message)
-        )
-        status.set_condition(
-            Condition(type=COND_PROGRESSING, status="False", reason="Complete", message="")
-        )
-        self._event("Normal", "BenchmarkSucceeded", rec.message)
-
-    async def _apply_to_deployment(
-        self,
-        spec: BenchmarkSpec,
-        rec: TunerRecommendation,
-        status: BenchmarkStatus,
-        target: str,
-        container: str,
-    ) -> None:
-        assert status.recommendation is not None, "called with a recommendation"
-        deployment = await self._ctx.kube.get_deployment(self.ref.namespace, target)
-        if deployment is None:
-            reason, message = "TargetNotFound", f"Deployment {target} not found"
-        else:
-            try:
-                patch = deployment_patch(deployment, spec=spec, rec=rec, container=container)
-            except ValueError as err:
-                reason, message = "ContainerNotFound", f"Deployment {target}: {err}"
-            else:
-                await self._ctx.kube.patch_deployment(self.ref.namespace, target, patch)
-                status.recommendation.adopted = True
-                status.set_condition(
-                    Condition(
-                        type=COND_ADOPTED,
-                        status="True",
-                        reason="DeploymentPatched",
-                        message=f"Deployment {target} container {container} runs "
-                        f"{status.recommendation.summary}",
-                    )
-                )
-                self._event("Normal", "Adopted", f"patched Deployment {target}")
-                return
-        status.set_condition(
-            Condition(type=COND_ADOPTED, status="False", reason=reason, message=message)
-        )
-        self._event("Warning", reason, message)
-
     # --- status -------------------------------------------------------------------------
-
-    def _build_status(
-        self, spec: BenchmarkSpec, records: list[TrialRecord], rec: TunerRecommendation
-    ) -> BenchmarkStatus:
-        status = self._status.model_copy(deep=True)
-        self._count(status, records, spec)
-        points = summarize_points(records, spec)
-        status.pareto_front = [_front_point(p, spec) for p in front(points, spec)]
-        feasible = [p.energy_per_output_token_j for p in points if p.feasible]
-        status.best_j_per_token = min(feasible) if feasible else None
-        status.recommendation = _recommendation(rec, spec)
-        status.observed_generation = self._body["metadata"].get("generation")
-        status.started_at = status.started_at or now_iso()
-        status.phase = Phase.RUNNING if records else Phase.PENDING
-        status.set_condition(
-            Condition(type=COND_SPEC_VALID, status="True", reason="Valid", message="")
-        )
-        status.set_condition(
-            Condition(
-                type=COND_PROGRESSING,
-                status="True",
-                reason="TrialsRunning" if status.trials_running else "Waiting",
-                message=f"{status.trials_running} running, {status.trial_progress} measured",
-            )
-        )
-        return status
-
-    def _rows(self, records: list[TrialRecord]) -> list[TrialRow]:
-        """The trial table. Pod name and failure word follow from the record when the table
-        that held them is gone (a study rebuilt from `spec.storage`)."""
-        rows = []
-        for record in records:
-            placement = self._placements.get(record.number, _Placement())
-            pod = placement.pod
-            if pod is None and record.duplicate_of is None:
-                pod = trial_pod_name(self.ref.name, record.number)
-            reason = placement.reason
-            if reason is None and record.fail_reason:
-                word = record.fail_reason.split(":", 1)[0]
-                reason = word if word.isalnum() else "Failed"
-            rows.append(
-                TrialRow.from_record(
-                    record,
-                    pod=pod,
-                    started_at=placement.started_at,
-                    finished_at=placement.finished_at,
-                    reason=reason,
-                )
-            )
-        return rows
 
     async def _write(self, status: BenchmarkStatus) -> None:
         generation = self._body["metadata"].get("generation")
@@ -525,31 +341,24 @@ class BenchmarkLoop:
         self._written = True
         self._ctx.metrics.observe_status(self.ref.namespace, self.ref.name, status)
 
-    def _count(
-        self, status: BenchmarkStatus, records: list[TrialRecord], spec: BenchmarkSpec
-    ) -> None:
-        """The trial table and its counts."""
-        status.trials = self._rows(records)
-        status.trials_running = sum(r.state is RecordState.RUNNING for r in records)
-        status.trials_complete = sum(
-            r.state is RecordState.COMPLETE and r.duplicate_of is None for r in records
-        )
-        status.trials_failed = _real_failures(records)
-        measured = [r for r in records if r.measured and r.role.value != "finalist"]
-        status.trial_progress = f"{len(measured)}/{spec.budget.max_trials}"
-
     async def fail(self, fatal: _Fatal) -> None:
         """Write a terminal Failed status, and delete the pods the failure names."""
         status = self._status.model_copy(deep=True)
         if self._study is not None and self._spec is not None:
-            self._count(status, self._study.records(), self._spec)
+            count_trials(
+                status,
+                benchmark=self.ref.name,
+                spec=self._spec,
+                records=self._study.records(),
+                placements=self._placements,
+            )
         if fatal.reason == "SpecInvalid":
             status.set_condition(
                 Condition(
                     type=COND_SPEC_VALID, status="False", reason=fatal.reason, message=fatal.message
                 )
             )
-        _set_failed(status, fatal.reason, fatal.message)
+        set_failed(status, fatal.reason, fatal.message)
         status.observed_generation = self._body["metadata"].get("generation")
         await self._write(status)
         await self._delete_pods(fatal.delete)
@@ -557,21 +366,9 @@ class BenchmarkLoop:
 
     # --- events -------------------------------------------------------------------------
 
-    def _event_trial_end(self, record: TrialRecord, placement: _Placement) -> None:
-        if record.state is RecordState.COMPLETE:
-            latency = ", ".join(f"{k} {v:.4g} ms" for k, v in sorted(record.latency_ms.items()))
-            self._event(
-                "Normal",
-                "TrialFinished",
-                f"trial {record.number}: {record.point.label()}: "
-                f"{record.energy_per_output_token_j:.4g} J/token, {latency}",
-            )
-        else:
-            self._event(
-                "Warning",
-                "TrialFailed",
-                f"trial {record.number}: {placement.reason}: {record.fail_reason}",
-            )
+    def _event_trial_end(self, record: TrialRecord, placement: Placement) -> None:
+        assert self._spec is not None, "spec is loaded first"
+        self._event(*trial_event(record, placement.reason, self._spec))
 
     def _event(self, type_: str, reason: str, message: str) -> None:
         body = {
@@ -596,20 +393,13 @@ class _Fatal(Exception):
         self.delete = delete or []
 
 
-def _set_failed(status: BenchmarkStatus, reason: str, message: str) -> None:
-    status.phase = Phase.FAILED
-    status.finished_at = now_iso()
-    status.set_condition(Condition(type=COND_FAILED, status="True", reason=reason, message=message))
-    status.set_condition(
-        Condition(type=COND_PROGRESSING, status="False", reason=reason, message=message)
-    )
-
-
-def _read_status(raw: Any) -> BenchmarkStatus:
+def _read_status(raw: Any, logger: Any) -> BenchmarkStatus:
     try:
         return BenchmarkStatus.model_validate(raw or {})
-    except ValueError:
-        # An unreadable status (hand-edited?) is rebuilt from scratch rather than fatal.
+    except ValueError as err:
+        # An unreadable status (hand-edited?) is rebuilt from scratch rather than fatal; its
+        # trials will be measured again, so say so loudly.
+        logger.error("status unreadable, starting the study afresh: %s", str(err)[:500])
         return BenchmarkStatus()
 
 
@@ -620,42 +410,3 @@ def _number(row: TrialRow) -> int:
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(o.get("uid") == uid for o in owners)
-
-
-def _real_failures(records: list[TrialRecord]) -> int:
-    """Trials whose pod failed (not answers copied from an earlier failed trial)."""
-    return sum(
-        r.state is RecordState.FAILED and r.duplicate_of is None and not r.interrupted
-        for r in records
-    )
-
-
-def _front_point(point: PointSummary, spec: BenchmarkSpec) -> FrontPoint:
-    return FrontPoint(
-        config=TrialConfig.from_point(point.point),
-        summary=point.label,
-        trials=point.trials,
-        j_per_token=point.energy_per_output_token_j,
-        latency_ms=point.latency_ms[spec.objective.value],
-    )
-
-
-def _recommendation(rec: TunerRecommendation, spec: BenchmarkSpec) -> Recommendation:
-    best = rec.recommended
-    if best is None or rec.artifacts is None:
-        return Recommendation(verdict=rec.verdict, message=rec.message)
-    return Recommendation(
-        verdict=rec.verdict,
-        message=rec.message,
-        config=TrialConfig.from_point(best.point),
-        summary=best.label,
-        trials=best.trials,
-        vllm_args=rec.artifacts.vllm_serve_args,
-        power_limit_w=rec.artifacts.power_limit_w,
-        j_per_token=best.energy_per_output_token_j,
-        latency_metric=spec.objective.value,
-        latency_ms=best.latency_ms[spec.objective.value],
-        baseline_j_per_token=rec.baseline.energy_per_output_token_j if rec.baseline else None,
-        saving_pct=rec.saving_pct,
-        latency_cost_ms=rec.latency_cost_ms,
-    )

@@ -22,8 +22,9 @@ from jouletune.contract import CRD_GROUP as GROUP
 from jouletune.contract import CRD_KIND as KIND
 from jouletune.contract import CRD_PLURAL as PLURAL
 from jouletune.contract import CRD_VERSION as VERSION
-from jouletune.operator._benchmark import BenchmarkLoop, Context, EventSink, kopf_events
+from jouletune.operator._benchmark import BenchmarkLoop
 from jouletune.operator._config import OperatorConfig
+from jouletune.operator._context import Context, EventSink, kopf_events
 from jouletune.operator._kube import KubeApi
 from jouletune.operator._metrics import OperatorMetrics
 from jouletune.operator._pods import LABEL_BENCHMARK, benchmark_label

@@ -10,8 +10,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from jouletune.operator._status import BenchmarkStatus, Phase, TrialState
-from jouletune.operator._wire import CompactResult
+from jouletune.operator._status import BenchmarkStatus, Phase
+from jouletune.tuner import TrialFigures, TrialState
 
 __all__ = ["OperatorMetrics"]
 
@@ -26,7 +26,7 @@ class OperatorMetrics:
         labels = ["namespace", "benchmark"]
         self._trials = Gauge(
             "jouletune_operator_trials",
-            "Trials of a benchmark by state (Running, Complete, Failed).",
+            "Trials of a benchmark by state (running, complete, failed).",
             [*labels, "state"],
             registry=registry,
         )
@@ -55,21 +55,16 @@ class OperatorMetrics:
             [*labels, "reason"],
             registry=registry,
         )
-        self._trial_energy = Gauge(
-            "jouletune_operator_trial_energy_per_output_token_joules",
-            "A finished trial's energy per output token over its steady-state window.",
-            [*labels, "trial"],
-            registry=registry,
-        )
-        self._trial_latency = Gauge(
-            "jouletune_operator_trial_latency_seconds",
-            "A finished trial's latency statistics (vLLM's definitions), from its bench result.",
-            [*labels, "trial", "metric", "statistic"],
+        self._trial_figure = Gauge(
+            "jouletune_operator_trial_figure",
+            "A measured trial's figures, one series each: `figure` names a TrialFigures figure "
+            "(`energy_per_output_token_j`, `tpot_p90_ms`, ...), whose suffix is its unit.",
+            [*labels, "trial", "figure"],
             registry=registry,
         )
         # Label values seen per benchmark, to remove their series when it is deleted.
         self._reasons: dict[tuple[str, str], set[str]] = {}
-        self._trial_series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        self._trial_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
     def observe_status(self, namespace: str, name: str, status: BenchmarkStatus) -> None:
         """Set the per-benchmark gauges from the status just written."""
@@ -95,24 +90,15 @@ class OperatorMetrics:
             self._failures.labels(namespace, name, reason).inc()
             self._reasons.setdefault((namespace, name), set()).add(reason)
 
-    def observe_result(
-        self, namespace: str, name: str, *, trial: int, result: CompactResult
+    def observe_figures(
+        self, namespace: str, name: str, *, trial: int, figures: TrialFigures
     ) -> None:
-        """Publish a measured trial's figures (J/token and latency statistics)."""
+        """Publish a measured trial's figures: every figure `TrialFigures.flat()` holds."""
         series = self._trial_series.setdefault((namespace, name), set())
-        if result.energy_per_output_token_j is not None:
-            self._trial_energy.labels(namespace, name, str(trial)).set(
-                result.energy_per_output_token_j
-            )
-            series.add(("energy", str(trial)))
-        for metric in ("ttft", "tpot", "itl", "e2el"):
-            stats = getattr(result, f"{metric}_ms")
-            for statistic in ("mean", "p50", "p90", "p99"):
-                value_ms = None if stats is None else getattr(stats, statistic)
-                if value_ms is not None:
-                    labels = (namespace, name, str(trial), metric, statistic)
-                    self._trial_latency.labels(*labels).set(value_ms / 1000.0)
-                    series.add(("latency", str(trial), metric, statistic))
+        for figure, value in figures.flat().items():
+            if value is not None:
+                self._trial_figure.labels(namespace, name, str(trial), figure).set(value)
+                series.add((str(trial), figure))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted benchmark's series."""
@@ -124,9 +110,8 @@ class OperatorMetrics:
         _remove(self._best, namespace, name)
         for reason in self._reasons.pop((namespace, name), set()):
             self._failures.remove(namespace, name, reason)
-        for kind, *rest in self._trial_series.pop((namespace, name), set()):
-            metric = self._trial_energy if kind == "energy" else self._trial_latency
-            _remove(metric, namespace, name, *rest)
+        for trial, figure in self._trial_series.pop((namespace, name), set()):
+            _remove(self._trial_figure, namespace, name, trial, figure)
 
 
 def _remove(metric: Gauge | Histogram, *labels: str) -> None:

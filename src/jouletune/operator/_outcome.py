@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from jouletune.operator._pods import CONTAINER_ENGINE, CONTAINER_LOADGEN
-from jouletune.operator._wire import CompactResult, ResultError
+from jouletune.operator._wire import PodResult, ResultError
 
 __all__ = ["PodOutcome", "Timeouts", "classify_pod", "parse_time_s"]
 
@@ -51,14 +51,14 @@ class PodOutcome:
     """What a trial pod says now.
 
     Attributes:
-        state: `running` (wait), `done` (a valid result) or `failed`.
-        result: the compact result when done.
+        state: `running` (wait), `done` (the pod measured its points) or `failed`.
+        result: the pod's result when done (each point's figures or reason).
         reason: one word when failed.
         message: one line when failed.
     """
 
     state: Literal["running", "done", "failed"]
-    result: CompactResult | None = None
+    result: PodResult | None = None
     reason: str | None = None
     message: str | None = None
 
@@ -115,7 +115,7 @@ def _from_loadgen(terminated: Mapping[str, Any]) -> PodOutcome:
     message = str(terminated.get("message") or "")
     code = terminated.get("exitCode")
     try:
-        result = CompactResult.from_message(message) if message else None
+        result = PodResult.from_message(message) if message else None
     except ResultError as err:
         result = None
         parse_error = str(err)
@@ -129,10 +129,8 @@ def _from_loadgen(terminated: Mapping[str, Any]) -> PodOutcome:
         return PodOutcome.failed("Error", f"the load generator exited with code {code}")
     if result is None:
         return PodOutcome.failed("InvalidResult", parse_error)
-    if result.valid is False:
-        return PodOutcome.failed(
-            "InvalidMeasurement", result.invalid_reason or "the bench marked it invalid"
-        )
+    if not result.trials:
+        return PodOutcome.failed("InvalidResult", "the result names no measured point")
     return PodOutcome(state="done", result=result)
 
 

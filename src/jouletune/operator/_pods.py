@@ -5,11 +5,12 @@ A trial pod holds three containers:
 - `engine` — vLLM with the trial's arguments (or `jouletune sim-server` for `backend: sim`),
   GPUs from `nvidia.com/gpu`, a readiness probe on `/health`, `/dev/shm` as a memory
   emptyDir (vLLM's tensor-parallel workers share tensors through it);
-- `exporter` — `jouletune exporter`, the NVML energy sidecar (SYS_ADMIN only when it must
-  hold a power cap on real GPUs);
-- `loadgen` — `jouletune operator trial`: waits for the engine, runs the workload with
-  `jouletune bench`, reads the sidecar's energy counters and writes a compact result to its
-  termination message.
+- `exporter` — `jouletune exporter`, the NVML energy sidecar; when the trial's points carry
+  power caps it also serves its loopback control port, through which the load generator
+  steps the limits (SYS_ADMIN on real GPUs, the one container that has it);
+- `loadgen` — `jouletune operator trial`: waits for the engine, measures the trial's point
+  and its riders (lower caps under the same engine start) with the tuner's `measure_sweep`,
+  and writes each point's figures to its termination message.
 
 The engine and the exporter are native sidecars (init containers with `restartPolicy:
 Always`, Kubernetes ≥ 1.29): the pod ends when the load generator ends, and Kubernetes then
@@ -30,9 +31,8 @@ from jouletune.contract import CRD_KIND as KIND
 from jouletune.contract import CRD_VERSION as VERSION
 from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
 from jouletune.operator._config import OperatorConfig
-from jouletune.operator._status import TrialConfig
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
-from jouletune.tuner import bench_config, serve_args
+from jouletune.tuner import Point, Role, serve_args
 from jouletune.tuner.spec import Backend, BenchmarkSpec
 
 __all__ = [
@@ -40,13 +40,14 @@ __all__ = [
     "CONTAINER_ENGINE",
     "CONTAINER_EXPORTER",
     "CONTAINER_LOADGEN",
-    "ENGINE_PORT",
-    "EXPORTER_PORT",
+    "CONTROL_PORT",
     "LABEL_BENCHMARK",
     "LABEL_TRIAL",
     "BenchmarkRef",
     "benchmark_label",
     "build_trial_pod",
+    "points_of_pod",
+    "trial_plan",
     "trial_pod_name",
 ]
 
@@ -56,6 +57,8 @@ ANNOTATION_CONFIG = f"{GROUP}/config"
 CONTAINER_ENGINE = "engine"
 CONTAINER_EXPORTER = "exporter"
 CONTAINER_LOADGEN = "loadgen"
+# The exporter's control port: loopback only, the pod's containers share it.
+CONTROL_PORT = 9401
 # The chart's PodMonitor scrapes the port names.
 ENGINE_PORT_NAME = "http"
 EXPORTER_PORT_NAME = "metrics"
@@ -121,46 +124,45 @@ def trial_pod_name(benchmark: str, number: int) -> str:
     return _shorten(benchmark, _POD_NAME_MAX - len(suffix)) + suffix
 
 
-def build_trial_pod(
+def trial_plan(
     *,
     ref: BenchmarkRef,
     spec: BenchmarkSpec,
     number: int,
-    config: TrialConfig,
-    settings: OperatorConfig,
-) -> dict[str, Any]:
-    """The trial pod's manifest (core/v1 Pod)."""
-    name = trial_pod_name(ref.name, number)
-    engine_url = f"http://127.0.0.1:{ENGINE_PORT}"
-    plan = PodPlan(
+    role: Role,
+    points: list[Point],
+    caps: list[float | None],
+    walk: bool,
+) -> PodPlan:
+    """The plan a trial pod runs: trial `number` at `points[0]`, then its riders."""
+    capped = any(p.power_limit_w is not None for p in points)
+    return PodPlan(
         benchmark=f"{ref.namespace}/{ref.name}",
         trial=number,
-        engine_url=engine_url,
-        set_power_limit_w=config.power_limit_w if spec.backend is Backend.SIM else None,
-        gpu_indices=list(range(config.tensor_parallel_size)),
-        startup_timeout_s=spec.engine.startup_timeout_s,
-        timeout_s=spec.budget.trial_timeout_s,
-        # Validated here, so a bad configuration fails the operator, not a pod.
-        bench=bench_config(
-            spec,
-            trial_number=number,
-            max_num_seqs=config.max_num_seqs,
-            base_url=engine_url,
-            exporter_urls=[f"http://127.0.0.1:{EXPORTER_PORT}"],
-        ).model_dump(mode="json"),
+        role=role,
+        points=points,
+        walk=walk,
+        caps=caps,
+        spec=spec,
+        engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
+        exporter_url=f"http://127.0.0.1:{EXPORTER_PORT}",
+        control_url=f"http://127.0.0.1:{CONTROL_PORT}" if capped else None,
     )
+
+
+def build_trial_pod(
+    *, ref: BenchmarkRef, plan: PodPlan, settings: OperatorConfig
+) -> dict[str, Any]:
+    """The trial pod's manifest (core/v1 Pod)."""
+    spec = plan.spec
+    name = trial_pod_name(ref.name, plan.trial)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        # The pod's own deadline: start-up plus the measurement, a backstop for the
+        # The pod's own deadline: start-up plus each point's measurement, a backstop for the
         # operator's timeout (which also covers time spent Pending).
-        "activeDeadlineSeconds": int(
-            spec.engine.startup_timeout_s + spec.budget.trial_timeout_s + settings.trial_grace_s
-        ),
+        "activeDeadlineSeconds": int(trial_deadline_s(spec, len(plan.points), settings)),
         "terminationGracePeriodSeconds": 30,
-        "initContainers": [
-            _engine(spec, config, settings),
-            _exporter(spec, config, settings),
-        ],
+        "initContainers": [_engine(spec, plan.points[0], settings), _exporter(plan, settings)],
         "containers": [_loadgen(plan, settings)],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     }
@@ -170,6 +172,7 @@ def build_trial_pod(
         pod_spec["nodeSelector"] = dict(settings.trial_node_selector)
     if settings.trial_tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.trial_tolerations]
+    points = [p.model_dump(mode="json", by_alias=True) for p in plan.points]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -178,29 +181,30 @@ def build_trial_pod(
             "namespace": ref.namespace,
             "labels": {
                 LABEL_BENCHMARK: benchmark_label(ref.name),
-                LABEL_TRIAL: str(number),
+                LABEL_TRIAL: str(plan.trial),
                 "app.kubernetes.io/name": "jouletune",
                 "app.kubernetes.io/component": "trial",
                 "app.kubernetes.io/managed-by": "jouletune-operator",
             },
-            "annotations": {
-                ANNOTATION_CONFIG: json.dumps(config.model_dump(mode="json", by_alias=True)),
-            },
+            "annotations": {ANNOTATION_CONFIG: json.dumps(points)},
             "ownerReferences": [ref.owner_reference(block_owner_deletion=True)],
         },
         "spec": pod_spec,
     }
 
 
-def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) -> dict[str, Any]:
-    serve = [
-        spec.model,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(ENGINE_PORT),
-        *serve_args(config.point().server, spec),
-    ]
+def trial_deadline_s(spec: BenchmarkSpec, points: int, settings: OperatorConfig) -> float:
+    """How long a trial pod measuring `points` points may exist: start-up, each point's
+    measurement, and the operator's grace."""
+    return (
+        spec.engine.startup_timeout_s
+        + points * spec.budget.trial_timeout_s
+        + (settings.trial_grace_s)
+    )
+
+
+def _engine(spec: BenchmarkSpec, point: Point, settings: OperatorConfig) -> dict[str, Any]:
+    serve = serve_args(point, spec, host="0.0.0.0", port=ENGINE_PORT).argv()
     container: dict[str, Any] = {
         "name": CONTAINER_ENGINE,
         "restartPolicy": "Always",
@@ -232,8 +236,11 @@ def _engine(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) 
     return container
 
 
-def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig) -> dict[str, Any]:
+def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
+    spec = plan.spec
     args = ["--port", str(EXPORTER_PORT)]
+    if plan.control_url is not None:
+        args += ["--control-port", str(CONTROL_PORT)]
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -252,9 +259,8 @@ def _exporter(spec: BenchmarkSpec, config: TrialConfig, settings: OperatorConfig
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ]
-        if config.power_limit_w is not None:
+        if plan.control_url is not None:
             # Changing a power limit is a privileged NVML call: the one capability it needs.
-            args += ["--power-limit-w", f"{config.power_limit_w:g}"]
             security["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
         else:
             security["capabilities"] = {"drop": ["ALL"]}
@@ -298,9 +304,9 @@ def _shorten(text: str, limit: int) -> str:
     return f"{text[: limit - 9].rstrip('-.')}-{digest}"
 
 
-def config_from_pod(pod: Mapping[str, Any]) -> TrialConfig | None:
-    """The trial configuration a pod was created with (its annotation), if readable."""
+def points_of_pod(pod: Mapping[str, Any]) -> list[Point] | None:
+    """The points a trial pod was created to measure (its annotation), if readable."""
     raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_CONFIG)
     if raw is None:
         return None
-    return TrialConfig.model_validate_json(raw)
+    return [Point.model_validate(p) for p in json.loads(raw)]

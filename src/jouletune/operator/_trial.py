@@ -1,11 +1,12 @@
 """`jouletune operator trial`: the load generator container of a trial pod.
 
-Reads its `PodPlan` from `JOULETUNE_TRIAL`, waits until the engine answers `/health`, holds
-the power cap (sim backend; on real GPUs the exporter sidecar holds it), runs the bench
-in-process, and writes a `CompactResult` to the termination message. The exit code is 0 when
-a result was measured (valid or not: the operator reads the verdict from the message) and 1
-when nothing was; either way the message says what happened, so the operator never has to
-read logs.
+Reads its `PodPlan` from `JOULETUNE_TRIAL`, waits until the engine answers `/health`, then
+measures the plan's point and its riders with the tuner's `measure_sweep` (the procedure the
+CLI's runners use), stepping power limits through the exporter sidecar's loopback control
+port (only the exporter may change them), and writes a `PodResult` to the termination
+message. The exit code is 0 when the points were measured (each point's verdict, figures or
+a reason, is in the message) and 1 when nothing could be; either way the message says what
+happened, so the operator never has to read logs.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 import aiohttp
 from pydantic import ValidationError
 
-from jouletune.gpu import GpuError, open_sim_gpus, power_limit
-from jouletune.loadgen import BenchConfig, BenchError, run_bench
-from jouletune.operator._wire import ENV_PLAN, CompactResult, PodPlan
+from jouletune.gpu import EXPORTER_GPUS_PATH, GpuError, open_remote_gpus
+from jouletune.operator._wire import ENV_PLAN, PodPlan, PodResult, PodTrial
+from jouletune.tuner import Target, measure_sweep
 
 __all__ = ["main", "run_trial", "wait_healthy"]
 
@@ -52,34 +53,26 @@ async def wait_healthy(url: str, *, timeout_s: float) -> bool:
     return False
 
 
-async def run_trial(plan: PodPlan) -> CompactResult:
-    """Measure the plan's configuration; never raises for a failed measurement."""
-    if not await wait_healthy(plan.engine_url, timeout_s=plan.startup_timeout_s):
-        return CompactResult.failure(
+async def run_trial(plan: PodPlan) -> PodResult:
+    """Measure the plan's points; never raises for a failed measurement."""
+    spec = plan.spec
+    if not await wait_healthy(plan.engine_url, timeout_s=spec.engine.startup_timeout_s):
+        return PodResult.failure(
             "EngineNotReady",
             f"the engine did not answer {plan.engine_url}/health within "
-            f"{plan.startup_timeout_s:g} s",
+            f"{spec.engine.startup_timeout_s:g} s",
         )
-    try:
-        config = BenchConfig.model_validate(plan.bench)
-    except ValidationError as err:
-        return CompactResult.failure("InvalidPlan", str(err).splitlines()[0])
     try:
         gpus = (
-            open_sim_gpus(plan.engine_url, selection=plan.gpu_indices)
-            if plan.set_power_limit_w is not None
-            else []
+            open_remote_gpus(plan.control_url, path=EXPORTER_GPUS_PATH) if plan.control_url else []
         )
-        with power_limit(gpus, plan.set_power_limit_w):
-            held_w = gpus[0].sample().power_limit_w if gpus else None
-            result = await asyncio.wait_for(run_bench(config), plan.timeout_s)
-    except TimeoutError:
-        return CompactResult.failure("Timeout", f"the bench ran past {plan.timeout_s:g} s")
-    except BenchError as err:
-        return CompactResult.failure("BenchFailed", str(err))
     except (GpuError, ValueError) as err:
-        return CompactResult.failure("PowerLimitFailed", str(err))
-    return CompactResult.from_bench(result.model_dump(mode="json"), power_limit_w=held_w)
+        return PodResult.failure("PowerLimitFailed", str(err))
+    target = Target(base_url=plan.engine_url, exporter_urls=[plan.exporter_url], gpus=gpus)
+    done = await measure_sweep(
+        target, plan.points, spec=spec, number=plan.trial, caps=plan.caps, walk=plan.walk
+    )
+    return PodResult(ok=True, trials=[PodTrial.of(point, outcome) for point, outcome in done])
 
 
 def main(argv: list[str]) -> int:
@@ -106,7 +99,13 @@ def main(argv: list[str]) -> int:
         line = str(err).splitlines()[0]
         print(f"jouletune operator trial: {ENV_PLAN} is not a plan: {line}", file=sys.stderr)
         return _EXIT_USAGE
-    _log.info("trial %d of %s: waiting for %s", plan.trial, plan.benchmark, plan.engine_url)
+    _log.info(
+        "trial %d of %s (%d point(s)): waiting for %s",
+        plan.trial,
+        plan.benchmark,
+        len(plan.points),
+        plan.engine_url,
+    )
     result = asyncio.run(run_trial(plan))
     message = result.to_message()
     try:

@@ -156,7 +156,11 @@ def _printer_columns() -> list[dict[str, Any]]:
             "jsonPath": ".status.bestJPerToken",
             "description": "lowest feasible joules per output token measured so far",
         },
-        {"name": "Recommended", "type": "string", "jsonPath": ".status.recommendation.summary"},
+        {
+            "name": "Recommended",
+            "type": "string",
+            "jsonPath": ".status.recommendation.recommended.label",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

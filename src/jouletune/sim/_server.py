@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from jouletune.gpu import gpu_entry
 from jouletune.gpu.simulated import SimulatedGpu
 from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step, StepListener
 from jouletune.sim._kvcache import prompt_block_hashes
@@ -506,9 +507,7 @@ class SimServer:
         )
 
     def _gpu_json(self, gpu: SimulatedGpu) -> dict[str, Any]:
-        entry = gpu.sample().to_json()
-        entry["power_limit_range"] = gpu.power_limit_range().to_json()
-        return entry
+        return gpu_entry(gpu)
 
 
 async def _sleep_until(t_s: float) -> None:

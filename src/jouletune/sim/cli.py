@@ -7,7 +7,7 @@
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
 simulator; flags the simulator does not model (`--load-format dummy`, `--enforce-eager`, ...)
-are accepted and ignored. Defaults follow vLLM 0.24 (`EngineArgs.get_batch_defaults`): on
+are accepted and ignored. Defaults are vLLM's for the simulated GPU (`jouletune.engine`): on
 GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
 `--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
 """
@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from jouletune.contract import ENGINE_PORT
+from jouletune.engine import engine_defaults, split_flags
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
 from jouletune.sim._engine import EngineConfig
 from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
@@ -29,32 +30,6 @@ __all__ = ["SimServerArgs", "build_config", "main", "parse_args"]
 
 _log = logging.getLogger("jouletune.sim")
 _EXIT_USAGE = 2
-_GIB = 2**30
-
-# vLLM boolean flags a tuner may pass; they take no value, so the token after them is not
-# swallowed as their argument (it may be the positional MODEL).
-_VLLM_BOOLEAN_FLAGS = frozenset(
-    {
-        "--enforce-eager",
-        "--trust-remote-code",
-        "--enable-chunked-prefill",
-        "--no-enable-chunked-prefill",
-        "--disable-log-requests",
-        "--enable-log-requests",
-        "--disable-log-stats",
-        "--disable-custom-all-reduce",
-        "--disable-frontend-multiprocessing",
-        "--enable-auto-tool-choice",
-        "--async-scheduling",
-        "--no-async-scheduling",
-        "--enable-sleep-mode",
-        "--disable-fastapi-docs",
-        "--enable-prompt-tokens-details",
-        "--enable-expert-parallel",
-        "--skip-tokenizer-init",
-        "--headless",
-    }
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,9 +46,9 @@ class SimServerArgs:
     max_num_seqs: int | None
     max_num_batched_tokens: int | None
     max_model_len: int | None
-    gpu_memory_utilization: float
-    enable_prefix_caching: bool = True
-    ignored: tuple[str, ...]
+    gpu_memory_utilization: float | None = None
+    enable_prefix_caching: bool | None = None
+    ignored: tuple[str, ...] = ()
 
 
 class _ArgError(Exception):
@@ -100,55 +75,22 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
-    # vLLM 0.24's default: the calibration server, started without the flag, reported
-    # gpu_memory_utilization="0.92" in cache_config_info (../shared/calibration).
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.92)
+    # Unset flags take vLLM's defaults for the simulated GPU (jouletune.engine).
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse cached KV blocks of shared prompt prefixes (vLLM 0.24's default: on)",
+        default=None,
+        help="reuse cached KV blocks of shared prompt prefixes (vLLM's default: on)",
     )
     return p
-
-
-def _split_unknown(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
-    """Separate flags this parser knows from other `vllm serve` flags (and their values)."""
-    known_flags = {opt for action in parser._actions for opt in action.option_strings}
-    kept: list[str] = []
-    ignored: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if arg.startswith("-") and len(arg) > 1 and name not in known_flags and not _is_number(arg):
-            ignored.append(arg)
-            takes_value = "=" not in arg and name not in _VLLM_BOOLEAN_FLAGS
-            if (
-                takes_value
-                and i + 1 < len(argv)
-                and (not argv[i + 1].startswith("-") or _is_number(argv[i + 1]))
-            ):
-                ignored.append(argv[i + 1])
-                i += 1
-        else:
-            kept.append(arg)
-        i += 1
-    return kept, ignored
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_args(argv: list[str]) -> SimServerArgs:
     """Parse `argv`; raises ValueError with a one-line message on bad input."""
     parser = _parser()
-    kept, ignored = _split_unknown(argv, parser)
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    kept, ignored = split_flags(argv, known)
     try:
         ns = parser.parse_args(kept)
     except _ArgError as err:
@@ -178,15 +120,6 @@ def parse_args(argv: list[str]) -> SimServerArgs:
     )
 
 
-def vllm_batch_defaults(gpu: GpuModel) -> tuple[int, int]:
-    """(max_num_seqs, max_num_batched_tokens) vLLM 0.24 picks for `vllm serve` on `gpu`."""
-    # vllm/engine/arg_utils.py EngineArgs.get_batch_defaults: large defaults for GPUs with
-    # >= 70 GiB except A100 (PR #17885 found they cut A100 throughput).
-    if gpu.memory_bytes >= 70 * _GIB and "a100" not in gpu.name.lower():
-        return 1024, 8192
-    return 256, 2048
-
-
 def build_config(args: SimServerArgs) -> EngineConfig:
     """Check the arguments against the catalogs and memory; raises ValueError (one line)."""
     arch = model_arch(args.model)
@@ -199,14 +132,15 @@ def build_config(args: SimServerArgs) -> EngineConfig:
             f"{arch.num_attention_heads} attention heads of {arch.hf_id} are not divisible by "
             f"--tensor-parallel-size {tp}"
         )
-    if not 0 < args.gpu_memory_utilization <= 1:
-        raise ValueError(
-            f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}"
-        )
-    default_seqs, default_tokens = vllm_batch_defaults(gpu)
-    max_num_seqs = args.max_num_seqs or default_seqs
+    defaults = engine_defaults(gpu_name=gpu.name, gpu_memory_bytes=gpu.memory_bytes)
+    util = args.gpu_memory_utilization
+    if util is None:
+        util = defaults.gpu_memory_utilization
+    if not 0 < util <= 1:
+        raise ValueError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
+    max_num_seqs = args.max_num_seqs or defaults.max_num_seqs
     max_model_len = args.max_model_len or arch.max_position_embeddings
-    max_batched = args.max_num_batched_tokens or default_tokens
+    max_batched = args.max_num_batched_tokens or defaults.max_num_batched_tokens
     if max_num_seqs < 1:
         raise ValueError(f"--max-num-seqs must be positive, got {max_num_seqs}")
     if max_model_len < 1 or max_model_len > arch.max_position_embeddings:
@@ -225,7 +159,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
                 f"--power-limit {args.power_limit_w:g} W is outside {gpu.name}'s range "
                 f"{rng.min_w:g}-{rng.max_w:g} W"
             )
-    _check_memory(arch, gpu, tp, args.gpu_memory_utilization, max_model_len)
+    _check_memory(arch, gpu, tp, util, max_model_len)
     return EngineConfig(
         arch=arch,
         gpu=gpu,
@@ -233,9 +167,13 @@ def build_config(args: SimServerArgs) -> EngineConfig:
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_batched,
         max_model_len=max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_memory_utilization=util,
         perf=DEFAULT_PERF,
-        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prefix_caching=(
+            defaults.enable_prefix_caching
+            if args.enable_prefix_caching is None
+            else args.enable_prefix_caching
+        ),
     )
 
 

@@ -2,19 +2,25 @@
 
     study = Study.open(spec=spec, name="llama-8b", storage="sqlite:///runs/x/study.db")
     while (plan := study.ask()) is not None:      # the baseline first, then the search
-        outcome = ...                              # run plan.point on a server (a Runner)
-        study.tell(plan, outcome)                  # a TrialOutcome: a bench result, or a reason
+        outcome = ...                              # measure plan.point (measure_point)
+        study.tell(plan, outcome)                  # a TrialOutcome: TrialFigures, or a reason
     rec = recommend(spec=spec, records=study.records(), finalists=study.finalists(),
                     done=study.phase() == Phase.DONE)
 
 `BenchmarkSpec` (in `jouletune.tuner.spec`) is both the CLI's YAML and the CRD's `.spec`.
-Runners (`SimRunner`, `LocalRunner`) start servers for server configurations and measure plans.
+A trial is a `Point` (what it runs) and `TrialFigures` (what it found), kept in a
+`TrialRecord`. Runners (`SimRunner`, `LocalRunner`) start servers; `measure_point` and
+`measure_sweep` measure points on a running one, for the CLI and the trial pods alike.
 """
 
+from jouletune.tuner._figures import Column, InvalidMeasurementError, Show, TrialFigures
+from jouletune.tuner._measure import Target, bench_config, measure_point, measure_sweep
 from jouletune.tuner._pareto import dominates, pareto_front
+from jouletune.tuner._point import Point
 from jouletune.tuner._process import StartError
 from jouletune.tuner._recommend import (
     Artifacts,
+    ContainerPatch,
     PointSummary,
     Recommendation,
     artifacts,
@@ -22,25 +28,10 @@ from jouletune.tuner._recommend import (
     recommend,
     summarize_points,
 )
-from jouletune.tuner._records import (
-    Role,
-    TrialOutcome,
-    TrialPlan,
-    TrialRecord,
-    TrialState,
-    figures_from_result,
-)
+from jouletune.tuner._records import Role, TrialOutcome, TrialPlan, TrialRecord, TrialState
 from jouletune.tuner._report import write_report
-from jouletune.tuner._runners import (
-    LocalRunner,
-    Runner,
-    RunnerError,
-    SimRunner,
-    TrialServer,
-    bench_config,
-    vllm_command,
-)
-from jouletune.tuner._space import PointConfig, SearchGrid, ServerConfig, serve_args
+from jouletune.tuner._runners import LocalRunner, Runner, RunnerError, SimRunner, TrialServer
+from jouletune.tuner._space import SearchGrid, serve_args
 from jouletune.tuner._storage import StorageError, default_storage_url, open_storage
 from jouletune.tuner._study import Phase, Study, StudyMismatchError
 from jouletune.tuner.spec import BenchmarkSpec, SpecError, load_spec, parse_spec
@@ -48,22 +39,27 @@ from jouletune.tuner.spec import BenchmarkSpec, SpecError, load_spec, parse_spec
 __all__ = [
     "Artifacts",
     "BenchmarkSpec",
+    "Column",
+    "ContainerPatch",
+    "InvalidMeasurementError",
     "LocalRunner",
     "Phase",
-    "PointConfig",
+    "Point",
     "PointSummary",
     "Recommendation",
     "Role",
     "Runner",
     "RunnerError",
     "SearchGrid",
-    "ServerConfig",
+    "Show",
     "SimRunner",
     "SpecError",
     "StartError",
     "StorageError",
     "Study",
     "StudyMismatchError",
+    "Target",
+    "TrialFigures",
     "TrialOutcome",
     "TrialPlan",
     "TrialRecord",
@@ -73,15 +69,15 @@ __all__ = [
     "bench_config",
     "default_storage_url",
     "dominates",
-    "figures_from_result",
     "front",
     "load_spec",
+    "measure_point",
+    "measure_sweep",
     "open_storage",
     "pareto_front",
     "parse_spec",
     "recommend",
     "serve_args",
     "summarize_points",
-    "vllm_command",
     "write_report",
 ]

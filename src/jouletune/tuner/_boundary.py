@@ -28,8 +28,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jouletune.tuner._point import Point
 from jouletune.tuner._records import Role, TrialRecord, TrialState
-from jouletune.tuner._space import PointConfig, SearchGrid, ServerConfig
+from jouletune.tuner._space import SearchGrid
 
 __all__ = ["brackets_closed", "next_boundary_point", "next_power_step"]
 
@@ -49,15 +50,16 @@ class _Family:
     tensor_parallel_size: int
     max_num_batched_tokens: int | None
 
-    def server(self, seqs: int) -> ServerConfig:
-        return ServerConfig(
+    def point(self, seqs: int, cap: float | None = None) -> Point:
+        return Point(
             tensor_parallel_size=self.tensor_parallel_size,
             max_num_seqs=seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            power_limit_w=cap,
         )
 
 
-def next_boundary_point(records: Sequence[TrialRecord], grid: SearchGrid) -> PointConfig | None:
+def next_boundary_point(records: Sequence[TrialRecord], grid: SearchGrid) -> Point | None:
     """The next point the boundary search measures, or None when it has nothing left."""
     usable = _usable(records)
     taken = {r.point for r in records if r.role is not Role.FINALIST and not r.interrupted}
@@ -88,17 +90,17 @@ def next_power_step(
     power the server drew (they would not bind); upwards when a binding cap broke an SLO.
     `caps` runs from None (as found, the highest) downwards.
     """
-    taken = {r.power_limit_w for r in same_server if not r.interrupted}
-    index = caps.index(record.power_limit_w)
-    power_w = record.avg_power_per_gpu_w
+    taken = {r.point.power_limit_w for r in same_server if not r.interrupted}
+    index = caps.index(record.point.power_limit_w)
+    power_w = None if record.figures is None else record.figures.avg_power_per_gpu_w
     if _passable(record):
         higher = [
             r
             for r in same_server
-            if r.state is TrialState.COMPLETE and caps.index(r.power_limit_w) < index
+            if r.state is TrialState.COMPLETE and caps.index(r.point.power_limit_w) < index
         ]
         if higher:
-            nearest = max(higher, key=lambda r: caps.index(r.power_limit_w))
+            nearest = max(higher, key=lambda r: caps.index(r.point.power_limit_w))
             if _energy(nearest) <= _energy(record):
                 return None  # lowering the cap stopped paying
         for cap in caps[index + 1 :]:
@@ -108,7 +110,7 @@ def next_power_step(
             if power_w is None or cap < power_w * BINDS_RATIO:
                 return cap
         return None
-    cap_now = record.power_limit_w
+    cap_now = record.point.power_limit_w
     if cap_now is None or power_w is None or power_w < cap_now * BINDS_RATIO:
         return None  # the cap did not bind, so raising it cannot make this point faster
     for cap in reversed(caps[:index]):
@@ -134,7 +136,7 @@ def _families(grid: SearchGrid) -> list[_Family]:
 
 def _bisection_step(
     family: _Family, usable: Sequence[TrialRecord], grid: SearchGrid
-) -> PointConfig | None:
+) -> Point | None:
     """The uncapped point that narrows the family's bracket, or None once it is closed."""
     seqs = list(grid.max_num_seqs_choices)
     lo, hi = _bracket(family, usable, seqs)
@@ -145,7 +147,7 @@ def _bisection_step(
     midpoint = (lo + hi) // 2
     interpolated = _interpolated(family, usable, seqs, lo, hi)
     index = midpoint if interpolated is None else max(midpoint, interpolated)
-    return PointConfig(server=family.server(seqs[index]), power_limit_w=None)
+    return family.point(seqs[index])
 
 
 def _interpolated(
@@ -167,7 +169,8 @@ def _interpolated(
         rise_ms = high.latency_ms[metric] - low.latency_ms.get(metric, math.inf)
         if excess_ms > 0 and rise_ms > 0:
             share = (bound_ms - low.latency_ms[metric]) / rise_ms
-            crossings.append(low.max_num_seqs + share * (high.max_num_seqs - low.max_num_seqs))
+            low_seqs, high_seqs = low.point.max_num_seqs, high.point.max_num_seqs
+            crossings.append(low_seqs + share * (high_seqs - low_seqs))
     if not crossings:
         return None
     # A crossing computed as 159.99999999999997 must still admit 160.
@@ -182,8 +185,8 @@ def _uncapped(family: _Family, usable: Sequence[TrialRecord], seqs: int) -> Tria
             r
             for r in usable
             if r.state is TrialState.COMPLETE
-            and r.power_limit_w is None
-            and r.max_num_seqs == seqs
+            and r.point.power_limit_w is None
+            and r.point.max_num_seqs == seqs
             and _in_family(r, family)
         ),
         None,
@@ -194,9 +197,9 @@ def _bracket(family: _Family, usable: Sequence[TrialRecord], seqs: list[int]) ->
     """(highest index known feasible uncapped or -1, lowest known infeasible or len)."""
     lo, hi = -1, len(seqs)
     for r in usable:
-        if r.power_limit_w is not None or not _in_family(r, family):
+        if r.point.power_limit_w is not None or not _in_family(r, family):
             continue
-        i = seqs.index(r.max_num_seqs)
+        i = seqs.index(r.point.max_num_seqs)
         if r.state is TrialState.COMPLETE and r.feasible:
             lo = max(lo, i)
         else:  # infeasible, or failed (e.g. out of memory): nothing above will do better
@@ -205,30 +208,31 @@ def _bracket(family: _Family, usable: Sequence[TrialRecord], seqs: list[int]) ->
 
 
 def _walk_step(
-    family: _Family, usable: Sequence[TrialRecord], grid: SearchGrid, taken: set[PointConfig]
-) -> PointConfig | None:
+    family: _Family, usable: Sequence[TrialRecord], grid: SearchGrid, taken: set[Point]
+) -> Point | None:
     seqs = list(grid.max_num_seqs_choices)
     caps = grid.power_limits_w
     lo, _ = _bracket(family, usable, seqs)
     above_best = math.inf
     above_floor: float | None = None
     for level in range(lo, -1, -1):
-        server = family.server(seqs[level])
+        server = family.point(seqs[level])
         here = [r for r in usable if r.point.server == server]
         feasible = [r for r in here if r.state is TrialState.COMPLETE and r.feasible]
         if not feasible:
-            start = PointConfig(server=server, power_limit_w=above_floor)
+            start = family.point(seqs[level], above_floor)
             return None if start in taken or here else start
         passable = [r for r in here if _passable(r)]
-        lowest = max(passable, key=lambda r: caps.index(r.power_limit_w))
+        lowest = max(passable, key=lambda r: caps.index(r.point.power_limit_w))
         cap = next_power_step(lowest, here, caps)
-        if cap is not None and PointConfig(server=server, power_limit_w=cap) not in taken:
-            return PointConfig(server=server, power_limit_w=cap)
+        if cap is not None and family.point(seqs[level], cap) not in taken:
+            return family.point(seqs[level], cap)
         best = min(_energy(r) for r in feasible)
         if best >= above_best:
             return None  # the boundary's optimum lies above this level
         above_best = best
-        above_floor = max(feasible, key=lambda r: caps.index(r.power_limit_w)).power_limit_w
+        lowest_feasible = max(feasible, key=lambda r: caps.index(r.point.power_limit_w))
+        above_floor = lowest_feasible.point.power_limit_w
     return None
 
 
@@ -256,8 +260,8 @@ def _family_best(family: _Family, usable: Sequence[TrialRecord]) -> float:
 
 def _in_family(record: TrialRecord, family: _Family) -> bool:
     return (
-        record.tensor_parallel_size == family.tensor_parallel_size
-        and record.max_num_batched_tokens == family.max_num_batched_tokens
+        record.point.tensor_parallel_size == family.tensor_parallel_size
+        and record.point.max_num_batched_tokens == family.max_num_batched_tokens
     )
 
 

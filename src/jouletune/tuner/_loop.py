@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from jouletune.tuner._point import Point
 from jouletune.tuner._process import StartError
 from jouletune.tuner._records import TrialOutcome, TrialPlan, TrialRecord
 from jouletune.tuner._runners import Runner, TrialServer
-from jouletune.tuner._space import ServerConfig
 from jouletune.tuner._study import Study
 
 __all__ = ["LoopObserver", "run_study"]
@@ -30,7 +30,7 @@ _log = logging.getLogger(__name__)
 class LoopObserver(Protocol):
     """What the loop reports as it goes (the CLI's progress display)."""
 
-    def server_starting(self, config: ServerConfig) -> None:
+    def server_starting(self, config: Point) -> None:
         """A server for `config` is being started."""
         ...
 
@@ -45,7 +45,7 @@ class LoopObserver(Protocol):
 
 @dataclass
 class _Current:
-    config: ServerConfig
+    config: Point
     server: TrialServer
     stack: AsyncExitStack
     fresh_start_s: float | None  # start time to charge to the next trial, once
@@ -58,15 +58,15 @@ async def run_study(study: Study, runner: Runner, *, out_dir: Path, observer: Lo
     try:
         while (plan := study.ask()) is not None:
             if current is not None and (
-                current.config != plan.server or not current.server.alive()
+                current.config != plan.point.server or not current.server.alive()
             ):
                 await _stop(current)
                 current = None
             if current is None:
                 sessions += 1
-                observer.server_starting(plan.server)
-                log_dir = out_dir / "servers" / f"{sessions:03d}-{_slug(plan.server)}"
-                current, failure = await _start(runner, plan.server, log_dir)
+                observer.server_starting(plan.point.server)
+                log_dir = out_dir / "servers" / f"{sessions:03d}-{_slug(plan.point.server)}"
+                current, failure = await _start(runner, plan.point.server, log_dir)
                 if failure is not None:
                     observer.trial_started(plan)
                     observer.trial_finished(study.tell(plan, failure))
@@ -94,7 +94,7 @@ async def _stop(current: _Current) -> None:
 
 
 async def _start(
-    runner: Runner, config: ServerConfig, log_dir: Path
+    runner: Runner, config: Point, log_dir: Path
 ) -> tuple[_Current | None, TrialOutcome | None]:
     """Start a server; on failure, the outcome to tell for the trial that needed it."""
     stack = AsyncExitStack()
@@ -112,5 +112,5 @@ def _charge_start(outcome: TrialOutcome, start_s: float) -> TrialOutcome:
     return dataclasses.replace(outcome, server_start_s=start_s)
 
 
-def _slug(config: ServerConfig) -> str:
-    return config.label().replace(" ", "-")
+def _slug(config: Point) -> str:
+    return config.server_label().replace(" ", "-")

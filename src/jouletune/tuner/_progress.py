@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from jouletune.tuner._point import Point
 from jouletune.tuner._records import TrialPlan, TrialRecord, TrialState
-from jouletune.tuner._space import ServerConfig
 from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = ["Progress"]
@@ -47,14 +47,14 @@ class Progress:
         if self._live is not None:
             self._live.__exit__(exc_type, exc, tb)
 
-    def server_starting(self, config: ServerConfig) -> None:
+    def server_starting(self, config: Point) -> None:
         """Show the server being started."""
-        self._server = f"{config.label()} (starting)"
-        self._say(f"starting server {config.label()}")
+        self._server = f"{config.server_label()} (starting)"
+        self._say(f"starting server {config.server_label()}")
 
     def trial_started(self, plan: TrialPlan) -> None:
         """Show the plan being measured."""
-        self._server = plan.server.label()
+        self._server = plan.point.server_label()
         repeat = f" repeat {plan.repeat}" if plan.repeat else ""
         self._current = f"#{plan.number} {plan.role.value}{repeat}: {plan.point.label()}"
         if self._live is None:

@@ -9,20 +9,22 @@ as the finalists so both sides carry the same noise.
 
 from __future__ import annotations
 
-import shlex
-import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
+from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
+from jouletune.tuner._point import Point
 from jouletune.tuner._records import Role, TrialRecord, TrialState
-from jouletune.tuner._space import PointConfig, serve_args
+from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = [
     "Artifacts",
+    "ContainerPatch",
     "PointSummary",
     "Recommendation",
     "Verdict",
@@ -35,47 +37,68 @@ __all__ = [
 Verdict = Literal["recommended", "infeasible", "failed", "incomplete"]
 # How many of the nearest misses an infeasible verdict lists.
 _CLOSEST = 3
+_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class PointSummary(_Model):
-    """One point of the space over all its measurements; units in field names."""
+    """One point of the space over all its measurements; units in field names.
 
-    tensor_parallel_size: int
-    max_num_seqs: int
-    max_num_batched_tokens: int | None
-    power_limit_w: float | None
+    Attributes:
+        point: the point.
+        label: its short form, e.g. `tp1 seqs64 400W`.
+        runs: how many complete measurements it has.
+        trials: their trial numbers.
+        figures: each figure's mean over the runs.
+        energy_per_output_token_j_min: the lowest J/output-token of the runs.
+        energy_per_output_token_j_max: the highest.
+        energy_spread_pct: (max - min) / mean, percent.
+        slo_excess_ms: each SLO statistic's mean minus its bound (<= 0 meets it).
+        feasible: every SLO statistic's mean meets its bound.
+        is_baseline: the baseline's point.
+    """
+
+    point: Point
     label: str
     runs: int
     trials: list[int]
-    energy_per_output_token_j: float
+    figures: TrialFigures
     energy_per_output_token_j_min: float
     energy_per_output_token_j_max: float
     energy_spread_pct: float
-    latency_ms: dict[str, float]
     slo_excess_ms: dict[str, float]
     feasible: bool
-    avg_power_per_gpu_w: float | None
-    output_token_throughput: float | None
     is_baseline: bool
 
     @property
-    def point(self) -> PointConfig:
-        """The point summarised."""
-        return _point_of(self)
+    def energy_per_output_token_j(self) -> float:
+        """Mean J/output-token over the runs."""
+        return self.figures.energy_per_output_token_j
+
+
+class ContainerPatch(_Model):
+    """A Kubernetes container fragment running the recommendation (the vLLM image's
+    entrypoint is `vllm serve`, so args start at the model)."""
+
+    name: str
+    image: str
+    args: list[str]
+    resources: dict[str, dict[str, str]] = Field(
+        description="limits and requests: the GPUs the engine uses"
+    )
 
 
 class Artifacts(_Model):
     """The recommendation, ready to adopt."""
 
-    vllm_serve_args: list[str]
+    vllm_serve_args: list[str] = Field(description="`vllm serve` flags after the model")
     vllm_serve_command: str
-    power_limit_w: float | None
-    power_limit_command: str | None
-    kubernetes_container: dict[str, Any]
+    power_limit_w: float | None = None
+    power_limit_command: str | None = None
+    kubernetes_container: ContainerPatch
 
 
 class Recommendation(_Model):
@@ -91,24 +114,24 @@ class Recommendation(_Model):
     model: str
     objective: str
     slos: dict[str, float]
-    recommended: PointSummary | None
-    baseline: PointSummary | None
-    saving_pct: float | None
-    latency_cost_ms: float | None
-    latency_cost_pct: float | None
-    artifacts: Artifacts | None
-    finalists: list[PointSummary]
-    closest: list[PointSummary]
-    trials_measured: int
-    trials_failed: int
-    server_starts: int
-    gpu_s: float
+    recommended: PointSummary | None = None
+    baseline: PointSummary | None = None
+    saving_pct: float | None = None
+    latency_cost_ms: float | None = None
+    latency_cost_pct: float | None = None
+    artifacts: Artifacts | None = None
+    finalists: list[PointSummary] = Field(default_factory=list)
+    closest: list[PointSummary] = Field(default_factory=list)
+    trials_measured: int = 0
+    trials_failed: int = 0
+    server_starts: int = 0
+    gpu_s: float = 0.0
 
 
 def summarize_points(records: Sequence[TrialRecord], spec: BenchmarkSpec) -> list[PointSummary]:
     """One summary per point that has at least one complete measurement, in first-measured
     order."""
-    by_point: dict[PointConfig, list[TrialRecord]] = {}
+    by_point: dict[Point, list[TrialRecord]] = {}
     for record in records:
         if record.measured and record.state is TrialState.COMPLETE:
             by_point.setdefault(record.point, []).append(record)
@@ -121,7 +144,7 @@ def front(points: Sequence[PointSummary], spec: BenchmarkSpec) -> list[PointSumm
     objective = spec.objective.value
     feasible = [p for p in points if p.feasible]
     on_front = pareto_front(
-        feasible, lambda p: (p.energy_per_output_token_j, p.latency_ms[objective])
+        feasible, lambda p: (p.energy_per_output_token_j, p.figures.latency_ms[objective])
     )
     return sorted(on_front, key=lambda p: p.energy_per_output_token_j)
 
@@ -130,7 +153,7 @@ def recommend(
     *,
     spec: BenchmarkSpec,
     records: Sequence[TrialRecord],
-    finalists: Sequence[PointConfig],
+    finalists: Sequence[Point],
     done: bool,
 ) -> Recommendation:
     """The verdict, the recommended point and its saving, or the nearest misses."""
@@ -145,7 +168,9 @@ def recommend(
         "baseline": baseline,
         "trials_measured": len(measured),
         "trials_failed": sum(r.state is TrialState.FAILED for r in measured),
-        "server_starts": sum(r.server_start_s is not None for r in records),
+        "server_starts": sum(
+            r.server_start_s is not None and r.duplicate_of is None for r in records
+        ),
         "gpu_s": round(sum(r.gpu_s for r in records), 3),
     }
     candidates = [by_point[f] for f in finalists if f in by_point] or [
@@ -173,56 +198,42 @@ def recommend(
     )
 
 
-def artifacts(point: PointConfig, spec: BenchmarkSpec) -> Artifacts:
+def artifacts(point: Point, spec: BenchmarkSpec) -> Artifacts:
     """The `vllm serve` command line, the power-limit command and a Kubernetes container."""
-    args = serve_args(point.server, spec)
+    args = serve_args(point, spec)
     cap = point.power_limit_w
-    gpus = ",".join(str(i) for i in range(point.server.tensor_parallel_size))
-    container: dict[str, Any] = {
-        "name": "vllm",
-        "image": spec.engine.image,
-        # The vllm/vllm-openai image's entrypoint is `vllm serve`; args start at the model.
-        "args": [spec.model, *args],
-        "resources": {"limits": {"nvidia.com/gpu": str(point.server.tensor_parallel_size)}},
-    }
+    gpus = ",".join(str(i) for i in range(point.tensor_parallel_size))
+    count = {_GPU_RESOURCE: str(point.tensor_parallel_size)}
     return Artifacts(
-        vllm_serve_args=args,
-        vllm_serve_command=shlex.join(["vllm", "serve", spec.model, *args]),
+        vllm_serve_args=args.flags(),
+        vllm_serve_command=args.shell(),
         power_limit_w=cap,
         power_limit_command=None if cap is None else f"sudo nvidia-smi -i {gpus} -pl {cap:g}",
-        kubernetes_container=container,
+        kubernetes_container=ContainerPatch(
+            name="vllm",
+            image=spec.engine.image,
+            args=args.argv(),
+            resources={"limits": count, "requests": dict(count)},
+        ),
     )
 
 
-def _summarize(
-    point: PointConfig, group: Sequence[TrialRecord], spec: BenchmarkSpec
-) -> PointSummary:
-    energies = [r.energy_per_output_token_j for r in group if r.energy_per_output_token_j]
-    mean_j = statistics.fmean(energies)
-    metrics = sorted({k for r in group for k in r.latency_ms})
-    latency = {
-        m: statistics.fmean(r.latency_ms[m] for r in group if m in r.latency_ms) for m in metrics
-    }
-    excess = {s.metric.value: latency[s.metric.value] - s.max_ms for s in spec.slos}
-    powers = [r.avg_power_per_gpu_w for r in group if r.avg_power_per_gpu_w is not None]
-    tputs = [r.output_token_throughput for r in group if r.output_token_throughput is not None]
+def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) -> PointSummary:
+    figures = [r.figures for r in group if r.figures is not None]
+    mean = TrialFigures.mean(figures)
+    energies = [f.energy_per_output_token_j for f in figures]
+    excess = {s.metric.value: mean.latency_ms[s.metric.value] - s.max_ms for s in spec.slos}
     return PointSummary(
-        tensor_parallel_size=point.server.tensor_parallel_size,
-        max_num_seqs=point.server.max_num_seqs,
-        max_num_batched_tokens=point.server.max_num_batched_tokens,
-        power_limit_w=point.power_limit_w,
+        point=point,
         label=point.label(),
         runs=len(group),
         trials=[r.number for r in group],
-        energy_per_output_token_j=mean_j,
+        figures=mean,
         energy_per_output_token_j_min=min(energies),
         energy_per_output_token_j_max=max(energies),
-        energy_spread_pct=100.0 * (max(energies) - min(energies)) / mean_j,
-        latency_ms=latency,
+        energy_spread_pct=100.0 * (max(energies) - min(energies)) / mean.energy_per_output_token_j,
         slo_excess_ms=excess,
         feasible=all(v <= 0 for v in excess.values()),
-        avg_power_per_gpu_w=statistics.fmean(powers) if powers else None,
-        output_token_throughput=statistics.fmean(tputs) if tputs else None,
         is_baseline=any(r.role is Role.BASELINE for r in group),
     )
 
@@ -234,8 +245,8 @@ def _against_baseline(
         return None, None, None
     metric = spec.objective.value
     saving = 100.0 * (1.0 - best.energy_per_output_token_j / baseline.energy_per_output_token_j)
-    cost_ms = best.latency_ms[metric] - baseline.latency_ms[metric]
-    cost_pct = 100.0 * cost_ms / baseline.latency_ms[metric]
+    cost_ms = best.figures.latency_ms[metric] - baseline.figures.latency_ms[metric]
+    cost_pct = 100.0 * cost_ms / baseline.figures.latency_ms[metric]
     return saving, cost_ms, cost_pct
 
 
@@ -285,15 +296,5 @@ def _no_answer(
 
 def _relative_excess(point: PointSummary) -> float:
     """How far a point misses its worst SLO, as a fraction of that bound."""
-    return max((v / (point.latency_ms[k] - v) for k, v in point.slo_excess_ms.items()), default=0.0)
-
-
-def _point_of(summary: PointSummary) -> PointConfig:
-    return PointConfig.from_params(
-        {
-            "tensor_parallel_size": summary.tensor_parallel_size,
-            "max_num_seqs": summary.max_num_seqs,
-            "max_num_batched_tokens": summary.max_num_batched_tokens,
-            "power_limit_w": summary.power_limit_w,
-        }
-    )
+    latency = point.figures.latency_ms
+    return max((v / (latency[k] - v) for k, v in point.slo_excess_ms.items()), default=0.0)

@@ -1,40 +1,32 @@
 """What crosses the search core's boundary: plans out, outcomes in, records for everyone.
 
 `TrialPlan` is what `Study.ask()` hands a runner; `TrialOutcome` is what the runner hands
-back to `Study.tell()`; `TrialRecord` is one finished (or running) trial as the CLI's report
-and the operator's status show it. Records are pydantic so the operator can store them in an
-object's status and rebuild a study from them (`Study.from_records`).
+back to `Study.tell()`; `TrialRecord` is one trial as the CLI's report and the operator's
+status show it (camelCase on the wire). A record nests the trial's `Point` and its
+`TrialFigures` instead of copying their fields.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
-from jouletune.tuner._space import PointConfig, ServerConfig
-from jouletune.tuner.spec import LatencyMetric
+from jouletune.tuner._figures import TrialFigures
+from jouletune.tuner._point import Point
+from jouletune.tuner.spec import LatencyMetric, SloSpec
 
-__all__ = [
-    "BenchFigures",
-    "Role",
-    "TrialOutcome",
-    "TrialPlan",
-    "TrialRecord",
-    "TrialState",
-    "figures_from_result",
-]
+__all__ = ["Role", "TrialOutcome", "TrialPlan", "TrialRecord", "TrialState"]
 
 
 class Role(StrEnum):
     """Why a trial runs."""
 
-    BASELINE = "baseline"  # vLLM's defaults, no cap: what savings are measured against
-    SEARCH = "search"  # proposed by the sampler, or a power step under a running server
+    BASELINE = "baseline"  # the engine's defaults, no cap: what savings are measured against
+    SEARCH = "search"  # proposed by the sampler or the boundary search, or a power step
     FINALIST = "finalist"  # a repeat of a candidate before it is recommended
 
 
@@ -59,18 +51,8 @@ class TrialPlan:
 
     number: int
     role: Role
-    point: PointConfig
+    point: Point
     repeat: int = 0
-
-    @property
-    def server(self) -> ServerConfig:
-        """The server configuration this plan needs running."""
-        return self.point.server
-
-    @property
-    def power_limit_w(self) -> float | None:
-        """The per-GPU cap to measure under; None leaves the limit as found."""
-        return self.point.power_limit_w
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +60,7 @@ class TrialOutcome:
     """What a runner measured for one plan, or why it could not.
 
     Attributes:
-        result: the `jouletune bench` result JSON (DESIGN.md keys); None when failed.
+        figures: what the measurement found; None when it failed.
         fail_reason: one line saying why the trial failed; None when it was measured.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
@@ -87,7 +69,7 @@ class TrialOutcome:
         result_path: where the runner stored the full result and logs, if anywhere.
     """
 
-    result: Mapping[str, Any] | None = None
+    figures: TrialFigures | None = None
     fail_reason: str | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
@@ -95,119 +77,68 @@ class TrialOutcome:
     result_path: str | None = None
 
     def __post_init__(self) -> None:
-        assert (self.result is None) != (self.fail_reason is None), (
-            f"an outcome has a result or a reason, not both or neither: {self.fail_reason=}"
+        assert (self.figures is None) != (self.fail_reason is None), (
+            f"an outcome has figures or a reason, not both or neither: {self.fail_reason=}"
         )
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchFigures:
-    """The figures of one bench result that the search reads.
-
-    Attributes:
-        energy_per_output_token_j: joules per output token in the steady-state window.
-        latency_ms: each latency statistic the spec names (objective and SLOs), milliseconds.
-        avg_power_w: mean power of all the trial's GPUs together over the window, watts.
-        avg_power_per_gpu_w: the highest per-GPU mean power over the window, watts.
-        output_token_throughput: output tokens per second.
-        power_cap_bound_fraction: fraction of the window the GPUs sat at their power limit.
-        completed: requests that finished.
-        failed: requests that failed.
-    """
-
-    energy_per_output_token_j: float
-    latency_ms: dict[str, float]
-    avg_power_w: float | None
-    avg_power_per_gpu_w: float | None
-    output_token_throughput: float | None
-    power_cap_bound_fraction: float | None
-    completed: int
-    failed: int
-
-
-def figures_from_result(
-    result: Mapping[str, Any], *, metrics: set[LatencyMetric], num_gpus: int
-) -> BenchFigures:
-    """Read the figures the search needs from a bench result.
-
-    Raises:
-        ValueError: the result lacks a figure the search needs (the trial is then failed
-            with this message as its reason).
-    """
-    if result.get("partial"):
-        raise ValueError("the server was lost during the measurement")
-    if result.get("valid") is False:
-        raise ValueError(
-            f"invalid measurement: {result.get('invalid_reason') or 'no reason given'}"
-        )
-    energy = _finite(result.get("energy_per_output_token_j"))
-    if energy is None or energy <= 0:
-        raise ValueError("the bench measured no energy per output token")
-    latency: dict[str, float] = {}
-    for metric in sorted(metrics):
-        family, stat = metric.result_key
-        value = _finite((result.get(family) or {}).get(stat))
-        if value is None:
-            raise ValueError(f"the bench result has no {family}.{stat}")
-        latency[metric.value] = value
-    avg_power_w = _finite(result.get("avg_power_w"))
-    return BenchFigures(
-        energy_per_output_token_j=energy,
-        latency_ms=latency,
-        avg_power_w=avg_power_w,
-        avg_power_per_gpu_w=_per_gpu_power_w(result, avg_power_w, num_gpus),
-        output_token_throughput=_finite(result.get("output_token_throughput")),
-        power_cap_bound_fraction=_finite(result.get("power_cap_bound_fraction")),
-        completed=int(result.get("completed") or 0),
-        failed=int(result.get("failed") or 0),
-    )
 
 
 class TrialRecord(BaseModel):
-    """One trial as reports and the operator's status show it; units in field names."""
+    """One trial; units in field names.
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    Attributes:
+        number: the trial number (Optuna's).
+        role: why it ran.
+        state: running, complete or failed.
+        repeat: 0, or the finalist repeat's count.
+        point: what it measured.
+        figures: what it found (complete trials only).
+        measured_power_limit_w: the limit read back from the GPU while measuring.
+        slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
+        feasible: met every SLO (complete trials only).
+        duration_s: wall time of the measurement.
+        server_start_s: time spent starting its server, if it started one.
+        fail_reason: why it failed, one line.
+        result_path: where the full result and logs are.
+        duplicate_of: answered from this earlier trial of the same point.
+        interrupted: its process died before it finished; it is measured again.
+    """
 
-    number: int
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    number: int = Field(ge=0)
     role: Role
     state: TrialState
     repeat: int = 0
-    tensor_parallel_size: int
-    max_num_seqs: int
-    max_num_batched_tokens: int | None = None
-    power_limit_w: float | None = None
+    point: Point
+    figures: TrialFigures | None = None
     measured_power_limit_w: float | None = None
-    energy_per_output_token_j: float | None = None
-    latency_ms: dict[str, float] = {}
-    slo_excess_ms: dict[str, float] = {}
-    feasible: bool | None = None
-    avg_power_w: float | None = None
-    avg_power_per_gpu_w: float | None = None
-    output_token_throughput: float | None = None
-    power_cap_bound_fraction: float | None = None
-    completed: int | None = None
-    failed_requests: int | None = None
+    slo_excess_ms: dict[str, float] = Field(
+        default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
+    )
+    feasible: bool | None = Field(None, description="met every SLO")
     duration_s: float = 0.0
     server_start_s: float | None = None
-    fail_reason: str | None = None
+    fail_reason: str | None = Field(None, description="why the trial failed, one line")
     result_path: str | None = None
-    duplicate_of: int | None = None
+    duplicate_of: int | None = Field(None, description="answered from this earlier trial")
     interrupted: bool = False
 
     @property
-    def point(self) -> PointConfig:
-        """The point this trial measured."""
-        return PointConfig.from_fields(
-            tensor_parallel_size=self.tensor_parallel_size,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            power_limit_w=self.power_limit_w,
-        )
+    def energy_per_output_token_j(self) -> float | None:
+        """J/output-token, when measured."""
+        return None if self.figures is None else self.figures.energy_per_output_token_j
+
+    @property
+    def latency_ms(self) -> dict[str, float]:
+        """The latency statistics measured (empty when not measured)."""
+        return {} if self.figures is None else self.figures.latency_ms
 
     @property
     def gpu_s(self) -> float:
         """GPU-seconds this trial held: its wall time (server start included) times its GPUs."""
-        return (self.duration_s + (self.server_start_s or 0.0)) * self.tensor_parallel_size
+        return (self.duration_s + (self.server_start_s or 0.0)) * self.point.tensor_parallel_size
 
     @property
     def measured(self) -> bool:
@@ -218,25 +149,34 @@ class TrialRecord(BaseModel):
             and self.duplicate_of is None
         )
 
+    def finished(
+        self, outcome: TrialOutcome, *, slos: Sequence[SloSpec], objective: LatencyMetric
+    ) -> TrialRecord:
+        """This running trial with `outcome` told: complete with its SLO verdict, or failed.
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _per_gpu_power_w(
-    result: Mapping[str, Any], avg_power_w: float | None, num_gpus: int
-) -> float | None:
-    """The busiest GPU's mean power: a cap binds per GPU, so that is what to compare with."""
-    gpus = result.get("gpus")
-    if isinstance(gpus, list):
-        per_gpu = [_finite(g.get("avg_power_w")) for g in gpus if isinstance(g, Mapping)]
-        known = [p for p in per_gpu if p is not None]
-        if known:
-            return max(known)
-    return None if avg_power_w is None else avg_power_w / max(num_gpus, 1)
+        A measurement that lacks the objective's statistic or one an SLO bounds fails.
+        """
+        common = {
+            "duration_s": outcome.duration_s,
+            "server_start_s": outcome.server_start_s,
+            "measured_power_limit_w": outcome.power_limit_w,
+            "result_path": outcome.result_path,
+        }
+        figures = outcome.figures
+        needed = dict.fromkeys([objective, *(s.metric for s in slos)])
+        missing = [m.value for m in needed if figures and figures.latency(m) is None]
+        if figures is None or missing:
+            reason = outcome.fail_reason or f"the bench reported no {', '.join(missing)}"
+            return self.model_copy(
+                update={**common, "state": TrialState.FAILED, "fail_reason": reason}
+            )
+        excess = {s.metric.value: figures.latency_ms[s.metric.value] - s.max_ms for s in slos}
+        return self.model_copy(
+            update={
+                **common,
+                "state": TrialState.COMPLETE,
+                "figures": figures,
+                "slo_excess_ms": excess,
+                "feasible": all(v <= 0 for v in excess.values()),
+            }
+        )

@@ -18,9 +18,11 @@ from typing import Any
 
 import yaml
 
+from jouletune.tuner._figures import Column, TrialFigures
+from jouletune.tuner._point import Point
 from jouletune.tuner._recommend import PointSummary, Recommendation, front, summarize_points
 from jouletune.tuner._records import TrialRecord
-from jouletune.tuner.spec import BenchmarkSpec
+from jouletune.tuner.spec import BenchmarkSpec, LatencyMetric
 
 __all__ = ["ReportFiles", "write_report"]
 
@@ -31,23 +33,11 @@ PARETO_PNG = "pareto.png"
 REPORT_HTML = "report.html"
 ReportFiles = tuple[str, ...]
 
-_CSV_FIELDS = (
-    "number",
-    "role",
-    "state",
-    "repeat",
-    "tensor_parallel_size",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "power_limit_w",
+# trials.csv: the record's own fields around its point's and its figures' columns.
+_RECORD_HEAD = ("number", "role", "state", "repeat")
+_RECORD_TAIL = (
     "measured_power_limit_w",
-    "energy_per_output_token_j",
     "feasible",
-    "avg_power_per_gpu_w",
-    "power_cap_bound_fraction",
-    "output_token_throughput",
-    "completed",
-    "failed_requests",
     "duration_s",
     "server_start_s",
     "duplicate_of",
@@ -69,7 +59,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     points = summarize_points(records, spec)
     on_front = front(points, spec)
-    _write_csv(out_dir / TRIALS_CSV, records, spec)
+    _write_csv(out_dir / TRIALS_CSV, records)
     pareto = {
         "objectives": ["energy_per_output_token_j", f"{spec.objective.value}_ms"],
         "front": [p.model_dump(mode="json") for p in on_front],
@@ -84,15 +74,23 @@ def write_report(
     return (TRIALS_CSV, PARETO_JSON, RECOMMENDATION_JSON, PARETO_PNG, REPORT_HTML)
 
 
-def _write_csv(path: Path, records: Sequence[TrialRecord], spec: BenchmarkSpec) -> None:
-    metrics = sorted({spec.objective.value, *(s.metric.value for s in spec.slos)})
+def _write_csv(path: Path, records: Sequence[TrialRecord]) -> None:
+    """One row per trial: the record's fields, its point's, every figure (empty if none)."""
+    point_fields = tuple(Point.model_fields)
+    columns = [c.name for c in TrialFigures.columns()]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*_CSV_FIELDS, *(f"{m}_ms" for m in metrics)])
+        writer.writerow([*_RECORD_HEAD, *point_fields, *columns, *_RECORD_TAIL])
         for record in records:
             row = record.model_dump(mode="json")
-            cells = ["" if row.get(k) is None else row[k] for k in _CSV_FIELDS]
-            writer.writerow([*cells, *(record.latency_ms.get(m, "") for m in metrics)])
+            figures = record.figures.flat() if record.figures else {}
+            cells = [
+                *(row[k] for k in _RECORD_HEAD),
+                *(row["point"][k] for k in point_fields),
+                *(figures.get(c) for c in columns),
+                *(row[k] for k in _RECORD_TAIL),
+            ]
+            writer.writerow(["" if v is None else v for v in cells])
 
 
 def _plot(
@@ -112,16 +110,16 @@ def _plot(
         for feasible, style in ((True, "o"), (False, "x")):
             chosen = [p for p in points if p.feasible is feasible]
             ax.scatter(
-                [p.latency_ms[metric] for p in chosen],
+                [p.figures.latency_ms[metric] for p in chosen],
                 [p.energy_per_output_token_j for p in chosen],
                 marker=style,
                 color="tab:blue" if feasible else "tab:gray",
                 label="meets SLO" if feasible else "misses SLO",
             )
         if on_front:
-            ordered = sorted(on_front, key=lambda p: p.latency_ms[metric])
+            ordered = sorted(on_front, key=lambda p: p.figures.latency_ms[metric])
             ax.plot(
-                [p.latency_ms[metric] for p in ordered],
+                [p.figures.latency_ms[metric] for p in ordered],
                 [p.energy_per_output_token_j for p in ordered],
                 color="tab:blue",
                 linewidth=1,
@@ -154,7 +152,7 @@ def _mark(
 ) -> None:
     if point is not None:
         ax.scatter(
-            [point.latency_ms[metric]],
+            [point.figures.latency_ms[metric]],
             [point.energy_per_output_token_j],
             marker=marker,
             s=160,
@@ -173,7 +171,6 @@ def _html(
     png: bytes,
 ) -> str:
     e = html.escape
-    metric = spec.objective.value
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>jouletune: {e(name)}</title>",
@@ -190,51 +187,57 @@ def _html(
         f"{base64.b64encode(png).decode()}'>",
     ]
     if rec.artifacts is not None:
-        container = yaml.safe_dump(rec.artifacts.kubernetes_container, sort_keys=False)
+        container = yaml.safe_dump(rec.artifacts.kubernetes_container.model_dump(), sort_keys=False)
         parts += [
             "<h2>Adopt it</h2>",
             f"<pre>{e(rec.artifacts.vllm_serve_command)}</pre>",
             f"<pre>{e(rec.artifacts.power_limit_command or '# no power cap')}</pre>",
             f"<pre>{e(container)}</pre>",
         ]
+    columns = TrialFigures.columns(latency=_latency_metrics(spec))
     if rec.finalists:
-        parts += ["<h2>Finalists (re-measured)</h2>", _points_table(rec.finalists, metric)]
+        parts += ["<h2>Finalists (re-measured)</h2>", _points_table(rec.finalists, columns)]
     if rec.closest:
-        parts += ["<h2>Closest to the SLO</h2>", _points_table(rec.closest, metric)]
-    parts += ["<h2>Pareto front (feasible)</h2>", _points_table(on_front, metric)]
-    parts += ["<h2>Trials</h2>", _trials_table(records, metric), "</body></html>"]
+        parts += ["<h2>Closest to the SLO</h2>", _points_table(rec.closest, columns)]
+    parts += ["<h2>Pareto front (feasible)</h2>", _points_table(on_front, columns)]
+    parts += ["<h2>Trials</h2>", _trials_table(records, columns), "</body></html>"]
     return "\n".join(parts)
 
 
-def _points_table(points: Sequence[PointSummary], metric: str) -> str:
-    rows = [
-        f"<tr><th>config</th><th>runs</th><th>J/token</th><th>spread %</th>"
-        f"<th>{html.escape(metric)} ms</th><th>W/GPU</th><th>meets SLO</th></tr>"
-    ]
+def _latency_metrics(spec: BenchmarkSpec) -> list[LatencyMetric]:
+    """The latency statistics the study is about: the objective's, then the SLOs'."""
+    return list(dict.fromkeys([spec.objective, *(s.metric for s in spec.slos)]))
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    e = html.escape
+    cells = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+    cells += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+    return "<table>" + "".join(cells) + "</table>"
+
+
+def _points_table(points: Sequence[PointSummary], columns: Sequence[Column]) -> str:
+    head = ["config", "runs", "spread %", "meets SLO", *(c.title for c in columns)]
+    rows = []
     for p in points:
-        power = "" if p.avg_power_per_gpu_w is None else f"{p.avg_power_per_gpu_w:.0f}"
+        flat = p.figures.flat()
         rows.append(
-            f"<tr><td>{html.escape(p.label)}</td><td>{p.runs}</td>"
-            f"<td>{p.energy_per_output_token_j:.4g}</td><td>{p.energy_spread_pct:.1f}</td>"
-            f"<td>{p.latency_ms[metric]:.2f}</td><td>{power}</td><td>{p.feasible}</td></tr>"
+            [p.label, str(p.runs), f"{p.energy_spread_pct:.1f}", str(p.feasible)]
+            + [c.format(flat[c.name]) for c in columns]
         )
-    return "<table>" + "".join(rows) + "</table>"
+    return _table(head, rows)
 
 
-def _trials_table(records: Sequence[TrialRecord], metric: str) -> str:
-    rows = [
-        "<tr><th>#</th><th>role</th><th>state</th><th>config</th><th>J/token</th>"
-        f"<th>{html.escape(metric)} ms</th><th>meets SLO</th><th>note</th></tr>"
-    ]
+def _trials_table(records: Sequence[TrialRecord], columns: Sequence[Column]) -> str:
+    head = ["#", "role", "state", "config", "meets SLO", *(c.title for c in columns), "note"]
+    rows = []
     for r in records:
-        energy = "" if r.energy_per_output_token_j is None else f"{r.energy_per_output_token_j:.4g}"
-        latency = r.latency_ms.get(metric)
+        flat = r.figures.flat() if r.figures else {}
         note = r.fail_reason or (f"same point as #{r.duplicate_of}" if r.duplicate_of else "")
+        feasible = "" if r.feasible is None else str(r.feasible)
         rows.append(
-            f"<tr><td>{r.number}</td><td>{r.role.value}</td><td>{r.state.value}</td>"
-            f"<td>{html.escape(r.point.label())}</td><td>{energy}</td>"
-            f"<td>{'' if latency is None else f'{latency:.2f}'}</td>"
-            f"<td>{'' if r.feasible is None else r.feasible}</td>"
-            f"<td>{html.escape(note)}</td></tr>"
+            [str(r.number), r.role.value, r.state.value, r.point.label(), feasible]
+            + [c.format(flat.get(c.name)) for c in columns]
+            + [note]
         )
-    return "<table>" + "".join(rows) + "</table>"
+    return _table(head, rows)

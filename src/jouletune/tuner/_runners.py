@@ -1,24 +1,24 @@
 """Runners: what serves a study's trials. One interface, so the operator can add a pod runner.
 
-A runner starts a server for a `ServerConfig` (`runner.server(config, ...)`, an async context
-manager that stops it on exit) and measures plans on it (`server.measure(plan, ...)`); the
-loop keeps one server while consecutive plans share its configuration.
+A runner starts a server for a point's server configuration (`runner.server(point.server,
+...)`, an async context manager that stops it on exit) and measures plans on it
+(`server.measure(plan, ...)`, which is `_measure.measure_point`); the loop keeps one server while
+consecutive plans share its configuration.
 
 * `SimRunner`: `jouletune sim-server` plus `jouletune exporter --sim` on this machine; power
   limits through the sim's GPUs.
 * `LocalRunner`: a real `vllm serve` on this host's GPUs plus `jouletune exporter` (NVML);
   power limits only when not read-only. `JOULETUNE_VLLM_CMD` replaces `vllm serve` (CI puts
-  `jouletune sim-server` there: same flags) and `JOULETUNE_EXPORTER_CMD` the exporter.
+  `jouletune sim-server` there: same flags; see `jouletune.engine`) and
+  `JOULETUNE_EXPORTER_CMD` the exporter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
-import shutil
 import socket
 import sys
 import time
@@ -26,35 +26,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from jouletune.contract import ENGINE_PORT
+from jouletune.engine import vllm_command
 from jouletune.gpu import (
     Gpu,
     GpuError,
     GpuPermissionError,
     open_nvml_gpus,
     open_sim_gpus,
-    power_limit,
     sample_all,
 )
+from jouletune.tuner._measure import Target, measure_point
+from jouletune.tuner._point import Point
 from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
 from jouletune.tuner._records import TrialOutcome, TrialPlan
-from jouletune.tuner._space import ServerConfig, serve_args
+from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
 
-if TYPE_CHECKING:
-    from jouletune.loadgen import BenchConfig
-
-__all__ = [
-    "LocalRunner",
-    "Runner",
-    "RunnerError",
-    "SimRunner",
-    "TrialServer",
-    "bench_config",
-    "vllm_command",
-]
+__all__ = ["LocalRunner", "Runner", "RunnerError", "SimRunner", "TrialServer"]
 
 _HOST = "127.0.0.1"
 # A stopped server's port must come free before the next starts; vLLM releases it at exit.
@@ -92,50 +83,9 @@ class Runner(Protocol):
         """Refuse, before any trial, a study this runner cannot serve (raise RunnerError)."""
         ...
 
-    def server(
-        self, config: ServerConfig, *, log_dir: Path
-    ) -> AbstractAsyncContextManager[TrialServer]:
+    def server(self, config: Point, *, log_dir: Path) -> AbstractAsyncContextManager[TrialServer]:
         """Start a server for `config` (raise StartError when it cannot); stop it on exit."""
         ...
-
-
-def bench_config(
-    spec: BenchmarkSpec,
-    *,
-    trial_number: int,
-    max_num_seqs: int,
-    base_url: str,
-    exporter_urls: Sequence[str],
-) -> BenchConfig:
-    """The load generator's configuration for trial `trial_number` of `spec` at `base_url`.
-
-    Both the local runners and the operator's trial pods measure with it, so a trial runs the
-    same workload wherever it runs. Each trial draws its own prompts (seed + trial number):
-    trials that share a server would otherwise resend the same prompts, and vLLM's prefix cache
-    would make every trial after the first look cheaper than it is. With `workload.saturate`
-    the closed loop runs `max_num_seqs` clients, the trial's own batch bound.
-    """
-    # Imported here: loading the tuner (the operator, `jouletune report`) needs no loadgen.
-    from jouletune.loadgen import BenchConfig
-
-    workload = spec.workload
-    return BenchConfig(
-        base_url=base_url,
-        model=spec.model,
-        dataset_name=workload.dataset,
-        dataset_path=workload.dataset_path,
-        random_input_len=workload.input_len,
-        random_output_len=workload.output_len,
-        num_prompts=workload.num_prompts,
-        request_rate=workload.request_rate,
-        burstiness=workload.burstiness,
-        max_concurrency=max_num_seqs if workload.saturate else workload.max_concurrency,
-        seed=workload.seed + trial_number,
-        duration_s=workload.duration_s,
-        exporter_urls=list(exporter_urls),
-        # A stream silent this long is dead; the trial's own timeout bounds the whole run.
-        request_timeout_s=min(600.0, spec.budget.trial_timeout_s),
-    )
 
 
 @dataclass(kw_only=True)
@@ -152,50 +102,20 @@ class _Running:
         return self.server.alive() and self.exporter.alive()
 
     async def measure(self, plan: TrialPlan, *, trial_dir: Path) -> TrialOutcome:
-        from jouletune.loadgen import BenchError, run_bench
-
         trial_dir.mkdir(parents=True, exist_ok=True)
         _link(trial_dir / "server.log", self.server.log_path)
-        start = time.monotonic()
-        cap = None if self.read_only else plan.power_limit_w
-        config = bench_config(
-            self.spec,
-            trial_number=plan.number,
-            max_num_seqs=plan.point.server.max_num_seqs,
+        target = Target(
             base_url=self.server.url,
             exporter_urls=[self.exporter.url],
+            gpus=() if self.read_only else self.gpus,
+            lost=self._lost,
         )
-        limit_w: float | None = None
-        try:
-            with power_limit(self.gpus, cap):
-                limit_w = _limit_now(self.gpus)
-                # asyncio.timeout, not wait_for: the bench runs in this task, so a Ctrl-C
-                # (a cancellation) reaches it directly; Python 3.11's wait_for can drop a
-                # cancellation that arrives as its inner task finishes.
-                async with asyncio.timeout(self.spec.budget.trial_timeout_s):
-                    result = await run_bench(config)
-        except TimeoutError:
-            reason = f"timed out after {self.spec.budget.trial_timeout_s:g} s (server hung?)"
-            return self._failed(reason, start, limit_w)
-        except (BenchError, GpuError, ValueError) as err:
-            if not self.server.alive():
-                return self._failed(self.server.exit_reason(), start, limit_w)
-            return self._failed(str(err).splitlines()[0], start, limit_w)
-        data = result.model_dump(mode="json")
-        (trial_dir / "result.json").write_text(json.dumps(data, indent=2))
-        if not self.server.alive():
-            return self._failed(self.server.exit_reason(), start, limit_w)
-        return TrialOutcome(
-            result=data,
-            duration_s=time.monotonic() - start,
-            power_limit_w=limit_w,
-            result_path=str(trial_dir),
+        return await measure_point(
+            target, plan.point, spec=self.spec, seed_offset=plan.number, trial_dir=trial_dir
         )
 
-    def _failed(self, reason: str, start: float, limit_w: float | None) -> TrialOutcome:
-        return TrialOutcome(
-            fail_reason=reason, duration_s=time.monotonic() - start, power_limit_w=limit_w
-        )
+    def _lost(self) -> str | None:
+        return None if self.server.alive() else self.server.exit_reason()
 
 
 class _ProcessRunner:
@@ -212,7 +132,7 @@ class _ProcessRunner:
         """Nothing to check by default."""
 
     @asynccontextmanager
-    async def server(self, config: ServerConfig, *, log_dir: Path) -> AsyncIterator[_Running]:
+    async def server(self, config: Point, *, log_dir: Path) -> AsyncIterator[_Running]:
         port = self._server_port or _free_port()
         if port_busy(_HOST, port):
             raise StartError(f"port {port} is busy: another server listens there")
@@ -250,27 +170,20 @@ class _ProcessRunner:
                 raise StartError(f"port {port} still busy after the server stopped")
             await self._released(config)
 
-    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+    def _server_argv(self, config: Point, port: int) -> list[str]:
         raise NotImplementedError
 
-    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
         raise NotImplementedError
 
-    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+    def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
         raise NotImplementedError
 
-    async def _released(self, config: ServerConfig) -> None:
+    async def _released(self, config: Point) -> None:
         """Wait until the stopped server's resources are free (GPU memory, for real GPUs)."""
 
-    def _engine_args(self, config: ServerConfig, port: int) -> list[str]:
-        return [
-            self._spec.model,
-            "--host",
-            _HOST,
-            "--port",
-            str(port),
-            *serve_args(config, self._spec),
-        ]
+    def _engine_args(self, config: Point, port: int) -> list[str]:
+        return serve_args(config, self._spec, host=_HOST, port=port).argv()
 
 
 class SimRunner(_ProcessRunner):
@@ -281,7 +194,7 @@ class SimRunner(_ProcessRunner):
     def __init__(self, *, spec: BenchmarkSpec, read_only: bool = False) -> None:
         super().__init__(spec=spec, read_only=read_only, server_port=None)
 
-    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+    def _server_argv(self, config: Point, port: int) -> list[str]:
         return [
             *_jouletune(),
             "sim-server",
@@ -290,7 +203,7 @@ class SimRunner(_ProcessRunner):
             self._spec.gpu.type,
         ]
 
-    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
         return [
             *_jouletune(),
             "exporter",
@@ -302,7 +215,7 @@ class SimRunner(_ProcessRunner):
             server_url,
         ]
 
-    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+    def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
         if self._read_only:
             return []
         return list(open_sim_gpus(server_url, selection=range(config.tensor_parallel_size)))
@@ -353,17 +266,17 @@ class LocalRunner(_ProcessRunner):
             except GpuPermissionError as err:
                 raise RunnerError(f"{err}; run as root or with --read-only") from None
 
-    def _server_argv(self, config: ServerConfig, port: int) -> list[str]:
+    def _server_argv(self, config: Point, port: int) -> list[str]:
         return [*self._server_command, *self._engine_args(config, port)]
 
-    def _exporter_argv(self, config: ServerConfig, server_url: str, port: int) -> list[str]:
+    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
         if self._exporter_command:
             command = [part.replace("{server_url}", server_url) for part in self._exporter_command]
             return [*command, "--host", _HOST, "--port", str(port)]
         gpus = ",".join(str(i) for i in range(config.tensor_parallel_size))
         return [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port), "--gpus", gpus]
 
-    def _gpus(self, config: ServerConfig, server_url: str) -> list[Gpu]:
+    def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
         if self._read_only:
             return []
         return self._nvml_gpus()[: config.tensor_parallel_size]
@@ -376,7 +289,7 @@ class LocalRunner(_ProcessRunner):
                 raise RunnerError(f"cannot apply power limits: {err}") from None
         return self._nvml
 
-    async def _released(self, config: ServerConfig) -> None:
+    async def _released(self, config: Point) -> None:
         """Wait (bounded) until the GPUs' memory is back near empty, where NVML answers."""
         try:
             gpus = self._nvml_gpus()[: config.tensor_parallel_size]
@@ -389,20 +302,6 @@ class LocalRunner(_ProcessRunner):
             await asyncio.sleep(0.5)
 
 
-def vllm_command() -> list[str]:
-    """The command that starts a vLLM server, up to and including `serve`.
-
-    `JOULETUNE_VLLM_CMD` (split like a shell would) wins; then `vllm` on PATH; else vLLM's
-    module entry point (a vLLM installed without its console script).
-    """
-    override = os.environ.get("JOULETUNE_VLLM_CMD")
-    if override:
-        return shlex.split(override)
-    if shutil.which("vllm"):
-        return ["vllm", "serve"]
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
-
-
 def _jouletune() -> list[str]:
     return [sys.executable, "-m", "jouletune"]
 
@@ -411,12 +310,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((_HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def _limit_now(gpus: Sequence[Gpu]) -> float | None:
-    if not gpus:
-        return None
-    return sample_all(gpus)[0].power_limit_w
 
 
 def _link(link: Path, target: Path) -> None:

@@ -26,7 +26,6 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
@@ -34,17 +33,11 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
+from jouletune.tuner import _optuna
 from jouletune.tuner._boundary import brackets_closed, next_boundary_point, next_power_step
-from jouletune.tuner._records import (
-    BenchFigures,
-    Role,
-    TrialOutcome,
-    TrialPlan,
-    TrialRecord,
-    TrialState,
-    figures_from_result,
-)
-from jouletune.tuner._space import PointConfig, SearchGrid
+from jouletune.tuner._point import Point
+from jouletune.tuner._records import Role, TrialOutcome, TrialPlan, TrialRecord, TrialState
+from jouletune.tuner._space import SearchGrid
 from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = ["Phase", "Study", "StudyMismatchError"]
@@ -59,10 +52,6 @@ _MAX_DUPLICATE_ASKS = 20
 # most of them at random.
 _TPE_STARTUP_TRIALS = 4
 
-_ATTR_ROLE = "role"
-_ATTR_REPEAT = "repeat"
-_ATTR_DUPLICATE_OF = "duplicate_of"
-_ATTR_INTERRUPTED = "interrupted"
 _ATTR_SPEC = "spec_fingerprint"
 
 
@@ -98,7 +87,6 @@ class Study:
         self._grid = SearchGrid(spec=spec, read_only=read_only or spec.gpu.read_only)
         self._distributions = self._grid.distributions()
         self._study = optuna_study
-        self._metrics = {spec.objective, *(slo.metric for slo in spec.slos)}
         self._rng = random.Random(spec.seed)
 
     # --- construction -------------------------------------------------------------------
@@ -152,7 +140,11 @@ class Study:
         for expected, record in enumerate(records):
             if record.number != expected:
                 raise ValueError(f"records must be numbered 0.. in order: {record.number=}")
-            optuna_study.add_trial(study._frozen_from_record(record))
+            optuna_study.add_trial(
+                _optuna.frozen_trial(
+                    record, distributions=study._distributions, objective=spec.objective
+                )
+            )
         study._claim(_fingerprint(spec, read_only=read_only or spec.gpu.read_only))
         return study
 
@@ -203,23 +195,44 @@ class Study:
         """Record what a runner measured for `plan` (or its trial number); return the record."""
         number = plan if isinstance(plan, int) else plan.number
         trial = self._live_trial(number)
-        _set_common_attrs(trial, outcome)
-        if outcome.result is None:
-            trial.set_user_attr("fail_reason", outcome.fail_reason)
-            self._study.tell(trial, state=OptunaState.FAIL)
-        else:
-            try:
-                figures = figures_from_result(
-                    outcome.result,
-                    metrics=self._metrics,
-                    num_gpus=int(trial.params["tensor_parallel_size"]),
-                )
-            except ValueError as err:
-                trial.set_user_attr("fail_reason", str(err))
-                self._study.tell(trial, state=OptunaState.FAIL)
-            else:
-                self._tell_figures(trial, figures)
-        return self._record(self._study.get_trials(deepcopy=False)[number])
+        record = self._record(self._study.get_trials(deepcopy=False)[number]).finished(
+            outcome, slos=self._spec.slos, objective=self._spec.objective
+        )
+        self._store(trial, record)
+        return record
+
+    def tell_extra(self, point: Point, outcome: TrialOutcome, *, role: Role) -> TrialRecord:
+        """Record a measurement nobody asked for: a point a trial pod measured under the server
+        of a plan it was given (`riders`)."""
+        plan = self._ask_point(point, role=role)
+        return self.tell(plan, outcome)
+
+    def riders(self, plan: TrialPlan, *, limit: int) -> list[Point]:
+        """Points a trial pod may measure after `plan` without restarting its server, in order.
+
+        What the CLI would measure next under the same server start: for a search trial once
+        the boundary is bracketed, the lower power caps not yet taken, highest first (the pod
+        walks down them as the CLI's power steps do, `measure_sweep`); with `sampler: grid`,
+        the next unmeasured points of its server. At most `limit`, and no more than the
+        budget has left. A rider the pod measured comes back through `tell_extra`.
+        """
+        if plan.role is not Role.SEARCH:
+            return []
+        records = self.records()
+        grid = self._spec.sampler == "grid"
+        if not grid and not brackets_closed(records, self._grid):
+            return []
+        taken = _taken_points(records)
+        cap = plan.point.power_limit_w
+        below = self._grid.power_limits_w[self._grid.power_limits_w.index(cap) + 1 :]
+        points = [plan.point.model_copy(update={"power_limit_w": c}) for c in below]
+        left = self._spec.budget.max_trials - self._count().measured
+        return [p for p in points if p not in taken][: max(0, min(limit, left))]
+
+    def walks(self) -> bool:
+        """True when a pod's riders end where the power walk would (`measure_sweep`'s walk);
+        False for the grid, which measures every point."""
+        return self._spec.sampler != "grid"
 
     def abandon_running(self, reason: str = "interrupted before it finished") -> list[int]:
         """Fail every running trial (its process died); the next asks measure them again.
@@ -229,10 +242,10 @@ class Study:
         """
         abandoned = []
         for frozen in self._study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-            trial = self._live_trial(frozen.number)
-            trial.set_user_attr(_ATTR_INTERRUPTED, True)
-            trial.set_user_attr("fail_reason", reason)
-            self._study.tell(trial, state=OptunaState.FAIL)
+            record = self._record(frozen).model_copy(
+                update={"state": TrialState.FAILED, "interrupted": True, "fail_reason": reason}
+            )
+            self._store(self._live_trial(frozen.number), record)
             abandoned.append(frozen.number)
         return abandoned
 
@@ -268,8 +281,8 @@ class Study:
     def _ask_sampler(self) -> TrialPlan | None:
         for _ in range(_MAX_DUPLICATE_ASKS):
             trial = self._study.ask(fixed_distributions=self._distributions)
-            trial.set_user_attr(_ATTR_ROLE, Role.SEARCH.value)
-            point = PointConfig.from_params(trial.params)
+            trial.set_user_attr(_optuna.RECORD_ATTR, _optuna.running_attrs(Role.SEARCH))
+            point = Point.from_params(trial.params)
             earlier = self._earlier_measurement(point, before=trial.number)
             if earlier is None:
                 return TrialPlan(number=trial.number, role=Role.SEARCH, point=point)
@@ -279,11 +292,8 @@ class Study:
             return None
         return self._ask_point(self._rng.choice(unmeasured), role=Role.SEARCH)
 
-    def _ask_point(self, point: PointConfig, *, role: Role, repeat: int = 0) -> TrialPlan:
+    def _ask_point(self, point: Point, *, role: Role, repeat: int = 0) -> TrialPlan:
         """Start a trial at a point the plan chose (not the sampler)."""
-        attrs: dict[str, Any] = {_ATTR_ROLE: role.value}
-        if repeat:
-            attrs[_ATTR_REPEAT] = repeat
         # A RUNNING trial added directly: enqueue_trial would leave a WAITING trial behind
         # if the process died between enqueue and ask.
         self._study.add_trial(
@@ -291,7 +301,7 @@ class Study:
                 state=OptunaState.RUNNING,
                 params=point.params(),
                 distributions=self._distributions,
-                user_attrs=attrs,
+                user_attrs={_optuna.RECORD_ATTR: _optuna.running_attrs(role, repeat)},
             )
         )
         number = len(self._study.get_trials(deepcopy=False)) - 1
@@ -299,30 +309,32 @@ class Study:
 
     def _answer_duplicate(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
         """Answer a re-proposed point from its first measurement, so the sampler learns."""
-        trial.set_user_attr(_ATTR_DUPLICATE_OF, earlier.number)
-        trial.set_user_attr(_ATTR_ROLE, Role.SEARCH.value)
-        if earlier.state is OptunaState.COMPLETE:
-            for key, value in earlier.constraints.items():
-                trial.set_constraint(key, value)
-            for key in ("metrics", "measured_power_limit_w"):
-                if key in earlier.user_attrs:
-                    trial.set_user_attr(key, earlier.user_attrs[key])
-            self._study.tell(trial, earlier.values)
-        else:
-            trial.set_user_attr("fail_reason", earlier.user_attrs.get("fail_reason"))
-            self._study.tell(trial, state=OptunaState.FAIL)
+        first = self._record(earlier)
+        record = first.model_copy(
+            update={
+                "number": trial.number,
+                "role": Role.SEARCH,
+                "repeat": 0,
+                "duplicate_of": earlier.number,
+                "server_start_s": None,
+                "duration_s": 0.0,
+            }
+        )
+        if first.state is TrialState.RUNNING:
+            record = record.model_copy(update={"state": TrialState.FAILED})
+        self._store(trial, record)
 
-    def _earlier_measurement(self, point: PointConfig, *, before: int) -> FrozenTrial | None:
+    def _earlier_measurement(self, point: Point, *, before: int) -> FrozenTrial | None:
         """The first search trial of `point` that is measured or running."""
         for record in self.records()[:before]:
             if record.point == point and _in_budget(record):
                 return self._study.get_trials(deepcopy=False)[record.number]
         return None
 
-    def _unmeasured_points(self, taken: set[PointConfig]) -> list[PointConfig]:
+    def _unmeasured_points(self, taken: set[Point]) -> list[Point]:
         return [p for p in self._grid.points() if p not in taken]
 
-    def _power_step(self, records: Sequence[TrialRecord]) -> PointConfig | None:
+    def _power_step(self, records: Sequence[TrialRecord]) -> Point | None:
         """The next cap under the server of the latest measured search trial, if any is worth
         measuring: it needs no restart, so it is the cheapest informative measurement."""
         finished = [r for r in records if r.measured and r.role is not Role.FINALIST]
@@ -333,34 +345,11 @@ class Study:
         cap = next_power_step(latest, same_server, self._grid.power_limits_w)
         if cap is None:
             return None
-        return PointConfig(server=latest.point.server, power_limit_w=cap)
-
-    def _tell_figures(self, trial: optuna.Trial, figures: BenchFigures) -> None:
-        objective = self._spec.objective
-        for slo in self._spec.slos:
-            trial.set_constraint(
-                f"slo_{slo.metric.value}", figures.latency_ms[slo.metric.value] - slo.max_ms
-            )
-        trial.set_user_attr(
-            "metrics",
-            {
-                "energy_per_output_token_j": figures.energy_per_output_token_j,
-                "latency_ms": figures.latency_ms,
-                "avg_power_w": figures.avg_power_w,
-                "avg_power_per_gpu_w": figures.avg_power_per_gpu_w,
-                "output_token_throughput": figures.output_token_throughput,
-                "power_cap_bound_fraction": figures.power_cap_bound_fraction,
-                "completed": figures.completed,
-                "failed": figures.failed,
-            },
-        )
-        self._study.tell(
-            trial, [figures.energy_per_output_token_j, figures.latency_ms[objective.value]]
-        )
+        return latest.point.model_copy(update={"power_limit_w": cap})
 
     # --- finalists ----------------------------------------------------------------------
 
-    def finalists(self) -> list[PointConfig]:
+    def finalists(self) -> list[Point]:
         """The points re-measured before a recommendation: the baseline first, then up to
         `_MAX_FINALISTS` lowest-energy feasible points (by their search measurements)."""
         searched = [r for r in self.measured() if r.role is not Role.FINALIST]
@@ -377,14 +366,14 @@ class Study:
             return []
         return points
 
-    def _next_finalist(self) -> tuple[PointConfig, int] | None:
+    def _next_finalist(self) -> tuple[Point, int] | None:
         repeats = self._spec.budget.finalist_repeats
-        done: dict[PointConfig, int] = {}
+        done: dict[Point, int] = {}
         for record in self.records():
             if record.role is Role.FINALIST and not record.interrupted:
                 done[record.point] = done.get(record.point, 0) + 1
         # Server by server, caps from high to low: the order with the fewest restarts.
-        for point in sorted(self.finalists(), key=_server_order):
+        for point in sorted(self.finalists(), key=Point.run_order):
             if done.get(point, 0) < repeats:
                 return point, done.get(point, 0) + 1
         return None
@@ -435,88 +424,17 @@ class Study:
             )
 
     def _record(self, frozen: FrozenTrial) -> TrialRecord:
-        attrs = frozen.user_attrs
-        metrics = attrs.get("metrics") or {}
-        point = PointConfig.from_params(frozen.params)
-        state = {
-            OptunaState.COMPLETE: TrialState.COMPLETE,
-            OptunaState.FAIL: TrialState.FAILED,
-        }.get(frozen.state, TrialState.RUNNING)
-        constraints = frozen.constraints if state is TrialState.COMPLETE else {}
-        return TrialRecord(
-            number=frozen.number,
-            role=Role(attrs.get(_ATTR_ROLE, Role.SEARCH)),
-            state=state,
-            repeat=int(attrs.get(_ATTR_REPEAT, 0)),
-            tensor_parallel_size=point.server.tensor_parallel_size,
-            max_num_seqs=point.server.max_num_seqs,
-            max_num_batched_tokens=point.server.max_num_batched_tokens,
-            power_limit_w=point.power_limit_w,
-            measured_power_limit_w=attrs.get("measured_power_limit_w"),
-            energy_per_output_token_j=metrics.get("energy_per_output_token_j"),
-            latency_ms=metrics.get("latency_ms") or {},
-            slo_excess_ms={k.removeprefix("slo_"): v for k, v in constraints.items()},
-            feasible=(all(v <= 0 for v in constraints.values()))
-            if state is TrialState.COMPLETE
-            else None,
-            avg_power_w=metrics.get("avg_power_w"),
-            avg_power_per_gpu_w=metrics.get("avg_power_per_gpu_w"),
-            output_token_throughput=metrics.get("output_token_throughput"),
-            power_cap_bound_fraction=metrics.get("power_cap_bound_fraction"),
-            completed=metrics.get("completed"),
-            failed_requests=metrics.get("failed"),
-            duration_s=float(attrs.get("duration_s", 0.0)),
-            server_start_s=attrs.get("server_start_s"),
-            fail_reason=attrs.get("fail_reason"),
-            result_path=attrs.get("result_path"),
-            duplicate_of=attrs.get(_ATTR_DUPLICATE_OF),
-            interrupted=bool(attrs.get(_ATTR_INTERRUPTED, False)),
-        )
+        return _optuna.record_of(frozen)
 
-    def _frozen_from_record(self, record: TrialRecord) -> FrozenTrial:
-        attrs: dict[str, Any] = {
-            _ATTR_ROLE: record.role.value,
-            "duration_s": record.duration_s,
-            "server_start_s": record.server_start_s,
-            "fail_reason": record.fail_reason,
-            "result_path": record.result_path,
-            "measured_power_limit_w": record.measured_power_limit_w,
-        }
-        if record.repeat:
-            attrs[_ATTR_REPEAT] = record.repeat
-        if record.duplicate_of is not None:
-            attrs[_ATTR_DUPLICATE_OF] = record.duplicate_of
-        if record.interrupted:
-            attrs[_ATTR_INTERRUPTED] = True
-        values = None
-        if record.state is TrialState.COMPLETE:
-            assert record.energy_per_output_token_j is not None, f"{record.number=} lacks energy"
-            attrs["metrics"] = {
-                "energy_per_output_token_j": record.energy_per_output_token_j,
-                "latency_ms": record.latency_ms,
-                "avg_power_w": record.avg_power_w,
-                "avg_power_per_gpu_w": record.avg_power_per_gpu_w,
-                "output_token_throughput": record.output_token_throughput,
-                "power_cap_bound_fraction": record.power_cap_bound_fraction,
-                "completed": record.completed,
-                "failed": record.failed_requests,
-            }
-            values = [
-                record.energy_per_output_token_j,
-                record.latency_ms[self._spec.objective.value],
-            ]
-        return create_trial(
-            state={
-                TrialState.COMPLETE: OptunaState.COMPLETE,
-                TrialState.FAILED: OptunaState.FAIL,
-                TrialState.RUNNING: OptunaState.RUNNING,
-            }[record.state],
-            values=values,
-            params=record.point.params(),
-            distributions=self._distributions,
-            user_attrs=attrs,
-            constraints={f"slo_{k}": v for k, v in record.slo_excess_ms.items()} or None,
-        )
+    def _store(self, trial: optuna.Trial, record: TrialRecord) -> None:
+        """Write a finished record into its live Optuna trial and end that trial."""
+        trial.set_user_attr(_optuna.RECORD_ATTR, _optuna.record_attrs(record))
+        if record.state is not TrialState.COMPLETE:
+            self._study.tell(trial, state=OptunaState.FAIL)
+            return
+        for key, value in _optuna.constraints(record).items():
+            trial.set_constraint(key, value)
+        self._study.tell(trial, _optuna.values(record, self._spec.objective))
 
 
 def _sampler(spec: BenchmarkSpec) -> BaseSampler:
@@ -529,20 +447,6 @@ def _sampler(spec: BenchmarkSpec) -> BaseSampler:
     return RandomSampler(seed=spec.seed)
 
 
-def _server_order(point: PointConfig) -> tuple[Any, ...]:
-    cap = point.power_limit_w
-    return (point.server, -math.inf if cap is None else -cap)
-
-
-def _set_common_attrs(trial: optuna.Trial, outcome: TrialOutcome) -> None:
-    trial.set_user_attr("duration_s", outcome.duration_s)
-    trial.set_user_attr("server_start_s", outcome.server_start_s)
-    if outcome.power_limit_w is not None:
-        trial.set_user_attr("measured_power_limit_w", outcome.power_limit_w)
-    if outcome.result_path is not None:
-        trial.set_user_attr("result_path", outcome.result_path)
-
-
 def _in_budget(record: TrialRecord) -> bool:
     """Baseline and search trials count against `maxTrials`; repeats, duplicates and
     interrupted trials do not."""
@@ -551,7 +455,7 @@ def _in_budget(record: TrialRecord) -> bool:
     )
 
 
-def _taken_points(records: Iterable[TrialRecord]) -> set[PointConfig]:
+def _taken_points(records: Iterable[TrialRecord]) -> set[Point]:
     """Points the search measured or is measuring (finalist repeats aside)."""
     return {r.point for r in records if _in_budget(r)}
 

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from jouletune.engine import IMAGE
+
 __all__ = [
     "AdoptSpec",
     "Backend",
@@ -78,7 +80,7 @@ class LatencyMetric(StrEnum):
 class EngineSpec(_Model):
     """The serving engine: image for pods, and the arguments every trial shares."""
 
-    image: str = "vllm/vllm-openai:v0.11.0"
+    image: str = Field(IMAGE, description="the engine image of trial pods (vLLM validated)")
     args: list[str] = Field(default_factory=list, description="fixed extra `vllm serve` args")
     max_model_len: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     startup_timeout_s: Annotated[float, Field(gt=0, le=7200)] = 900.0

@@ -1,0 +1,76 @@
+"""`Point`: one point of the search space, and the only place its knobs' names are spelled.
+
+Optuna's parameters are its field names, trials.csv's columns are its field names, and the
+EnergyBenchmark status shows it in camelCase (its aliases): no converter stands between them.
+A point is a server configuration (what needs a `vllm serve` restart to change) plus the GPU
+settings under it (what can change while the server runs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = ["Point"]
+
+
+class Point(BaseModel):
+    """One point of the search space; units in field names.
+
+    Attributes:
+        tensor_parallel_size: GPUs the server shards the model over.
+        max_num_seqs: most sequences in one engine step (vLLM's batch bound).
+        max_num_batched_tokens: most tokens in one engine step; None keeps vLLM's default.
+        power_limit_w: per-GPU power cap, watts; None leaves the GPU's limit as found (the
+            baseline's "no cap", and the only value in read-only mode).
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    # Settings that change under a running server; every other field needs a restart.
+    GPU_SETTINGS: ClassVar[frozenset[str]] = frozenset({"power_limit_w"})
+
+    tensor_parallel_size: Annotated[int, Field(ge=1)]
+    max_num_seqs: Annotated[int, Field(ge=1)]
+    max_num_batched_tokens: Annotated[int, Field(ge=1)] | None = None
+    power_limit_w: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="per-GPU cap, W; null leaves the limit as found"
+    )
+
+    @property
+    def server(self) -> Point:
+        """This point's server configuration: the point with its GPU settings cleared. Two
+        points share a running server when their `server`s are equal."""
+        return self.model_copy(update=dict.fromkeys(self.GPU_SETTINGS))
+
+    def params(self) -> dict[str, Any]:
+        """This point as Optuna parameters (the field names)."""
+        return self.model_dump()
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Point:
+        """The point whose Optuna parameters are `params`."""
+        return cls.model_validate(params)
+
+    def label(self) -> str:
+        """Short human form, e.g. `tp1 seqs64 400W`."""
+        cap = "uncapped" if self.power_limit_w is None else f"{self.power_limit_w:g}W"
+        return f"{self.server_label()} {cap}"
+
+    def server_label(self) -> str:
+        """The server configuration's short form, e.g. `tp1 seqs64`."""
+        text = f"tp{self.tensor_parallel_size} seqs{self.max_num_seqs}"
+        if self.max_num_batched_tokens is not None:
+            text += f" mbt{self.max_num_batched_tokens}"
+        return text
+
+    def run_order(self) -> tuple[Any, ...]:
+        """Sort key for the fewest server starts: server by server, caps from high to low."""
+        cap = -math.inf if self.power_limit_w is None else -self.power_limit_w
+        mbt = self.max_num_batched_tokens
+        return (self.tensor_parallel_size, self.max_num_seqs, mbt is not None, mbt or 0, cap)

@@ -1,0 +1,90 @@
+"""What jouletune knows of vLLM: argv building, flag merging and splitting, defaults, image."""
+
+from __future__ import annotations
+
+import pytest
+
+from jouletune.engine import (
+    IMAGE,
+    VALIDATED_VERSION,
+    ServeArgs,
+    engine_defaults,
+    installed_defaults,
+    installed_version,
+    merge_args,
+    split_flags,
+    vllm_command,
+)
+
+GIB = 2**30
+
+
+def test_serve_args_leave_unset_flags_to_vllm() -> None:
+    args = ServeArgs(model="m", port=8000, max_num_seqs=64, extra=("--load-format", "dummy"))
+    assert args.argv() == ["m", "--port", "8000", "--max-num-seqs", "64", "--load-format", "dummy"]
+    assert args.shell() == "vllm serve m --port 8000 --max-num-seqs 64 --load-format dummy"
+
+
+@pytest.mark.parametrize(
+    ("name", "memory_gib", "expected"),
+    [
+        ("NVIDIA H100 80GB HBM3", 80, (1024, 8192)),
+        ("NVIDIA H200", 141, (1024, 8192)),
+        ("NVIDIA A100-SXM4-80GB", 80, (256, 2048)),
+        ("NVIDIA L40S", 48, (256, 2048)),
+    ],
+)
+def test_batch_defaults_follow_vllm_0_24_per_gpu(
+    name: str, memory_gib: int, expected: tuple[int, int]
+) -> None:
+    # vLLM 0.24 EngineArgs.get_batch_defaults for `vllm serve`: >= 70 GiB and not an A100
+    # gets 1024 seqs / 8192 tokens, other GPUs 256 / 2048.
+    defaults = engine_defaults(gpu_name=name, gpu_memory_bytes=memory_gib * GIB)
+    assert (defaults.max_num_seqs, defaults.max_num_batched_tokens) == expected
+    assert defaults.version == VALIDATED_VERSION and defaults.source == "built-in"
+    assert defaults.gpu_memory_utilization == 0.92 and defaults.enable_prefix_caching
+
+
+def test_the_image_is_the_validated_release() -> None:
+    assert f"vllm/vllm-openai:v{VALIDATED_VERSION}" == IMAGE
+
+
+def test_merge_replaces_only_the_recommended_flags_in_either_spelling() -> None:
+    existing = ["m", "--enforce-eager", "--max-num-seqs=256", "--port", "8000", "--max-model-len"]
+    merged = merge_args(existing, ["--max-num-seqs", "64", "--max-model-len", "2048"])
+    kept = ["m", "--enforce-eager", "--port", "8000"]
+    assert merged == [*kept, "--max-num-seqs", "64", "--max-model-len", "2048"]
+
+
+def test_merge_keeps_the_token_after_a_boolean_flag() -> None:
+    merged = merge_args(["--enforce-eager", "m", "--max-num-seqs", "8"], ["--enforce-eager"])
+    assert merged == ["m", "--max-num-seqs", "8", "--enforce-eager"]
+
+
+def test_split_keeps_known_flags_and_takes_values_of_others() -> None:
+    kept, other = split_flags(
+        [
+            "--enforce-eager",
+            "m",
+            "--seed",
+            "-3",
+            "--port",
+            "1",
+            "-x=2",
+            "--dtype",
+            "--trust-remote-code",
+        ],
+        {"--port"},
+    )
+    assert kept == ["m", "--port", "1"]
+    assert other == ["--enforce-eager", "--seed", "-3", "-x=2", "--dtype", "--trust-remote-code"]
+
+
+def test_vllm_command_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOULETUNE_VLLM_CMD", "jouletune sim-server")
+    assert vllm_command() == ["jouletune", "sim-server"]
+
+
+def test_without_vllm_installed_nothing_is_read() -> None:
+    # CI has no vLLM; on a GPU host with vLLM, benchmarks/h100_vllm checks the real read.
+    assert installed_version() is None and installed_defaults() is None
