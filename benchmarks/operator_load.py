@@ -47,9 +47,9 @@ from tests.operator.harness import (  # noqa: E402
     operator_config,
     running_operator,
     tiny_spec,
-    wait_for,
 )
 from tests.operator.kubelet import CANNED, Kubelet, canned_message_from  # noqa: E402
+from tests.poll import wait_for  # noqa: E402
 from tests.procs import free_port, jouletune_process  # noqa: E402
 
 _TERMINAL = {"Succeeded", "Failed"}

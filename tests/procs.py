@@ -8,13 +8,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.poll import wait_for
 
 
 def free_port() -> int:
@@ -38,19 +39,23 @@ class Proc:
 
 
 def wait_http_ok(url: str, timeout_s: float = 30.0, proc: Proc | None = None) -> None:
-    """Poll `url` until it answers 200; fail early if `proc` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"process exited {proc.popen.returncode}:\n{proc.log()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s}s")
+    """Poll `url` until it answers 200; fail early (with its log) if `proc` exits."""
+
+    def ok() -> bool:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(resp.status == 200)
+
+    try:
+        wait_for(
+            ok,
+            timeout_s=timeout_s,
+            what=f"{url} to answer 200",
+            proc=None if proc is None else proc.popen,
+            ignore=(urllib.error.URLError, ConnectionError, TimeoutError),
+        )
+    except AssertionError as err:
+        log = "" if proc is None else f"\n{proc.log()}"
+        raise AssertionError(f"{err}{log}") from None
 
 
 @contextmanager

@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from jouletune.operator import _pods as pods
+from jouletune.operator._rbac import RBAC_RULES
 from tests.deploy.tools import ALL_ON, CHART, CRD, GRAFANA, RULES, helm_template, run, tool
 
 # Kinds of the Prometheus Operator (monitoring.coreos.com); kubernetes-validate ships only the
@@ -128,11 +130,10 @@ def test_watch_namespaces_bind_the_operator_role_only_there() -> None:
 
 def test_rbac_is_exactly_what_the_operator_calls() -> None:
     """The ClusterRole's rules are the operator's own list (its API calls plus Kopf's)."""
-    rbac = pytest.importorskip("jouletune.operator._rbac", reason="operator RBAC not written yet")
     (role,) = _by_kind(helm_template(), "ClusterRole")
     (binding,) = _by_kind(helm_template(), "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert role["rules"] == rbac.RBAC_RULES
+    assert role["rules"] == RBAC_RULES
 
 
 def test_rbac_grants_no_wildcards_and_no_secrets() -> None:
@@ -179,8 +180,6 @@ def test_podmonitor_scrapes_trial_pods_with_benchmark_and_trial_labels() -> None
 
 def test_the_chart_crd_is_the_generated_crd_itself() -> None:
     """One source: the chart's crds/ file is a symlink to crds/ at the repository root."""
-    if not CRD.exists():
-        pytest.skip("crds/energybenchmarks.jouletune.io.yaml is not generated yet")
     chart_crd = CHART / "crds" / CRD.name
     assert chart_crd.is_symlink(), f"{chart_crd} must be a symlink to {CRD}"
     assert chart_crd.resolve() == CRD.resolve()
@@ -191,7 +190,6 @@ def test_the_chart_crd_is_the_generated_crd_itself() -> None:
 def test_the_real_operator_accepts_the_rendered_command_line_and_environment() -> None:
     """`jouletune operator` parses the chart's args and reads its JOULETUNE_TRIAL_* env;
     without Kubernetes credentials it then stops at the credentials, which proves both."""
-    pytest.importorskip("jouletune.operator.cli", reason="operator CLI not written yet")
     objs = helm_template(
         sets=[*ALL_ON, "operator.watchNamespaces={team-a,team-b}", "trials.tolerations[0].key=gpu"],
         set_strings=["trials.nodeSelector.gpu=true"],
@@ -212,13 +210,18 @@ def test_the_real_operator_accepts_the_rendered_command_line_and_environment() -
 def test_podmonitor_matches_the_trial_pods_the_operator_builds() -> None:
     """Port names and pod labels are the operator's (Prometheus turns `jouletune.io/trial`
     into `__meta_kubernetes_pod_label_jouletune_io_trial`)."""
-    pods = pytest.importorskip("jouletune.operator._pods", reason="operator pods not written yet")
     monitor = _one(helm_template(sets=ALL_ON), "PodMonitor")
     endpoints = monitor["spec"]["podMetricsEndpoints"]
-    assert {e["port"] for e in endpoints} == {pods.EXPORTER_PORT_NAME, pods.ENGINE_PORT_NAME}
+    assert {e["port"] for e in endpoints} == {
+        pods.EXPORTER_PORT_NAME,
+        pods.ENGINE_PORT_NAME,
+    }
     assert monitor["spec"]["selector"]["matchExpressions"][0]["key"] == pods.LABEL_BENCHMARK
     meta = {r["sourceLabels"][0]: r["targetLabel"] for e in endpoints for r in e["relabelings"]}
-    for label, target in ((pods.LABEL_BENCHMARK, "benchmark"), (pods.LABEL_TRIAL, "trial")):
+    for label, target in (
+        (pods.LABEL_BENCHMARK, "benchmark"),
+        (pods.LABEL_TRIAL, "trial"),
+    ):
         sanitized = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", label)
         assert meta[sanitized] == target
 

@@ -23,6 +23,7 @@ import yaml
 
 from tests.deploy import dashboards
 from tests.deploy.tools import PROMETHEUS, RULES, tool
+from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process, prometheus_process
 
 # The labels a trial's targets carry (in Kubernetes the PodMonitor sets them from pod labels).
@@ -65,17 +66,14 @@ def _query(prom: str, expr: str, at_unix_s: float) -> list[dict[str, Any]]:
 
 
 def _poll(what: str, check: Any, timeout_s: float = 20.0) -> Any:
-    """Call `check()` until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (urllib.error.URLError, ConnectionError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+    """Call `check()` until it returns something truthy (Prometheus may not answer yet)."""
+    return wait_for(
+        check,
+        timeout_s=timeout_s,
+        what=what,
+        poll_s=0.2,
+        ignore=(urllib.error.URLError, ConnectionError),
+    )
 
 
 def _prometheus_config(tmp_path: Path, targets: dict[str, str]) -> Path:
@@ -139,7 +137,6 @@ def _finite(series: list[dict[str, Any]]) -> list[float]:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
     """(Prometheus URL, bench result) after one bench run against the sim-server."""
-    pytest.importorskip("jouletune.sim.cli", reason="jouletune sim-server is not written yet")
     tmp_path = tmp_path_factory.mktemp("observability")
     sim_port, exporter_port = free_port(), free_port()
     sim_args = ["sim-server", _MODEL, "--host", "127.0.0.1", "--port", str(sim_port)]

@@ -28,7 +28,8 @@ ALL_ON = [
 
 
 def tool(name: str) -> str:
-    """The binary `name` from .tools/bin, .venv/bin or PATH; skips the test where it is missing."""
+    """The binary `name` from .tools/bin, .venv/bin or PATH; fails the test where it is missing
+    (CI installs every one: a missing tool is a broken setup, not a reason to skip)."""
     for candidate in (ROOT / ".tools" / "bin" / name, ROOT / ".venv" / "bin" / name):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
@@ -36,7 +37,7 @@ def tool(name: str) -> str:
         f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
     )
     if found is None:
-        pytest.skip(f"{name} is not installed (scripts/install-tools.sh installs it)")
+        pytest.fail(f"{name} is not installed (scripts/install-tools.sh installs it)")
     return found
 
 

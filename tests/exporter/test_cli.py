@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jouletune.contract import GPU_ENERGY, GPU_METRICS
 from jouletune.gpu import EXPORTER_GPUS_PATH, open_remote_gpus, open_sim_gpus, power_limit
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
+from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process, stop
 
 # Family names as the parser reports them: a counter's without `_total`.
@@ -53,17 +53,18 @@ def _exporter_args(port: int, *extra: str) -> list[str]:
 
 
 def _poll_status(url: str, want: int, timeout_s: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    last: tuple[int, str] | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = _get(url)
-        except (urllib.error.URLError, ConnectionError):
-            last = None
-        if last is not None and last[0] == want:
-            return last[1]
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer {want} within {timeout_s}s; last: {last}")
+    """The body of the first answer `want` from `url`."""
+
+    def answer() -> str | None:
+        status, body = _get(url)
+        return body if status == want else None
+
+    return wait_for(
+        answer,
+        timeout_s=timeout_s,
+        what=f"{url} to answer {want}",
+        ignore=(urllib.error.URLError, ConnectionError),
+    )
 
 
 @contextmanager

@@ -21,7 +21,7 @@ def test_open_reads_identity_and_range() -> None:
     with fake_sim_server(FakeSimState(num_gpus=3)) as url:
         gpus = open_sim_gpus(url + "/")
     assert [g.index for g in gpus] == [0, 1, 2]
-    assert all(isinstance(g, Gpu) for g in gpus)
+    assert gpus and all(isinstance(g, Gpu) for g in gpus)
     assert gpus[2].uuid == "GPU-fake-2"
     assert gpus[0].url == url
     assert gpus[0].power_limit_range() == PowerLimitRange(min_w=200, max_w=700, default_w=700)
@@ -36,7 +36,7 @@ def test_sample_all_reads_one_server_with_one_request() -> None:
         assert state.gets == 1
         single = gpus[0].sample()
     assert [s.index for s in samples] == [5, 1, 7]
-    assert all(s.power_w == 420.0 for s in samples)
+    assert samples and all(s.power_w == 420.0 for s in samples)
     assert single.index == 5
     assert single.energy_j >= samples[0].energy_j  # the counter only grows
 

@@ -21,8 +21,8 @@ from tests.loadgen.conftest import (
     run_bench_cli,
     sim_server,
     spawn_bench,
-    wait_until,
 )
+from tests.poll import wait_for
 from tests.procs import free_port
 
 # Small, fast workload for the tests that are not about accuracy.
@@ -136,7 +136,7 @@ def test_server_dying_mid_run_keeps_partial_result(tmp_path: Path) -> None:
         args = ["--max-concurrency", "4", "--num-prompts", "2000"]
         bench = spawn_bench(bench_args(sim.url, *SMALL, *args, result=result))
         try:
-            wait_until(
+            wait_for(
                 lambda: generated_tokens(sim.url) > before + 200, timeout_s=30, what="progress"
             )
             sim.popen.kill()
@@ -171,7 +171,7 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
         bench = spawn_bench(bench_args(busy.url, *SMALL, *args, result=result))
         try:
             start = generated_tokens(busy.url)
-            wait_until(
+            wait_for(
                 lambda: generated_tokens(busy.url) > start + 500, timeout_s=30, what="progress"
             )
             first_exporter.close()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from jouletune.operator import KubeApi, Operator, OperatorConfig, OperatorMetrics
 from jouletune.operator.crd import build_crd
 from tests.operator.apiserver import Api
+from tests.poll import wait_for
 
 NAMESPACE = "default"
 EBM_PATH = f"/apis/jouletune.io/v1alpha1/namespaces/{NAMESPACE}/energybenchmarks"
@@ -105,20 +105,6 @@ def operator_config(**changes: Any) -> OperatorConfig:
         "trial_grace_s": 0.0,
     }
     return OperatorConfig(**(values | changes))
-
-
-def wait_for(
-    probe: Callable[[], T | None], *, timeout_s: float, what: str, poll_s: float = 0.05
-) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def status_of(api: Api, name: str) -> dict[str, Any]:

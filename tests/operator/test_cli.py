@@ -15,8 +15,9 @@ from jouletune.operator import PodPlan
 from jouletune.operator._wire import ENV_PLAN, dumps_plan
 from jouletune.tuner import Point, Role, parse_spec
 from tests.operator.conftest import Cluster
-from tests.operator.harness import EBM_PATH, PODS_PATH, benchmark, tiny_spec, wait_for
+from tests.operator.harness import EBM_PATH, PODS_PATH, benchmark, tiny_spec
 from tests.operator.kubelet import HANG
+from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process
 
 

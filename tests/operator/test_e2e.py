@@ -25,10 +25,10 @@ from tests.operator.harness import (
     running_operator,
     status_of,
     tiny_spec,
-    wait_for,
     wait_phase,
 )
 from tests.operator.kubelet import HANG, OOM
+from tests.poll import wait_for
 from tests.procs import free_port
 
 DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
@@ -129,6 +129,7 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert container["args"].count("--max-num-seqs") == 1
 
     assert api.items(PODS_PATH) == [], "trial pods are deleted once read"
+    assert cluster.kubelet.created
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values())
     reasons = [e["reason"] for e in events_of(api, "tiny")]
     pods = {t["pod"] for t in trials}
@@ -175,6 +176,7 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     # The trial running across the restart was measured once, in the pod started before it.
     assert trials[running[0]["number"]]["state"] == "complete"
     assert sorted(cluster.kubelet.created) == sorted({t["pod"] for t in trials if t.get("pod")})
+    assert cluster.kubelet.created
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), (
         "no pod twice",
         cluster.kubelet.created,

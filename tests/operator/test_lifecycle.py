@@ -16,10 +16,10 @@ from tests.operator.harness import (
     running_operator,
     status_of,
     tiny_spec,
-    wait_for,
     wait_phase,
 )
 from tests.operator.kubelet import HANG
+from tests.poll import wait_for
 
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 EXAMPLES = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
@@ -65,7 +65,7 @@ def test_kubectl_applies_the_crd_and_every_example_and_deletes_them(cluster: Clu
         )
         listed = json.loads(kubectl(cluster, "get", "ebm", "-o", "json"))["items"]
         assert {i["metadata"]["name"] for i in listed} == set(names)
-        assert all(i["status"]["phase"] == "Running" for i in listed)
+        assert listed and all(i["status"]["phase"] == "Running" for i in listed)
         kubectl(cluster, "delete", "--wait=false", *[a for p in EXAMPLES for a in ("-f", str(p))])
         wait_for(lambda: cluster.api.items(EBM_PATH) == [], timeout_s=20, what="benchmarks gone")
     assert cluster.api.items(PODS_PATH) == []

@@ -106,7 +106,7 @@ def test_batch_never_exceeds_max_num_seqs_nor_the_token_budget() -> None:
     assert max(s.batch.num_tokens for s in steps) <= 1024
     assert any(s.batch.num_tokens == 1024 for s in steps), "budget never filled"
     assert len(rec.finished) == 40
-    assert all(len(t) == 20 for t in rec.tokens.values())
+    assert rec.tokens and all(len(t) == 20 for t in rec.tokens.values())
 
 
 def test_long_prompt_is_prefilled_in_chunks_of_the_budget() -> None:
@@ -131,7 +131,7 @@ def test_full_kv_cache_preempts_and_recomputes_yet_every_token_arrives() -> None
     _run(engine)
     assert engine.stats.preemptions > 0
     assert len(rec.finished) == 8
-    assert all(len(t) == 60 for t in rec.tokens.values())
+    assert rec.tokens and all(len(t) == 60 for t in rec.tokens.values())
     assert engine.free_blocks == 40
     assert engine.kv_usage() == 0.0
 
@@ -155,7 +155,7 @@ def test_truth_counts_every_emitted_token() -> None:
     assert engine.tokens_emitted_by(mid) == emitted_by_mid
     records = engine.records_finished_between(0.0, steps[-1].end_s)
     assert sorted(r.request_id for r in records) == [f"r{i}" for i in range(5)]
-    assert all(r.output_tokens == 30 for r in records)
+    assert records and all(r.output_tokens == 30 for r in records)
 
 
 def _real() -> dict[int, dict[str, float]]:

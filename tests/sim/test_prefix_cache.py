@@ -85,7 +85,7 @@ def test_replay_stops_sending_at_the_duration_and_drains() -> None:
     start_s = traced[0].send_s
     assert 4 < len(traced) < 1000
     assert max(t.send_s for t in traced) < start_s + 0.5
-    assert all(len(t.token_times_s) == 4 for t in traced)
+    assert traced and all(len(t.token_times_s) == 4 for t in traced)
     assert [t.index for t in sorted(traced, key=lambda t: t.send_s)][:4] == [0, 1, 2, 3]
     assert not replay.engine.has_work()
     assert replay.energy_j(start_s, replay.now_s) > 0

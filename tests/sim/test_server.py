@@ -80,7 +80,7 @@ def test_streamed_completion_parses_with_the_openai_client(server: Proc) -> None
     assert len(ids) == 1 and ids.pop().startswith("cmpl-")
     token_chunks = [c for c in chunks if c.choices]
     assert len(token_chunks) == 12  # one token per chunk
-    assert all(len(c.choices[0].text.split()) == 1 for c in token_chunks)
+    assert token_chunks and all(len(c.choices[0].text.split()) == 1 for c in token_chunks)
     assert [c.choices[0].finish_reason for c in token_chunks] == [None] * 11 + ["length"]
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None

@@ -77,7 +77,7 @@ def test_start_measure_stop(tmp_path: Path) -> None:
             first = await server.measure(plan, trial_dir=tmp_path / "t0")
             # A second point on the same server: the bench waits for the queues to drain.
             second = await server.measure(plan, trial_dir=tmp_path / "t1")
-            pid = server.server.pid  # type: ignore[attr-defined]
+            pid = server.server.pid
         return first, second, pid
 
     first, second, pid = asyncio.run(scenario())

@@ -58,7 +58,7 @@ def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
     assert plans[0].point.max_num_seqs == 256 and plans[0].point.power_limit_w is None
     roles = [p.role for p in plans]
     first_finalist = roles.index(Role.FINALIST)
-    assert all(r is Role.FINALIST for r in roles[first_finalist:])
+    assert all(r is Role.FINALIST for r in roles[first_finalist:])  # index() found one
     assert len([p for p in plans if p.role is not Role.FINALIST]) == 10  # maxTrials
     assert study.phase() == Phase.DONE
     # Each finalist (the baseline included) measured twice more, server by server.
@@ -137,7 +137,7 @@ def test_failed_trials_stop_the_search_at_max_failed(tmp_path: Path) -> None:
     while (plan := study.ask()) is not None:
         told.append(study.tell(plan, TrialOutcome(fail_reason="server exited: OOM")))
     assert [r.state for r in told] == [TrialState.FAILED] * 3
-    assert all(r.fail_reason == "server exited: OOM" for r in told)
+    assert told and all(r.fail_reason == "server exited: OOM" for r in told)
     assert study.phase() == Phase.DONE
     assert study.finalists() == []
 
@@ -145,8 +145,8 @@ def test_failed_trials_stop_the_search_at_max_failed(tmp_path: Path) -> None:
 def test_infeasible_slo_spends_no_repeats(tmp_path: Path) -> None:
     study = _open(tmp_path, _spec(slos=[{"metric": "tpot_p90", "maxMs": 1}]))
     plans = _run(study)
-    assert all(p.role is not Role.FINALIST for p in plans)
-    assert all(r.feasible is False for r in study.measured())
+    assert plans and all(p.role is not Role.FINALIST for p in plans)
+    assert study.measured() and all(r.feasible is False for r in study.measured())
     assert study.finalists() == []
 
 

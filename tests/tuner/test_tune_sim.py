@@ -12,6 +12,7 @@ import pytest
 
 from jouletune.tuner import Role, Study, TrialState, load_spec, open_storage
 from jouletune.tuner._process import port_busy
+from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process
 from tests.tuner.tune_procs import (
     power_limits_set,
@@ -19,7 +20,6 @@ from tests.tuner.tune_procs import (
     server_logs,
     server_port,
     start_tune,
-    wait_until,
     write_spec,
 )
 
@@ -47,7 +47,7 @@ def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(
     proc, log_path = start_tune(config, out)
     try:
         # Interrupt while a trial is measured under a cap (the sim-server logs each change).
-        wait_until(
+        wait_for(
             lambda: any(power_limits_set(log) for log in server_logs(out)),
             timeout_s=60,
             proc=proc,
@@ -87,7 +87,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     out = tmp / "out"
     proc, log_path = start_tune(config, out)
     try:
-        wait_until(
+        wait_for(
             lambda: "[2/3] #1" in log_path.read_text(), timeout_s=90, proc=proc, what="2 trials"
         )
         proc.kill()
@@ -113,7 +113,7 @@ def test_resume_after_sigkill_repeats_no_finished_trial(killed_and_resumed: dict
     run = killed_and_resumed
     assert run["code"] == 0, run["output"]
     # The server the killed process started died with it (PR_SET_PDEATHSIG).
-    assert all(_port_free(p) for p in run["ports"])
+    assert run["ports"] and all(_port_free(p) for p in run["ports"])
     before = run["before"]
     assert len(before) == 2
     after = _records(run["out"], run["config"])
@@ -202,7 +202,7 @@ def test_infeasible_slo_ends_with_a_verdict(tmp_path: Path) -> None:
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["verdict"] == "infeasible" and rec["recommended"] is None
     assert len(rec["closest"]) == 2
-    assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])  # two, checked
+    assert all(p["slo_excess_ms"]["tpot_p90"] > 0 for p in rec["closest"])  # two, above
     records = _records(out, config)
     assert [r.state for r in records] == [TrialState.COMPLETE] * 2
 

@@ -6,8 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 # Small enough that a trial takes ~3 s on a busy 2-core machine, large enough for a real
@@ -66,20 +64,6 @@ def run_tune(config: Path, out: Path, *extra: str, timeout_s: float = 120) -> tu
             proc.kill()
             proc.wait()
     return code, log_path.read_text()
-
-
-def wait_until(
-    check: Callable[[], bool], *, timeout_s: float, proc: subprocess.Popen[bytes], what: str
-) -> None:
-    """Poll `check` until true; fail early if `proc` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited {proc.returncode} before {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def server_logs(out: Path) -> list[Path]:

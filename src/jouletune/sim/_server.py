@@ -3,11 +3,8 @@
 One asyncio loop runs both the HTTP server (aiohttp) and the engine's step loop. The step loop
 keeps an absolute clock: step k+1 starts where step k ended on the model's clock, and the loop
 sleeps until each step's end on the wall clock, so wake-up jitter never accumulates into drift.
-
-Streaming is built for ≥1,000 concurrent streams on one core: each request's SSE chunk is
-pre-encoded as (head, tail) bytes around the token text, and at the end of every step the
-loop writes each stream's chunk straight to its transport in HTTP/1.1 chunked framing — one
-write per stream per step, no per-token JSON encoding and no per-token task wake-up.
+Requests are read by `_requests`; each one's tokens go out through its `_stream.SseStream`,
+which the engine calls at the end of every step (no per-token task wake-up).
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -29,10 +25,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from jouletune.gpu import gpu_entry
 from jouletune.gpu.simulated import SimulatedGpu
-from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step, StepListener
-from jouletune.sim._kvcache import prompt_block_hashes
+from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step
 from jouletune.sim._metrics import VllmMetrics
 from jouletune.sim._perf import step_work
+from jouletune.sim._requests import BadRequest, parse_request
+from jouletune.sim._stream import SseStream, usage
 
 __all__ = ["SimServer"]
 
@@ -41,115 +38,6 @@ _log = logging.getLogger("jouletune.sim")
 # Falling this far behind the wall clock means the host cannot keep up; resynchronise rather
 # than replay a burst of back-to-back steps (logged, so a run can be discarded).
 _MAX_LAG_S = 1.0
-# Synthetic vocabulary cycled through for output text; like mk_model.py's tokenizer, every
-# word " t<N>" is one token. 3.. skips the special tokens <s>, </s>, <unk>.
-_TOKEN_TEXTS = [f" t{3 + (i * 7919) % 128_000}".encode() for i in range(4096)]
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Parsed:
-    """A validated completion or chat request."""
-
-    prompt_tokens: int
-    max_tokens: int
-    block_hashes: tuple[int, ...]  # of the prompt's full KV blocks (prefix caching)
-    stream: bool
-    include_usage: bool
-    chat: bool
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Stream(StepListener):
-    """Writes one request's tokens as SSE chunks (or collects them for a plain response)."""
-
-    def __init__(
-        self,
-        *,
-        request_id: str,
-        model: str,
-        created: int,
-        parsed: _Parsed,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.request_id = request_id
-        self.stream = parsed.stream
-        self.chat = parsed.chat
-        self.include_usage = parsed.include_usage
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.parts: list[bytes] = []
-        self.broken = False
-        self._transport: asyncio.Transport | None = None
-        rid, mdl = json.dumps(request_id), json.dumps(model)
-        if parsed.chat:
-            self._head = (
-                f'data: {{"id":{rid},"object":"chat.completion.chunk","created":{created},'
-                f'"model":{mdl},"choices":[{{"index":0,"delta":{{"content":"'
-            ).encode()
-            self._tail = b'"},"logprobs":null,"finish_reason":%s}]}\n\n'
-        else:
-            self._head = (
-                f'data: {{"id":{rid},"object":"text_completion","created":{created},'
-                f'"model":{mdl},"choices":[{{"index":0,"text":"'
-            ).encode()
-            self._tail = (
-                b'","logprobs":null,"finish_reason":%s,"stop_reason":null,'
-                b'"token_ids":null,"prompt_token_ids":null}],"usage":null}\n\n'
-            )
-        self._model_json = mdl
-        self._created = created
-
-    def attach(self, transport: asyncio.Transport) -> None:
-        """Write chunks to `transport` (after the response headers went out)."""
-        self._transport = transport
-
-    def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
-        text = _TOKEN_TEXTS[req.output_tokens % len(_TOKEN_TEXTS)]
-        if not self.stream:
-            self.parts.append(text)
-            return
-        last = req.output_tokens >= req.max_tokens
-        payload = self._head + text + (self._tail % (b'"length"' if last else b"null"))
-        if self.chat and req.output_tokens == 1:
-            payload = self._role_chunk() + payload
-        self._write(payload)
-
-    def on_finish(self, req: SimRequest, t_s: float) -> None:
-        if self.stream and req.finish_reason != "abort":
-            tail = b""
-            if self.include_usage:
-                tail += self._usage_chunk(req)
-            self._write(tail + b"data: [DONE]\n\n")
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def _write(self, payload: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self.broken = True
-            return
-        # HTTP/1.1 chunked framing, as aiohttp's own writer would add it.
-        transport.write(b"%x\r\n%b\r\n" % (len(payload), payload))
-
-    def _role_chunk(self) -> bytes:
-        return (
-            f'data: {{"id":{json.dumps(self.request_id)},"object":"chat.completion.chunk",'
-            f'"created":{self._created},"model":{self._model_json},"choices":[{{"index":0,'
-            f'"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}\n\n'
-        ).encode()
-
-    def _usage_chunk(self, req: SimRequest) -> bytes:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        usage = _usage(req)
-        return (
-            f'data: {{"id":{json.dumps(self.request_id)},"object":"{obj}",'
-            f'"created":{self._created},"model":{self._model_json},"choices":[],'
-            f'"usage":{json.dumps(usage, separators=(",", ":"))}}}\n\n'
-        ).encode()
 
 
 class SimServer:
@@ -268,7 +156,7 @@ class SimServer:
         self.metrics.on_step(step, flops_per_gpu=work.flops, bytes_per_gpu=work.bytes_moved)
         for req, _ in step.scheduled:
             listener = req.listener
-            if isinstance(listener, _Stream) and listener.broken and req.finish_reason is None:
+            if isinstance(listener, SseStream) and listener.broken and req.finish_reason is None:
                 self._broken.append(req)
 
     def _on_done(self, req: SimRequest) -> None:
@@ -286,15 +174,20 @@ class SimServer:
         arrival_s = time.time()
         try:
             body = await request.json()
-            parsed = self._parse(body, chat=chat)
+            parsed = parse_request(
+                body,
+                chat=chat,
+                served=(self.served_model_name, self.model_path),
+                max_model_len=self.config.max_model_len,
+            )
         except json.JSONDecodeError:
             return _error(400, "request body is not valid JSON")
-        except _BadRequest as err:
+        except BadRequest as err:
             return _error(err.status, str(err))
         base = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{base}"
         loop = asyncio.get_running_loop()
-        stream = _Stream(
+        stream = SseStream(
             request_id=request_id,
             model=str(body.get("model") or self.served_model_name),
             created=int(arrival_s),
@@ -332,56 +225,10 @@ class SimServer:
             return response
         return web.json_response(self._full_response(req, stream, request_id, body, arrival_s))
 
-    def _parse(self, body: Any, *, chat: bool) -> _Parsed:
-        if not isinstance(body, dict):
-            raise _BadRequest("request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and model not in (self.served_model_name, self.model_path):
-            raise _BadRequest(f"The model `{model}` does not exist.", status=404)
-        n = body.get("n", 1)
-        if n != 1:
-            raise _BadRequest("the simulator serves n=1 only")
-        words = _chat_words(body) if chat else _prompt_words(body.get("prompt"))
-        prompt_tokens = len(words)
-        if prompt_tokens < 1:
-            raise _BadRequest("the prompt is empty")
-        limit = self.config.max_model_len
-        max_tokens = body.get("max_completion_tokens") if chat else None
-        if max_tokens is None:
-            max_tokens = body.get("max_tokens")
-        if max_tokens is None:
-            max_tokens = limit - prompt_tokens
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if prompt_tokens + max_tokens > limit:
-            raise _BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages or "
-                "completion."
-            )
-        min_tokens = body.get("min_tokens", 0)
-        if not isinstance(min_tokens, int) or not 0 <= min_tokens <= max_tokens:
-            raise _BadRequest(
-                f"min_tokens must be an integer in [0, max_tokens], got {min_tokens!r}"
-            )
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict):
-            raise _BadRequest("stream_options must be an object")
-        stream = bool(body.get("stream", False))
-        return _Parsed(
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            block_hashes=prompt_block_hashes(words),
-            stream=stream,
-            include_usage=stream and bool(options.get("include_usage", False)),
-            chat=chat,
-        )
-
     def _full_response(
         self,
         req: SimRequest,
-        stream: _Stream,
+        stream: SseStream,
         request_id: str,
         body: dict[str, Any],
         arrival_s: float,
@@ -413,7 +260,7 @@ class SimServer:
             "created": int(arrival_s),
             "model": model,
             "choices": [choice],
-            "usage": _usage(req),
+            "usage": usage(req),
         }
 
     # --- other endpoints ------------------------------------------------------------------
@@ -516,48 +363,8 @@ async def _sleep_until(t_s: float) -> None:
         await asyncio.sleep(delay)
 
 
-def _usage(req: SimRequest) -> dict[str, int]:
-    return {
-        "prompt_tokens": req.prompt_tokens,
-        "total_tokens": req.prompt_tokens + req.output_tokens,
-        "completion_tokens": req.output_tokens,
-    }
-
-
 def _error(status: int, message: str) -> web.Response:
     kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
     return web.json_response(
         {"error": {"message": message, "type": kind, "param": None, "code": status}}, status=status
     )
-
-
-def _prompt_words(prompt: Any) -> Sequence[str | int]:
-    """Tokens of a completion prompt: words of a string, or a token-id list."""
-    if isinstance(prompt, str):
-        return prompt.split()
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return prompt
-        if len(prompt) == 1:
-            return _prompt_words(prompt[0])
-        raise _BadRequest("the simulator serves one prompt per request")
-    raise _BadRequest("prompt must be a string or a list of token ids")
-
-
-def _chat_words(body: dict[str, Any]) -> list[str]:
-    """Tokens of a chat request: the words of every message's text content."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("messages must be a non-empty list")
-    words: list[str] = []
-    for msg in messages:
-        if not isinstance(msg, dict):
-            raise _BadRequest("each message must be an object")
-        content = msg.get("content")
-        if isinstance(content, str):
-            words += content.split()
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict):
-                    words += str(part.get("text", "")).split()
-    return words

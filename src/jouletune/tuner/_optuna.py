@@ -1,4 +1,5 @@
-"""A `TrialRecord` in Optuna's storage, and back.
+"""Where jouletune meets Optuna: a `TrialRecord` in Optuna's storage and back, the sampler,
+and the fingerprint a stored study is claimed with.
 
 Optuna keeps a trial's point as its params (the `Point`'s field names), its objectives as its
 values and its SLO margins as its constraints, for the sampler; everything else the record
@@ -8,22 +9,27 @@ record meets Optuna, and a new record field needs no code here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
 from jouletune.tuner._records import Role, TrialRecord, TrialState
-from jouletune.tuner.spec import LatencyMetric
+from jouletune.tuner.spec import BenchmarkSpec, LatencyMetric
 
 __all__ = [
     "RECORD_ATTR",
     "constraints",
+    "fingerprint",
     "frozen_trial",
     "record_attrs",
     "record_of",
     "running_attrs",
+    "sampler",
     "values",
 ]
 
@@ -36,6 +42,9 @@ _TO_OPTUNA = {
     TrialState.RUNNING: OptunaState.RUNNING,
 }
 _FROM_OPTUNA = {OptunaState.COMPLETE: TrialState.COMPLETE, OptunaState.FAIL: TrialState.FAILED}
+# TPE starts from random points; with budgets of ~10-30 trials its default of 10 would spend
+# most of them at random.
+_TPE_STARTUP_TRIALS = 4
 
 
 def record_attrs(record: TrialRecord) -> dict[str, Any]:
@@ -87,3 +96,23 @@ def frozen_trial(
         user_attrs={RECORD_ATTR: record_attrs(record)},
         constraints=constraints(record) or None,
     )
+
+
+def sampler(spec: BenchmarkSpec) -> BaseSampler:
+    """The spec's sampler, seeded. `grid` is served by the plan (every point, server by
+    server), so Optuna's own sampler is never consulted for it."""
+    if spec.sampler == "tpe":
+        return TPESampler(seed=spec.seed, multivariate=True, n_startup_trials=_TPE_STARTUP_TRIALS)
+    if spec.sampler == "nsga2":
+        return NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_trials // 4))
+    return RandomSampler(seed=spec.seed)
+
+
+def fingerprint(spec: BenchmarkSpec, *, read_only: bool) -> str:
+    """What a resumed study must share with the stored one: everything that shapes results."""
+    keep = spec.model_dump(
+        mode="json",
+        include={"model", "engine", "gpu", "search_space", "workload", "objective", "slos"},
+    )
+    keep["read_only"] = read_only
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,21 +20,18 @@ goes on where it stopped):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import optuna
-from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
 from jouletune.tuner import _optuna
 from jouletune.tuner._boundary import brackets_closed, next_boundary_point, next_power_step
+from jouletune.tuner._finalists import finalist_points, next_finalist
 from jouletune.tuner._point import Point
 from jouletune.tuner._records import Role, TrialOutcome, TrialPlan, TrialRecord, TrialState
 from jouletune.tuner._space import SearchGrid
@@ -42,15 +39,9 @@ from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = ["Phase", "Study", "StudyMismatchError"]
 
-# The lowest-energy feasible points re-measured before one is recommended. Three covers points
-# whose single measurements lie within noise of each other without doubling the study's cost.
-_MAX_FINALISTS = 3
 # The sampler may propose a measured point again; after this many in a row the space near its
 # optimum is exhausted and an unmeasured point is picked at random instead.
 _MAX_DUPLICATE_ASKS = 20
-# TPE starts from random points; with budgets of ~10-30 trials its default of 10 would spend
-# most of them at random.
-_TPE_STARTUP_TRIALS = 4
 
 _ATTR_SPEC = "spec_fingerprint"
 
@@ -109,11 +100,11 @@ class Study:
             storage=storage,
             study_name=name,
             directions=["minimize", "minimize"],
-            sampler=_sampler(spec),
+            sampler=_optuna.sampler(spec),
             load_if_exists=True,
         )
         study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
-        study._claim(_fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        study._claim(_optuna.fingerprint(spec, read_only=read_only or spec.gpu.read_only))
         return study
 
     @classmethod
@@ -134,7 +125,7 @@ class Study:
             storage=InMemoryStorage(),
             study_name=name,
             directions=["minimize", "minimize"],
-            sampler=_sampler(spec),
+            sampler=_optuna.sampler(spec),
         )
         study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
         for expected, record in enumerate(records):
@@ -145,7 +136,7 @@ class Study:
                     record, distributions=study._distributions, objective=spec.objective
                 )
             )
-        study._claim(_fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        study._claim(_optuna.fingerprint(spec, read_only=read_only or spec.gpu.read_only))
         return study
 
     # --- the ask/tell API ---------------------------------------------------------------
@@ -351,32 +342,13 @@ class Study:
 
     def finalists(self) -> list[Point]:
         """The points re-measured before a recommendation: the baseline first, then up to
-        `_MAX_FINALISTS` lowest-energy feasible points (by their search measurements)."""
-        searched = [r for r in self.measured() if r.role is not Role.FINALIST]
-        feasible = [r for r in searched if r.feasible and r.state is TrialState.COMPLETE]
-        feasible.sort(key=lambda r: (r.energy_per_output_token_j or math.inf, r.number))
-        points = [self._grid.baseline]
-        for record in feasible:
-            if len(points) > _MAX_FINALISTS:
-                break
-            if record.point not in points:
-                points.append(record.point)
-        if len(points) == 1 or not any(r.role is Role.BASELINE for r in searched):
-            # No feasible point: repeats cannot change the verdict, so none are spent.
-            return []
-        return points
+        three lowest-energy feasible points (by their search measurements)."""
+        return finalist_points(self.measured(), baseline=self._grid.baseline)
 
     def _next_finalist(self) -> tuple[Point, int] | None:
-        repeats = self._spec.budget.finalist_repeats
-        done: dict[Point, int] = {}
-        for record in self.records():
-            if record.role is Role.FINALIST and not record.interrupted:
-                done[record.point] = done.get(record.point, 0) + 1
-        # Server by server, caps from high to low: the order with the fewest restarts.
-        for point in sorted(self.finalists(), key=Point.run_order):
-            if done.get(point, 0) < repeats:
-                return point, done.get(point, 0) + 1
-        return None
+        return next_finalist(
+            self.records(), self.finalists(), repeats=self._spec.budget.finalist_repeats
+        )
 
     # --- bookkeeping --------------------------------------------------------------------
 
@@ -437,16 +409,6 @@ class Study:
         self._study.tell(trial, _optuna.values(record, self._spec.objective))
 
 
-def _sampler(spec: BenchmarkSpec) -> BaseSampler:
-    """The spec's sampler, seeded. `grid` is served by the plan (every point, server by
-    server), so Optuna's own sampler is never consulted for it."""
-    if spec.sampler == "tpe":
-        return TPESampler(seed=spec.seed, multivariate=True, n_startup_trials=_TPE_STARTUP_TRIALS)
-    if spec.sampler == "nsga2":
-        return NSGAIISampler(seed=spec.seed, population_size=max(4, spec.budget.max_trials // 4))
-    return RandomSampler(seed=spec.seed)
-
-
 def _in_budget(record: TrialRecord) -> bool:
     """Baseline and search trials count against `maxTrials`; repeats, duplicates and
     interrupted trials do not."""
@@ -458,13 +420,3 @@ def _in_budget(record: TrialRecord) -> bool:
 def _taken_points(records: Iterable[TrialRecord]) -> set[Point]:
     """Points the search measured or is measuring (finalist repeats aside)."""
     return {r.point for r in records if _in_budget(r)}
-
-
-def _fingerprint(spec: BenchmarkSpec, *, read_only: bool) -> str:
-    """What a resumed study must share with the stored one: everything that shapes results."""
-    keep = spec.model_dump(
-        mode="json",
-        include={"model", "engine", "gpu", "search_space", "workload", "objective", "slos"},
-    )
-    keep["read_only"] = read_only
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
