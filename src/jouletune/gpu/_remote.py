@@ -178,12 +178,7 @@ def open_sim_gpus(
     selection: Sequence[GpuSelector] | None = None,
     timeout_s: float = _DEFAULT_TIMEOUT_S,
 ) -> list[RemoteGpu]:
-    """The GPUs of the sim-server at `url` (all, or those `selection` names: indices or UUIDs).
-
-    Raises:
-        GpuError: the server does not answer or answers malformed data.
-        ValueError: a selector names no GPU of that server.
-    """
+    """The GPUs of the sim-server at `url` (see `open_remote_gpus`)."""
     return open_remote_gpus(url, path=SIM_GPUS_PATH, selection=selection, timeout_s=timeout_s)
 
 

@@ -31,7 +31,6 @@ from jouletune.tuner import BenchmarkSpec, Recommendation
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
-    "adopt",
     "conclude",
     "configmap_name",
     "deployment_patch",
@@ -60,7 +59,7 @@ async def conclude(
         set_failed(status, reason, rec.message)
         event("Warning", "BenchmarkFailed", rec.message)
         return
-    await adopt(kube=kube, ref=ref, spec=spec, rec=rec, status=status, event=event)
+    await _adopt(kube, ref, spec, rec, status, event)
     status.phase = Phase.SUCCEEDED
     status.finished_at = now_iso()
     status.set_condition(
@@ -77,15 +76,10 @@ def configmap_name(benchmark: str) -> str:
     return f"{benchmark}-recommendation"
 
 
-async def adopt(
-    *,
-    kube: KubeApi,
-    ref: BenchmarkRef,
-    spec: BenchmarkSpec,
-    rec: Recommendation,
-    status: BenchmarkStatus,
-    event: Event,
-) -> None:
+async def _adopt(
+    kube: KubeApi, ref: BenchmarkRef, spec: BenchmarkSpec, rec: Recommendation,
+    status: BenchmarkStatus, event: Event,
+) -> None:  # fmt: skip
     """Write the recommendation ConfigMap and, with `adopt.mode: Apply`, patch the target
     Deployment; record what happened in `status` (its recommendation and Adopted condition)."""
     assert status.recommendation is not None, "adoption follows a recommendation"

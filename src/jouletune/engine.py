@@ -1,4 +1,12 @@
-"""vLLM: its flags, its defaults, the version jouletune is validated against, its image.
+"""jouletune.engine: everything jouletune knows about the serving engine, vLLM, in one place.
+
+    args = ServeArgs(model="meta-llama/Llama-3.1-8B-Instruct", max_num_seqs=64, port=8000)
+    argv = [*vllm_command(), *args.argv()]          # what a runner starts
+    defaults = installed_defaults() or engine_defaults(gpu_name=..., gpu_memory_bytes=...)
+
+Its flags (and which take no value), its defaults, the version jouletune is validated
+against, its image: the local runner, the sim-server, the operator's trial pods and the
+adoption patch all take them from here.
 
 Every figure in this repository was measured with vLLM 0.24.0; `IMAGE` is that release's
 official image. `engine_defaults` is vLLM 0.24's table (`EngineArgs.get_batch_defaults` and the
