@@ -38,6 +38,7 @@ apt_install() {
 
 if ! "$DOCKER" info >/dev/null 2>&1; then
   say "starting dockerd (log /tmp/dockerd.log)"
+  cd /  # the daemon outlives this script; keep it out of the checkout
   setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
   echo $! >/tmp/dockerd.pid
   for _ in $(seq 60); do "$DOCKER" info >/dev/null 2>&1 && break; sleep 1; done
