@@ -300,7 +300,10 @@ class DockerPod:
             self._make_sandbox(spec["image"])
         container = self._container(spec)
         self.containers[container.name] = container
-        container.start()
+        try:
+            container.start()
+        except RuntimeError as err:  # what Docker refused (a kubelet: RunContainerError)
+            raise PodError(str(err)) from err
 
     def poll(self) -> None:
         """Read every container's state (one `docker inspect`) and run the probes due."""
