@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The one jouletune image: `jouletune operator`, `exporter`, `bench`, `sim-server`, `tune`.
 #
 #   docker build -t REGISTRY/jouletune:0.1.0 .

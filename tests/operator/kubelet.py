@@ -1,18 +1,26 @@
-"""A small kubelet for the operator tests: it runs trial pods as real local processes.
+"""A small kubelet for the operator tests: it runs trial pods as real local processes, or
+as Docker containers of the image.
 
 It watches pods (by polling the API emulator), "schedules" them on one node with a fixed
-number of GPUs and a set of pullable images, and runs each pod's containers as
-`python -m jouletune ...` processes: the engine (`jouletune sim-server`), the exporter
-sidecar and the load generator (`jouletune operator trial`, which runs a real bench). Like a
-kubelet it
+number of GPUs and a set of pullable images, and runs each pod's containers. By default
+(process mode) each is a `python -m jouletune ...` process: the engine (`jouletune
+sim-server`), the exporter sidecar and the load generator (`jouletune operator trial`, which
+runs a real bench); the kubelet maps the pod's ports to free loopback ports (every pod has its
+own network namespace on a node; here they share one) and passes the load generator a
+termination-log path of its own. With `docker=True` each container runs with `docker run`
+from the pod's own image, command, args, env, security context and volumes, the containers
+of a pod in one network namespace, probes honoured (tests/operator/dockerrun.py). In both
+modes, like a kubelet it
 
-- maps the pod's ports to free loopback ports (every pod has its own network namespace on a
-  node; here they share one), and its termination-message path to a file;
-- restarts a sidecar that exits (restartPolicy Always) and reports CrashLoopBackOff after
-  `crash_restarts` restarts;
+- starts the native sidecars (init containers with restartPolicy Always) first, in order,
+  then the main container, and stops the sidecars once the main container has ended;
+- restarts a sidecar that exits and reports CrashLoopBackOff after `crash_restarts`
+  restarts;
 - reports what it sees in the pod's status: PodScheduled, container states, exit codes,
   the load generator's termination message, phase Succeeded/Failed;
-- kills a deleted pod's processes.
+- reports a container it cannot run (a spec the Docker mode does not support, a
+  runAsNonRoot image that runs as root) as CreateContainerConfigError;
+- kills a deleted pod's processes or containers.
 
 What it cannot do for real (an out-of-memory kill, a pod that hangs) a test asks for per
 pod through `overrides`, and the kubelet then writes the status a kubelet would.
@@ -29,10 +37,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jouletune.tuner import Point, TrialFigures, TrialOutcome
 from tests.operator.apiserver import Api
+from tests.operator.dockerrun import DockerPod, PodError
 from tests.procs import free_port, stop
 
 # How often pods and processes are polled (a real kubelet reacts to watch events; polling
@@ -86,6 +95,9 @@ class Kubelet:
         default_override: what pods not in `overrides` get (None: run for real).
         canned_message: the termination message of CANNED trials.
         poll_s: how often the pod list is read.
+        docker: run containers with Docker (tests/operator/dockerrun.py), not as processes.
+        session: the Docker label value of what this kubelet creates (docker mode).
+        pods: the Docker mode's pods, by pod name (last run), for tests to inspect.
     """
 
     api: Api
@@ -98,6 +110,9 @@ class Kubelet:
     default_override: str | None = None
     canned_message: str = ""
     poll_s: float = POLL_S
+    docker: bool = False
+    session: str = "kubelet"
+    pods: dict[str, DockerPod] = field(default_factory=dict)
     created: dict[str, list[str]] = field(default_factory=dict)  # pod name -> uids seen
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -145,7 +160,7 @@ class Kubelet:
 class _PodRun:
     kubelet: Kubelet
     pod: dict[str, Any]
-    procs: dict[str, _Proc] = field(default_factory=dict)
+    runtime: _Runtime | None = None
 
     @property
     def name(self) -> str:
@@ -174,8 +189,8 @@ class _PodRun:
             self._run_containers()
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
+        if self.runtime is not None:
+            self.runtime.close()
 
     # --- scheduling and images ----------------------------------------------------------
 
@@ -215,42 +230,57 @@ class _PodRun:
     # --- running containers -------------------------------------------------------------
 
     def _run_containers(self) -> None:
-        ports = {port: free_port() for port in (ENGINE_PORT, EXPORTER_PORT, CONTROL_PORT)}
-        logdir = self.kubelet.workdir / self.name
-        logdir.mkdir(parents=True, exist_ok=True)
-        message_path = logdir / "termination-log"
         spec = self.pod["spec"]
-        for container in spec["initContainers"]:
-            self.procs[container["name"]] = self._proc(container, ports, logdir)
-            self.procs[container["name"]].start()
-        loadgen = spec["containers"][0]
-        proc = self._proc(loadgen, ports, logdir, extra=["--termination-log", str(message_path)])
-        self.procs[loadgen["name"]] = proc
-        proc.start()
-        self._patch_status("Running", engine=_running(), loadgen=_running())
+        logdir = self.kubelet.workdir / self.name
+        runtime: _Runtime
+        if self.kubelet.docker:
+            runtime = DockerPod(pod=self.pod, workdir=logdir, session=self.kubelet.session)
+            self.kubelet.pods[self.name] = runtime
+        else:
+            runtime = _ProcessPod(pod=self.pod, logdir=logdir)
+        self.runtime = runtime
+        main = spec["containers"][0]
+        sidecars = spec.get("initContainers", [])
+        try:
+            if any(c.get("restartPolicy") != "Always" for c in sidecars):
+                raise PodError("the test kubelet runs native sidecars only, no init containers")
+            for container in sidecars:  # native sidecars start first, in order
+                runtime.start(container)
+            runtime.start(main, main=True)
+        except PodError as err:
+            failed = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
+            self._patch_status("Pending", states={main["name"]: failed})
+            self._wait_deleted()
+            return
+        running = {c["name"]: _running() for c in [*sidecars, main]}
+        ready = runtime.ready()
+        self._patch_status("Running", states=running, ready=ready)
         while not self.kubelet._stop.is_set():
             if self._deleted():
                 return
-            if self._restart_sidecars():
+            runtime.poll()
+            if self._restart_sidecars(runtime, [c["name"] for c in sidecars]):
                 self._wait_deleted()
                 return
-            code = proc.exit_code()
+            code = runtime.exit_code(main["name"])
             if code is not None:
-                message = message_path.read_text() if message_path.exists() else ""
-                reason = "Completed" if code == 0 else "Error"
+                reason, message = runtime.termination(main["name"], code)
                 phase = "Succeeded" if code == 0 else "Failed"
                 self._patch_status(phase, loadgen=_terminated(code, reason, message))
                 return
-            time.sleep(POLL_S)
+            if runtime.ready() != ready:
+                ready = runtime.ready()
+                self._patch_status("Running", states=running, ready=ready)
+            time.sleep(runtime.poll_s)
 
-    def _restart_sidecars(self) -> bool:
+    def _restart_sidecars(self, runtime: _Runtime, names: list[str]) -> bool:
         """Restart exited sidecars; True once one is in CrashLoopBackOff."""
-        for name in ("engine", "exporter"):
-            proc = self.procs[name]
-            code = proc.exit_code()
+        for name in names:
+            code = runtime.exit_code(name)
             if code is None:
                 continue
-            if proc.restarts >= self.kubelet.crash_restarts:
+            restarts = runtime.restarts(name)
+            if restarts >= self.kubelet.crash_restarts:
                 state = {
                     "waiting": {
                         "reason": "CrashLoopBackOff",
@@ -261,34 +291,12 @@ class _PodRun:
                 self._patch_status(
                     "Running",
                     states={name: state},
-                    restarts={name: proc.restarts},
+                    restarts={name: restarts},
                     last={name: last},
                 )
                 return True
-            proc.restarts += 1
-            proc.start()
+            runtime.restart(name)
         return False
-
-    def _proc(
-        self,
-        container: Mapping[str, Any],
-        ports: Mapping[int, int],
-        logdir: Path,
-        extra: list[str] | None = None,
-    ) -> _Proc:
-        argv = [*container.get("command", []), *container.get("args", []), *(extra or [])]
-        assert argv[0] == "jouletune", f"the test kubelet runs only jouletune, not {argv[0]}"
-        argv = [sys.executable, "-m", "jouletune", *_remap_args(argv[1:], ports)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for var in container.get("env", []):
-            if "value" in var:
-                env[var["name"]] = _remap_text(var["value"], ports)
-            else:
-                field_path = var["valueFrom"]["fieldRef"]["fieldPath"]
-                env[var["name"]] = self.pod["metadata"][field_path.split(".", 1)[1]]
-        return _Proc(
-            name=container["name"], argv=argv, env=env, log=logdir / f"{container['name']}.log"
-        )
 
     # --- status -------------------------------------------------------------------------
 
@@ -301,6 +309,7 @@ class _PodRun:
         states: Mapping[str, dict[str, Any]] | None = None,
         restarts: Mapping[str, int] | None = None,
         last: Mapping[str, dict[str, Any]] | None = None,
+        ready: Mapping[str, bool] | None = None,
     ) -> None:
         given = {
             **({"engine": engine} if engine else {}),
@@ -319,7 +328,7 @@ class _PodRun:
                         "image": c["image"],
                         "state": state,
                         "lastState": (last or {}).get(c["name"], {}),
-                        "ready": "running" in state,
+                        "ready": "running" in state and (ready or {}).get(c["name"], True),
                         "restartCount": (restarts or {}).get(c["name"], 0),
                     }
                 )
@@ -348,6 +357,82 @@ class _PodRun:
     def _containers(self) -> list[dict[str, Any]]:
         spec = self.pod["spec"]
         return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+class _Runtime(Protocol):
+    """How a pod's containers run: `_ProcessPod` or `tests.operator.dockerrun.DockerPod`."""
+
+    poll_s: float
+
+    def start(self, spec: Mapping[str, Any], *, main: bool = False) -> None: ...
+    def poll(self) -> None: ...
+    def exit_code(self, name: str) -> int | None: ...
+    def restart(self, name: str) -> None: ...
+    def restarts(self, name: str) -> int: ...
+    def ready(self) -> dict[str, bool]: ...
+    def termination(self, name: str, code: int) -> tuple[str, str]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _ProcessPod:
+    """Process mode: each container a local `python -m jouletune` process (module doc)."""
+
+    pod: dict[str, Any]
+    logdir: Path
+    procs: dict[str, _Proc] = field(default_factory=dict)
+    poll_s: float = POLL_S
+
+    def __post_init__(self) -> None:
+        self.ports = {port: free_port() for port in (ENGINE_PORT, EXPORTER_PORT, CONTROL_PORT)}
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.message_path = self.logdir / "termination-log"
+
+    def start(self, spec: Mapping[str, Any], *, main: bool = False) -> None:
+        extra = ["--termination-log", str(self.message_path)] if main else None
+        proc = self._proc(spec, extra)
+        self.procs[proc.name] = proc
+        proc.start()
+
+    def poll(self) -> None:
+        pass
+
+    def exit_code(self, name: str) -> int | None:
+        return self.procs[name].exit_code()
+
+    def restart(self, name: str) -> None:
+        self.procs[name].restarts += 1
+        self.procs[name].start()
+
+    def restarts(self, name: str) -> int:
+        return self.procs[name].restarts
+
+    def ready(self) -> dict[str, bool]:
+        return {}  # no probes: a running container counts as ready
+
+    def termination(self, name: str, code: int) -> tuple[str, str]:
+        del name
+        message = self.message_path.read_text() if self.message_path.exists() else ""
+        return ("Completed" if code == 0 else "Error"), message
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    def _proc(self, container: Mapping[str, Any], extra: list[str] | None) -> _Proc:
+        argv = [*container.get("command", []), *container.get("args", []), *(extra or [])]
+        assert argv[0] == "jouletune", f"the test kubelet runs only jouletune, not {argv[0]}"
+        argv = [sys.executable, "-m", "jouletune", *_remap_args(argv[1:], self.ports)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = _remap_text(var["value"], self.ports)
+            else:
+                field_path = var["valueFrom"]["fieldRef"]["fieldPath"]
+                env[var["name"]] = self.pod["metadata"][field_path.split(".", 1)[1]]
+        return _Proc(
+            name=container["name"], argv=argv, env=env, log=self.logdir / f"{container['name']}.log"
+        )
 
 
 def _running() -> dict[str, Any]:
