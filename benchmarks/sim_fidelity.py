@@ -50,6 +50,7 @@ from jouletune.sim import (
     model_arch,
     prompt_block_hashes,
 )
+from jouletune.tokenizer import WordTokenizer
 
 _RESULTS = Path(__file__).resolve().parent / "results" / "h100-vllm"
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -218,6 +219,7 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
         seed=point.seed,
         random_input_len=point.input_len,
         random_output_len=point.output_len,
+        tokenizer=WordTokenizer(),  # the committed runs' dummy model: one token per word
     )
     return [
         ClientRequest(

@@ -41,6 +41,7 @@ from jouletune.tuner import (
     TrialFigures,
     TrialOutcome,
     parse_spec,
+    resolve_baseline,
 )
 from jouletune.tuner.spec import BenchmarkSpec
 
@@ -308,7 +309,7 @@ def tuner_points(spec: BenchmarkSpec, evaluate: Evaluator, noise: Noise | None) 
 
 def grid_order(spec: BenchmarkSpec) -> list[Point]:
     """Every point, server by server: the cheapest exhaustive order."""
-    return SearchGrid(spec=spec).points()
+    return SearchGrid(spec=spec, baseline=resolve_baseline(spec, defaults=None).point).points()
 
 
 def _noise(seed: int, rel: float) -> Noise | None:

@@ -41,3 +41,32 @@ with zipfile.ZipFile(io.BytesIO(zdata)) as zf:
         print(f"install-tools: {dest}", file=sys.stderr)
 PYEOF
 fi
+
+# A real 129,280-entry BPE tokenizer for the tests (DeepSeek-V3's, MIT-licensed, shipped in the
+# litellm wheel with its licence): the tests build and count prompts with it as users' runs do.
+TOK="$(dirname "$BIN")/tokenizers/deepseek-v3"
+if [ ! -f "$TOK/tokenizer.json" ]; then
+  echo "install-tools: fetching DeepSeek-V3's tokenizer from the litellm 1.110.2 wheel" >&2
+  WHEELS=$(mktemp -d)
+  "$PY" -m pip download -q --no-deps --only-binary=:all: litellm==1.110.2 -d "$WHEELS" 2>/dev/null
+  "$PY" - "$WHEELS" "$TOK" <<'PYEOF'
+import json, sys, zipfile
+from pathlib import Path
+
+wheel = next(Path(sys.argv[1]).glob("litellm-*.whl"))
+out = Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+base = "litellm/litellm_core_utils/tokenizers/"
+with zipfile.ZipFile(wheel) as zf:
+    (out / "tokenizer.json").write_bytes(zf.read(base + "deepseek_tokenizer.json"))
+    (out / "LICENSE").write_bytes(zf.read(base + "deepseek_tokenizer_LICENSE"))
+# DeepSeek-V3's own tokenizer_config.json asks for a BOS on every prompt; servers add it.
+(out / "tokenizer_config.json").write_text(json.dumps({
+    "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
+    "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+    "pad_token": "<｜▁pad▁｜>", "model_max_length": 131072,
+}, ensure_ascii=False))
+print(f"install-tools: {out}", file=sys.stderr)
+PYEOF
+  rm -rf "$WHEELS"
+fi

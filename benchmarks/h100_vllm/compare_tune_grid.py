@@ -45,7 +45,9 @@ def _grid_best(folder: Path) -> tuple[float, str]:
         with (folder / "trials.csv").open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["state"] == "complete"]
         space = run["spec"]["searchSpace"]
-        values = {*space["maxNumSeqs"], space.get("baselineMaxNumSeqs", 256)}
+        # The baseline's max_num_seqs joins the grid: read it from the baseline trial.
+        baseline = {int(r["max_num_seqs"]) for r in rows if r["role"] == "baseline"}
+        values = {*space["maxNumSeqs"], *baseline}
         sampler = run["spec"].get("sampler")
     except (OSError, ValueError, KeyError) as err:
         raise _InputError(f"{folder}: {err!r}") from None

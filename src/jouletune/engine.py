@@ -24,6 +24,7 @@ import shutil
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "BOOLEAN_FLAGS",
@@ -202,6 +203,62 @@ class ServeArgs:
     def shell(self) -> str:
         """The command a user types: `vllm serve MODEL FLAGS...`."""
         return shlex.join(["vllm", "serve", *self.argv()])
+
+    @classmethod
+    def parse(cls, argv: Sequence[str]) -> ServeArgs:
+        """The command line of an existing server: `[MODEL] FLAGS...` (as a Deployment's
+        container args hold it), `--flag value` or `--flag=value`; flags this class does not
+        name are kept in `extra`.
+
+        Raises:
+            ValueError: a flag this class names has no value or not an integer one.
+        """
+        values: dict[str, str] = {}
+        extra: list[str] = []
+        model = ""
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            flag, eq, inline = arg.partition("=")
+            field = _FIELD_OF_FLAG.get(flag)
+            if field is None:
+                if not arg.startswith("-") and not model and not extra:
+                    model = arg
+                else:
+                    extra.append(arg)
+                i += 1
+                continue
+            if not eq and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+                raise ValueError(f"{flag} has no value")
+            values[field] = inline if eq else argv[i + 1]
+            i += 1 if eq else 2
+        return cls(model=model, extra=tuple(extra), **_typed(values))
+
+
+# The flags `ServeArgs` names, by spelling (`-tp` is vLLM's short form).
+_FIELD_OF_FLAG = {
+    "--host": "host",
+    "--port": "port",
+    "--tensor-parallel-size": "tensor_parallel_size",
+    "-tp": "tensor_parallel_size",
+    "--max-num-seqs": "max_num_seqs",
+    "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--max-model-len": "max_model_len",
+}
+
+
+def _typed(values: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, text in values.items():
+        if field == "host":
+            out[field] = text
+            continue
+        try:
+            out[field] = int(text)
+        except ValueError:
+            flag = next(f for f, name in _FIELD_OF_FLAG.items() if name == field)
+            raise ValueError(f"{flag} needs an integer, got {text!r}") from None
+    return out
 
 
 def vllm_command() -> list[str]:

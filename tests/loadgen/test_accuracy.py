@@ -107,3 +107,35 @@ def test_latency_and_energy_match_simulator_truth(
     assert [g["model_name"] for g in res["gpus"]] == ["NVIDIA H100 80GB HBM3"]
     assert res["environment"]["gpu_models"] == ["NVIDIA H100 80GB HBM3"]
     assert res["avg_power_w"] > res["idle_power_w"] > 0
+
+
+def test_vllms_default_invocation_gets_the_servers_steady_state(tmp_path: Path) -> None:
+    """`vllm bench serve`'s default: every prompt at once, no concurrency cap, more prompts
+    than the server's batch. The window is the server's (its gauges: batch full while the
+    queue lasts) and its J/token is the simulator's."""
+    with sim_stack("--max-num-seqs", "64") as s:
+        run = run_bench_cli(
+            bench_args(
+                s.sim.url,
+                "--exporter-url", s.exporter.url,
+                "--num-prompts", "300",
+                "--request-rate", "inf",
+                "--random-input-len", "256",
+                "--random-output-len", "128",
+                result=tmp_path / "result.json",
+            )
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        res = run.result
+        assert res is not None and res["valid"], res and res["invalid_reason"]
+        w = res["window"]
+        t = truth(s.sim.url, w["start_unix_s"], w["end_unix_s"])
+    assert w["rule"] == "server-queue" and w["plateau_in_flight"] == 64
+    j_per_token = t["energy_j"] / t["output_tokens"]
+    print(
+        f"\nqueue rule: window {w['duration_s']:.1f} s, batch {res['avg_batch_size']:.1f}, "
+        f"J/token {res['energy_per_output_token_j']:.5f} vs truth {j_per_token:.5f}"
+    )
+    assert res["energy_per_output_token_j"] == pytest.approx(j_per_token, rel=TOLERANCE)
+    assert res["avg_batch_size"] == pytest.approx(64, rel=0.05)  # a full batch throughout
+    assert w["duration_s"] > 0.5 * res["duration_s"]

@@ -11,11 +11,20 @@ import pytest
 
 from jouletune.loadgen import BenchConfig, DatasetError, load_requests
 from jouletune.loadgen._arrivals import arrival_offsets_s
+from jouletune.tokenizer import WordTokenizer
+from tests.tokenizers import deepseek
+
+WORDS = WordTokenizer()
 
 
 def test_random_prompts_are_exactly_n_synthetic_tokens_and_seeded() -> None:
     reqs = load_requests(
-        dataset="random", num_prompts=5, seed=7, random_input_len=300, random_output_len=20
+        tokenizer=WORDS,
+        dataset="random",
+        num_prompts=5,
+        seed=7,
+        random_input_len=300,
+        random_output_len=20,
     )
     assert len(reqs) == 5
     for r in reqs:
@@ -24,16 +33,27 @@ def test_random_prompts_are_exactly_n_synthetic_tokens_and_seeded() -> None:
         ids = [int(w.removeprefix("t")) for w in words]
         assert all(w.startswith("t") for w in words) and min(ids) >= 3 and max(ids) <= 128255
     again = load_requests(
-        dataset="random", num_prompts=5, seed=7, random_input_len=300, random_output_len=20
+        tokenizer=WORDS,
+        dataset="random",
+        num_prompts=5,
+        seed=7,
+        random_input_len=300,
+        random_output_len=20,
     )
     other = load_requests(
-        dataset="random", num_prompts=5, seed=8, random_input_len=300, random_output_len=20
+        tokenizer=WORDS,
+        dataset="random",
+        num_prompts=5,
+        seed=8,
+        random_input_len=300,
+        random_output_len=20,
     )
     assert reqs == again and reqs != other
 
 
 def test_random_range_ratio_varies_lengths_within_bounds() -> None:
     reqs = load_requests(
+        tokenizer=WORDS,
         dataset="random",
         num_prompts=200,
         seed=0,
@@ -50,7 +70,9 @@ def test_custom_jsonl(tmp_path: Path) -> None:
     path.write_text(
         '{"prompt": "hello there", "output_len": 7}\n\n{"prompt": "bye", "output_len": 3}\n'
     )
-    reqs = load_requests(dataset="custom", num_prompts=5, seed=0, dataset_path=path)
+    reqs = load_requests(
+        dataset="custom", num_prompts=5, seed=0, dataset_path=path, tokenizer=WORDS
+    )
     assert len(reqs) == 5  # two entries, repeated
     assert {(r.prompt, r.output_len) for r in reqs} == {("hello there", 7), ("bye", 3)}
 
@@ -73,12 +95,18 @@ def test_custom_jsonl_errors_name_file_and_line(tmp_path: Path, content: str, me
     path = tmp_path / "w.jsonl"
     path.write_text(content)
     with pytest.raises(DatasetError, match=message):
-        load_requests(dataset="custom", num_prompts=1, seed=0, dataset_path=path)
+        load_requests(dataset="custom", num_prompts=1, seed=0, dataset_path=path, tokenizer=WORDS)
 
 
 def test_missing_dataset_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cannot read"):
-        load_requests(dataset="custom", num_prompts=1, seed=0, dataset_path=tmp_path / "nope.jsonl")
+        load_requests(
+            dataset="custom",
+            num_prompts=1,
+            seed=0,
+            dataset_path=tmp_path / "nope.jsonl",
+            tokenizer=WORDS,
+        )
 
 
 def test_sharegpt_takes_first_two_turns_and_filters(tmp_path: Path) -> None:
@@ -100,16 +128,27 @@ def test_sharegpt_takes_first_two_turns_and_filters(tmp_path: Path) -> None:
     ]
     path = tmp_path / "sg.json"
     path.write_text(json.dumps(data))
-    reqs = load_requests(dataset="sharegpt", num_prompts=3, seed=0, dataset_path=path)
-    # Only the first conversation is usable (40 bytes ~ 10 tokens; "ok" is under 4 tokens).
-    assert {(r.prompt, r.output_len) for r in reqs} == {("What is 2+2?", 10)}
+    tokenizer = deepseek()
+    reqs = load_requests(
+        dataset="sharegpt", num_prompts=3, seed=0, dataset_path=path, tokenizer=tokenizer
+    )
+    # Only the first conversation is usable ("ok" is under 4 tokens); lengths are the
+    # tokenizer's: the prompt as the server counts it (BOS included), the answer's tokens.
+    expected = ("What is 2+2?", tokenizer.count("What is 2+2?"), len(tokenizer.encode("x" * 40)))
+    assert {(r.prompt, r.prompt_len, r.output_len) for r in reqs} == {expected}
+    assert expected[1] == len(tokenizer.encode("What is 2+2?")) + 1 and expected[2] >= 4
     fixed = load_requests(
-        dataset="sharegpt", num_prompts=1, seed=0, dataset_path=path, sharegpt_output_len=64
+        tokenizer=WORDS,
+        dataset="sharegpt",
+        num_prompts=1,
+        seed=0,
+        dataset_path=path,
+        sharegpt_output_len=64,
     )
     assert fixed[0].output_len == 64
     path.write_text('{"not": "a list"}')
     with pytest.raises(DatasetError, match="JSON list"):
-        load_requests(dataset="sharegpt", num_prompts=1, seed=0, dataset_path=path)
+        load_requests(dataset="sharegpt", num_prompts=1, seed=0, dataset_path=path, tokenizer=WORDS)
 
 
 def test_arrivals_closed_loop_all_at_zero() -> None:
@@ -151,3 +190,44 @@ def test_config_dump_is_json_and_round_trips() -> None:
 def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         BenchConfig.model_validate(bad)
+
+
+@pytest.mark.parametrize("length", [128, 512, 1536])
+def test_random_prompts_encode_to_exactly_the_requested_length_with_a_real_tokenizer(
+    length: int,
+) -> None:
+    tokenizer = deepseek()
+    reqs = load_requests(
+        dataset="random",
+        num_prompts=20,
+        seed=3,
+        random_input_len=length,
+        random_output_len=8,
+        tokenizer=tokenizer,
+    )
+    # What the server will count: the prompt's tokens plus the BOS its config asks for.
+    counted = [tokenizer.count(r.prompt) for r in reqs]
+    assert counted == [length] * 20 == [r.prompt_len for r in reqs]
+    assert len({r.prompt for r in reqs}) == 20
+    # The words the dummy model's vocabulary makes (one token each) are ~3 BPE tokens apiece.
+    words = load_requests(
+        dataset="random", num_prompts=1, seed=3, random_input_len=512, random_output_len=8,
+        tokenizer=WORDS,
+    )  # fmt: skip
+    assert tokenizer.count(words[0].prompt) > 2.5 * 512
+
+
+def test_an_unloadable_tokenizer_is_one_line_naming_it(tmp_path: Path) -> None:
+    from jouletune.tokenizer import TokenizerError, load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    for name, reason in (
+        (str(tmp_path), "is not one"),
+        (str(tmp_path / "missing"), "no such file or directory"),
+        (str(tmp_path.parent), "has no tokenizer.json"),
+    ):
+        with pytest.raises(TokenizerError) as err:
+            load_tokenizer(name)
+        message = str(err.value)
+        assert message.startswith(f"tokenizer {name}: ") and reason in message
+        assert "\n" not in message

@@ -67,7 +67,9 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
         "mode": "Apply",
         "targetRef": {"kind": "Deployment", "name": "llm", "container": "vllm"},
     }
-    api.create(EBM_PATH, benchmark("tiny", tiny_spec(adopt=adopt)))
+    # The baseline is the server the Deployment runs today (its --max-num-seqs 9).
+    spec = tiny_spec(adopt=adopt, baseline={"fromTarget": True})
+    api.create(EBM_PATH, benchmark("tiny", spec))
     health = f"http://127.0.0.1:{free_port()}/healthz"
     with running_operator(cluster.url, liveness=health) as op:
         status = wait_phase(api, "tiny", {"Succeeded", "Failed"}, timeout_s=50)
@@ -94,7 +96,7 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert status["observedGeneration"] == 1
     trials = status["trials"]
     assert [t["number"] for t in trials] == list(range(len(trials))) and len(trials) == 3
-    assert trials[0]["role"] == "baseline" and trials[0]["point"]["maxNumSeqs"] == 256
+    assert trials[0]["role"] == "baseline" and trials[0]["point"]["maxNumSeqs"] == 9
     for trial in trials:
         figures = trial["figures"]
         assert trial["state"] == "complete" and figures["energyPerOutputTokenJ"] > 0, trial
@@ -109,6 +111,7 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert rec["verdict"] == "recommended"
     assert best["figures"]["energyPerOutputTokenJ"] == status["bestJPerToken"]
     assert rec["baseline"]["figures"]["energyPerOutputTokenJ"] > 0 and rec["savingPct"] is not None
+    assert rec["baselineSource"] == "`some/model --port 8000 --max-num-seqs 9`"
     args = rec["artifacts"]["vllmServeArgs"]
     assert "--max-num-seqs" in args and best["label"]
     assert rec["configMap"] == "tiny-recommendation" and rec["adopted"] is True
@@ -207,7 +210,13 @@ FAILURES: dict[str, tuple[dict[str, Any], str | None, str]] = {
         None,
         "ImagePullBackOff",
     ),
-    "crash": ({"gpu": {"type": "no-such-gpu"}}, None, "CrashLoopBackOff"),
+    # An unknown GPU type (the baseline's flags given, so the operator needs no defaults for
+    # it): the sim-server exits at start, and the kubelet restarts it into CrashLoopBackOff.
+    "crash": (
+        {"gpu": {"type": "no-such-gpu"}, "baseline": {"serveArgs": ["--max-num-seqs", "8"]}},
+        None,
+        "CrashLoopBackOff",
+    ),
     "oom": ({}, OOM, "OOMKilled"),
     "hang": ({"engine": {"startupTimeoutS": 1}, "budget": {"trialTimeoutS": 1}}, HANG, "Timeout"),
 }
@@ -259,7 +268,8 @@ def test_a_trial_pod_sweeps_three_power_limits_under_one_engine_start(cluster: C
     and 300 W, stepping the sim's GPU through the exporter's control port."""
     spec = tiny_spec(
         sampler="grid",
-        searchSpace={"maxNumSeqs": [8], "baselineMaxNumSeqs": 8, "powerLimitW": [500, 400, 300]},
+        searchSpace={"maxNumSeqs": [8], "powerLimitW": [500, 400, 300]},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
         budget={"maxTrials": 4, "parallelTrials": 1, "trialTimeoutS": 60, "finalistRepeats": 0},
     )
     cluster.api.create(EBM_PATH, benchmark("sweep", spec))

@@ -55,7 +55,9 @@ def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
     plans = _run(study)
     assert plans[0].role is Role.BASELINE
     assert plans[0].point == study.grid.baseline
-    assert plans[0].point.max_num_seqs == 256 and plans[0].point.power_limit_w is None
+    # vLLM 0.24's default on the spec's H100, not a value jouletune picked.
+    assert plans[0].point.max_num_seqs == 1024 and plans[0].point.power_limit_w is None
+    assert "vLLM 0.24.0 defaults (built-in)" in study.baseline.source
     roles = [p.role for p in plans]
     first_finalist = roles.index(Role.FINALIST)
     assert all(r is Role.FINALIST for r in roles[first_finalist:])  # index() found one
@@ -95,7 +97,8 @@ def test_cap_above_the_power_drawn_is_skipped(tmp_path: Path) -> None:
     study = _open(
         tmp_path,
         _spec(
-            searchSpace={"maxNumSeqs": [8], "powerLimitW": [600, 400], "baselineMaxNumSeqs": 8},
+            searchSpace={"maxNumSeqs": [8], "powerLimitW": [600, 400]},
+            baseline={"serveArgs": ["--max-num-seqs", "8"]},
             slos=[],
             budget={"maxTrials": 5, "finalistRepeats": 0},
         ),
@@ -165,6 +168,7 @@ def test_bracket_probes_where_the_latency_line_crosses_the_slo(tmp_path: Path) -
     # goes to 160 (the largest feasible value), where plain bisection would try 96.
     spec = _spec(
         searchSpace={"maxNumSeqs": [1, 16, 48, 96, 160, 256]},
+        baseline={"serveArgs": ["--max-num-seqs", "256"]},  # as on the H100 (tune.yaml)
         slos=[{"metric": "tpot_p90", "maxMs": 15}],
         budget={"maxTrials": 3, "finalistRepeats": 0},
     )
@@ -189,7 +193,8 @@ def test_a_latency_knee_costs_no_more_starts_than_bisection(tmp_path: Path) -> N
         return TrialOutcome(figures=found.model_copy(update={"latency_ms": latency}))
 
     spec = _spec(
-        searchSpace={"maxNumSeqs": seqs, "baselineMaxNumSeqs": 1024},
+        searchSpace={"maxNumSeqs": seqs},
+        baseline={"serveArgs": ["--max-num-seqs", "1024"]},
         slos=[{"metric": "tpot_p90", "maxMs": 12}],
         budget={"maxTrials": 40, "finalistRepeats": 0},
     )

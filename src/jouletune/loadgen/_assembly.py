@@ -34,9 +34,12 @@ from jouletune.loadgen._telemetry import (
 )
 from jouletune.loadgen._window import NoSteadyStateError, steady_state_window
 
-__all__ = ["MeasuredRun", "build_result"]
+__all__ = ["PROMPT_TOKENS_TOLERANCE", "MeasuredRun", "build_result"]
 
 _MAX_ERRORS_KEPT = 10
+# Prompt tokens the server counted may differ from those requested by this much before the run
+# says so: beyond it, the prompts were built with another tokenizer than the server's.
+PROMPT_TOKENS_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,6 +50,8 @@ class MeasuredRun:
     t0_s: float  # perf_counter when the first arrival was due
     unix_offset_s: float  # time.time() - perf_counter() during the run
     lost: str | None  # why the server is considered gone, when it is
+    requested_prompt_tokens: dict[int, int]  # request index -> the prompt tokens it asked for
+    tokenizer: str  # what counted them
 
 
 def build_result(
@@ -63,7 +68,10 @@ def build_result(
     window: Window | None = None
     try:
         window = steady_state_window(
-            run.records, max_concurrency=config.max_concurrency, closed_loop=config.closed_loop
+            run.records,
+            max_concurrency=config.max_concurrency,
+            closed_loop=config.closed_loop,
+            server_scrapes=poller.server_scrapes,
         )
     except NoSteadyStateError as err:
         reasons.append(str(err))
@@ -109,13 +117,14 @@ def _assemble(
     reasons: list[str],
     warnings: list[str],
 ) -> BenchResult:
+    workload = _workload_summary(config, run)
     energy_j = energy.energy_j if energy else None
     tokens = metrics.window_output_tokens
     batch = avg_running(poller.server_scrapes, window) if window else None
     batch_source = "server" if batch is not None else ("client" if window else None)
     return BenchResult(
         config=config,
-        workload=_workload_summary(config, run.records),
+        workload=workload,
         completed=metrics.completed,
         failed=metrics.failed,
         duration_s=metrics.run_duration_s,
@@ -153,7 +162,7 @@ def _assemble(
         invalid_reason="; ".join(reasons) or None,
         partial=run.lost is not None,
         errors=_errors(run.records),
-        warnings=warnings,
+        warnings=[*warnings, *_prompt_warning(workload)],
         requests=_details(run, window) if config.save_detailed else None,
     )
 
@@ -176,18 +185,27 @@ def _window_result(
         output_tokens=metrics.window_output_tokens or 0.0,
         completed_requests=metrics.window_completed or 0,
         plateau_in_flight=window.plateau_in_flight,
+        rule=window.rule,
     )
 
 
-def _workload_summary(config: BenchConfig, records: list[RequestRecord]) -> WorkloadSummary:
-    prompt_tokens = [r.prompt_tokens for r in records if r.success and r.prompt_tokens is not None]
+def _workload_summary(config: BenchConfig, run: MeasuredRun) -> WorkloadSummary:
+    records = run.records
+    counted = [r for r in records if r.success and r.prompt_tokens is not None]
     max_tokens = [r.expected_output_len for r in records]
+    mean_counted = _mean([r.prompt_tokens for r in counted if r.prompt_tokens is not None])
+    mean_asked = _mean([run.requested_prompt_tokens[r.index] for r in counted])
     return WorkloadSummary(
         dataset=config.dataset_name,
+        tokenizer=run.tokenizer,
         num_prompts=config.num_prompts,
         sent=len(records),
         warmup_requests=config.warmup_requests,
-        mean_prompt_tokens=sum(prompt_tokens) / len(prompt_tokens) if prompt_tokens else None,
+        mean_prompt_tokens=mean_counted,
+        mean_requested_prompt_tokens=mean_asked,
+        prompt_tokens_deviation=(
+            None if mean_counted is None or not mean_asked else mean_counted / mean_asked - 1.0
+        ),
         mean_max_tokens=sum(max_tokens) / len(max_tokens) if max_tokens else 0.0,
         request_rate="inf" if config.closed_loop else config.request_rate,
         burstiness=config.burstiness,
@@ -240,3 +258,18 @@ def _errors(records: list[RequestRecord]) -> list[str]:
         if r.error is not None and len(seen) < _MAX_ERRORS_KEPT:
             seen.setdefault(r.error, None)
     return list(seen)
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _prompt_warning(workload: WorkloadSummary) -> list[str]:
+    deviation = workload.prompt_tokens_deviation
+    if deviation is None or abs(deviation) <= PROMPT_TOKENS_TOLERANCE:
+        return []
+    return [
+        f"the server counted {workload.mean_prompt_tokens:.1f} prompt tokens per request where "
+        f"{workload.mean_requested_prompt_tokens:.1f} were asked for ({deviation:+.1%}): the "
+        f"prompts were built with tokenizer {workload.tokenizer!r}, not the server's"
+    ]

@@ -38,6 +38,11 @@ class BenchConfig(BaseModel):
     base_url: str = Field(description="the OpenAI-compatible server, e.g. http://127.0.0.1:8000")
     model: str | None = Field(None, description="model name; default: the server's first model")
     endpoint: str = "/v1/completions"
+    tokenizer: str | None = Field(
+        None,
+        description="HF id, directory or tokenizer.json that counts prompt tokens; default: the"
+        " model's (`words` for a jouletune sim-server that counts words)",
+    )
     dataset_name: Literal["random", "sharegpt", "custom"] = "random"
     dataset_path: str | None = None
     random_input_len: Annotated[int, Field(ge=1)] = 1024

@@ -1,15 +1,17 @@
-"""Workloads: the prompts a run sends and how many tokens each asks for.
+"""Workloads: the prompts a run sends and how many tokens each asks for, counted with the
+model's own tokenizer (`jouletune.tokenizer`).
 
-- `random`: prompts of N words `t<id>`, ids uniform in [3, 128255]. Each word is one token for
-  the sim-server and for real vLLM with ../shared/vllm-h100/mk_model.py's word-level tokenizer,
-  so the prompt is exactly N tokens there (other tokenizers split words differently).
-  N is uniform in [len * (1 - range_ratio), len * (1 + range_ratio)] as in vLLM.
+- `random`: prompts whose token count is exactly the requested length N (uniform in
+  [len * (1 - range_ratio), len * (1 + range_ratio)], as in vLLM), special tokens the server
+  adds included. With a model's tokenizer they are built by vLLM's own method (RandomDataset in
+  vllm/benchmarks/datasets): consecutive non-special token ids from a random offset, decoded,
+  re-encoded and trimmed or padded until the text encodes to its target. With the
+  simulator's word vocabulary (`words`) a prompt is N words `t<id>`, ids uniform in
+  [3, 128255]: one token each, by construction.
 - `sharegpt`: ShareGPT JSON (a list of `{"conversations": [{"from", "value"}, ...]}`); the
-  first turn is the prompt, the second turn's length sets max_tokens. jouletune has no
-  tokenizer for arbitrary models, so lengths are estimated at 4 bytes per token (OpenAI's rule
-  of thumb) unless `sharegpt_output_len` fixes the output; the prompt tokens the server
-  actually saw come back in `usage.prompt_tokens`. Conversations with fewer than two turns or
-  an output under 4 tokens are skipped (vLLM's filter).
+  first turn is the prompt, the second turn's token count sets max_tokens unless
+  `sharegpt_output_len` fixes it. Conversations with fewer than two turns or an output under
+  4 tokens are skipped (vLLM's filter).
 - `custom`: JSON Lines, one request per line: `{"prompt": "...", "output_len": 128}`
   (`output_len` a positive integer); blank lines are ignored.
 
@@ -26,17 +28,19 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
+
+from jouletune.tokenizer import PromptTokenizer, WordTokenizer
 
 __all__ = ["DatasetError", "SampleRequest", "load_requests"]
 
 # Token ids 0-2 are <s>, </s> and <unk> in mk_model.py's vocabulary; 128255 is its last id.
 _MIN_TOKEN_ID = 3
 _MAX_TOKEN_ID = 128255
-_BYTES_PER_TOKEN = 4  # OpenAI's rule of thumb for English text
 _MIN_SHAREGPT_OUTPUT_LEN = 4  # vLLM's `is_valid_sequence` minimum
+_MAX_RETRIES = 10  # vLLM's gen_prompt_decode_to_target_len budget
 
 
 class DatasetError(ValueError):
@@ -49,7 +53,7 @@ class SampleRequest:
 
     Attributes:
         prompt: the prompt text.
-        prompt_len: prompt tokens (exact for `random`, estimated for the file datasets).
+        prompt_len: prompt tokens the server will count (special tokens included).
         output_len: tokens to generate (`max_tokens`).
     """
 
@@ -63,36 +67,42 @@ def load_requests(
     dataset: Literal["random", "sharegpt", "custom"],
     num_prompts: int,
     seed: int,
+    tokenizer: PromptTokenizer,
     dataset_path: Path | None = None,
     random_input_len: int = 1024,
     random_output_len: int = 128,
     random_range_ratio: float = 0.0,
     sharegpt_output_len: int | None = None,
-) -> list[SampleRequest]:
-    """Build the `num_prompts` requests of a workload.
+) -> Sequence[SampleRequest]:
+    """Build the `num_prompts` requests of a workload (random prompts of a model's tokenizer
+    are built as they are first read).
 
     Raises:
         DatasetError: a missing, empty or malformed dataset file.
     """
     if dataset == "random":
-        return _random_requests(
-            num_prompts, seed, random_input_len, random_output_len, random_range_ratio
+        rng = np.random.default_rng(seed)
+        lengths = _random_lengths(
+            rng, num_prompts, random_input_len, random_output_len, random_range_ratio
         )
+        if isinstance(tokenizer, WordTokenizer):
+            return _word_requests(lengths, rng)
+        return _TokenPrompts(lengths, rng, tokenizer)
     if dataset_path is None:
         raise DatasetError(f"dataset {dataset!r} needs --dataset-path")
     text = _read(dataset_path)
     if dataset == "sharegpt":
-        entries = _sharegpt_entries(dataset_path, text, sharegpt_output_len)
+        entries = _sharegpt_entries(dataset_path, text, sharegpt_output_len, tokenizer)
     else:
-        entries = _custom_entries(dataset_path, text)
+        entries = _custom_entries(dataset_path, text, tokenizer)
     random.Random(seed).shuffle(entries)
     return list(itertools.islice(itertools.cycle(entries), num_prompts))
 
 
-def _random_requests(
-    n: int, seed: int, input_len: int, output_len: int, range_ratio: float
-) -> list[SampleRequest]:
-    rng = np.random.default_rng(seed)
+def _random_lengths(
+    rng: np.random.Generator, n: int, input_len: int, output_len: int, range_ratio: float
+) -> list[tuple[int, int]]:
+    """(prompt tokens, output tokens) of each request, drawn as vLLM draws them."""
     in_lo, in_hi = (
         math.floor(input_len * (1 - range_ratio)),
         math.ceil(input_len * (1 + range_ratio)),
@@ -101,14 +111,100 @@ def _random_requests(
     out_hi = math.ceil(output_len * (1 + range_ratio))
     in_lens = rng.integers(max(1, in_lo), in_hi + 1, size=n)
     out_lens = rng.integers(max(1, out_lo), out_hi + 1, size=n)
+    return [(int(i), int(o)) for i, o in zip(in_lens, out_lens, strict=True)]
+
+
+def _word_requests(lengths: list[tuple[int, int]], rng: np.random.Generator) -> list[SampleRequest]:
+    """The word vocabulary's prompts: N random words `t<id>`, one token each. (The generator,
+    and the random stream, of every committed H100 run, which the fidelity benchmark replays.)"""
     requests = []
-    for in_len, out_len in zip(in_lens, out_lens, strict=True):
-        ids = rng.integers(_MIN_TOKEN_ID, _MAX_TOKEN_ID + 1, size=int(in_len))
+    for in_len, out_len in lengths:
+        ids = rng.integers(_MIN_TOKEN_ID, _MAX_TOKEN_ID + 1, size=in_len)
         prompt = "t" + " t".join(map(str, ids.tolist()))
-        requests.append(
-            SampleRequest(prompt=prompt, prompt_len=int(in_len), output_len=int(out_len))
-        )
+        requests.append(SampleRequest(prompt=prompt, prompt_len=in_len, output_len=out_len))
     return requests
+
+
+class _TokenPrompts(Sequence[SampleRequest]):
+    """vLLM's random prompts, each built when first asked for: a long duration-bound run lists
+    far more prompts than it sends, and each costs a decode/re-encode loop."""
+
+    def __init__(
+        self, lengths: list[tuple[int, int]], rng: np.random.Generator, tokenizer: PromptTokenizer
+    ) -> None:
+        self._lengths = lengths
+        self._tokenizer = tokenizer
+        self._allowed = np.array(sorted(set(range(tokenizer.vocab_size)) - tokenizer.special_ids))
+        self._offsets = rng.integers(0, tokenizer.vocab_size, size=len(lengths))
+        self._seed = int(rng.integers(0, 2**32))
+        self._built: dict[int, SampleRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @overload
+    def __getitem__(self, index: int) -> SampleRequest: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SampleRequest]: ...
+    def __getitem__(self, index: int | slice) -> SampleRequest | Sequence[SampleRequest]:
+        if isinstance(index, slice):
+            return _View(self, range(*index.indices(len(self))))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index not in self._built:
+            self._built[index] = self._build(index)
+        return self._built[index]
+
+    def _build(self, index: int) -> SampleRequest:
+        """Consecutive allowed ids from the request's offset, adjusted until the text encodes
+        to exactly its target (the special tokens the server adds counted in)."""
+        in_len, out_len = self._lengths[index]
+        tokenizer = self._tokenizer
+        target = max(1, in_len - tokenizer.num_special_tokens)
+        window = self._offsets[index] + index + np.arange(target)
+        ids = self._allowed[window % len(self._allowed)].tolist()
+        rng = np.random.default_rng([self._seed, index])
+        prompt = _decode_to_length(tokenizer, ids, target, rng)
+        return SampleRequest(prompt=prompt, prompt_len=tokenizer.count(prompt), output_len=out_len)
+
+
+class _View(Sequence[SampleRequest]):
+    """A slice of lazily built prompts that builds nothing until read."""
+
+    def __init__(self, parent: Sequence[SampleRequest], indices: range) -> None:
+        self._parent = parent
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, index: int) -> SampleRequest: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SampleRequest]: ...
+    def __getitem__(self, index: int | slice) -> SampleRequest | Sequence[SampleRequest]:
+        if isinstance(index, slice):
+            return _View(self._parent, self._indices[index])
+        return self._parent[self._indices[index]]
+
+
+def _decode_to_length(
+    tokenizer: PromptTokenizer, ids: list[int], target: int, rng: np.random.Generator
+) -> str:
+    """vLLM's gen_prompt_decode_to_target_len: decode, re-encode, then pad with random ids or
+    trim, until the text encodes to `target` tokens (or the retries run out)."""
+    for _ in range(_MAX_RETRIES):
+        prompt = tokenizer.decode(ids)
+        ids = tokenizer.encode(prompt)
+        if len(ids) < target:
+            ids += rng.integers(0, tokenizer.vocab_size, size=target - len(ids)).tolist()
+        elif len(ids) > target:
+            ids = ids[:target]
+        else:
+            return prompt
+    return tokenizer.decode(ids)
 
 
 def _read(path: Path) -> str:
@@ -123,11 +219,9 @@ def _read(path: Path) -> str:
     return text
 
 
-def _estimate_tokens(text: str) -> int:
-    return max(1, round(len(text.encode("utf-8")) / _BYTES_PER_TOKEN))
-
-
-def _sharegpt_entries(path: Path, text: str, output_len: int | None) -> list[SampleRequest]:
+def _sharegpt_entries(
+    path: Path, text: str, output_len: int | None, tokenizer: PromptTokenizer
+) -> list[SampleRequest]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -137,11 +231,11 @@ def _sharegpt_entries(path: Path, text: str, output_len: int | None) -> list[Sam
     entries = []
     for conv in _conversations(data):
         prompt, completion = conv[0], conv[1]
-        out = output_len if output_len is not None else _estimate_tokens(completion)
+        out = output_len if output_len is not None else len(tokenizer.encode(completion))
         if out < _MIN_SHAREGPT_OUTPUT_LEN:
             continue
         entries.append(
-            SampleRequest(prompt=prompt, prompt_len=_estimate_tokens(prompt), output_len=out)
+            SampleRequest(prompt=prompt, prompt_len=tokenizer.count(prompt), output_len=out)
         )
     if not entries:
         raise DatasetError(
@@ -161,15 +255,15 @@ def _conversations(data: Iterable[Any]) -> Iterable[Sequence[str]]:
             yield values  # type: ignore[misc]  # checked to be str just above
 
 
-def _custom_entries(path: Path, text: str) -> list[SampleRequest]:
+def _custom_entries(path: Path, text: str, tokenizer: PromptTokenizer) -> list[SampleRequest]:
     entries = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            entries.append(_custom_entry(path, lineno, line))
+            entries.append(_custom_entry(path, lineno, line, tokenizer))
     return entries
 
 
-def _custom_entry(path: Path, lineno: int, line: str) -> SampleRequest:
+def _custom_entry(path: Path, lineno: int, line: str, tokenizer: PromptTokenizer) -> SampleRequest:
     where = f"{path}:{lineno}"
     try:
         obj = json.loads(line)
@@ -184,4 +278,4 @@ def _custom_entry(path: Path, lineno: int, line: str) -> SampleRequest:
         raise DatasetError(f"{where}: 'prompt' must be a non-empty string")
     if isinstance(output_len, bool) or not isinstance(output_len, int) or output_len < 1:
         raise DatasetError(f"{where}: 'output_len' must be a positive integer, got {output_len!r}")
-    return SampleRequest(prompt=prompt, prompt_len=_estimate_tokens(prompt), output_len=output_len)
+    return SampleRequest(prompt=prompt, prompt_len=tokenizer.count(prompt), output_len=output_len)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["RequestRecord", "Window"]
 
@@ -77,12 +78,15 @@ class Window:
         plateau_s: when the in-flight count first reached that level, seconds (perf_counter);
             requests sent after it are the steady-state cohort whose latencies are reported
             (-inf: every request).
+        rule: `client` (from the requests' own times) or `server-queue` (the server ran a
+            full batch while requests queued; from its running and waiting gauges).
     """
 
     start_s: float
     end_s: float
     plateau_in_flight: int
     plateau_s: float = float("-inf")
+    rule: Literal["client", "server-queue"] = "client"
 
     def __post_init__(self) -> None:
         if not self.end_s > self.start_s:

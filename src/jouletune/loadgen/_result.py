@@ -54,7 +54,14 @@ class WindowResult(_Model):
     end_unix_s: float
     output_tokens: float = Field(description="tokens whose chunks arrived inside the window")
     completed_requests: int = Field(description="successful requests that ended inside it")
-    plateau_in_flight: int = Field(description="the in-flight count the start rule waited for")
+    plateau_in_flight: int = Field(
+        description="the in-flight count the start rule waited for (the server's batch for"
+        " the server-queue rule)"
+    )
+    rule: Literal["client", "server-queue"] = Field(
+        "client",
+        description="which steady-state rule set the window (jouletune.loadgen._window)",
+    )
 
 
 class GpuResult(_Model):
@@ -91,10 +98,20 @@ class WorkloadSummary(_Model):
     """What was sent."""
 
     dataset: str
+    tokenizer: str = Field(description="what counted the prompts' tokens (`words`: the sim's)")
     num_prompts: int
     sent: int = Field(description="requests actually sent (fewer with --duration or a lost server)")
     warmup_requests: int
-    mean_prompt_tokens: float | None = Field(description="usage.prompt_tokens, successful requests")
+    mean_prompt_tokens: float | None = Field(
+        description="usage.prompt_tokens: what the server counted, successful requests"
+    )
+    mean_requested_prompt_tokens: float | None = Field(
+        description="what those requests asked for (special tokens included)"
+    )
+    prompt_tokens_deviation: float | None = Field(
+        description="mean counted / mean requested - 1; beyond 1% the run warns: the server's"
+        " tokenizer is not the one the prompts were built with"
+    )
     mean_max_tokens: float
     request_rate: float | str
     burstiness: float

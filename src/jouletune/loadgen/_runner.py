@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
 
@@ -44,6 +44,7 @@ from jouletune.loadgen._server import (
 from jouletune.loadgen._telemetry import (
     ExporterScrape,
 )
+from jouletune.tokenizer import PromptTokenizer, TokenizerError, load_tokenizer
 
 __all__ = ["ProgressCallback", "run_bench"]
 
@@ -77,7 +78,7 @@ async def run_bench(
         BenchError: the run could not start (unreachable server or exporter, bad dataset,
             server never idle). Problems found during the run mark the result instead.
     """
-    requests = _workload(config)
+    named = _tokenizer(config.tokenizer) if config.tokenizer else None  # fail before anything
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=_CONNECT_TIMEOUT_S, sock_read=config.request_timeout_s
@@ -86,6 +87,8 @@ async def run_bench(
         connector=connector, timeout=timeout, trace_configs=[send_time_trace()]
     ) as session:
         server = await probe_server(session, config.base_url, config.model)
+        tokenizer = named or _server_tokenizer(server)
+        requests = _workload(config, tokenizer)
         first_scrapes = await _probe_exporters(session, config.exporter_urls)
         await _get_ready(session, config, server)
         if config.warmup_requests:
@@ -101,19 +104,38 @@ async def run_bench(
         )
         poller.start()
         try:
-            run = await _measure(session, config, server, requests, progress)
+            run = await _measure(session, config, server, requests, progress, tokenizer.name)
         finally:
             await poller.stop()
     warnings = _poll_warnings(poller) + ([] if settled else [_unsettled(config)])
     return build_result(config, server, run, poller, first_scrapes, idle_power_w, warnings)
 
 
-def _workload(config: BenchConfig) -> list[SampleRequest]:
+def _tokenizer(name: str) -> PromptTokenizer:
+    try:
+        return load_tokenizer(name)
+    except TokenizerError as err:
+        raise BenchError(f"{err} (--tokenizer)") from None
+
+
+def _server_tokenizer(server: ServerInfo) -> PromptTokenizer:
+    """The model's tokenizer, as vLLM's benchmark defaults to; a sim-server says its own."""
+    if server.tokenizer is not None:
+        return _tokenizer(server.tokenizer)
+    name = server.model_root or server.model
+    try:
+        return load_tokenizer(name)
+    except TokenizerError as err:
+        raise BenchError(f"{err}; pass --tokenizer with the model's tokenizer") from None
+
+
+def _workload(config: BenchConfig, tokenizer: PromptTokenizer) -> Sequence[SampleRequest]:
     try:
         return load_requests(
             dataset=config.dataset_name,
             num_prompts=config.num_prompts + config.warmup_requests,
             seed=config.seed,
+            tokenizer=tokenizer,
             dataset_path=Path(config.dataset_path) if config.dataset_path else None,
             random_input_len=config.random_input_len,
             random_output_len=config.random_output_len,
@@ -160,7 +182,7 @@ async def _warmup(
     session: aiohttp.ClientSession,
     config: BenchConfig,
     server: ServerInfo,
-    requests: list[SampleRequest],
+    requests: Sequence[SampleRequest],
 ) -> None:
     """Send the warm-up requests (the workload's tail) at the run's concurrency; not measured."""
     warm = requests[config.num_prompts :]
@@ -188,8 +210,9 @@ async def _measure(
     session: aiohttp.ClientSession,
     config: BenchConfig,
     server: ServerInfo,
-    requests: list[SampleRequest],
+    requests: Sequence[SampleRequest],
     progress: ProgressCallback | None,
+    tokenizer_name: str,
 ) -> MeasuredRun:
     """Send the measured requests: closed loop as `max_concurrency` streams that each send
     the next request when the last ends; open loop on the precomputed arrival times, queued
@@ -207,6 +230,8 @@ async def _measure(
         t0_s=dispatch.t0_s,
         unix_offset_s=unix_offset_s,
         lost=dispatch.watch.lost,
+        requested_prompt_tokens={r.index: requests[r.index].prompt_len for r in dispatch.records},
+        tokenizer=tokenizer_name,
     )
 
 
@@ -241,7 +266,7 @@ class _Dispatch:
         """True once no new request may be sent."""
         return self.watch.lost is not None or perf_counter() >= self._stop_s
 
-    async def closed_loop(self, measured: list[SampleRequest]) -> None:
+    async def closed_loop(self, measured: Sequence[SampleRequest]) -> None:
         """`max_concurrency` streams (all requests at once without a cap) share the queue."""
         queue = iter(enumerate(measured))
         streams = min(self._config.max_concurrency or len(measured), len(measured))
@@ -254,7 +279,7 @@ class _Dispatch:
 
         await asyncio.gather(*(stream() for _ in range(streams)))
 
-    async def open_loop(self, measured: list[SampleRequest]) -> None:
+    async def open_loop(self, measured: Sequence[SampleRequest]) -> None:
         """One task per arrival, each waiting for a slot under the cap."""
         cfg = self._config
         offsets_s = arrival_offsets_s(

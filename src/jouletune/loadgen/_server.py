@@ -34,6 +34,7 @@ class ServerInfo:
     model_root: str | None
     version: str | None
     has_gauges: bool
+    tokenizer: str | None = None  # the tokenizer a jouletune sim-server counts with
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:
@@ -65,21 +66,29 @@ async def probe_server(
         raise BenchError(f"{url} lists no model; pass --model or check the server")
     first = models[0]
     root = first.get("root") if isinstance(first.get("root"), str) else None
+    version, tokenizer = await _version(session, base_url)
     return ServerInfo(
         model=model or str(first.get("id")),
         model_root=root,
-        version=await _version(session, base_url),
+        version=version,
         has_gauges=await _has_gauges(session, base_url),
+        tokenizer=tokenizer,
     )
 
 
-async def _version(session: aiohttp.ClientSession, base_url: str) -> str | None:
+async def _version(session: aiohttp.ClientSession, base_url: str) -> tuple[str | None, str | None]:
+    """(the server's version, the tokenizer it counts with: only a sim-server says)."""
     try:
         data = await _get_json(session, base_url + "/version", _PROBE_TIMEOUT_S)
     except (aiohttp.ClientError, TimeoutError, BenchError, ValueError):
-        return None
-    version = data.get("version") if isinstance(data, dict) else None
-    return str(version) if version is not None else None
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    version, tokenizer = data.get("version"), data.get("tokenizer")
+    return (
+        None if version is None else str(version),
+        tokenizer if isinstance(tokenizer, str) else None,
+    )
 
 
 async def _has_gauges(session: aiohttp.ClientSession, base_url: str) -> bool:

@@ -24,6 +24,7 @@ def _overview(result: BenchResult) -> Table:
     rows: list[tuple[str, str]] = [
         ("server / model", f"{cfg.base_url} / {result.environment.server_model}"),
         ("workload", _workload_line(result)),
+        ("prompt tokens, counted / requested", _prompt_line(result)),
         ("successful / failed requests", f"{result.completed} / {result.failed}"),
         ("run duration", _num(result.duration_s, ".2f", " s")),
         (
@@ -63,6 +64,13 @@ def _workload_line(result: BenchResult) -> str:
     return (
         f"{data}, {result.workload.sent} req, rate {rate}, concurrency {cfg.max_concurrency or '∞'}"
     )
+
+
+def _prompt_line(result: BenchResult) -> str:
+    w = result.workload
+    counted = _num(w.mean_prompt_tokens, ",.1f")
+    asked = _num(w.mean_requested_prompt_tokens, ",.1f")
+    return f"{counted} / {asked} (tokenizer {w.tokenizer})"
 
 
 def _latency(result: BenchResult) -> Table:

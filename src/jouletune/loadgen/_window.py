@@ -20,8 +20,22 @@ The rule, from the request records alone (client clock, perf_counter seconds):
    edge at the start of a burst. The edge moves to the middle of the longest gap between chunk
    arrivals within one step period (the median ITL) after it, so every step's tokens lie wholly
    inside or outside the window, whatever the delivery delay within a burst.
-6. No window (start >= end) when the run is too short for a steady state, e.g. every request
-   sent at once; the caller marks the result invalid with the reason.
+6. No window (start >= end) when the run is too short for a steady state; the caller marks
+   the result invalid with the reason.
+
+When more requests are in flight than the server runs (vLLM's default `vllm bench serve`: all
+prompts at once, no concurrency cap) the steady state is the server's, read from its own
+gauges as the ML.ENERGY benchmark defines it: the batch is full while the queue lasts.
+
+7. Server-queue rule, for closed-loop runs that kept more requests in flight than the server
+   ever ran, so that requests queued (`vllm:num_requests_waiting` > 0; a prefill budget
+   alone may make requests wait briefly, which is not a queue): the batch B is the most
+   requests running while some waited. Start = the later of the first scrape with B running
+   and some waiting, and the moment B requests had their first token (the first batch's
+   prefill is over). End = the last scrape with requests waiting: after it the queue can no
+   longer refill the batch and it drains. Both edges then move into the quiet gap after
+   their burst (rule 5). The cohort whose latencies are reported is every request that ended
+   inside the window.
 """
 
 from __future__ import annotations
@@ -33,8 +47,12 @@ import numpy as np
 import numpy.typing as npt
 
 from jouletune.loadgen._records import RequestRecord, Window
+from jouletune.loadgen._telemetry import ServerScrape
 
 __all__ = ["NoSteadyStateError", "steady_state_window"]
+
+# Requests waiting in this many server scrapes (0.25 s apart) make a queue, not a blip.
+_MIN_QUEUED_SCRAPES = 4
 
 
 class NoSteadyStateError(ValueError):
@@ -42,20 +60,30 @@ class NoSteadyStateError(ValueError):
 
 
 def steady_state_window(
-    records: Sequence[RequestRecord], *, max_concurrency: int | None, closed_loop: bool
+    records: Sequence[RequestRecord],
+    *,
+    max_concurrency: int | None,
+    closed_loop: bool,
+    server_scrapes: Sequence[ServerScrape] = (),
 ) -> Window:
-    """Apply the module's rule to a run's records.
+    """Apply the module's rule to a run's records (and, for rule 7, the server's gauges).
 
     Args:
         records: every request that was sent in the measured run.
         max_concurrency: the client's concurrency cap; None for no cap.
         closed_loop: True when requests were sent as fast as the cap allows (rate inf).
+        server_scrapes: the server's running/waiting gauges during the run, in time order.
 
     Raises:
         NoSteadyStateError: no request was sent, or the run never reached a steady state.
     """
     if not records:
         raise NoSteadyStateError("no request was sent")
+    queued = [s for s in server_scrapes if s.waiting and s.running]
+    if closed_loop and len(queued) >= _MIN_QUEUED_SCRAPES:
+        batch = max(int(s.running or 0) for s in server_scrapes)
+        if _max_in_flight(records) > batch:  # more sent than the server runs: a real queue
+            return _server_queue_window(records, queued)
     by_send = sorted(records, key=lambda r: r.send_s)
     cap = max_concurrency if max_concurrency is not None else len(by_send)
     level = min(cap, len(by_send) if closed_loop else _median_in_flight(by_send))
@@ -82,6 +110,38 @@ def steady_state_window(
             f" --max-concurrency ({len(by_send)} sent, {level} in flight)"
         )
     return Window(start_s=start_s, end_s=end_s, plateau_in_flight=level, plateau_s=plateau_s)
+
+
+def _server_queue_window(
+    records: Sequence[RequestRecord], queued: Sequence[ServerScrape]
+) -> Window:
+    """Rule 7: the server ran a full batch while requests waited."""
+    batch = max(int(s.running or 0) for s in queued)
+    full_s = next(s.t_s for s in queued if (s.running or 0) >= batch)
+    first_tokens = sorted(r.first_token_s for r in records if r.first_token_s is not None)
+    prefilled_s = first_tokens[batch - 1] if len(first_tokens) >= batch else math.inf
+    chunks_s = _chunk_times(records)
+    step_s = _median_gap_s(records)
+    start_s = _after_burst(chunks_s, max(full_s, prefilled_s), step_s)
+    end_s = _after_burst(chunks_s, queued[-1].t_s, step_s)
+    if not end_s > start_s:
+        raise NoSteadyStateError(
+            f"no steady state: the server's queue of waiting requests emptied before its batch"
+            f" of {batch} had its first tokens; send more requests (--num-prompts)"
+        )
+    plateau_s = min(r.send_s for r in records)
+    return Window(
+        start_s=start_s, end_s=end_s, plateau_in_flight=batch, plateau_s=plateau_s,
+        rule="server-queue",
+    )  # fmt: skip
+
+
+def _max_in_flight(records: Sequence[RequestRecord]) -> int:
+    in_flight = peak = 0
+    for _, delta in _events(records):
+        in_flight += delta
+        peak = max(peak, in_flight)
+    return peak
 
 
 def _events(records: Sequence[RequestRecord]) -> list[tuple[float, int]]:

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="model name (default: the server's first /v1/models entry)")
     p.add_argument(
+        "--tokenizer",
+        help="HF id, directory or tokenizer.json the prompts are built and counted with"
+        " (default: the model's, as vLLM's benchmark does; `words` for the sim's vocabulary)",
+    )
+    p.add_argument(
         "--endpoint",
         default="/v1/completions",
         help="API path (default: %(default)s; /v1/chat/completions also works)",

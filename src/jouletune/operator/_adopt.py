@@ -35,6 +35,7 @@ __all__ = [
     "configmap_name",
     "deployment_patch",
     "recommendation_configmap",
+    "serve_args_of",
 ]
 
 ANNOTATION_POWER_LIMIT = f"{GROUP}/power-limit-w"
@@ -162,6 +163,19 @@ def recommendation_configmap(
     }
 
 
+def serve_args_of(deployment: Mapping[str, Any], container: str) -> list[str]:
+    """The `vllm serve` arguments a Deployment's container runs: its args, after a command of
+    `vllm serve` when it spells one out.
+
+    Raises:
+        ValueError: the Deployment has no container of that name.
+    """
+    current = _container(deployment, container)
+    command = list(current.get("command") or [])
+    tail = command[2:] if command[:2] == ["vllm", "serve"] else []
+    return [*tail, *(current.get("args") or [])]
+
+
 def deployment_patch(
     deployment: Mapping[str, Any], *, spec: BenchmarkSpec, rec: Recommendation, container: str
 ) -> dict[str, Any]:
@@ -171,11 +185,7 @@ def deployment_patch(
         ValueError: the Deployment has no container of that name.
     """
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
-    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
-    current = next((c for c in containers or [] if c.get("name") == container), None)
-    if current is None:
-        names = [c.get("name") for c in containers or []]
-        raise ValueError(f"Deployment has no container {container!r} (it has {names})")
+    current = _container(deployment, container)
     args = merge_args(current.get("args") or [spec.model], rec.artifacts.vllm_serve_args)
     patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
     cap = rec.artifacts.power_limit_w
@@ -184,6 +194,16 @@ def deployment_patch(
             "annotations": {ANNOTATION_POWER_LIMIT: f"{cap:g}"}
         }
     return patch
+
+
+def _container(deployment: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+    current = next((c for c in containers or [] if c.get("name") == name), None)
+    if current is None:
+        names = [c.get("name") for c in containers or []]
+        raise ValueError(f"Deployment has no container {name!r} (it has {names})")
+    result: Mapping[str, Any] = current
+    return result
 
 
 def _container_patch(name: str, args: list[str], gpus: int) -> dict[str, Any]:

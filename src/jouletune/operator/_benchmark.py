@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from jouletune.operator._adopt import conclude
+from jouletune.operator._adopt import conclude, serve_args_of
 from jouletune.operator._context import Context, trial_event
 from jouletune.operator._harvest import Told, harvest
 from jouletune.operator._pods import (
@@ -44,6 +44,8 @@ from jouletune.operator._table import (
     set_failed,
 )
 from jouletune.tuner import (
+    Baseline,
+    BaselineError,
     BenchmarkSpec,
     SpecError,
     StorageError,
@@ -56,6 +58,7 @@ from jouletune.tuner import (
     open_storage,
     parse_spec,
     recommend,
+    resolve_baseline,
 )
 from jouletune.tuner import Phase as StudyPhase
 
@@ -144,7 +147,13 @@ class BenchmarkLoop:
         records = study.records()
         running = [r for r in records if r.state is TrialState.RUNNING]
         done = not running and study.phase() == StudyPhase.DONE
-        rec = recommend(spec=spec, records=records, finalists=study.finalists(), done=done)
+        rec = recommend(
+            spec=spec,
+            records=records,
+            finalists=study.finalists(),
+            done=done,
+            baseline_source=study.baseline.source,
+        )
         status = build_status(
             self._status,
             benchmark=self.ref.name,
@@ -191,15 +200,18 @@ class BenchmarkLoop:
         if self._study is not None:
             return self._study
         name = f"{self.ref.namespace}.{self.ref.name}.{self.ref.uid}"
+        baseline = await self._baseline(spec)
         try:
             if spec.storage:
                 storage = await asyncio.to_thread(open_storage, spec.storage)
                 self._study = await asyncio.to_thread(
-                    Study.open, spec=spec, name=name, storage=storage
+                    Study.open, spec=spec, name=name, storage=storage, baseline=baseline
                 )
             else:
                 records = [row.to_record() for row in sorted(self._status.trials, key=_number)]
-                self._study = Study.from_records(spec=spec, records=records, name=name)
+                self._study = Study.from_records(
+                    spec=spec, records=records, name=name, baseline=baseline
+                )
         except StorageError as err:
             # The database may come back; Kopf restarts the daemon after a backoff.
             raise kopf.TemporaryError(f"study storage: {err}", delay=30.0) from None
@@ -208,6 +220,21 @@ class BenchmarkLoop:
         except ValueError as err:
             raise _Fatal("StatusInconsistent", f"cannot rebuild the study: {err}") from None
         return self._study
+
+    async def _baseline(self, spec: BenchmarkSpec) -> Baseline:
+        """The server the user runs today: `baseline.serveArgs`, or the adoption target's
+        container args, with the engine's defaults for the spec's GPU for the rest."""
+        target = spec.adopt.target_ref
+        try:
+            if not spec.baseline.from_target or target is None:
+                return resolve_baseline(spec, defaults=None)
+            deployment = await self._ctx.kube.get_deployment(self.ref.namespace, target.name)
+            if deployment is None:
+                raise _Fatal("TargetNotFound", f"baseline.fromTarget: no Deployment {target.name}")
+            args = serve_args_of(deployment, target.container or "vllm")
+            return resolve_baseline(spec, defaults=None, serve_args=args)
+        except (BaselineError, ValueError) as err:
+            raise _Fatal("BaselineUnknown", str(err)) from None
 
     # --- trials -------------------------------------------------------------------------
 

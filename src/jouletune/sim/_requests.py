@@ -1,5 +1,10 @@
 """Reading an OpenAI completion or chat request as vLLM's server does: its prompt's tokens,
-its token budget and its streaming options, or a one-line reason to refuse it."""
+its token budget and its streaming options, or a one-line reason to refuse it.
+
+Prompt tokens are counted with the server's tokenizer (`sim-server --tokenizer`, as
+`vllm serve` takes it, special tokens the server adds included), or, without one, as the
+simulator's word vocabulary: one token per word.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jouletune.sim._kvcache import prompt_block_hashes
+from jouletune.tokenizer import PromptTokenizer
 
 __all__ = ["BadRequest", "ParsedRequest", "parse_request"]
 
@@ -33,7 +39,12 @@ class BadRequest(Exception):
 
 
 def parse_request(
-    body: Any, *, chat: bool, served: tuple[str, str], max_model_len: int
+    body: Any,
+    *,
+    chat: bool,
+    served: tuple[str, str],
+    max_model_len: int,
+    tokenizer: PromptTokenizer | None = None,
 ) -> ParsedRequest:
     """Validate a completion (or chat) request body as vLLM does; raise BadRequest (one line).
 
@@ -42,6 +53,7 @@ def parse_request(
         chat: a chat completion (messages) rather than a completion (prompt).
         served: the names the model answers to (served name, path).
         max_model_len: the longest context the server takes.
+        tokenizer: counts the prompt's tokens; None counts words.
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -51,8 +63,7 @@ def parse_request(
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("the simulator serves n=1 only")
-    words = _chat_words(body) if chat else _prompt_words(body.get("prompt"))
-    prompt_tokens = len(words)
+    tokens, prompt_tokens = _prompt_tokens(body, chat=chat, tokenizer=tokenizer)
     if prompt_tokens < 1:
         raise BadRequest("the prompt is empty")
     limit = max_model_len
@@ -80,11 +91,31 @@ def parse_request(
     return ParsedRequest(
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
-        block_hashes=prompt_block_hashes(words),
+        block_hashes=prompt_block_hashes(tokens),
         stream=stream,
         include_usage=stream and bool(options.get("include_usage", False)),
         chat=chat,
     )
+
+
+def _prompt_tokens(
+    body: dict[str, Any], *, chat: bool, tokenizer: PromptTokenizer | None
+) -> tuple[Sequence[str | int], int]:
+    """(the prompt's tokens, how many the server counts: special tokens included). A prompt
+    of token ids is counted as given; text through the tokenizer, or word by word."""
+    if chat:
+        text = " ".join(_chat_words(body))
+    else:
+        prompt = body.get("prompt")
+        words = _prompt_words(prompt)
+        if not words or not isinstance(words[0], str):
+            return words, len(words)  # token ids: taken as they are
+        text = prompt if isinstance(prompt, str) else " ".join(str(w) for w in words)
+    if tokenizer is None:
+        split = text.split()
+        return split, len(split)
+    ids = tokenizer.encode(text)
+    return ids, len(ids) + tokenizer.num_special_tokens
 
 
 def _prompt_words(prompt: Any) -> Sequence[str | int]:

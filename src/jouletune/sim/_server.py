@@ -30,6 +30,7 @@ from jouletune.sim._metrics import VllmMetrics
 from jouletune.sim._perf import step_work
 from jouletune.sim._requests import BadRequest, parse_request
 from jouletune.sim._stream import SseStream, usage
+from jouletune.tokenizer import WORDS, PromptTokenizer
 
 __all__ = ["SimServer"]
 
@@ -57,8 +58,10 @@ class SimServer:
         served_model_name: str,
         model_path: str,
         gpus: Sequence[SimulatedGpu],
+        tokenizer: PromptTokenizer | None = None,
     ) -> None:
         self.config = config
+        self.tokenizer = tokenizer
         self.served_model_name = served_model_name
         self.model_path = model_path
         self.gpus = list(gpus)
@@ -179,6 +182,7 @@ class SimServer:
                 chat=chat,
                 served=(self.served_model_name, self.model_path),
                 max_model_len=self.config.max_model_len,
+                tokenizer=self.tokenizer,
             )
         except json.JSONDecodeError:
             return _error(400, "request body is not valid JSON")
@@ -271,7 +275,12 @@ class SimServer:
     async def _version(self, request: web.Request) -> web.Response:
         from jouletune import __version__
 
-        return web.json_response({"version": f"jouletune-sim {__version__} (vLLM 0.24 API)"})
+        # `tokenizer` is the sim's own field: what it counts prompt tokens with, so that a
+        # bench without --tokenizer builds prompts the same way.
+        tokenizer = WORDS if self.tokenizer is None else self.tokenizer.name
+        return web.json_response(
+            {"version": f"jouletune-sim {__version__} (vLLM 0.24 API)", "tokenizer": tokenizer}
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         card = {

@@ -3,11 +3,15 @@
     jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
-        [--gpu h100-80gb] [--power-limit W] [any other vllm serve flag, ignored]
+        [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
+        [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
 simulator; flags the simulator does not model (`--load-format dummy`, `--enforce-eager`, ...)
-are accepted and ignored. Defaults are vLLM's for the simulated GPU (`jouletune.engine`): on
+are accepted and ignored. `--tokenizer` counts prompt tokens as `vllm serve` would with that
+tokenizer; without it the simulator counts words (its own vocabulary: the catalog's models
+are gated or remote, and the simulator needs none of their weights). Defaults are vLLM's for
+the simulated GPU (`jouletune.engine`): on
 GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
 `--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
 """
@@ -25,6 +29,7 @@ from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_mod
 from jouletune.sim._engine import EngineConfig
 from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._perf import DEFAULT_PERF, kv_cache_tokens
+from jouletune.tokenizer import PromptTokenizer, load_tokenizer
 
 __all__ = ["SimServerArgs", "build_config", "main", "parse_args"]
 
@@ -48,6 +53,7 @@ class SimServerArgs:
     max_model_len: int | None
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool | None = None
+    tokenizer: str | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -75,6 +81,11 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="HF id, directory or tokenizer.json counting prompt tokens (default: words)",
+    )
     # Unset flags take vLLM's defaults for the simulated GPU (jouletune.engine).
     p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument(
@@ -116,6 +127,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         max_model_len=ns.max_model_len,
         gpu_memory_utilization=ns.gpu_memory_utilization,
         enable_prefix_caching=ns.enable_prefix_caching,
+        tokenizer=ns.tokenizer,
         ignored=tuple(ignored),
     )
 
@@ -199,16 +211,17 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         config = build_config(args)
-    except ValueError as err:
+        tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    except ValueError as err:  # TokenizerError is one
         print(f"jouletune sim-server: error: {err}", file=sys.stderr)
         return _EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.ignored:
         _log.info("ignoring vLLM flags the simulator does not model: %s", " ".join(args.ignored))
-    return _serve(args, config)
+    return _serve(args, config, tokenizer)
 
 
-def _serve(args: SimServerArgs, config: EngineConfig) -> int:
+def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer | None) -> int:
     # Imported here so `--help` and argument errors stay fast.
     from aiohttp import web
 
@@ -226,7 +239,11 @@ def _serve(args: SimServerArgs, config: EngineConfig) -> int:
         if args.power_limit_w is not None:
             gpu.set_power_limit_w(args.power_limit_w)
     server = SimServer(
-        config=config, served_model_name=args.served_model_name, model_path=args.model, gpus=gpus
+        config=config,
+        served_model_name=args.served_model_name,
+        model_path=args.model,
+        gpus=gpus,
+        tokenizer=tokenizer,
     )
     engine: Engine = server.engine
     _log.info(

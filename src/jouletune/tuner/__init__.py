@@ -13,6 +13,7 @@ A trial is a `Point` (what it runs) and `TrialFigures` (what it found), kept in 
 `measure_sweep` measure points on a running one, for the CLI and the trial pods alike.
 """
 
+from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline, spec_defaults
 from jouletune.tuner._figures import Column, InvalidMeasurementError, Show, TrialFigures
 from jouletune.tuner._measure import Target, bench_config, measure_point, measure_sweep
 from jouletune.tuner._pareto import dominates, pareto_front
@@ -38,6 +39,8 @@ from jouletune.tuner.spec import BenchmarkSpec, SpecError, load_spec, parse_spec
 
 __all__ = [
     "Artifacts",
+    "Baseline",
+    "BaselineError",
     "BenchmarkSpec",
     "Column",
     "ContainerPatch",
@@ -77,7 +80,9 @@ __all__ = [
     "pareto_front",
     "parse_spec",
     "recommend",
+    "resolve_baseline",
     "serve_args",
+    "spec_defaults",
     "summarize_points",
     "write_report",
 ]

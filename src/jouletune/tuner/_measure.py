@@ -76,6 +76,7 @@ def bench_config(
     return BenchConfig(
         base_url=base_url,
         model=spec.model,
+        tokenizer=workload.tokenizer,
         dataset_name=workload.dataset,
         dataset_path=workload.dataset_path,
         random_input_len=workload.input_len,

@@ -18,6 +18,7 @@ from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESample
 from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
+from jouletune.tuner._point import Point
 from jouletune.tuner._records import Role, TrialRecord, TrialState
 from jouletune.tuner.spec import BenchmarkSpec, LatencyMetric
 
@@ -108,11 +109,12 @@ def sampler(spec: BenchmarkSpec) -> BaseSampler:
     return RandomSampler(seed=spec.seed)
 
 
-def fingerprint(spec: BenchmarkSpec, *, read_only: bool) -> str:
+def fingerprint(spec: BenchmarkSpec, *, read_only: bool, baseline: Point) -> str:
     """What a resumed study must share with the stored one: everything that shapes results."""
     keep = spec.model_dump(
         mode="json",
         include={"model", "engine", "gpu", "search_space", "workload", "objective", "slos"},
     )
     keep["read_only"] = read_only
+    keep["baseline"] = baseline.model_dump(mode="json")
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -116,6 +116,9 @@ class Recommendation(_Model):
     slos: dict[str, float]
     recommended: PointSummary | None = None
     baseline: PointSummary | None = None
+    baseline_source: str = Field(
+        "", description="where the baseline came from: the user's flags or the engine's defaults"
+    )
     saving_pct: float | None = None
     latency_cost_ms: float | None = None
     latency_cost_pct: float | None = None
@@ -155,6 +158,7 @@ def recommend(
     records: Sequence[TrialRecord],
     finalists: Sequence[Point],
     done: bool,
+    baseline_source: str = "",
 ) -> Recommendation:
     """The verdict, the recommended point and its saving, or the nearest misses."""
     points = summarize_points(records, spec)
@@ -166,6 +170,7 @@ def recommend(
         "objective": spec.objective.value,
         "slos": {s.metric.value: s.max_ms for s in spec.slos},
         "baseline": baseline,
+        "baseline_source": baseline_source,
         "trials_measured": len(measured),
         "trials_failed": sum(r.state is TrialState.FAILED for r in measured),
         "server_starts": sum(

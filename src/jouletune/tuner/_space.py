@@ -39,19 +39,17 @@ def serve_args(
 class SearchGrid:
     """The values each knob may take, the baseline point, and the Optuna distributions."""
 
-    def __init__(self, *, spec: BenchmarkSpec, read_only: bool = False) -> None:
+    def __init__(self, *, spec: BenchmarkSpec, baseline: Point, read_only: bool = False) -> None:
         space = spec.search_space
-        self._tp = sorted(set(space.tensor_parallel_size))
-        self._seqs = sorted({*space.max_num_seqs, space.baseline_max_num_seqs})
-        # None is vLLM's default, which the baseline keeps; like the baseline's max_num_seqs
-        # it joins the searched values.
-        self._mbt: list[int | None] = [None, *sorted(set(space.max_num_batched_tokens))]
+        self._tp = sorted({*space.tensor_parallel_size, baseline.tensor_parallel_size})
+        self._seqs = sorted({*space.max_num_seqs, baseline.max_num_seqs})
+        # None is vLLM's default; like the baseline's values it joins the searched ones.
+        mbt = {*space.max_num_batched_tokens, baseline.max_num_batched_tokens} - {None}
+        self._mbt: list[int | None] = [None, *sorted(v for v in mbt if v is not None)]
         caps = [] if read_only else sorted(set(space.power_limit_w), reverse=True)
         # None first: "as found" is the highest limit a search can meet, caps go downwards.
         self._power: list[float | None] = [None, *caps]
-        self.baseline = Point(
-            tensor_parallel_size=self._tp[0], max_num_seqs=space.baseline_max_num_seqs
-        )
+        self.baseline = baseline
 
     @property
     def power_limits_w(self) -> Sequence[float | None]:

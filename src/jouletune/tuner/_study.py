@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, create_trial
 from optuna.trial import TrialState as OptunaState
 
 from jouletune.tuner import _optuna
+from jouletune.tuner._baseline import Baseline, resolve_baseline
 from jouletune.tuner._boundary import brackets_closed, next_boundary_point, next_power_step
 from jouletune.tuner._finalists import finalist_points, next_finalist
 from jouletune.tuner._point import Point
@@ -69,13 +70,24 @@ class Study:
     """An energy/latency study over a spec's search space (ask/tell).
 
     Build with `Study.open(...)` (a storage URL or Optuna storage) or `Study.from_records(...)`.
+    `baseline` is the configuration the user runs today (`resolve_baseline`; by default the
+    engine's defaults for the spec's GPU).
     """
 
     def __init__(
-        self, *, spec: BenchmarkSpec, optuna_study: optuna.Study, read_only: bool = False
+        self,
+        *,
+        spec: BenchmarkSpec,
+        optuna_study: optuna.Study,
+        read_only: bool = False,
+        baseline: Baseline | None = None,
     ) -> None:
         self._spec = spec
-        self._grid = SearchGrid(spec=spec, read_only=read_only or spec.gpu.read_only)
+        self.baseline = baseline or resolve_baseline(spec, defaults=None)
+        self._grid = SearchGrid(
+            spec=spec, baseline=self.baseline.point, read_only=read_only or spec.gpu.read_only
+        )
+        self._read_only = read_only or spec.gpu.read_only
         self._distributions = self._grid.distributions()
         self._study = optuna_study
         self._rng = random.Random(spec.seed)
@@ -90,6 +102,7 @@ class Study:
         name: str,
         storage: str | BaseStorage,
         read_only: bool = False,
+        baseline: Baseline | None = None,
     ) -> Study:
         """Create the study `name` in `storage`, or load it to resume.
 
@@ -103,8 +116,8 @@ class Study:
             sampler=_optuna.sampler(spec),
             load_if_exists=True,
         )
-        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
-        study._claim(_optuna.fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only, baseline=baseline)
+        study._claim()
         return study
 
     @classmethod
@@ -115,6 +128,7 @@ class Study:
         records: Iterable[TrialRecord],
         name: str = "jouletune",
         read_only: bool = False,
+        baseline: Baseline | None = None,
     ) -> Study:
         """Rebuild a study in memory from records (e.g. those an operator kept in a status).
 
@@ -127,7 +141,7 @@ class Study:
             directions=["minimize", "minimize"],
             sampler=_optuna.sampler(spec),
         )
-        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only)
+        study = cls(spec=spec, optuna_study=optuna_study, read_only=read_only, baseline=baseline)
         for expected, record in enumerate(records):
             if record.number != expected:
                 raise ValueError(f"records must be numbered 0.. in order: {record.number=}")
@@ -136,7 +150,7 @@ class Study:
                     record, distributions=study._distributions, objective=spec.objective
                 )
             )
-        study._claim(_optuna.fingerprint(spec, read_only=read_only or spec.gpu.read_only))
+        study._claim()
         return study
 
     # --- the ask/tell API ---------------------------------------------------------------
@@ -385,7 +399,10 @@ class Study:
         # NOTE: Optuna's Trial is built from the storage id; FrozenTrial keeps it privately.
         return optuna.Trial(self._study, frozen._trial_id)
 
-    def _claim(self, fingerprint: str) -> None:
+    def _claim(self) -> None:
+        fingerprint = _optuna.fingerprint(
+            self._spec, read_only=self._read_only, baseline=self._grid.baseline
+        )
         stored = self._study.user_attrs.get(_ATTR_SPEC)
         if stored is None:
             self._study.set_user_attr(_ATTR_SPEC, fingerprint)

@@ -26,6 +26,8 @@ import optuna
 from rich.console import Console
 
 from jouletune.contract import ENGINE_PORT
+from jouletune.engine import EngineDefaults, installed_defaults
+from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
 from jouletune.tuner._recommend import Recommendation, recommend
@@ -75,7 +77,14 @@ def tune_main(argv: list[str]) -> int:
         runner = _runner(args, setup)
         caps = [c for c in setup.study.grid.power_limits_w if c is not None]
         asyncio.run(runner.preflight(caps))
-    except (_UsageError, SpecError, StorageError, StudyMismatchError, RunnerError) as exc:
+    except (
+        _UsageError,
+        SpecError,
+        StorageError,
+        StudyMismatchError,
+        RunnerError,
+        BaselineError,
+    ) as exc:
         print(f"jouletune tune: {exc}", file=sys.stderr)
         return EXIT_USAGE
     abandoned = setup.study.abandon_running()
@@ -146,10 +155,15 @@ def report_main(argv: list[str]) -> int:
         names = optuna.get_all_study_names(storage)
         if run["name"] not in names:
             raise _UsageError(f"{out_dir}: the storage holds no study {run['name']!r}")
+        baseline = Baseline.model_validate(run["baseline"]) if "baseline" in run else None
         study = Study.open(
-            spec=spec, name=run["name"], storage=storage, read_only=bool(run["read_only"])
+            spec=spec,
+            name=run["name"],
+            storage=storage,
+            read_only=bool(run["read_only"]),
+            baseline=baseline,
         )
-    except (_UsageError, SpecError, StorageError, StudyMismatchError) as exc:
+    except (_UsageError, SpecError, StorageError, StudyMismatchError, BaselineError) as exc:
         print(f"jouletune report: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
@@ -202,17 +216,34 @@ def _setup(args: argparse.Namespace) -> _Setup:
         except OSError as err:
             raise _UsageError(f"--out {out_dir}: {err.strerror}") from None
     storage = open_storage(storage_url or default_storage_url(out_dir))
-    study = Study.open(spec=spec, name=name, storage=storage, read_only=read_only)
+    baseline = resolve_baseline(spec, defaults=_engine_defaults(args, spec))
+    study = Study.open(
+        spec=spec, name=name, storage=storage, read_only=read_only, baseline=baseline
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Python mode keeps an infinite request rate (JSON mode would write null).
-    run = {"name": name, "read_only": read_only, "spec": spec.model_dump(by_alias=True)}
+    run = {
+        "name": name,
+        "read_only": read_only,
+        "spec": spec.model_dump(by_alias=True),
+        "baseline": baseline.model_dump(mode="json"),
+    }
     (out_dir / _RUN_FILE).write_text(json.dumps(run, indent=2))
     return _Setup(name, spec, out_dir, study, read_only)
 
 
+def _backend(args: argparse.Namespace, spec: BenchmarkSpec) -> str:
+    return str(args.backend or ("local" if spec.backend is Backend.VLLM else "sim"))
+
+
+def _engine_defaults(args: argparse.Namespace, spec: BenchmarkSpec) -> EngineDefaults | None:
+    """The engine's defaults the baseline falls back on: on a GPU host the installed vLLM's
+    (None: the table for the spec's GPU); the simulator serves vLLM 0.24's table."""
+    return installed_defaults() if _backend(args, spec) == "local" else None
+
+
 def _runner(args: argparse.Namespace, setup: _Setup) -> Runner:
-    backend = args.backend or ("local" if setup.spec.backend is Backend.VLLM else "sim")
-    if backend == "sim":
+    if _backend(args, setup.spec) == "sim":
         return SimRunner(spec=setup.spec, read_only=setup.read_only)
     return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port)
 
@@ -226,6 +257,7 @@ def _finish(setup: _Setup) -> Recommendation:
         records=records,
         finalists=study.finalists(),
         done=study.phase() == Phase.DONE,
+        baseline_source=study.baseline.source,
     )
     write_report(
         setup.out_dir, spec=setup.spec, name=setup.name, records=records, recommendation=rec

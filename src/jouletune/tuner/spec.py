@@ -21,6 +21,7 @@ from jouletune.engine import IMAGE
 __all__ = [
     "AdoptSpec",
     "Backend",
+    "BaselineSpec",
     "BenchmarkSpec",
     "BudgetSpec",
     "EngineSpec",
@@ -116,9 +117,20 @@ class SearchSpace(_Model):
     max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
         default_factory=list, description="empty keeps vLLM's default"
     )
-    baseline_max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = Field(
-        256,
-        description="max_num_seqs of the baseline (vLLM's default); it joins the searched values",
+
+
+class BaselineSpec(_Model):
+    """What savings are measured against: the server the user runs today. By default the
+    engine's own defaults for the installed version and the GPU (`jouletune.engine`)."""
+
+    serve_args: list[str] = Field(
+        default_factory=list,
+        description="the `vllm serve` flags of the server you run today (e.g. --max-num-seqs"
+        " 512); flags not given take the engine's defaults",
+    )
+    from_target: bool = Field(
+        False,
+        description="read those flags from adopt.targetRef's Deployment (the operator only)",
     )
 
 
@@ -127,6 +139,11 @@ class WorkloadSpec(_Model):
 
     dataset: Literal["random", "sharegpt", "custom"] = "random"
     dataset_path: str | None = None
+    tokenizer: str | None = Field(
+        None,
+        description="HF id or directory of the tokenizer that builds and counts prompts;"
+        " default: the model's (the simulator's own word vocabulary for backend sim)",
+    )
     input_len: Annotated[int, Field(ge=1, le=1_000_000)] = 512
     output_len: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     num_prompts: Annotated[int, Field(ge=1)] = 1000
@@ -189,6 +206,7 @@ class BenchmarkSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec)
     gpu: GpuSpec = Field(default_factory=GpuSpec)
     search_space: SearchSpace = Field(default_factory=SearchSpace)
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     objective: LatencyMetric = Field(
         LatencyMetric.TPOT_P90, description="latency statistic minimised beside J/output-token"
@@ -207,6 +225,8 @@ class BenchmarkSpec(_Model):
             raise ValueError(
                 f"searchSpace.tensorParallelSize {too_wide} exceeds gpu.count={self.gpu.count}"
             )
+        if self.baseline.from_target and self.adopt.target_ref is None:
+            raise ValueError("baseline.fromTarget needs adopt.targetRef: the Deployment to read")
         if self.gpu.read_only and self.search_space.power_limit_w:
             raise ValueError(
                 "searchSpace.powerLimitW must be empty when gpu.readOnly is true: "

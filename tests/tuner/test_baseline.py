@@ -1,0 +1,67 @@
+"""The baseline is what the user runs today: their flags, else the engine's own defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from jouletune.engine import EngineDefaults
+from jouletune.tuner import BaselineError, Point, SpecError, parse_spec, resolve_baseline
+
+
+@pytest.mark.parametrize(("gpu", "seqs"), [("h100-80gb", 1024), ("a100-80gb", 256)])
+def test_without_flags_the_baseline_is_the_engines_default_for_the_gpu(gpu: str, seqs: int) -> None:
+    baseline = resolve_baseline(parse_spec({"gpu": {"type": gpu}}), defaults=None)
+    assert baseline.point == Point(tensor_parallel_size=1, max_num_seqs=seqs)
+    assert baseline.source == "vLLM 0.24.0 defaults (built-in)"
+
+
+def test_the_installed_engines_defaults_win_over_the_table() -> None:
+    installed = EngineDefaults(
+        version="0.25.1",
+        source="installed",
+        max_num_seqs=512,
+        max_num_batched_tokens=4096,
+        gpu_memory_utilization=0.9,
+        enable_prefix_caching=True,
+    )
+    baseline = resolve_baseline(parse_spec({}), defaults=installed)
+    assert baseline.point.max_num_seqs == 512
+    assert baseline.source == "vLLM 0.25.1 defaults (installed)"
+
+
+def test_the_users_flags_in_either_spelling() -> None:
+    spec = parse_spec(
+        {
+            "searchSpace": {"tensorParallelSize": [1, 2]},
+            "gpu": {"count": 2},
+            "baseline": {"serveArgs": ["--max-num-seqs=96", "-tp", "2", "--enforce-eager"]},
+        }
+    )
+    baseline = resolve_baseline(spec, defaults=None)
+    assert baseline.point == Point(tensor_parallel_size=2, max_num_seqs=96)
+    assert baseline.source == "`--max-num-seqs=96 -tp 2 --enforce-eager`"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"baseline": {"serveArgs": ["--max-num-seqs", "many"]}},
+            "the baseline's serve args: --max-num-seqs needs an integer, got 'many'",
+        ),
+        (
+            {"gpu": {"type": "mi300x"}},
+            "gpu.type 'mi300x' is not a GPU jouletune knows the engine's defaults for;"
+            " set baseline.serveArgs to your server's --max-num-seqs",
+        ),
+    ],
+)
+def test_a_baseline_that_cannot_be_known_is_one_line(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(BaselineError) as err:
+        resolve_baseline(parse_spec(spec), defaults=None)
+    assert str(err.value) == message
+
+
+def test_from_target_needs_a_target() -> None:
+    with pytest.raises(SpecError, match=r"baseline\.fromTarget needs adopt\.targetRef"):
+        parse_spec({"baseline": {"fromTarget": True}})
