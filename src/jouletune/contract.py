@@ -18,10 +18,19 @@ __all__ = [
     "CRD_SHORT_NAME",
     "CRD_SINGULAR",
     "CRD_VERSION",
+    "DCGM_DRIVER_LABEL",
+    "DCGM_ENERGY",
+    "DCGM_FB_USED",
+    "DCGM_GPU_TEMP",
+    "DCGM_GPU_UTIL",
+    "DCGM_POWER",
+    "DCGM_POWER_LIMIT",
+    "DCGM_SM_CLOCK",
     "DRAIN_POWER_ABS_TOL_W",
     "DRAIN_POWER_REL_TOL",
     "DRAIN_POWER_STABLE_READS",
     "ENGINE_PORT",
+    "EXPORTER_INFO",
     "EXPORTER_PORT",
     "GPU_ENERGY",
     "GPU_ENERGY_ESTIMATED",
@@ -33,6 +42,8 @@ __all__ = [
     "GPU_SM_CLOCK",
     "GPU_TEMPERATURE",
     "GPU_UTILIZATION",
+    "KEPLER_GPU_ENERGY",
+    "KEPLER_GPU_POWER",
     "LATENCY_STATISTICS",
     "OPERATOR_HEALTH_PORT",
     "OPERATOR_METRICS_PORT",
@@ -63,6 +74,25 @@ GPU_METRICS: Final = (
 )
 GPU_LABELS: Final = ("gpu", "uuid", "model_name")  # gpu is the index
 POD_LABELS: Final = ("pod", "namespace")  # added when the exporter knows them
+# Always 1; its labels say where the GPUs are read (`source`: nvml or sim) and the driver.
+EXPORTER_INFO: Final = "jouletune_exporter_info"
+
+# --- other exporters jouletune reads energy from (`--energy-source`) ---------------------------
+# dcgm-exporter's names and units, from its etc/default-counters.csv at release 4.6.0-4.8.3
+# (commit 7ad5832). Series carry `gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`, the host
+# (`hostname`; `Hostname` before 4.8.3) and, when it maps GPUs to pods, `pod`/`namespace`.
+DCGM_ENERGY: Final = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"  # counter, mJ since driver load
+DCGM_POWER: Final = "DCGM_FI_DEV_POWER_USAGE"  # gauge, W
+DCGM_POWER_LIMIT: Final = "DCGM_FI_DEV_POWER_MGMT_LIMIT"  # gauge, W; not in the default CSV
+DCGM_SM_CLOCK: Final = "DCGM_FI_DEV_SM_CLOCK"  # gauge, MHz
+DCGM_GPU_UTIL: Final = "DCGM_FI_DEV_GPU_UTIL"  # gauge, %
+DCGM_GPU_TEMP: Final = "DCGM_FI_DEV_GPU_TEMP"  # gauge, C
+DCGM_FB_USED: Final = "DCGM_FI_DEV_FB_USED"  # gauge, MiB
+DCGM_DRIVER_LABEL: Final = "DCGM_FI_DRIVER_VERSION"  # a label on every series
+# Kepler's node-level GPU series (experimental, `--experimental.gpu.enabled`; labels `gpu`,
+# `gpu_uuid`, `gpu_name`, `vendor`, `node_name`).
+KEPLER_GPU_ENERGY: Final = "kepler_node_gpu_joules_total"  # counter, J
+KEPLER_GPU_POWER: Final = "kepler_node_gpu_watts"  # gauge, W
 
 # --- the engine's scheduler gauges (vLLM's names) ---------------------------------------------
 VLLM_RUNNING: Final = "vllm:num_requests_running"

@@ -38,11 +38,12 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _scrape(url: str) -> dict[tuple[str, str], tuple[float, dict[str, str]]]:
-    """(sample name, gpu label) -> (value, labels) from one /metrics scrape."""
+    """(sample name, gpu label) -> (value, labels) from one /metrics scrape; the exporter's
+    info series (no GPU) under gpu label ""."""
     status, text = _get(url + "/metrics")
     assert status == 200, text
     return {
-        (s.name, s.labels["gpu"]): (s.value, s.labels)
+        (s.name, s.labels.get("gpu", "")): (s.value, s.labels)
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }

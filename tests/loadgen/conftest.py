@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 
 from tests.procs import Proc, free_port, jouletune_process
+from tests.validity import SHORT_RUN
+
+__all__ = ["SHORT_RUN"]  # re-exported for the load generator's tests
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BENCH_TIMEOUT_S = 120.0

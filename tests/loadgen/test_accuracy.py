@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from jouletune.contract import RESULT_KEYS
-from tests.loadgen.conftest import SimStack, bench_args, run_bench_cli, sim_stack, truth
+from tests.loadgen.conftest import SHORT_RUN, SimStack, bench_args, run_bench_cli, sim_stack, truth
 
 TOLERANCE = 0.02
 
@@ -66,6 +66,7 @@ def test_latency_and_energy_match_simulator_truth(
     run = run_bench_cli(
         bench_args(
             chunked.sim.url,
+            *SHORT_RUN,
             "--exporter-url", chunked.exporter.url,
             "--max-concurrency", str(concurrency),
             "--num-prompts", str(num_prompts),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.loadgen.conftest import (
+    SHORT_RUN,
     SimStack,
     bench_args,
     exporter_for,
@@ -26,7 +27,7 @@ from tests.poll import wait_for
 from tests.procs import free_port
 
 # Small, fast workload for the tests that are not about accuracy.
-SMALL = ["--random-input-len", "64", "--random-output-len", "16"]
+SMALL = ["--random-input-len", "64", "--random-output-len", "16", *SHORT_RUN]
 
 
 def _one_line_error(stderr: str, *fragments: str) -> None:
@@ -101,6 +102,7 @@ def test_custom_dataset_and_chat_endpoint(stack: SimStack, tmp_path: Path) -> No
         bench_args(
             stack.sim.url,
             *args,
+            *SHORT_RUN,
             "--max-concurrency",
             "2",
             "--num-prompts",

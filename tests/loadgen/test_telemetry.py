@@ -11,16 +11,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from jouletune.loadgen import Window
+from jouletune.loadgen._sources import GpuFilter, GpuReading, dialect_of, parse_text
 from jouletune.loadgen._telemetry import (
     ExporterScrape,
-    GpuReading,
     ServerScrape,
     avg_running,
     measure_energy,
-    parse_driver_version,
-    parse_exporter_text,
     parse_server_text,
 )
+
+JOULETUNE = dialect_of("jouletune")
 
 CALIBRATION_METRICS = (
     Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ class _TwoGpus(Collector):
 def test_parse_exporter_text_reads_every_gpu() -> None:
     registry = CollectorRegistry()
     registry.register(_TwoGpus())
-    gpus = parse_exporter_text(generate_latest(registry).decode())
+    gpus, _ = parse_text(generate_latest(registry).decode(), JOULETUNE, GpuFilter())
     assert [(g.gpu, g.uuid, g.energy_j, g.power_w, g.power_limit_w) for g in gpus] == [
         ("0", "GPU-0", 1234.5, 400.0, 700.0),
         ("1", "GPU-1", 99.0, 650.0, 700.0),
@@ -59,7 +59,7 @@ def test_parse_exporter_text_reads_every_gpu() -> None:
 
 def test_parse_exporter_text_rejects_garbage() -> None:
     with pytest.raises(ValueError):
-        parse_exporter_text("<html>not metrics</html>\n")
+        parse_text("<html>not metrics</html>\n", JOULETUNE, GpuFilter())
 
 
 def test_parse_server_text_on_real_vllm_exposition() -> None:
@@ -144,8 +144,10 @@ def test_avg_running_uses_scrapes_inside_the_window() -> None:
 
 def test_driver_version_label_is_found_when_exposed() -> None:
     text = (
-        "# TYPE jouletune_gpu_info gauge\n"
-        'jouletune_gpu_info{gpu="0",driver_version="580.159.04"} 1.0\n'
+        "# TYPE jouletune_gpu_energy_joules counter\n"
+        'jouletune_gpu_energy_joules_total{gpu="0",uuid="u",model_name="m"} 5.0\n'
+        "# TYPE jouletune_exporter_info gauge\n"
+        'jouletune_exporter_info{driver_version="580.159.04",source="nvml"} 1.0\n'
     )
-    assert parse_driver_version(text) == "580.159.04"
-    assert parse_driver_version("# TYPE x gauge\nx 1\n") is None
+    assert parse_text(text, JOULETUNE, GpuFilter())[1] == "580.159.04"
+    assert parse_text("# TYPE x gauge\nx 1\n", JOULETUNE, GpuFilter())[1] == ""

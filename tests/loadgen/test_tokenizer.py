@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.loadgen.conftest import SimStack, bench_args, generated_tokens, run_bench_cli, sim_stack
+from tests.loadgen.conftest import (
+    SHORT_RUN,
+    SimStack,
+    bench_args,
+    generated_tokens,
+    run_bench_cli,
+    sim_stack,
+)
 from tests.tokenizers import DEEPSEEK_DIR, deepseek
 
 
@@ -20,10 +27,11 @@ def counting() -> Iterator[SimStack]:
         yield s
 
 
-def _bench(stack: SimStack, tmp_path: Path, *extra: str) -> dict[str, object]:
+def _bench(stack: SimStack, tmp_path: Path, *extra: str, valid: bool = True) -> dict[str, object]:
     run = run_bench_cli(
         bench_args(
             stack.sim.url,
+            *SHORT_RUN,
             "--exporter-url", stack.exporter.url,
             "--max-concurrency", "8",
             "--num-prompts", "40",
@@ -33,7 +41,7 @@ def _bench(stack: SimStack, tmp_path: Path, *extra: str) -> dict[str, object]:
             result=tmp_path / "result.json",
         )
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == (0 if valid else 1), run.stderr
     assert run.result is not None
     return run.result
 
@@ -54,14 +62,17 @@ def test_prompts_reach_the_server_at_exactly_the_requested_length(
 def test_prompts_built_for_another_tokenizer_are_flagged(
     counting: SimStack, tmp_path: Path
 ) -> None:
-    result = _bench(counting, tmp_path, "--tokenizer", "words")
+    result = _bench(counting, tmp_path, "--tokenizer", "words", valid=False)
     workload = result["workload"]
     assert isinstance(workload, dict)
     # 512 words `t<id>` are about three BPE tokens each: the workload nobody asked for.
     assert workload["prompt_tokens_deviation"] > 1.5
-    warnings = result["warnings"]
-    assert isinstance(warnings, list)
-    assert any("prompt tokens per request where 512.0 were asked for" in w for w in warnings)
+    checks = result["checks"]
+    assert isinstance(checks, list)
+    failing = [c["name"] for c in checks if c["verdict"] == "fail"]
+    assert failing == ["prompt_tokens_as_requested"]
+    reason = result["invalid_reason"]
+    assert isinstance(reason, str) and "another tokenizer than the server's" in reason
 
 
 def test_a_tokenizer_that_cannot_load_is_one_line_before_any_request(

@@ -16,6 +16,7 @@ from jouletune.operator import KubeApi, Operator, OperatorConfig, OperatorMetric
 from jouletune.operator.crd import build_crd
 from tests.operator.apiserver import Api
 from tests.poll import wait_for
+from tests.validity import SHORT_RUN_VALIDITY
 
 NAMESPACE = "default"
 EBM_PATH = f"/apis/jouletune.io/v1alpha1/namespaces/{NAMESPACE}/energybenchmarks"
@@ -34,6 +35,7 @@ TINY_SPEC: dict[str, Any] = {
     "workload": {"inputLen": 32, "outputLen": 16, "numPrompts": 16, "maxConcurrency": 4},
     "slos": [{"metric": "tpot_p90", "maxMs": 1000}],
     "budget": {"maxTrials": 3, "parallelTrials": 2, "trialTimeoutS": 60, "finalistRepeats": 0},
+    "validity": SHORT_RUN_VALIDITY,
 }
 
 

@@ -25,6 +25,7 @@ from jouletune.tuner import (
     parse_spec,
 )
 from tests.procs import free_port
+from tests.validity import SHORT_RUN_VALIDITY
 
 SIM_AS_VLLM = [sys.executable, "-m", "jouletune", "sim-server"]
 SIM_EXPORTER = [sys.executable, "-m", "jouletune", "exporter", "--sim", "{server_url}"]
@@ -44,6 +45,7 @@ def _spec(**engine: Any) -> Any:
                 "numPrompts": 200,
                 "durationS": 1.5,
             },
+            "validity": SHORT_RUN_VALIDITY,
         }
     )
 

@@ -22,6 +22,7 @@ from tests.tuner.tune_procs import (
     start_tune,
     write_spec,
 )
+from tests.validity import SHORT_RUN
 
 SIM_DEFAULT_LIMIT_W = 700.0  # the simulated H100's limit at start
 
@@ -168,6 +169,7 @@ def _bench(url: str, exporter_url: str, w: dict[str, Any], result: Path) -> tupl
             "--exporter-url", exporter_url,
             "--random-input-len", str(w["inputLen"]), "--random-output-len", str(w["outputLen"]),
             "--max-concurrency", str(w["maxConcurrency"]), "--num-prompts", str(w["numPrompts"]),
+            *SHORT_RUN,
             "--duration", str(w["durationS"]), "--no-progress",
             "--result-filename", str(result),
         ],

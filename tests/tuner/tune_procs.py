@@ -21,6 +21,9 @@ spec:
   workload: {{inputLen: 64, outputLen: 16, maxConcurrency: 8, numPrompts: 200, durationS: 1.5}}
   slos: [{{metric: tpot_p90, maxMs: {slo_ms}}}]
   budget: {{maxTrials: {max_trials}, finalistRepeats: {repeats}, trialTimeoutS: 60}}
+  # A second or two per trial: shorter than a real measurement may be (test_checks.py).
+  validity: {{minWindowS: 0.2, minWindowOutputTokens: 20, minEnergySamples: 4,
+             maxSmClockDrift: 0.5}}
 """
 
 

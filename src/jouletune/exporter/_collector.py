@@ -7,13 +7,14 @@ does. Metric names and labels are the contract (jouletune.contract, docs/contrac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from jouletune.contract import (
+    EXPORTER_INFO,
     GPU_ENERGY,
     GPU_ENERGY_ESTIMATED,
     GPU_LABELS,
@@ -70,6 +71,8 @@ class GpuCollector(Collector):
             `GpuError` propagates, so a scrape fails loudly instead of serving stale values.
         pod: value of the `pod` label (the Kubernetes downward API's POD_NAME), if known.
         namespace: value of the `namespace` label (POD_NAMESPACE), if known.
+        info: labels of `jouletune_exporter_info` (`source`, `driver_version`), which say
+            whether the GPUs are real or simulated and which driver read them.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class GpuCollector(Collector):
         read: Callable[[], Sequence[GpuSample]],
         pod: str | None = None,
         namespace: str | None = None,
+        info: Mapping[str, str] | None = None,
     ) -> None:
         self._read = read
+        self._info = dict(info or {})
         self._extra: dict[str, str] = {}
         if pod:
             self._extra["pod"] = pod
@@ -111,3 +116,7 @@ class GpuCollector(Collector):
                     family.add_metric(labels, value)
         yield energy
         yield from gauges
+        if self._info:
+            info = InfoMetricFamily(EXPORTER_INFO.removesuffix("_info"), "Where the GPUs are read")
+            info.add_metric([], self._info)
+            yield info

@@ -1,4 +1,5 @@
-"""HTTP for the exporter: `/metrics` (prometheus_client's WSGI app) and `/healthz`.
+"""HTTP for the exporter: `/metrics` (prometheus_client's WSGI app, or plain text in
+dcgm-exporter's format) and `/healthz`.
 
 A threaded stdlib WSGI server is all a one-pod sidecar needs: no event loop, no extra
 dependency on the GPU host, and a scrape costs one NVML read of each GPU plus text encoding.
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["ExporterServer", "make_app"]
+__all__ = ["ExporterServer", "make_app", "registry_app", "text_app"]
 
 _log = logging.getLogger(__name__)
 
@@ -29,16 +30,32 @@ _log = logging.getLogger(__name__)
 _READ_ERRORS = (GpuError, ValueError)
 
 
-def make_app(*, registry: CollectorRegistry, check_health: Callable[[], str]) -> WSGIApplication:
+def registry_app(registry: CollectorRegistry) -> WSGIApplication:
+    """`/metrics` from a registry holding the `GpuCollector` (text or OpenMetrics, gzip when
+    asked, as prometheus_client does)."""
+    return make_wsgi_app(registry)
+
+
+def text_app(render: Callable[[], str]) -> WSGIApplication:
+    """`/metrics` as the Prometheus text `render()` returns, read fresh on every request."""
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        body = render().encode()
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+        return [body]
+
+    return app
+
+
+def make_app(*, metrics_app: WSGIApplication, check_health: Callable[[], str]) -> WSGIApplication:
     """The exporter's WSGI app.
 
     Args:
-        registry: holds the `GpuCollector`; `/metrics` renders it (text or OpenMetrics,
-            gzip when asked, as prometheus_client does).
+        metrics_app: answers `/metrics` (`registry_app` or `text_app`); a `GpuError` (or
+            ValueError) it raises becomes a 503 with the reason.
         check_health: returns a one-line status when the GPUs can be read, raises `GpuError`
             (or ValueError) saying why not. `/healthz` answers 200 or 503 with that line.
     """
-    metrics_app = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -46,7 +63,7 @@ def make_app(*, registry: CollectorRegistry, check_health: Callable[[], str]) ->
             return _healthz(check_health, start_response)
         if path == "/metrics":
             try:
-                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+                return metrics_app(environ, start_response)
             except _READ_ERRORS as err:
                 # prometheus_client appends the failing metric to args; the reason is args[0].
                 return _plain(start_response, "503 Service Unavailable", _reason(err))

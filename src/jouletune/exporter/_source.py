@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from jouletune.gpu import Gpu, GpuSample, sample_all
@@ -19,12 +20,23 @@ class GpuSource:
     Args:
         open_gpus: opens the GPUs (e.g. `open_nvml_gpus` or `open_sim_gpus` with arguments).
         where: where the GPUs come from, for messages (`NVML`, `sim-server http://…`).
+        collect_interval_s: serve the same read for this long before reading again, as
+            dcgm-exporter does (its `--collect-interval`, 30 s by default); 0 reads on every
+            scrape.
     """
 
-    def __init__(self, *, open_gpus: Callable[[], Sequence[Gpu]], where: str) -> None:
+    def __init__(
+        self,
+        *,
+        open_gpus: Callable[[], Sequence[Gpu]],
+        where: str,
+        collect_interval_s: float = 0.0,
+    ) -> None:
         self._open_gpus = open_gpus
         self._gpus: Sequence[Gpu] | None = None
         self._lock = threading.Lock()
+        self._interval_s = collect_interval_s
+        self._last: tuple[float, list[GpuSample]] | None = None
         self.where = where
 
     def gpus(self) -> Sequence[Gpu]:
@@ -40,8 +52,14 @@ class GpuSource:
             return self._gpus or ()
 
     def read(self) -> list[GpuSample]:
-        """A fresh sample of every GPU (one GET for all GPUs of a sim-server)."""
-        return sample_all(self.gpus())
+        """A sample of every GPU (one GET for all GPUs of a sim-server): fresh, or the last one
+        while it is younger than the collect interval."""
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self._interval_s:
+            return self._last[1]
+        samples = sample_all(self.gpus())
+        self._last = (now, samples)
+        return samples
 
     def health(self) -> str:
         """One line saying the GPUs were just read; raises why not."""

@@ -2,7 +2,7 @@
 
     jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL]
                        [--gpus 0,1 | --gpus GPU-…,GPU-… | --gpus-file PATH] [--power-limit-w W]
-                       [--control-port 9401]
+                       [--control-port 9401] [--format jouletune|dcgm]
 
 NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. `--gpus` picks
 GPUs by index or UUID; `--gpus-file` waits for a file that lists them (in a trial pod the
@@ -13,7 +13,9 @@ GPU's previous limit when it stops: in a trial pod it is the one container that 
 capability to change limits. `--control-port` serves the GPU API on 127.0.0.1 so the load
 generator can step limits through the exporter (`_control`); the exporter restores every
 GPU's original limit when it stops. In a pod, the `pod` and `namespace` labels come from
-POD_NAME and POD_NAMESPACE (the downward API).
+POD_NAME and POD_NAMESPACE (the downward API). `--format dcgm` serves the same reads under
+NVIDIA dcgm-exporter's names, units and labels (`_dcgm`), the host label from NODE_NAME or
+the hostname.
 """
 
 from __future__ import annotations
@@ -22,20 +24,23 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from jouletune.contract import EXPORTER_PORT
-from jouletune.exporter._args import port_arg, seconds_arg
+from jouletune.exporter._args import port_arg, seconds_arg, seconds_or_zero_arg
 from jouletune.exporter._collector import GpuCollector
 from jouletune.exporter._control import CONTROL_HOST, make_control_app
-from jouletune.exporter._server import ExporterServer, make_app
+from jouletune.exporter._dcgm import DcgmLabels, render_dcgm
+from jouletune.exporter._server import ExporterServer, make_app, registry_app, text_app
 from jouletune.exporter._source import GpuSource
 from jouletune.gpu import (
     Gpu,
@@ -45,10 +50,14 @@ from jouletune.gpu import (
     NvmlUnavailableError,
     PowerLimits,
     held_power_limits,
+    nvml_versions,
     open_nvml_gpus,
     open_sim_gpus,
     parse_selection,
 )
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
 
 __all__ = ["main"]
 
@@ -58,6 +67,7 @@ _log = logging.getLogger("jouletune.exporter")
 _EXIT_USAGE = 2
 _EXIT_FAILURE = 1
 _GPUS_FILE_POLL_S = 0.2
+_SIMULATED = "simulated"
 
 
 def main(argv: list[str]) -> int:
@@ -70,7 +80,7 @@ def main(argv: list[str]) -> int:
         return _fail(str(err), _EXIT_FAILURE)
     except KeyboardInterrupt:
         return 0  # stopped while waiting: nothing was opened, nothing to restore
-    source = _source(args.sim, selection)
+    source = _source(args.sim, selection, args.collect_interval_s)
     try:
         gpus = source.gpus()
     except (NvmlUnavailableError, ValueError) as err:
@@ -82,15 +92,8 @@ def main(argv: list[str]) -> int:
         _log.warning("%s; serving 503 on /healthz until it answers", err)
     else:
         _log.info("exporting %s from %s", ", ".join(map(repr, gpus)), source.where)
-    registry = CollectorRegistry()
-    registry.register(
-        GpuCollector(
-            read=source.read,
-            pod=os.environ.get("POD_NAME"),
-            namespace=os.environ.get("POD_NAMESPACE"),
-        )
-    )
-    app = make_app(registry=registry, check_health=source.health)
+    metrics = _metrics_app(args.format, source, _driver_version(args.sim))
+    app = make_app(metrics_app=metrics, check_health=source.health)
     try:
         server = ExporterServer(app=app, host=args.host, port=args.port)
     except OSError as err:
@@ -112,6 +115,30 @@ def main(argv: list[str]) -> int:
     finally:
         _close(source)
     return 0
+
+
+def _metrics_app(fmt: str, source: GpuSource, driver: str) -> WSGIApplication:
+    """`/metrics` in jouletune's names (a prometheus_client registry) or dcgm-exporter's."""
+    pod, namespace = os.environ.get("POD_NAME", ""), os.environ.get("POD_NAMESPACE", "")
+    if fmt == "dcgm":
+        host = os.environ.get("NODE_NAME") or socket.gethostname()
+        labels = DcgmLabels(hostname=host, driver_version=driver, pod=pod, namespace=namespace)
+        return text_app(lambda: render_dcgm(source.read(), labels))
+    registry = CollectorRegistry()
+    info = {"source": "sim" if driver == _SIMULATED else "nvml", "driver_version": driver}
+    registry.register(GpuCollector(read=source.read, pod=pod, namespace=namespace, info=info))
+    return registry_app(registry)
+
+
+def _driver_version(sim_url: str | None) -> str:
+    """NVML's driver version, or `simulated` for a sim-server's GPUs (never mistaken for a
+    measurement downstream)."""
+    if sim_url is not None:
+        return _SIMULATED
+    try:
+        return nvml_versions()["driver"]
+    except GpuError:
+        return "unknown"
 
 
 def _hold(limits: PowerLimits, gpus: Sequence[Gpu], watts: float | None) -> None:
@@ -177,6 +204,20 @@ def _parser() -> argparse.ArgumentParser:
         help="hold this power cap on the exported GPUs while running; restored on exit",
     )
     parser.add_argument(
+        "--format",
+        choices=("jouletune", "dcgm"),
+        default="jouletune",
+        help="metric names: jouletune's (default) or NVIDIA dcgm-exporter's",
+    )
+    parser.add_argument(
+        "--collect-interval-s",
+        type=seconds_or_zero_arg,
+        default=0.0,
+        metavar="S",
+        help="serve each read for S seconds, as dcgm-exporter's --collect-interval does"
+        " (default 0: read the GPUs on every scrape)",
+    )
+    parser.add_argument(
         "--control-port",
         type=port_arg,
         metavar="PORT",
@@ -223,13 +264,18 @@ def _read_if_there(path: Path) -> str:
         raise ValueError(f"--gpus-file {path}: cannot read it: {err.strerror}") from None
 
 
-def _source(sim_url: str | None, selection: list[GpuSelector] | None) -> GpuSource:
+def _source(
+    sim_url: str | None, selection: list[GpuSelector] | None, interval_s: float
+) -> GpuSource:
     if sim_url is not None:
         return GpuSource(
             open_gpus=lambda: open_sim_gpus(sim_url, selection=selection),
             where=f"sim-server {sim_url}",
+            collect_interval_s=interval_s,
         )
-    return GpuSource(open_gpus=lambda: open_nvml_gpus(selection), where="NVML")
+    return GpuSource(
+        open_gpus=lambda: open_nvml_gpus(selection), where="NVML", collect_interval_s=interval_s
+    )
 
 
 def _serve_until_signal(server: ExporterServer) -> None:

@@ -47,6 +47,7 @@ __all__ = [
 # NVML reports power averaged over about one second on Hopper (docs/contract.md); the sample's
 # power_w and utilization_ratio use the same trailing window so they read like NVML's.
 _AVERAGING_WINDOW_S = 1.0
+_THERMAL_LAG_S = 20.0
 # History older than this is dropped; /sim/truth cannot look further back.
 _HISTORY_RETENTION_S = 6 * 3600.0
 # Clock search resolution; H100 application clocks move in 15 MHz steps, so 1 MHz is plenty.
@@ -205,14 +206,22 @@ class SimulatedGpu:
             utilization_ratio=min(max(util, 0.0), 1.0),
             memory_used_bytes=self._memory_used_bytes if self._loaded else 0,
             memory_total_bytes=self.model.memory_bytes,
-            # Not calibrated: a steady-state thermal resistance so the field moves with power.
-            temperature_c=30.0 + 0.06 * power_w,
+            temperature_c=self._temperature_c(now),
             timestamp_s=now,
         )
 
     def power_limit_range(self) -> PowerLimitRange:
         """The power limits this GPU accepts."""
         return self.model.power_limits
+
+    def _temperature_c(self, now: float) -> float:
+        # Not calibrated: a thermal resistance over the power of the last tens of seconds, so
+        # the die warms up after load starts as a heatsink's thermal mass makes it do.
+        span_s = min(_THERMAL_LAG_S, now - self._history.times_s[0])
+        mean_w = (
+            self.energy_between(now - span_s, now) / span_s if span_s > 0 else self.idle_power_w
+        )
+        return 30.0 + 0.06 * mean_w
 
     def set_power_limit_w(self, watts: float) -> None:
         """Set the power limit; it applies from the next step on.

@@ -5,11 +5,13 @@
     result.model_dump()  # the result JSON of docs/contract.md
 
 A streaming OpenAI-compatible client (aiohttp) with vLLM's workloads, arrival process and
-latency definitions; a steady-state window without ramp-up and drain; and energy from the
-exporters' NVML counters interpolated at the window's edges. `compute_metrics` and
-`steady_state_window` are the pure functions behind the figures.
+latency definitions; a steady-state window without ramp-up and drain; energy from a GPU
+energy counter (jouletune's exporter, dcgm-exporter or Kepler, scraped live or read back from
+Prometheus) interpolated at the window's edges; and validity checks on every measurement.
+`compute_metrics` and `steady_state_window` are the pure functions behind the figures.
 """
 
+from jouletune.loadgen._checks import CheckResult, ValidityThresholds
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._errors import BenchError
@@ -22,10 +24,12 @@ from jouletune.loadgen._result import (
     LatencySummary,
     RequestDetail,
     RunSummary,
+    Spread,
     WindowResult,
     WorkloadSummary,
 )
 from jouletune.loadgen._runner import ProgressCallback, run_bench
+from jouletune.loadgen._sources import EnergySource
 from jouletune.loadgen._window import NoSteadyStateError, steady_state_window
 
 __all__ = [
@@ -33,7 +37,9 @@ __all__ = [
     "BenchError",
     "BenchMetrics",
     "BenchResult",
+    "CheckResult",
     "DatasetError",
+    "EnergySource",
     "EnvironmentInfo",
     "GpuResult",
     "LatencyStats",
@@ -44,6 +50,8 @@ __all__ = [
     "RequestRecord",
     "RunSummary",
     "SampleRequest",
+    "Spread",
+    "ValidityThresholds",
     "Window",
     "WindowResult",
     "WorkloadSummary",

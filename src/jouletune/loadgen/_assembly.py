@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from jouletune import __version__
+from jouletune.loadgen._checks import CheckResult, Evidence, failed, run_checks
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
-from jouletune.loadgen._poller import Poller
 from jouletune.loadgen._records import RequestRecord, Window
 from jouletune.loadgen._result import (
     BenchResult,
@@ -29,17 +29,15 @@ from jouletune.loadgen._server import ServerInfo
 from jouletune.loadgen._telemetry import (
     EnergyMeasurement,
     ExporterScrape,
+    ServerScrape,
     avg_running,
     measure_energy,
 )
 from jouletune.loadgen._window import NoSteadyStateError, steady_state_window
 
-__all__ = ["PROMPT_TOKENS_TOLERANCE", "MeasuredRun", "build_result"]
+__all__ = ["MeasuredRun", "Telemetry", "build_result"]
 
 _MAX_ERRORS_KEPT = 10
-# Prompt tokens the server counted may differ from those requested by this much before the run
-# says so: beyond it, the prompts were built with another tokenizer than the server's.
-PROMPT_TOKENS_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,16 +52,26 @@ class MeasuredRun:
     tokenizer: str  # what counted them
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Telemetry:
+    """What was read beside the requests: the energy source's scrapes (live, or read back
+    from Prometheus), the server's gauges, and the driver version the source's labels gave."""
+
+    energy: list[ExporterScrape]
+    server: list[ServerScrape]
+    driver_version: str | None
+
+
 def build_result(
     config: BenchConfig,
     server: ServerInfo,
     run: MeasuredRun,
-    poller: Poller,
-    first_scrapes: list[ExporterScrape],
+    telemetry: Telemetry,
     idle_power_w: float | None,
     warnings: list[str],
 ) -> BenchResult:
-    """The result of a run: its window, metrics and energy, invalid with the reasons why."""
+    """The result of a run: its window, metrics, energy and validity checks, invalid with the
+    reasons why."""
     reasons: list[str] = []
     window: Window | None = None
     try:
@@ -71,56 +79,81 @@ def build_result(
             run.records,
             max_concurrency=config.max_concurrency,
             closed_loop=config.closed_loop,
-            server_scrapes=poller.server_scrapes,
+            server_scrapes=telemetry.server,
         )
     except NoSteadyStateError as err:
         reasons.append(str(err))
     metrics = compute_metrics(run.records, window)
-    energy = _energy(config, poller, window)
+    energy = _energy(config, telemetry, window)
     if energy is not None and energy.problem:
         reasons.append(energy.problem)
     if run.lost:
         reasons.insert(0, f"server lost mid-run: {run.lost}")
     if metrics.completed == 0:
         reasons.append("no request succeeded")
-    return _assemble(
-        config,
-        server,
-        run,
-        metrics,
-        window,
-        energy,
-        poller,
-        first_scrapes,
-        idle_power_w,
-        reasons,
-        warnings,
-    )
+    workload = _workload_summary(config, run)
+    checks = run_checks(_evidence(config, metrics, window, energy, workload, run), config.validity)
+    reasons += failed(checks)
+    parts = _Parts(metrics=metrics, window=window, energy=energy, workload=workload, checks=checks)
+    return _assemble(config, server, run, parts, telemetry, idle_power_w, reasons, warnings)
 
 
-def _energy(config: BenchConfig, poller: Poller, window: Window | None) -> EnergyMeasurement | None:
-    if not config.exporter_urls or window is None:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Parts:
+    metrics: BenchMetrics
+    window: Window | None
+    energy: EnergyMeasurement | None
+    workload: WorkloadSummary
+    checks: list[CheckResult]
+
+
+def _energy(
+    config: BenchConfig, telemetry: Telemetry, window: Window | None
+) -> EnergyMeasurement | None:
+    if not config.measures_energy or window is None:
         return None
-    return measure_energy(poller.exporter_scrapes, window, cap_ratio=config.cap_bound_ratio)
+    return measure_energy(telemetry.energy, window, cap_ratio=config.cap_bound_ratio)
+
+
+def _evidence(
+    config: BenchConfig,
+    metrics: BenchMetrics,
+    window: Window | None,
+    energy: EnergyMeasurement | None,
+    workload: WorkloadSummary,
+    run: MeasuredRun,
+) -> Evidence:
+    gpus = energy.gpus if energy else ()
+    clocks = [g.sm_clock for g in gpus if g.sm_clock is not None and g.sm_clock.first_half_median]
+    temps = [g.temperature_c for g in gpus if g.temperature_c is not None]
+    sent = len(run.records)
+    return Evidence(
+        window_s=window.duration_s if window else None,
+        window_output_tokens=metrics.window_output_tokens,
+        energy_samples=min((g.energy_updates_in_window or 0 for g in gpus), default=None),
+        counter_decreases=energy.counter_decreases if energy else None,
+        sm_clock_drift=max((abs(c.drift) / c.first_half_median for c in clocks), default=None),
+        temperature_drift_c=max((abs(t.drift) for t in temps), default=None),
+        error_rate=metrics.failed / sent if sent else None,
+        # A chat template adds tokens the client cannot count: no comparison there.
+        prompt_tokens_deviation=None if config.chat else workload.prompt_tokens_deviation,
+    )
 
 
 def _assemble(
     config: BenchConfig,
     server: ServerInfo,
     run: MeasuredRun,
-    metrics: BenchMetrics,
-    window: Window | None,
-    energy: EnergyMeasurement | None,
-    poller: Poller,
-    first_scrapes: list[ExporterScrape],
+    parts: _Parts,
+    telemetry: Telemetry,
     idle_power_w: float | None,
     reasons: list[str],
     warnings: list[str],
 ) -> BenchResult:
-    workload = _workload_summary(config, run)
+    metrics, window, energy, workload = parts.metrics, parts.window, parts.energy, parts.workload
     energy_j = energy.energy_j if energy else None
     tokens = metrics.window_output_tokens
-    batch = avg_running(poller.server_scrapes, window) if window else None
+    batch = avg_running(telemetry.server, window) if window else None
     batch_source = "server" if batch is not None else ("client" if window else None)
     return BenchResult(
         config=config,
@@ -157,12 +190,13 @@ def _assemble(
             request_throughput=metrics.run_request_throughput,
             output_token_throughput=metrics.run_output_token_throughput,
         ),
-        environment=_environment(server, first_scrapes),
+        environment=_environment(server, telemetry),
+        checks=parts.checks,
         valid=not reasons,
         invalid_reason="; ".join(reasons) or None,
         partial=run.lost is not None,
         errors=_errors(run.records),
-        warnings=[*warnings, *_prompt_warning(workload)],
+        warnings=warnings,
         requests=_details(run, window) if config.save_detailed else None,
     )
 
@@ -214,7 +248,7 @@ def _workload_summary(config: BenchConfig, run: MeasuredRun) -> WorkloadSummary:
     )
 
 
-def _environment(server: ServerInfo, first_scrapes: list[ExporterScrape]) -> EnvironmentInfo:
+def _environment(server: ServerInfo, telemetry: Telemetry) -> EnvironmentInfo:
     return EnvironmentInfo(
         jouletune_version=__version__,
         python_version=platform.python_version(),
@@ -223,10 +257,8 @@ def _environment(server: ServerInfo, first_scrapes: list[ExporterScrape]) -> Env
         server_model=server.model,
         server_model_root=server.model_root,
         server_version=server.version,
-        gpu_models=sorted({g.model_name for s in first_scrapes for g in s.gpus if g.model_name}),
-        gpu_driver_version=next(
-            (s.driver_version for s in first_scrapes if s.driver_version), None
-        ),
+        gpu_models=sorted({g.model_name for s in telemetry.energy for g in s.gpus if g.model_name}),
+        gpu_driver_version=telemetry.driver_version,
     )
 
 
@@ -262,14 +294,3 @@ def _errors(records: list[RequestRecord]) -> list[str]:
 
 def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _prompt_warning(workload: WorkloadSummary) -> list[str]:
-    deviation = workload.prompt_tokens_deviation
-    if deviation is None or abs(deviation) <= PROMPT_TOKENS_TOLERANCE:
-        return []
-    return [
-        f"the server counted {workload.mean_prompt_tokens:.1f} prompt tokens per request where "
-        f"{workload.mean_requested_prompt_tokens:.1f} were asked for ({deviation:+.1%}): the "
-        f"prompts were built with tokenizer {workload.tokenizer!r}, not the server's"
-    ]

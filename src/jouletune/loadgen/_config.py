@@ -15,6 +15,9 @@ from pydantic import (
     model_validator,
 )
 
+from jouletune.loadgen._checks import ValidityThresholds
+from jouletune.loadgen._sources import Dialect, EnergySource, GpuFilter, dialect_of
+
 __all__ = ["BenchConfig"]
 
 
@@ -57,6 +60,29 @@ class BenchConfig(BaseModel):
     exporter_urls: list[str] = Field(
         default_factory=list, description="energy exporters, one per GPU node or pod"
     )
+    energy_source: EnergySource = Field(
+        EnergySource.JOULETUNE,
+        description="whose series the exporters (or Prometheus) serve: jouletune's exporter,"
+        " NVIDIA's dcgm-exporter or Kepler",
+    )
+    prometheus_url: str | None = Field(
+        None,
+        description="read the energy source's series from this Prometheus after the run"
+        " instead of scraping exporters during it",
+    )
+    energy_gpus: list[str] = Field(
+        default_factory=list,
+        description="UUIDs of the GPUs whose energy counts (default: every GPU served)",
+    )
+    energy_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="label values an energy series must carry to count (e.g. pod, hostname)",
+    )
+    energy_wait_s: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description="how long after the run to wait for every GPU's energy counter to show a"
+        " new value (exporters and Prometheus refresh on their own intervals)",
+    )
     duration_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="stop sending new requests after this long; in-flight ones finish"
     )
@@ -76,6 +102,9 @@ class BenchConfig(BaseModel):
     save_detailed: bool = Field(
         False, description="add one entry per request (`requests`) to the result"
     )
+    validity: ValidityThresholds = Field(
+        default_factory=ValidityThresholds, description="what a measurement must meet to count"
+    )
     cap_bound_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
         0.98, description="a scrape counts as power-cap-bound at power >= ratio x limit"
     )
@@ -89,6 +118,22 @@ class BenchConfig(BaseModel):
     @classmethod
     def _exporter_urls(cls, value: list[str]) -> list[str]:
         return [_http_url(u) for u in value]
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _one_way_to_energy(self) -> BenchConfig:
+        if self.prometheus_url and self.exporter_urls:
+            raise ValueError("give exporter_urls or prometheus_url, not both")
+        if self.prometheus_url and not (self.energy_gpus or self.energy_labels):
+            raise ValueError(
+                "prometheus_url needs energy_gpus or energy_labels: else every GPU it"
+                " knows of would count"
+            )
+        return self
 
     @field_validator("endpoint")
     @classmethod
@@ -117,6 +162,21 @@ class BenchConfig(BaseModel):
     def chat(self) -> bool:
         """True for the chat completions API (messages instead of a prompt)."""
         return self.endpoint.rstrip("/").endswith("chat/completions")
+
+    @property
+    def measures_energy(self) -> bool:
+        """True when the run reads energy (from exporters or Prometheus)."""
+        return bool(self.exporter_urls or self.prometheus_url)
+
+    @property
+    def dialect(self) -> Dialect:
+        """The energy source's series names and units."""
+        return dialect_of(self.energy_source)
+
+    @property
+    def gpu_filter(self) -> GpuFilter:
+        """Which GPUs' energy counts."""
+        return GpuFilter(uuids=frozenset(self.energy_gpus), labels=dict(self.energy_labels))
 
     @property
     def api_url(self) -> str:

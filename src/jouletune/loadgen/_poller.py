@@ -15,12 +15,12 @@ from time import perf_counter
 
 import aiohttp
 
+from jouletune.loadgen._sources import Dialect, GpuFilter, parse_text
 from jouletune.loadgen._telemetry import (
     ExporterScrape,
     ServerScrape,
-    parse_driver_version,
-    parse_exporter_text,
     parse_server_text,
+    refreshed_after,
 )
 
 __all__ = ["Poller", "ScrapeError", "metrics_url", "scrape_exporter", "scrape_server"]
@@ -56,19 +56,21 @@ async def _get_text(
 
 
 async def scrape_exporter(
-    session: aiohttp.ClientSession, url: str, *, timeout_s: float = 2.0, versions: bool = False
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    dialect: Dialect,
+    chosen: GpuFilter,
+    timeout_s: float = 2.0,
 ) -> ExporterScrape:
-    """One scrape of an exporter; raises ScrapeError when unreachable or malformed.
-
-    `versions` also looks for a `driver_version` label (once per run, not every poll).
-    """
+    """One scrape of an exporter: the chosen GPUs' readings in `dialect`'s series; raises
+    ScrapeError when unreachable or malformed."""
     t_s, text = await _get_text(session, metrics_url(url), timeout_s)
     try:
-        gpus = parse_exporter_text(text)
-        driver = parse_driver_version(text) if versions else None
+        gpus, driver = parse_text(text, dialect, chosen)
     except ValueError as err:
         raise ScrapeError(f"{url}: not Prometheus text: {err}") from None
-    return ExporterScrape(url=url, t_s=t_s, gpus=tuple(gpus), driver_version=driver)
+    return ExporterScrape(url=url, t_s=t_s, gpus=tuple(gpus), driver_version=driver or None)
 
 
 async def scrape_server(
@@ -100,6 +102,8 @@ class Poller:
 
     session: aiohttp.ClientSession
     exporter_urls: list[str]
+    dialect: Dialect
+    chosen: GpuFilter
     server_url: str | None
     exporter_interval_s: float
     server_interval_s: float
@@ -120,6 +124,16 @@ class Poller:
                 )
             )
 
+    async def wait_refreshed(self, timeout_s: float) -> None:
+        """Keep polling until every GPU's counter has shown a new value since now (an exporter
+        may serve a value it collected earlier), or for `timeout_s` at most."""
+        since_s = perf_counter()
+        deadline_s = since_s + timeout_s
+        while self.exporter_urls and not refreshed_after(self.exporter_scrapes, since_s):
+            if perf_counter() >= deadline_s:
+                return
+            await asyncio.sleep(self.exporter_interval_s)
+
     async def stop(self) -> None:
         """Take one last scrape of each source, then end the tasks."""
         self._stop.set()
@@ -138,7 +152,10 @@ class Poller:
                 if server:
                     self.server_scrapes.append(await scrape_server(self.session, url))
                 else:
-                    self.exporter_scrapes.append(await scrape_exporter(self.session, url))
+                    scrape = await scrape_exporter(
+                        self.session, url, dialect=self.dialect, chosen=self.chosen
+                    )
+                    self.exporter_scrapes.append(scrape)
             except ScrapeError as err:
                 source.errors += 1
                 source.last_error = str(err)

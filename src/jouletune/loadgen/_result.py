@@ -9,10 +9,13 @@ not be measured is None (JSON null), never 0.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jouletune.loadgen._checks import CheckResult
 from jouletune.loadgen._config import BenchConfig
 
 __all__ = [
@@ -22,6 +25,7 @@ __all__ = [
     "LatencySummary",
     "RequestDetail",
     "RunSummary",
+    "Spread",
     "WindowResult",
     "WorkloadSummary",
 ]
@@ -64,6 +68,36 @@ class WindowResult(_Model):
     )
 
 
+class Spread(_Model):
+    """A gauge's readings inside the window. The halves' medians show a drift and ignore the
+    odd reading taken during another kind of step (a prefill's clock among decodes')."""
+
+    mean: float
+    min: float
+    max: float
+    first_half_median: float
+    second_half_median: float
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Spread | None:
+        """The spread of the known values, in time order; None when there are none."""
+        known = [v for v in values if v is not None]
+        if not known:
+            return None
+        half = max(1, len(known) // 2)
+        first, second = known[:half], known[half:] or known[:half]
+        return cls(
+            mean=sum(known) / len(known), min=min(known), max=max(known),
+            first_half_median=statistics.median(first),
+            second_half_median=statistics.median(second),
+        )  # fmt: skip
+
+    @property
+    def drift(self) -> float:
+        """Second half's median minus the first's."""
+        return self.second_half_median - self.first_half_median
+
+
 class GpuResult(_Model):
     """One GPU over the window.
 
@@ -80,6 +114,11 @@ class GpuResult(_Model):
         power_cap_bound_fraction: fraction of scrapes inside the window whose power was at
             least `cap_ratio` x the limit; None without limit or power readings.
         scrapes_in_window: scrapes that fell inside the window.
+        energy_updates_in_window: scrapes inside the window whose counter value was new
+            (the rest repeated a value the exporter had not refreshed).
+        sm_clock: the SM clock (Hz) over the scrapes inside the window.
+        temperature_c: the GPU temperature (°C) over the scrapes inside the window.
+        utilization: mean GPU utilisation (0-1) over the scrapes inside the window.
     """
 
     exporter_url: str
@@ -92,6 +131,10 @@ class GpuResult(_Model):
     power_limit_w: float | None
     power_cap_bound_fraction: float | None
     scrapes_in_window: int
+    energy_updates_in_window: int | None = None
+    sm_clock: Spread | None = None
+    temperature_c: Spread | None = None
+    utilization: float | None = None
 
 
 class WorkloadSummary(_Model):
@@ -158,7 +201,8 @@ class EnvironmentInfo(_Model):
     server_version: str | None
     gpu_models: list[str] = Field(description="the exporters' `model_name` labels")
     gpu_driver_version: str | None = Field(
-        description="a `driver_version` label on any exporter series; None when none has one"
+        description="the driver the energy source's labels name (`simulated` for a sim's"
+        " GPUs); None when it names none"
     )
 
 
@@ -203,6 +247,9 @@ class BenchResult(_Model):
     idle_power_w: float | None
     run: RunSummary
     environment: EnvironmentInfo
+    checks: list[CheckResult] = Field(
+        default_factory=list, description="every validity check: threshold, measured, verdict"
+    )
     valid: bool
     invalid_reason: str | None
     partial: bool

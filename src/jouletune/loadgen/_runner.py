@@ -19,7 +19,7 @@ from time import perf_counter
 import aiohttp
 
 from jouletune.loadgen._arrivals import arrival_offsets_s
-from jouletune.loadgen._assembly import MeasuredRun, build_result
+from jouletune.loadgen._assembly import MeasuredRun, Telemetry, build_result
 from jouletune.loadgen._client import (
     build_body,
     request_headers,
@@ -30,6 +30,7 @@ from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._poller import Poller, ScrapeError, scrape_exporter
+from jouletune.loadgen._prometheus import PrometheusSource
 from jouletune.loadgen._records import RequestRecord
 from jouletune.loadgen._result import (
     BenchResult,
@@ -41,9 +42,6 @@ from jouletune.loadgen._server import (
     wait_idle,
     wait_power_settled,
 )
-from jouletune.loadgen._telemetry import (
-    ExporterScrape,
-)
 from jouletune.tokenizer import PromptTokenizer, TokenizerError, load_tokenizer
 
 __all__ = ["ProgressCallback", "run_bench"]
@@ -52,6 +50,9 @@ ProgressCallback = Callable[[int, int], None]
 """Called as `progress(done, total)` each time a measured request ends."""
 
 _CONNECT_TIMEOUT_S = 10.0
+# Prometheus samples this long before the run are read too, so the window's start has a
+# reading before it even at a 30-60 s scrape interval.
+_PROMETHEUS_LOOKBACK_S = 120.0
 
 
 class _ServerWatch:
@@ -89,7 +90,8 @@ async def run_bench(
         server = await probe_server(session, config.base_url, config.model)
         tokenizer = named or _server_tokenizer(server)
         requests = _workload(config, tokenizer)
-        first_scrapes = await _probe_exporters(session, config.exporter_urls)
+        prometheus = _prometheus(session, config)
+        driver = await _probe_energy(session, config, prometheus)
         await _get_ready(session, config, server)
         if config.warmup_requests:
             await _warmup(session, config, server, requests)
@@ -98,6 +100,8 @@ async def run_bench(
         poller = Poller(
             session=session,
             exporter_urls=config.exporter_urls,
+            dialect=config.dialect,
+            chosen=config.gpu_filter,
             server_url=config.base_url if server.has_gauges else None,
             exporter_interval_s=config.exporter_poll_interval_s,
             server_interval_s=config.server_poll_interval_s,
@@ -105,10 +109,21 @@ async def run_bench(
         poller.start()
         try:
             run = await _measure(session, config, server, requests, progress, tokenizer.name)
+            await poller.wait_refreshed(config.energy_wait_s)
         finally:
             await poller.stop()
+        energy_scrapes = poller.exporter_scrapes
+        if prometheus is not None:
+            energy_scrapes = await prometheus.scrapes(
+                since_unix_s=run.t0_s + run.unix_offset_s - _PROMETHEUS_LOOKBACK_S,
+                unix_offset_s=run.unix_offset_s,
+                wait_s=config.energy_wait_s,
+            )
     warnings = _poll_warnings(poller) + ([] if settled else [_unsettled(config)])
-    return build_result(config, server, run, poller, first_scrapes, idle_power_w, warnings)
+    telemetry = Telemetry(
+        energy=energy_scrapes, server=poller.server_scrapes, driver_version=driver
+    )
+    return build_result(config, server, run, telemetry, idle_power_w, warnings)
 
 
 def _tokenizer(name: str) -> PromptTokenizer:
@@ -146,19 +161,40 @@ def _workload(config: BenchConfig, tokenizer: PromptTokenizer) -> Sequence[Sampl
         raise BenchError(str(err)) from None
 
 
-async def _probe_exporters(session: aiohttp.ClientSession, urls: list[str]) -> list[ExporterScrape]:
-    scrapes = []
-    for url in urls:
+def _prometheus(session: aiohttp.ClientSession, config: BenchConfig) -> PrometheusSource | None:
+    if config.prometheus_url is None:
+        return None
+    return PrometheusSource(session, config.prometheus_url, config.dialect, config.gpu_filter)
+
+
+async def _probe_energy(
+    session: aiohttp.ClientSession, config: BenchConfig, prometheus: PrometheusSource | None
+) -> str | None:
+    """Fail fast when no chosen GPU's energy can be read; returns the driver version the
+    source's labels give, if any."""
+    if prometheus is not None:
+        return await prometheus.probe()
+    driver = None
+    for url in config.exporter_urls:
         try:
             scrape = await scrape_exporter(
-                session, url, timeout_s=_CONNECT_TIMEOUT_S, versions=True
+                session,
+                url,
+                dialect=config.dialect,
+                chosen=config.gpu_filter,
+                timeout_s=_CONNECT_TIMEOUT_S,
             )
         except ScrapeError as err:
             raise BenchError(f"exporter unreachable: {err}") from None
         if not scrape.gpus:
-            raise BenchError(f"exporter {url} serves no jouletune_gpu_energy_joules_total series")
-        scrapes.append(scrape)
-    return scrapes
+            chosen = f" matching {config.gpu_filter.promql(config.dialect)}"
+            raise BenchError(
+                f"exporter {url} serves no {config.dialect.energy} series"
+                f"{chosen if config.energy_gpus or config.energy_labels else ''}"
+                f" (--energy-source {config.energy_source})"
+            )
+        driver = driver or scrape.driver_version
+    return driver
 
 
 async def _get_ready(
@@ -171,11 +207,17 @@ async def _get_ready(
 async def _settle_power(
     session: aiohttp.ClientSession, config: BenchConfig
 ) -> tuple[float | None, bool]:
-    if not config.exporter_urls:
+    if not config.exporter_urls:  # Prometheus' samples are too sparse to tell
         return None, True
     if config.power_settle_timeout_s == 0:
         return None, True
-    return await wait_power_settled(session, config.exporter_urls, config.power_settle_timeout_s)
+    return await wait_power_settled(
+        session,
+        config.exporter_urls,
+        config.power_settle_timeout_s,
+        dialect=config.dialect,
+        chosen=config.gpu_filter,
+    )
 
 
 async def _warmup(

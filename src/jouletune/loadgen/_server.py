@@ -18,6 +18,7 @@ from jouletune.contract import (
 )
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._poller import ScrapeError, scrape_exporter, scrape_server
+from jouletune.loadgen._sources import Dialect, GpuFilter
 
 __all__ = ["ServerInfo", "is_alive", "probe_server", "wait_idle", "wait_power_settled"]
 
@@ -134,7 +135,12 @@ async def wait_idle(session: aiohttp.ClientSession, base_url: str, timeout_s: fl
 
 
 async def wait_power_settled(
-    session: aiohttp.ClientSession, exporter_urls: list[str], timeout_s: float
+    session: aiohttp.ClientSession,
+    exporter_urls: list[str],
+    timeout_s: float,
+    *,
+    dialect: Dialect,
+    chosen: GpuFilter,
 ) -> tuple[float | None, bool]:
     """Poll the exporters until every GPU's power holds steady; returns (total W, settled).
 
@@ -145,7 +151,10 @@ async def wait_power_settled(
     history: list[list[float]] = []
     while True:
         try:
-            scrapes = [await scrape_exporter(session, url) for url in exporter_urls]
+            scrapes = [
+                await scrape_exporter(session, url, dialect=dialect, chosen=chosen)
+                for url in exporter_urls
+            ]
         except ScrapeError:
             scrapes = []
         powers = [g.power_w for s in scrapes for g in s.gpus if g.power_w is not None]

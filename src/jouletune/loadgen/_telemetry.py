@@ -4,49 +4,39 @@ Pure functions: parsing Prometheus text (prometheus_client's parser) and summari
 over the steady-state window. A scrape is stamped with the midpoint of its HTTP request on
 the perf_counter clock; on loopback or in one pod that is within a millisecond of the read.
 
-Energy follows the measurement rules (docs/contract.md): the cumulative counter
-`jouletune_gpu_energy_joules_total` is linearly interpolated at the window's edges between the
+Energy follows the measurement rules (docs/contract.md): the cumulative energy counter (of
+whichever source, `_sources`) is linearly interpolated at the window's edges between the
 scrapes that bracket each edge, per GPU; a counter that goes backwards anywhere between those
-scrapes invalidates the measurement.
+scrapes invalidates the measurement. A reading that repeats the previous counter value is a
+stale copy (dcgm-exporter and Prometheus serve the last value they collected until the next
+collection) and is dropped, so an edge is interpolated between fresh values only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from jouletune.contract import GPU_ENERGY, GPU_POWER, GPU_POWER_LIMIT, VLLM_RUNNING, VLLM_WAITING
+from jouletune.contract import VLLM_RUNNING, VLLM_WAITING
 from jouletune.loadgen._records import Window
-from jouletune.loadgen._result import GpuResult
+from jouletune.loadgen._result import GpuResult, Spread
+from jouletune.loadgen._sources import GpuReading
 
 __all__ = [
     "EnergyMeasurement",
     "ExporterScrape",
-    "GpuReading",
     "ServerScrape",
     "avg_running",
     "measure_energy",
-    "parse_driver_version",
-    "parse_exporter_text",
     "parse_server_text",
+    "refreshed_after",
 ]
 
 # The two gauges' sample lines, with or without labels.
 _GAUGE_PREFIXES = tuple(f"{name}{sep}" for name in (VLLM_RUNNING, VLLM_WAITING) for sep in "{ ")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class GpuReading:
-    """One GPU's values in one exporter scrape (joules, watts)."""
-
-    gpu: str
-    uuid: str
-    model_name: str
-    energy_j: float
-    power_w: float | None
-    power_limit_w: float | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,43 +67,7 @@ class EnergyMeasurement:
     avg_power_w: float | None
     cap_bound_fraction: float | None
     problem: str | None
-
-
-def parse_exporter_text(text: str) -> list[GpuReading]:
-    """The GPUs in one exporter's `/metrics` text; GPUs without an energy counter are left out.
-
-    Raises:
-        ValueError: the text is not Prometheus exposition format.
-    """
-    by_gpu: dict[tuple[str, str], dict[str, float]] = {}
-    labels_of: dict[tuple[str, str], dict[str, str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in (GPU_ENERGY, GPU_POWER, GPU_POWER_LIMIT):
-                key = (sample.labels.get("gpu", ""), sample.labels.get("uuid", ""))
-                by_gpu.setdefault(key, {})[sample.name] = float(sample.value)
-                labels_of.setdefault(key, sample.labels)
-    return [
-        GpuReading(
-            gpu=key[0],
-            uuid=key[1],
-            model_name=labels_of[key].get("model_name", ""),
-            energy_j=values[GPU_ENERGY],
-            power_w=values.get(GPU_POWER),
-            power_limit_w=values.get(GPU_POWER_LIMIT),
-        )
-        for key, values in sorted(by_gpu.items())
-        if GPU_ENERGY in values
-    ]
-
-
-def parse_driver_version(text: str) -> str | None:
-    """The `driver_version` label of any series in an exporter's text, if it exposes one."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if version := sample.labels.get("driver_version"):
-                return version
-    return None
+    counter_decreases: int = 0
 
 
 def parse_server_text(text: str) -> tuple[float | None, float | None]:
@@ -149,6 +103,21 @@ def avg_running(scrapes: Sequence[ServerScrape], window: Window) -> float | None
     return sum(values) / len(values) if values else None
 
 
+def refreshed_after(scrapes: Sequence[ExporterScrape], t_s: float) -> bool:
+    """True when every GPU read by `t_s` has since shown a counter value unlike its last one
+    before: the window's end then has a fresh reading after it (see the module docstring)."""
+    last: dict[tuple[str, str], float] = {}
+    fresh: set[tuple[str, str]] = set()
+    for scrape in sorted(scrapes, key=lambda s: s.t_s):
+        for gpu in scrape.gpus:
+            key = (scrape.url, gpu.uuid)
+            if scrape.t_s <= t_s:
+                last[key] = gpu.energy_j
+            elif key in last and gpu.energy_j != last[key]:
+                fresh.add(key)
+    return fresh >= set(last)
+
+
 def measure_energy(
     scrapes: Sequence[ExporterScrape], window: Window, *, cap_ratio: float
 ) -> EnergyMeasurement:
@@ -161,8 +130,10 @@ def measure_energy(
             )
     gpus: list[GpuResult] = []
     problems: list[str] = []
+    decreases = 0
     for (url, _, _), points in series.items():
         points.sort(key=lambda p: p[0])
+        decreases += _decreases(_fresh(points), window)
         result = _gpu_energy(url, points, window, cap_ratio)
         if isinstance(result, str):
             problems.append(result)
@@ -170,10 +141,20 @@ def measure_energy(
             gpus.append(result)
     if not series:
         problems.append("no exporter scrape saw a GPU energy counter")
-    return _combine(gpus, problems, window)
+    return _combine(gpus, problems, window, decreases)
 
 
-def _combine(gpus: list[GpuResult], problems: list[str], window: Window) -> EnergyMeasurement:
+def _decreases(fresh: list[tuple[float, GpuReading]], window: Window) -> int:
+    """Times the counter went backwards between the readings that bracket the window."""
+    lo = max((i for i, (t, _) in enumerate(fresh) if t <= window.start_s), default=0)
+    hi = min((i for i, (t, _) in enumerate(fresh) if t >= window.end_s), default=len(fresh) - 1)
+    span = [r.energy_j for _, r in fresh[lo : hi + 1]]
+    return sum(1 for a, b in itertools.pairwise(span) if b < a)
+
+
+def _combine(
+    gpus: list[GpuResult], problems: list[str], window: Window, decreases: int
+) -> EnergyMeasurement:
     bound = [
         g.power_cap_bound_fraction * g.scrapes_in_window
         for g in gpus
@@ -187,6 +168,7 @@ def _combine(gpus: list[GpuResult], problems: list[str], window: Window) -> Ener
         avg_power_w=None if energy_j is None else energy_j / window.duration_s,
         cap_bound_fraction=sum(bound) / counted if counted else None,
         problem="; ".join(problems) or None,
+        counter_decreases=decreases,
     )
 
 
@@ -194,39 +176,63 @@ def _gpu_energy(
     url: str, points: list[tuple[float, GpuReading]], window: Window, cap_ratio: float
 ) -> GpuResult | str:
     """This GPU's energy over the window, or the reason (one line) it cannot be measured."""
-    name = f"exporter {url} GPU {points[0][1].gpu}"
-    lo = max((i for i, (t, _) in enumerate(points) if t <= window.start_s), default=None)
-    hi = min((i for i, (t, _) in enumerate(points) if t >= window.end_s), default=None)
+    name = f"exporter {url} GPU {points[0][1].gpu or points[0][1].uuid}"
+    fresh = _fresh(points)
+    lo = max((i for i, (t, _) in enumerate(fresh) if t <= window.start_s), default=None)
+    hi = min((i for i, (t, _) in enumerate(fresh) if t >= window.end_s), default=None)
     if lo is None or hi is None:
-        edge = "start" if lo is None else "end"
-        return f"{name}: no energy reading before the window {edge}; cannot interpolate"
-    for (_, prev), (_, nxt) in zip(points[lo:hi], points[lo + 1 : hi + 1], strict=True):
+        edge = "before the window start" if lo is None else "after the window end"
+        return f"{name}: no energy reading {edge}; cannot interpolate"
+    for (_, prev), (_, nxt) in zip(fresh[lo:hi], fresh[lo + 1 : hi + 1], strict=True):
         if nxt.energy_j < prev.energy_j:
             return (
                 f"{name}: energy counter went backwards ({prev.energy_j:.3f} J -> "
                 f"{nxt.energy_j:.3f} J) inside the window; a reset or a different GPU"
             )
-    energy_j = _interpolate(points, hi, window.end_s) - _interpolate(points, lo + 1, window.start_s)
+    energy_j = _interpolate(fresh, hi, window.end_s) - _interpolate(fresh, lo + 1, window.start_s)
     inside = [r for t, r in points if window.start_s <= t <= window.end_s]
-    powers = [r.power_w for r in inside if r.power_w is not None]
+    end_t = fresh[hi][0]
+    limits = [r.power_limit_w for t, r in points if t <= end_t and r.power_limit_w is not None]
+    first = points[0][1]
+    return GpuResult(
+        exporter_url=url,
+        gpu=first.gpu,
+        uuid=first.uuid,
+        model_name=first.model_name,
+        energy_j=energy_j,
+        avg_power_w=energy_j / window.duration_s,
+        sampled_power_w=_mean(r.power_w for r in inside),
+        power_limit_w=limits[-1] if limits else None,
+        power_cap_bound_fraction=_cap_bound(inside, cap_ratio),
+        scrapes_in_window=len(inside),
+        energy_updates_in_window=sum(1 for t, _ in fresh if window.start_s <= t <= window.end_s),
+        sm_clock=Spread.of(r.sm_clock_hz for r in inside),
+        temperature_c=Spread.of(r.temperature_c for r in inside),
+        utilization=_mean(r.utilization for r in inside),
+    )
+
+
+def _fresh(points: list[tuple[float, GpuReading]]) -> list[tuple[float, GpuReading]]:
+    """The readings whose counter value differs from the one before (the first of each)."""
+    kept = points[:1]
+    for t_s, reading in points[1:]:
+        if reading.energy_j != kept[-1][1].energy_j:
+            kept.append((t_s, reading))
+    return kept
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _cap_bound(inside: list[GpuReading], cap_ratio: float) -> float | None:
     paired = [
         (r.power_w, r.power_limit_w) for r in inside if r.power_w is not None and r.power_limit_w
     ]
-    limits = [r.power_limit_w for _, r in points[lo : hi + 1] if r.power_limit_w is not None]
-    return GpuResult(
-        exporter_url=url,
-        gpu=points[0][1].gpu,
-        uuid=points[0][1].uuid,
-        model_name=points[0][1].model_name,
-        energy_j=energy_j,
-        avg_power_w=energy_j / window.duration_s,
-        sampled_power_w=sum(powers) / len(powers) if powers else None,
-        power_limit_w=limits[-1] if limits else None,
-        power_cap_bound_fraction=(
-            sum(1 for p, lim in paired if p >= cap_ratio * lim) / len(paired) if paired else None
-        ),
-        scrapes_in_window=len(inside),
-    )
+    if not paired:
+        return None
+    return sum(1 for p, lim in paired if p >= cap_ratio * lim) / len(paired)
 
 
 def _interpolate(points: list[tuple[float, GpuReading]], upper: int, t_s: float) -> float:

@@ -29,6 +29,7 @@ from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._result import BenchResult
 from jouletune.loadgen._runner import ProgressCallback, run_bench
+from jouletune.loadgen._sources import EnergySource
 from jouletune.loadgen._summary import print_summary
 
 __all__ = ["main"]
@@ -44,6 +45,9 @@ _FLAG_OF = {
     "request_timeout_s": "--request-timeout",
     "idle_timeout_s": "--idle-timeout",
     "power_settle_timeout_s": "--power-settle-timeout",
+    "energy_labels": "--energy-label",
+    "energy_wait_s": "--energy-wait",
+    "validity": "--check",
 }
 
 
@@ -119,6 +123,48 @@ def _parser() -> argparse.ArgumentParser:
         help="energy exporter (repeat: one per GPU node or pod)",
     )
     p.add_argument(
+        "--energy-source",
+        choices=[s.value for s in EnergySource],
+        default=EnergySource.JOULETUNE.value,
+        help="whose series the exporters (or Prometheus) serve (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prometheus-url",
+        help="read the energy series from this Prometheus after the run, not from exporters",
+    )
+    p.add_argument(
+        "--energy-gpus",
+        type=_csv,
+        default=[],
+        metavar="UUID,UUID",
+        help="count only these GPUs' energy (default: every GPU the exporters serve)",
+    )
+    p.add_argument(
+        "--energy-label",
+        type=_pair,
+        action="append",
+        default=[],
+        dest="energy_labels",
+        metavar="LABEL=VALUE",
+        help="count only energy series with this label value (repeat; e.g. pod=NAME)",
+    )
+    p.add_argument(
+        "--energy-wait",
+        type=float,
+        default=120.0,
+        dest="energy_wait_s",
+        help="after the run, wait at most SECONDS for a fresh energy reading (default: 120)",
+    )
+    p.add_argument(
+        "--check",
+        type=_pair,
+        action="append",
+        default=[],
+        dest="validity",
+        metavar="NAME=VALUE",
+        help="a validity threshold, e.g. min_window_s=30 (repeat; see docs/measurement.md)",
+    )
+    p.add_argument(
         "--duration", type=float, dest="duration_s", help="stop sending new requests after SECONDS"
     )
     p.add_argument("--warmup-requests", type=int, default=0, help="unmeasured requests sent first")
@@ -156,8 +202,21 @@ def _parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _config(args: argparse.Namespace) -> BenchConfig:
     fields = {k: v for k, v in vars(args).items() if k not in ("result_filename", "no_progress")}
+    fields["energy_labels"] = dict(args.energy_labels)
+    fields["validity"] = dict(args.validity)
     return BenchConfig.model_validate(fields)
 
 

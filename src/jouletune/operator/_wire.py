@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jouletune.loadgen import CheckResult
 from jouletune.tuner import BenchmarkSpec, Point, Role, TrialFigures, TrialOutcome
 
 __all__ = [
@@ -84,8 +85,10 @@ class PodTrial(_Model):
 
     Attributes:
         point: what was measured.
-        figures: what it found; None when the measurement failed.
-        fail_reason: why it failed, one line.
+        figures: what it found; None when nothing was measured.
+        fail_reason: why it failed, one line (with figures: it failed its validity checks).
+        checks: the failed validity checks (the pod's termination message has 4 KiB; the
+            full list is in its result.json).
         duration_s: wall time of the measurement.
         power_limit_w: the per-GPU limit read back while measuring.
     """
@@ -93,6 +96,7 @@ class PodTrial(_Model):
     point: Point
     figures: TrialFigures | None = None
     fail_reason: str | None = None
+    checks: list[CheckResult] = Field(default_factory=list)
     duration_s: float = 0.0
     power_limit_w: float | None = None
 
@@ -104,6 +108,7 @@ class PodTrial(_Model):
             point=point,
             figures=None if figures is None else _rounded(figures),
             fail_reason=None if outcome.fail_reason is None else _one_line(outcome.fail_reason),
+            checks=[c for c in outcome.checks if c.verdict == "fail"],
             duration_s=round(outcome.duration_s, 3),
             power_limit_w=outcome.power_limit_w,
         )
@@ -112,11 +117,12 @@ class PodTrial(_Model):
         """The tuner's outcome of this measurement; a point the pod could not measure fails
         as InvalidMeasurement, with the pod's reason."""
         reason = None
-        if self.figures is None:
+        if self.figures is None or self.fail_reason:
             reason = f"InvalidMeasurement: {self.fail_reason or 'no figures reported'}"
         return TrialOutcome(
             figures=self.figures,
             fail_reason=reason,
+            checks=tuple(self.checks),
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
         )

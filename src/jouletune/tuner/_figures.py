@@ -27,7 +27,7 @@ __all__ = ["Column", "InvalidMeasurementError", "Show", "TrialFigures"]
 
 
 class InvalidMeasurementError(ValueError):
-    """A bench result that must not rank: partial, marked invalid, or without energy."""
+    """A bench result with nothing to keep: no energy per output token."""
 
 
 @dataclass(frozen=True)
@@ -88,19 +88,23 @@ class TrialFigures(BaseModel):
     completed: Annotated[int, Show("requests", "d")] = 0
     failed_requests: Annotated[int, Show("failed", "d")] = 0
 
+    @staticmethod
+    def problem(result: BenchResult) -> str | None:
+        """Why a `jouletune bench` result must not rank (one line), or None when it may."""
+        if result.partial:
+            return "the server was lost during the measurement"
+        if not result.valid:
+            return f"invalid measurement: {result.invalid_reason or 'no reason given'}"
+        return None
+
     @classmethod
     def from_result(cls, result: BenchResult, *, num_gpus: int) -> TrialFigures:
-        """The figures of a `jouletune bench` result.
+        """The figures of a `jouletune bench` result, valid or not (`problem` says whether it
+        may rank): an invalid measurement is kept and shown with its reasons.
 
         Raises:
-            InvalidMeasurementError: the result must not rank (the trial then fails with
-                this message as its reason).
+            InvalidMeasurementError: the result holds no energy per output token.
         """
-        if result.partial:
-            raise InvalidMeasurementError("the server was lost during the measurement")
-        if not result.valid:
-            reason = result.invalid_reason or "no reason given"
-            raise InvalidMeasurementError(f"invalid measurement: {reason}")
         energy = _finite(result.energy_per_output_token_j)
         if energy is None or energy <= 0:
             raise InvalidMeasurementError("the bench measured no energy per output token")

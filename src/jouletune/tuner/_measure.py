@@ -41,9 +41,12 @@ class Target:
 
     Attributes:
         base_url: the engine's OpenAI-compatible API.
-        exporter_urls: the energy exporters of the engine's GPUs.
+        exporter_urls: the energy exporters of the engine's GPUs (none when the spec reads
+            energy from Prometheus).
         gpus: the GPUs a point's power limit applies to; empty when limits never change
             (read-only).
+        energy_gpus: UUIDs of the GPUs the engine uses, whose energy counts (all the
+            exporters serve when empty).
         lost: says why the server is gone (one line), or None while it runs; lets a failed
             measurement name the real cause.
     """
@@ -51,6 +54,7 @@ class Target:
     base_url: str
     exporter_urls: Sequence[str]
     gpus: Sequence[Gpu] = ()
+    energy_gpus: Sequence[str] = ()
     lost: Callable[[], str | None] = lambda: None
 
 
@@ -61,6 +65,7 @@ def bench_config(
     seed_offset: int,
     base_url: str,
     exporter_urls: Sequence[str],
+    energy_gpus: Sequence[str] = (),
 ) -> BenchConfig:
     """The load generator's configuration for measuring `point` of `spec` at `base_url`.
 
@@ -68,6 +73,7 @@ def bench_config(
     number): trials that share a server would otherwise resend the same prompts, and vLLM's
     prefix cache would make every trial after the first look cheaper than it is. With
     `workload.saturate` the closed loop runs `max_num_seqs` clients, the point's batch bound.
+    Energy comes from `spec.energy`: its Prometheus when it names one, else `exporter_urls`.
     """
     # Imported here: loading the tuner (the operator, `jouletune report`) needs no loadgen.
     from jouletune.loadgen import BenchConfig
@@ -87,7 +93,12 @@ def bench_config(
         max_concurrency=point.max_num_seqs if workload.saturate else workload.max_concurrency,
         seed=workload.seed + seed_offset,
         duration_s=workload.duration_s,
-        exporter_urls=list(exporter_urls),
+        energy_source=spec.energy.source,
+        exporter_urls=[] if spec.energy.prometheus_url else list(exporter_urls),
+        prometheus_url=spec.energy.prometheus_url,
+        energy_gpus=list(energy_gpus),
+        energy_labels=dict(spec.energy.labels),
+        validity=spec.validity,
         # A stream silent this long is dead; the trial's own timeout bounds the whole run.
         request_timeout_s=min(600.0, spec.budget.trial_timeout_s),
     )
@@ -115,6 +126,7 @@ async def measure_point(
         seed_offset=seed_offset,
         base_url=target.base_url,
         exporter_urls=target.exporter_urls,
+        energy_gpus=target.energy_gpus,
     )
     gpus = target.gpus if point.power_limit_w is not None else ()
     limit_w: float | None = None
@@ -137,12 +149,15 @@ async def measure_point(
     lost = target.lost()
     if lost is not None:
         return _failed(lost, start, limit_w)
+    problem = TrialFigures.problem(result)
     try:
         figures = TrialFigures.from_result(result, num_gpus=point.tensor_parallel_size)
     except InvalidMeasurementError as err:
-        return _failed(str(err), start, limit_w, result_path=trial_dir)
+        return _failed(problem or str(err), start, limit_w, result_path=trial_dir)
     return TrialOutcome(
         figures=figures,
+        fail_reason=problem,  # an invalid measurement keeps its figures, and fails
+        checks=tuple(result.checks),
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from jouletune.loadgen import CheckResult
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._point import Point
 from jouletune.tuner.spec import LatencyMetric, SloSpec
@@ -60,8 +61,10 @@ class TrialOutcome:
     """What a runner measured for one plan, or why it could not.
 
     Attributes:
-        figures: what the measurement found; None when it failed.
-        fail_reason: one line saying why the trial failed; None when it was measured.
+        figures: what the measurement found; None when nothing was measured.
+        fail_reason: one line saying why the trial failed; None when it counts. A measurement
+            that failed its validity checks has both: it is kept and shown, never ranked.
+        checks: the measurement's validity checks.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
@@ -71,14 +74,15 @@ class TrialOutcome:
 
     figures: TrialFigures | None = None
     fail_reason: str | None = None
+    checks: tuple[CheckResult, ...] = ()
     duration_s: float = 0.0
     server_start_s: float | None = None
     power_limit_w: float | None = None
     result_path: str | None = None
 
     def __post_init__(self) -> None:
-        assert (self.figures is None) != (self.fail_reason is None), (
-            f"an outcome has figures or a reason, not both or neither: {self.fail_reason=}"
+        assert self.figures is not None or self.fail_reason is not None, (
+            "an outcome has figures, a reason, or both"
         )
 
 
@@ -91,7 +95,9 @@ class TrialRecord(BaseModel):
         state: running, complete or failed.
         repeat: 0, or the finalist repeat's count.
         point: what it measured.
-        figures: what it found (complete trials only).
+        figures: what it found: a complete trial's, or a failed one's that was measured but
+            failed its validity checks (shown, never ranked).
+        checks: the validity checks of its measurement (`jouletune.loadgen.CheckResult`).
         measured_power_limit_w: the limit read back from the GPU while measuring.
         slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
         feasible: met every SLO (complete trials only).
@@ -113,6 +119,7 @@ class TrialRecord(BaseModel):
     repeat: int = 0
     point: Point
     figures: TrialFigures | None = None
+    checks: list[CheckResult] = Field(default_factory=list)
     measured_power_limit_w: float | None = None
     slo_excess_ms: dict[str, float] = Field(
         default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
@@ -157,6 +164,7 @@ class TrialRecord(BaseModel):
         A measurement that lacks the objective's statistic or one an SLO bounds fails.
         """
         common = {
+            "checks": list(outcome.checks),
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
             "measured_power_limit_w": outcome.power_limit_w,
@@ -165,11 +173,10 @@ class TrialRecord(BaseModel):
         figures = outcome.figures
         needed = dict.fromkeys([objective, *(s.metric for s in slos)])
         missing = [m.value for m in needed if figures and figures.latency(m) is None]
-        if figures is None or missing:
+        if figures is None or missing or outcome.fail_reason:
             reason = outcome.fail_reason or f"the bench reported no {', '.join(missing)}"
-            return self.model_copy(
-                update={**common, "state": TrialState.FAILED, "fail_reason": reason}
-            )
+            update = {**common, "state": TrialState.FAILED, "fail_reason": reason}
+            return self.model_copy(update={**update, "figures": figures})
         excess = {s.metric.value: figures.latency_ms[s.metric.value] - s.max_ms for s in slos}
         return self.model_copy(
             update={

@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from jouletune.engine import IMAGE
+from jouletune.loadgen import EnergySource, ValidityThresholds
 
 __all__ = [
     "AdoptSpec",
@@ -24,6 +32,7 @@ __all__ = [
     "BaselineSpec",
     "BenchmarkSpec",
     "BudgetSpec",
+    "EnergySpec",
     "EngineSpec",
     "GpuSpec",
     "LatencyMetric",
@@ -198,6 +207,44 @@ class AdoptSpec(_Model):
     mode: Literal["Recommend", "Apply"] = "Recommend"
 
 
+class EnergySpec(_Model):
+    """Where each trial's GPU energy is read.
+
+    `jouletune` is jouletune's own exporter (the trial pod's sidecar, or the one the CLI
+    starts). `dcgm` reads NVIDIA dcgm-exporter's series, `kepler` Kepler's: from `exporterUrl`
+    (scraped during the run), from `prometheusUrl` (read back after it, the trial's GPUs
+    picked by UUID or `labels`), or, with neither, from a jouletune exporter the CLI starts in
+    that format (`jouletune exporter --format dcgm`; the simulator's GPUs on a laptop).
+    """
+
+    source: EnergySource = EnergySource.JOULETUNE
+    exporter_url: str | None = Field(
+        None, description="the source's exporter, scraped during each run"
+    )
+    prometheus_url: str | None = Field(
+        None, description="a Prometheus holding the source's series, read after each run"
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="label values the trial's energy series carry (e.g. hostname)",
+    )
+
+    @field_validator("exporter_url", "prometheus_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _one_place(self) -> EnergySpec:
+        if self.exporter_url and self.prometheus_url:
+            raise ValueError("give exporterUrl or prometheusUrl, not both")
+        if self.source is EnergySource.KEPLER and not (self.exporter_url or self.prometheus_url):
+            raise ValueError("source kepler needs exporterUrl or prometheusUrl")
+        return self
+
+
 class BenchmarkSpec(_Model):
     """Everything one energy benchmark needs: what to serve, what to search, what to meet."""
 
@@ -208,6 +255,11 @@ class BenchmarkSpec(_Model):
     search_space: SearchSpace = Field(default_factory=SearchSpace)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+    validity: ValidityThresholds = Field(
+        default_factory=ValidityThresholds,
+        description="what a measurement must meet to rank (docs/measurement.md)",
+    )
     objective: LatencyMetric = Field(
         LatencyMetric.TPOT_P90, description="latency statistic minimised beside J/output-token"
     )
