@@ -187,6 +187,21 @@ def test_fp8_gemms_run_at_the_fp8_rate_where_the_gpu_has_one() -> None:
     assert mem[1] / mem[0] < 0.53
 
 
+def test_modules_left_unquantized_stay_bf16() -> None:
+    def fp8(skip: list[str]) -> ModelArch:
+        quant = {"quant_method": "fp8", "modules_to_not_convert": skip}
+        return ModelArch.from_config({**config("qwen3-30b-a3b"), "quantization_config": quant}, "q")
+
+    w = fp8(["lm_head", "model.layers.0.mlp.gate", "model.layers.3.input_layernorm"]).weights
+    assert (w.attention_quantized, w.mlp_quantized, w.expert_quantized) == (1.0, 1.0, 1.0)
+    w = fp8(["model.layers.*.self_attn", "model.layers.0.mlp.experts"]).weights
+    assert (w.attention_quantized, w.expert_quantized) == (0.0, 1.0 - 1 / 48)
+    w = fp8(["re:.*self_attn.*", "model.layers.1.mlp", "model.layers.2.mlp"]).weights
+    assert (w.attention_quantized, w.expert_quantized) == (0.0, 1.0 - 2 / 48)
+    all_bf16 = fp8(["re:.*self_attn.*", "re:.*mlp.*"])
+    assert all_bf16.weight_bytes == arch("qwen3-30b-a3b").weight_bytes
+
+
 def test_compressed_tensors_and_modelopt_fp8(tmp_path: Path) -> None:
     # The shape llm-compressor writes for FP8_DYNAMIC (W8A8) and FP8 weight-only (W8A16);
     # written here, not copied from a published checkpoint.

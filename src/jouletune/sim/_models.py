@@ -627,7 +627,7 @@ def _unquantized_fractions(
     everywhere = -1
     hit: dict[str, set[int]] = {"attention": set(), "mlp": set(), "experts": set()}
     for entry in ignored:
-        text = str(entry).removeprefix("re:").rstrip("$")
+        text = re.sub(r"(\.?\*|\$)+$", "", str(entry).removeprefix("re:"))  # "…mlp.*$"
         index = _LAYER_INDEX.search(text)
         layer = int(index.group(1)) if index else everywhere
         kinds = []
@@ -639,7 +639,7 @@ def _unquantized_fractions(
             kinds.append("experts")
         elif _MLP_MODULES.search(text):
             kinds.append("mlp")
-        elif re.search(r"(^|\.)mlp(\.\*)?$", text):  # a whole MLP block
+        elif re.search(r"(^|[.*])mlp$", text):  # a whole MLP block
             kinds += ["mlp", "experts"]
         for kind in kinds:
             hit[kind].add(layer)
