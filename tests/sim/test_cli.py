@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -74,6 +75,7 @@ def test_defaults_are_the_engines_for_the_simulated_gpu() -> None:
     ("argv", "message"),
     [
         (["nobody/no-model"], "unknown model 'nobody/no-model'"),
+        (["./no/such/dir"], "unknown model './no/such/dir'"),
         ([LLAMA_8B, "--gpu", "tpu-v9"], "unknown GPU 'tpu-v9'"),
         ([LLAMA_8B, "--power-limit", "900"], "outside"),
         (["meta-llama/Llama-3.1-70B-Instruct"], "does not fit"),
@@ -83,11 +85,13 @@ def test_defaults_are_the_engines_for_the_simulated_gpu() -> None:
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(argv: list[str], message: str) -> None:
+    # Offline: an unknown id is looked up in the Hugging Face cache only, not retried online.
     proc = subprocess.run(
         [sys.executable, "-m", "jouletune", "sim-server", *argv],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -39,6 +39,9 @@ class GpuModel:
         memory_bytes: device memory in total, bytes (NVML's `memory.total`).
         memory_bandwidth_bytes_s: peak DRAM bandwidth, bytes per second.
         bf16_dense_flops: peak dense bf16 tensor-core throughput at max SM clock, flop/s.
+        fp8_dense_flops: peak dense FP8 tensor-core throughput at max SM clock, flop/s; None
+            where the GPU has no FP8 tensor cores (vLLM then runs FP8 weights through
+            weight-only kernels at the bf16 rate).
         max_sm_clock_hz: highest SM clock, hertz.
         min_sm_clock_hz: lowest SM clock the power controller throttles to, hertz.
         power_limits: power-limit range in watts (min, max, default).
@@ -55,6 +58,7 @@ class GpuModel:
     memory_bytes: int
     memory_bandwidth_bytes_s: float
     bf16_dense_flops: float
+    fp8_dense_flops: float | None
     max_sm_clock_hz: float
     min_sm_clock_hz: float
     power_limits: PowerLimitRange
@@ -75,6 +79,7 @@ def _h100_sxm() -> GpuModel:
         memory_bytes=81_559 * 2**20,
         memory_bandwidth_bytes_s=3.35e12,
         bf16_dense_flops=989e12,
+        fp8_dense_flops=1979e12,
         max_sm_clock_hz=1980e6,
         min_sm_clock_hz=345e6,
         power_limits=PowerLimitRange(min_w=200.0, max_w=700.0, default_w=700.0),
@@ -112,6 +117,7 @@ GPU_CATALOG: dict[str, GpuModel] = {
             memory_bytes=143_771 * 2**20,
             memory_bandwidth_bytes_s=4.8e12,
             bf16_dense_flops=989e12,
+            fp8_dense_flops=1979e12,
             max_sm_clock_hz=1980e6,
             min_sm_clock_hz=345e6,
             power_limits=PowerLimitRange(min_w=200.0, max_w=700.0, default_w=700.0),
@@ -127,6 +133,7 @@ GPU_CATALOG: dict[str, GpuModel] = {
             memory_bytes=81_920 * 2**20,
             memory_bandwidth_bytes_s=2.039e12,
             bf16_dense_flops=312e12,
+            fp8_dense_flops=None,  # Ampere has no FP8 tensor cores
             max_sm_clock_hz=1410e6,
             min_sm_clock_hz=210e6,
             power_limits=PowerLimitRange(min_w=100.0, max_w=400.0, default_w=400.0),
@@ -142,6 +149,7 @@ GPU_CATALOG: dict[str, GpuModel] = {
             memory_bytes=46_068 * 2**20,
             memory_bandwidth_bytes_s=864e9,
             bf16_dense_flops=362e12,
+            fp8_dense_flops=733e12,
             max_sm_clock_hz=2520e6,
             min_sm_clock_hz=210e6,
             power_limits=PowerLimitRange(min_w=100.0, max_w=350.0, default_w=350.0),

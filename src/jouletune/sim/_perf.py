@@ -3,9 +3,14 @@
 A step runs every decoder layer once over all tokens scheduled in it. Per rank:
 
 * linear layers: read the rank's weights once (memory-bound part) and do
-  2·params/TP flops per token (compute-bound part); the LM head runs only for sampled tokens;
+  2·active params/TP flops per token (compute-bound part); the LM head runs only for sampled
+  tokens. Of a MoE layer's routed experts a step reads only those its tokens are routed to:
+  with uniform routing, E·(1 − (1 − k/E)^n) of E experts for n tokens each picking k. FP8
+  weights are read at one byte and, when their activations are FP8 too, multiplied at the
+  GPU's FP8 tensor rate;
 * attention: read the KV cache of every scheduled sequence's context (memory-bound part) and
-  do 4·layers·heads·head_dim flops per (query, key) pair / TP (compute-bound part);
+  do the attention flops per (query, key) pair / TP (compute-bound part); sliding-window
+  layers see at most the window of each sequence;
 * all-reduce (TP > 1): two per layer over `interconnect_bytes_s`, a fixed latency each;
 * host: fixed per-step scheduling cost plus a per-sequence cost (sampling, bookkeeping).
 
@@ -22,9 +27,16 @@ from dataclasses import dataclass
 from jouletune.gpu.simulated import GpuModel, KernelWork
 from jouletune.sim._models import ModelArch
 
-__all__ = ["DEFAULT_PERF", "BatchShape", "PerfConstants", "kv_cache_tokens", "step_work"]
+__all__ = [
+    "DEFAULT_PERF",
+    "BatchShape",
+    "PerfConstants",
+    "experts_touched",
+    "kv_cache_tokens",
+    "step_work",
+]
 
-_BF16_BYTES = 2
+_BF16_BYTES = 2  # activations on the interconnect
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,18 +108,26 @@ def step_work(
     """The work of one step on one of `tp` identical ranks."""
     bw = gpu.memory_bandwidth_bytes_s
     flops_peak = gpu.bf16_dense_flops
-    # Linear layers: decoder weights plus the LM head (read once per step).
-    weight_bytes = (arch.layer_params + arch.lm_head_params) * _BF16_BYTES / tp
+    # Linear layers: decoder weights plus the LM head (read once per step); of the routed
+    # experts, those the step's tokens touch.
+    expert_bytes = 0.0
+    if arch.moe is not None:
+        touched = experts_touched(arch.num_experts, arch.experts_per_token, batch.num_tokens)
+        expert_bytes = touched * arch.expert_bytes_all_layers
+    weight_bytes = (arch.step_weight_bytes + expert_bytes) / tp
     linear_flops = (
-        2.0 * arch.layer_params * batch.num_tokens + 2.0 * arch.lm_head_params * batch.num_sampled
+        2.0 * arch.active_layer_params * batch.num_tokens
+        + 2.0 * arch.lm_head_params * batch.num_sampled
     ) / tp
-    kv_bytes = kv_bytes_per_token_per_rank(arch, tp) * (batch.context_tokens + batch.num_tokens)
-    attn_flops = arch.attention_flops_per_token_pair * batch.attention_pairs / tp
+    linear_s = linear_flops / (flops_peak * perf.gemm_efficiency)
+    if gpu.fp8_dense_flops is not None and arch.fp8_active_layer_params:
+        fp8_flops = 2.0 * arch.fp8_active_layer_params * batch.num_tokens / tp
+        linear_s = (linear_flops - fp8_flops) / (flops_peak * perf.gemm_efficiency) + fp8_flops / (
+            gpu.fp8_dense_flops * perf.gemm_efficiency
+        )
+    kv_bytes, attn_flops = _attention_work(arch, tp, batch)
     groups = (
-        (
-            weight_bytes / (bw * perf.weight_bw_efficiency),
-            linear_flops / (flops_peak * perf.gemm_efficiency),
-        ),
+        (weight_bytes / (bw * perf.weight_bw_efficiency), linear_s),
         (
             kv_bytes / (bw * perf.kv_bw_efficiency),
             attn_flops / (flops_peak * perf.attention_efficiency),
@@ -122,6 +142,37 @@ def step_work(
     )
 
 
+def experts_touched(num_experts: int, experts_per_token: int, num_tokens: int) -> float:
+    """Expected distinct experts of one MoE layer that `num_tokens` tokens are routed to, each
+    picking `experts_per_token` of `num_experts` uniformly: E·(1 − (1 − k/E)^n). One token
+    touches k; a large batch touches all E. Real routers are not uniform (popular experts
+    are shared more), so this is the most a batch can touch on average."""
+    if num_tokens <= 0:
+        return 0.0
+    miss = 1.0 - experts_per_token / num_experts
+    return num_experts * (1.0 - miss**num_tokens)
+
+
+def _attention_work(arch: ModelArch, tp: int, batch: BatchShape) -> tuple[float, float]:
+    """(KV bytes read, attention flops) of the step on one rank."""
+    tokens = batch.context_tokens + batch.num_tokens
+    if not arch.num_sliding_layers:
+        kv_bytes = kv_bytes_per_token_per_rank(arch, tp) * tokens
+        return kv_bytes, arch.attention_flops_per_token_pair * batch.attention_pairs / tp
+    # A sliding-window layer reads at most `window` tokens of each sequence and each query
+    # attends to at most `window` keys. The batch shape has sums only, so this bounds
+    # Σ min(c_i, W) by min(Σ c_i, W·s): exact once every context exceeds the window.
+    window = arch.sliding_window or 0
+    full = arch.num_layers - arch.num_sliding_layers
+    sliding = arch.num_sliding_layers
+    kv_tokens = full * tokens + sliding * min(tokens, window * batch.num_seqs)
+    pairs = full * batch.attention_pairs + sliding * min(
+        batch.attention_pairs, float(window * batch.num_tokens)
+    )
+    kv_bytes = kv_bytes_per_token_per_rank(arch, tp) / arch.num_layers * kv_tokens
+    return kv_bytes, arch.attention_flops_per_token_pair / arch.num_layers * pairs / tp
+
+
 def _allreduce_s(arch: ModelArch, gpu: GpuModel, tp: int, num_tokens: int) -> float:
     if tp == 1:
         return 0.0
@@ -134,18 +185,26 @@ def _allreduce_s(arch: ModelArch, gpu: GpuModel, tp: int, num_tokens: int) -> fl
 
 
 def kv_bytes_per_token_per_rank(arch: ModelArch, tp: int) -> float:
-    """KV bytes per token on one rank; KV heads are split across ranks, replicated if fewer."""
+    """KV bytes per token on one rank, all layers. KV heads are split across ranks
+    (replicated if fewer); MLA's latent serves every head, so each rank holds all of it."""
+    return _per_rank(arch, tp, arch.kv_bytes_per_token)
+
+
+def _per_rank(arch: ModelArch, tp: int, kv_bytes: int) -> float:
+    if arch.mla is not None:
+        return float(kv_bytes)
     heads_per_rank = max(1.0, arch.num_kv_heads / tp)
-    return arch.kv_bytes_per_token * heads_per_rank / arch.num_kv_heads
+    return kv_bytes * heads_per_rank / arch.num_kv_heads
 
 
 def kv_cache_tokens(
     *, arch: ModelArch, gpu: GpuModel, tp: int, gpu_memory_utilization: float, perf: PerfConstants
 ) -> int:
-    """Tokens the KV cache holds: (memory × utilization − weights/TP − activations) / KV bytes.
+    """Tokens the KV cache holds: (memory × utilization − weights/TP − activations) / KV bytes
+    of a token in vLLM's pool (`ModelArch.kv_pool_bytes_per_token`).
 
     Returns 0 or less when the weights do not fit (the caller reports the error).
     """
     budget = gpu.memory_bytes * gpu_memory_utilization
     free = budget - arch.weight_bytes / tp - perf.activation_reserve_bytes
-    return math.floor(free / kv_bytes_per_token_per_rank(arch, tp))
+    return math.floor(free / _per_rank(arch, tp, arch.kv_pool_bytes_per_token))

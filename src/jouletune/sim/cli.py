@@ -8,7 +8,9 @@
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
 simulator; flags the simulator does not model (`--load-format dummy`, `--enforce-eager`, ...)
-are accepted and ignored. `--tokenizer` counts prompt tokens as `vllm serve` would with that
+are accepted and ignored. MODEL is a catalog name, a directory holding a Hugging Face
+`config.json`, or a Hugging Face id whose config.json is fetched (never weights; `HF_TOKEN`
+for gated repositories). `--tokenizer` counts prompt tokens as `vllm serve` would with that
 tokenizer; without it the simulator counts words (its own vocabulary: the catalog's models
 are gated or remote, and the simulator needs none of their weights). Defaults are vLLM's for
 the simulated GPU (`jouletune.engine`): on
@@ -69,9 +71,12 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> _Parser:
     p = _Parser(prog="jouletune sim-server", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "model_positional", nargs="?", metavar="MODEL", help="HF id, like `vllm serve MODEL`"
+        "model_positional",
+        nargs="?",
+        metavar="MODEL",
+        help="like `vllm serve MODEL`: a catalog name, a directory holding config.json, or a HF id",
     )
-    p.add_argument("--model", help="HF id of a model in the catalog")
+    p.add_argument("--model", help="the same as MODEL")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=ENGINE_PORT)
     p.add_argument("--served-model-name", nargs="+", default=None)
@@ -195,8 +200,8 @@ def _check_memory(arch: ModelArch, gpu: GpuModel, tp: int, util: float, max_mode
     )
     if tokens <= 0:
         raise ValueError(
-            f"{arch.hf_id} ({arch.weight_bytes / 1e9:.1f} GB of bf16 weights) does not fit on "
-            f"{tp} x {gpu.key} at --gpu-memory-utilization {util:g}; raise "
+            f"{arch.hf_id} ({arch.weight_bytes / 1e9:.1f} GB of {arch.weights.name} weights) does "
+            f"not fit on {tp} x {gpu.key} at --gpu-memory-utilization {util:g}; raise "
             "--tensor-parallel-size"
         )
     if tokens < max_model_len:
