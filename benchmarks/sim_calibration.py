@@ -36,7 +36,8 @@ from pathlib import Path
 
 from jouletune import __version__
 from jouletune.gpu.simulated import gpu_model
-from jouletune.sim import DEFAULT_PERF, EngineConfig, model_arch, run_closed_loop
+from jouletune.models import model_arch
+from jouletune.sim import DEFAULT_PERF, EngineConfig, run_closed_loop
 
 _CALIBRATION = (
     Path(__file__).resolve().parent

@@ -41,13 +41,13 @@ from typing import Any
 from jouletune import __version__
 from jouletune.gpu.simulated import gpu_model
 from jouletune.loadgen import RequestRecord, compute_metrics, load_requests, steady_state_window
+from jouletune.models import model_arch
 from jouletune.sim import (
     DEFAULT_PERF,
     ClientRequest,
     ClosedLoopReplay,
     EngineConfig,
     TracedRequest,
-    model_arch,
     prompt_block_hashes,
 )
 from jouletune.tokenizer import WordTokenizer

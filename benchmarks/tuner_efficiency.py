@@ -33,7 +33,8 @@ from typing import Any
 import optuna
 
 from jouletune.gpu.simulated import gpu_model
-from jouletune.sim import DEFAULT_PERF, EngineConfig, model_arch, run_closed_loop
+from jouletune.models import model_arch
+from jouletune.sim import DEFAULT_PERF, EngineConfig, run_closed_loop
 from jouletune.tuner import (
     Point,
     SearchGrid,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jouletune.sim import MODEL_CATALOG
+from jouletune.models import MODEL_CATALOG
 from jouletune.sim.cli import build_config, parse_args
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"

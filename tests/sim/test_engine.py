@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from jouletune.gpu.simulated import SimulatedGpu, gpu_model
-from jouletune.sim import (
-    DEFAULT_PERF,
-    Engine,
-    EngineConfig,
-    SimRequest,
-    model_arch,
-    run_closed_loop,
-)
+from jouletune.models import model_arch
+from jouletune.sim import DEFAULT_PERF, Engine, EngineConfig, SimRequest, run_closed_loop
 from jouletune.sim._engine import Step, StepListener
 from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 

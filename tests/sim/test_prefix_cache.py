@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from jouletune.gpu.simulated import gpu_model
+from jouletune.models import model_arch
 from jouletune.sim import (
     BLOCK_SIZE,
     DEFAULT_PERF,
     ClientRequest,
     ClosedLoopReplay,
     EngineConfig,
-    model_arch,
     prompt_block_hashes,
 )
 from jouletune.sim._kvcache import BlockPool

@@ -8,7 +8,8 @@ import pytest
 
 from jouletune.gpu import Gpu, GpuError
 from jouletune.gpu.simulated import GPU_CATALOG, KernelWork, SimulatedGpu, gpu_model, plan_step
-from jouletune.sim import DEFAULT_PERF, BatchShape, model_arch, step_work
+from jouletune.models import model_arch
+from jouletune.sim import DEFAULT_PERF, BatchShape, step_work
 
 H100 = gpu_model("h100-80gb")
 LLAMA_8B = model_arch("meta-llama/Llama-3.1-8B-Instruct")

@@ -16,26 +16,22 @@ from jouletune.sim._closedloop import (
 )
 from jouletune.sim._engine import Engine, EngineConfig, RequestRecord, SimRequest
 from jouletune.sim._kvcache import BLOCK_SIZE, prompt_block_hashes
-from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._perf import DEFAULT_PERF, BatchShape, PerfConstants, kv_cache_tokens, step_work
 
 __all__ = [
     "BLOCK_SIZE",
     "DEFAULT_PERF",
-    "MODEL_CATALOG",
     "BatchShape",
     "ClientRequest",
     "ClosedLoopReplay",
     "ClosedLoopResult",
     "Engine",
     "EngineConfig",
-    "ModelArch",
     "PerfConstants",
     "RequestRecord",
     "SimRequest",
     "TracedRequest",
     "kv_cache_tokens",
-    "model_arch",
     "prompt_block_hashes",
     "run_closed_loop",
     "step_work",

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 from jouletune.gpu.simulated import GpuModel, KernelWork
-from jouletune.sim._models import ModelArch
+from jouletune.models import ModelArch
 
 __all__ = [
     "DEFAULT_PERF",

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from jouletune.gpu.simulated import GpuModel, StepOutcome
-from jouletune.sim._models import ModelArch
+from jouletune.models import ModelArch
 from jouletune.sim._perf import BatchShape, PerfConstants
 
 __all__ = ["EngineConfig", "EngineStats", "RequestRecord", "SimRequest", "Step", "StepListener"]

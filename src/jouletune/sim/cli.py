@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import engine_defaults, split_flags
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
+from jouletune.models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._engine import EngineConfig
-from jouletune.sim._models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._perf import DEFAULT_PERF, kv_cache_tokens
 from jouletune.tokenizer import PromptTokenizer, load_tokenizer
 
