@@ -1,6 +1,7 @@
 """`jouletune tune` and `jouletune report`.
 
     jouletune tune CONFIG.yaml [--backend sim|local] [--storage URL] [--out DIR] [--read-only]
+        [--gpu-profile PROFILE.json]
     jouletune report DIR [--storage URL]
 
 Exit codes of `tune`: 0 a recommendation; 2 bad input (spec, flags, storage, a runner that
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import EngineDefaults, installed_defaults
+from jouletune.profile import load_profile
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
@@ -197,6 +199,11 @@ def _tune_parser() -> argparse.ArgumentParser:
         default=ENGINE_PORT,
         help=f"port of the local vLLM server (default {ENGINE_PORT})",
     )
+    parser.add_argument(
+        "--gpu-profile",
+        type=Path,
+        help="--backend sim: run the simulated GPU with this profile from `jouletune calibrate`",
+    )
     return parser
 
 
@@ -244,8 +251,25 @@ def _engine_defaults(args: argparse.Namespace, spec: BenchmarkSpec) -> EngineDef
 
 def _runner(args: argparse.Namespace, setup: _Setup) -> Runner:
     if _backend(args, setup.spec) == "sim":
-        return SimRunner(spec=setup.spec, read_only=setup.read_only)
+        _check_gpu_profile(args.gpu_profile, setup.spec)
+        return SimRunner(spec=setup.spec, read_only=setup.read_only, gpu_profile=args.gpu_profile)
+    if args.gpu_profile is not None:
+        raise _UsageError("--gpu-profile is for --backend sim: a real GPU needs no profile")
     return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port)
+
+
+def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:
+    """Refuse, before any trial, a profile the sim-servers would refuse."""
+    if path is None:
+        return
+    try:
+        profile = load_profile(path)
+    except ValueError as err:
+        raise _UsageError(f"--gpu-profile: {err}") from None
+    if profile.gpu != spec.gpu.type.lower():
+        raise _UsageError(
+            f"--gpu-profile {path} is for {profile.gpu}, the spec's gpu.type is {spec.gpu.type}"
+        )
 
 
 def _finish(setup: _Setup) -> Recommendation:
