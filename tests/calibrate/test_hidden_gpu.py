@@ -45,13 +45,14 @@ HIDDEN = BUILT_IN.model_copy(
         "dram_w": 190.0,
     }
 )
-# Short closed loops (a CI machine measures them in ~35 s): three batch sizes, two context
+# Short closed loops (a CI machine measures them in ~40 s): three batch sizes, two context
 # lengths (they separate the per-sequence and the per-context-token decode cost), and one
-# power limit that binds on decode (it separates SM from DRAM power).
+# power limit that binds on decode (it separates SM from DRAM power). The long context is
+# decode-heavy, so each window holds whole waves of prefill and a median of decode steps.
 PLAN = [
     *("--concurrency", "1,8,32"),
-    *("--workload", "64:64", "--workload", "768:64"),
-    *("--duration", "3", "--cap-concurrency", "8"),
+    *("--workload", "64:64", "--workload", "512:128"),
+    *("--duration", "4", "--cap-concurrency", "8"),
     *SERVER_FLAGS,
     *SHORT_RUN,
 ]
@@ -153,6 +154,13 @@ def _worst_errors(
     return worst
 
 
+def _explain(worst: dict[str, float], profile: GpuProfile) -> str:
+    """What a miss needs for a diagnosis: the errors, the fitted values, each point's fit."""
+    fitted = {name: getattr(profile.parameters, name) for name in profile.fitted()}
+    points = {p.name: {k: round(v, 3) for k, v in p.errors.items()} for p in profile.points}
+    return f"worst {worst}; fitted {fitted}; points {points}"
+
+
 def test_calibration_predicts_unmeasured_points_of_the_hidden_gpu(
     calibration: Calibration,
 ) -> None:
@@ -160,7 +168,7 @@ def test_calibration_predicts_unmeasured_points_of_the_hidden_gpu(
     # The hidden GPU really differs: the built-in parameters miss it by far more than 5%.
     assert min(_worst_errors(BUILT_IN, HELD_OUT).values()) > 0.10
     worst = _worst_errors(profile.parameters, HELD_OUT)
-    assert max(worst.values()) <= TOLERANCE, worst
+    assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)
     assert profile.power_limits_measured
     assert profile.sources["dram_w"] == "fitted"
     assert profile.sources["idle_loaded_w"] == "measured"
@@ -172,7 +180,7 @@ def test_every_measured_point_is_kept_with_its_replay(calibration: Calibration) 
     profile = load_profile(calibration.out / "profile.json")
     names = {p.name for p in profile.points}
     assert names == {
-        *(f"c{c}_w{w}" for c in (1, 8, 32) for w in ("64-64", "768-64")),
+        *(f"c{c}_w{w}" for c in (1, 8, 32) for w in ("64-64", "512-128")),
         "c8_w64-64_p280w",
     }
     for point in profile.points:
@@ -199,4 +207,4 @@ def test_read_only_rerun_keeps_the_points_and_fits_the_batch_sweep_only(
     assert "power limits were not measured" in done.stdout
     # Without caps the SM/DRAM split stays built-in, yet uncapped points still come out right.
     worst = _worst_errors(profile.parameters, UNCAPPED)
-    assert max(worst.values()) <= TOLERANCE, worst
+    assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)

@@ -47,7 +47,7 @@ __all__ = ["Measured", "fit_profile", "load_measured", "sim_setup"]
 
 # A closed loop's requests return in waves whose phase a replay cannot know: a window of
 # fewer lifetimes than this measures where the waves happened to fall more than the GPU.
-_MIN_LIFETIMES_IN_WINDOW = 2.0
+_MIN_LIFETIMES_IN_WINDOW = 1.5
 # Errors a profile point lists besides those the fit weighs.
 _REPORTED = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w")
 
@@ -107,7 +107,12 @@ def fit_profile(
     if not used:
         raise CalibrationError("no valid measurement to fit (see each point's line above)")
     base, idle_measured = _base_parameters(setup, used)
-    fit = fit_parameters(setup, used, base=base, fitted=fitted_parameters(used), progress=progress)
+    try:
+        fit = fit_parameters(
+            setup, used, base=base, fitted=fitted_parameters(used), progress=progress
+        )
+    except ValueError as err:
+        raise CalibrationError(str(err)) from None
     sources: dict[str, ParameterSource] = {
         name: "built-in" for name in ProfileParameters.model_fields
     }
@@ -121,7 +126,7 @@ def fit_profile(
         power_limits_measured=any(o.point.power_limit_w is not None for o in used),
         clock_locks_measured=any(o.point.sm_clock_mhz is not None for o in used),
         provenance=_provenance(plan, measured, setup, batch_only=batch_only),
-        points=_points(setup, measured, fit, batch_only),
+        points=_points(setup, measured, used, fit, batch_only),
         fit=fit.summary,
     )
 
@@ -152,14 +157,20 @@ def _base_parameters(
 
 
 def _points(
-    setup: SimSetup, measured: Sequence[Measured], fit: FitResult, batch_only: bool
+    setup: SimSetup,
+    measured: Sequence[Measured],
+    used: Sequence[Observation],
+    fit: FitResult,
+    batch_only: bool,
 ) -> list[ProfilePoint]:
     observations = [m.observation for m in measured]
-    used_ids = {id(o) for o in observations if _excluded(o, batch_only) is None}
+    used_ids = {id(o) for o in used}
+    replays = dict(zip((id(o) for o in used), fit.predictions, strict=True))
     # Replay the left-out points too (a read-only fit's prediction of a capped point is a
     # held-out check); invalid ones have nothing to compare with.
-    valid = [o for o in observations if o.invalid_reason is None]
-    replays = dict(zip((id(o) for o in valid), predict(setup, fit.parameters, valid), strict=True))
+    left_out = [o for o in observations if o.invalid_reason is None and id(o) not in used_ids]
+    left_out_replays = predict(setup, fit.parameters, left_out)
+    replays.update(zip((id(o) for o in left_out), left_out_replays, strict=True))
     points = []
     for obs in observations:
         predicted = replays.get(id(obs))

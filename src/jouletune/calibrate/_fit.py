@@ -195,7 +195,7 @@ def fit_parameters(
     *,
     base: ProfileParameters,
     fitted: Sequence[str],
-    max_evaluations: int = 40,
+    max_evaluations: int = 50,
     progress: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Fit `fitted` (log-factors of their values in `base`) to `observations`."""

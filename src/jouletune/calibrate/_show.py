@@ -63,6 +63,13 @@ def summary_lines(profile: GpuProfile) -> list[str]:
             before = fit.rms_error_built_in.get(figure)
             was = f"{before:.1%} -> " if before is not None else ""
             lines.append(f"  rms error {figure}: {was}{after:.1%}")
+    for name in profile.fitted():
+        value = getattr(profile.parameters, name)
+        if name.endswith("_efficiency") and value > 1:
+            lines.append(
+                f"{name} {value:.3g} is above 1: the model counts more bytes or flops for "
+                "that kernel than this engine moves, and the efficiency absorbs the difference"
+            )
     if not profile.power_limits_measured:
         lines.append(
             "power limits were not measured: the response to a cap (dram_w, the clock "

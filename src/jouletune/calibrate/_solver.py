@@ -4,7 +4,8 @@ Each residual evaluation of the calibration replays every measured point in the 
 (a second or more), so the solver spends evaluations sparingly: the Jacobian comes from
 one-sided finite differences once, and after each step it is updated from the step's own
 secant (Broyden's rank-one update) instead of being differenced again; it is differenced
-anew only when two steps in a row fail. A Gaussian prior `prior_weight · x` pulls every
+anew only when two steps in a row fail, or when the fit seems to have stalled (a stall on a
+drifted secant Jacobian is not yet a minimum). A Gaussian prior `prior_weight · x` pulls every
 parameter towards 0 (the built-in value, in the calibration's log parameterisation), so a
 direction the data cannot see stays where it was instead of drifting.
 
@@ -43,8 +44,8 @@ class SolverResult:
         initial_cost: the same at the start.
         iterations: steps tried.
         evaluations: calls of the residual function.
-        converged: the last step moved no parameter by more than `x_tol`, or lowered the
-            cost by less than `f_tol`.
+        converged: with a freshly differenced Jacobian, a step moved no parameter by more
+            than `x_tol`, lowered the cost by less than `f_tol`, or two steps failed.
     """
 
     x: Vector
@@ -101,26 +102,43 @@ def levenberg_marquardt(
     initial_cost = cost
     jac = _difference(counted, x, r, upper, diff_step)
     damping, failures, iterations, converged, fresh = _DAMPING_START, 0, 0, False, True
+
+    def refresh() -> bool:
+        """Difference the Jacobian anew at x, if the budget allows; False if it does not."""
+        nonlocal jac, fresh
+        if fresh or counted.count + len(x) >= max_evaluations:
+            return False
+        jac, fresh = _difference(counted, x, r, upper, diff_step), True
+        return True
+
     while counted.count < max_evaluations and damping < _DAMPING_MAX:
         iterations += 1
         step = np.clip(x + _step(jac, r, x, prior_weight, damping), lower, upper) - x
+        # A stall judged on a drifted secant Jacobian may be the Jacobian's fault, not the
+        # minimum's: only a stall on a freshly differenced one counts as converged.
         if np.max(np.abs(step), initial=0.0) < x_tol:
+            if refresh():
+                continue
             converged = True
             break
+        stepped_fresh = fresh
         r_new = counted(x + step)
         jac = jac + np.outer(r_new - r - jac @ step, step) / float(step @ step)
         cost_new = _cost(r_new, x + step, prior_weight)
         if cost_new < cost:
-            converged = cost - cost_new < f_tol * cost
+            stalled = cost - cost_new < f_tol * cost
             x, r, cost = x + step, r_new, cost_new
             damping, failures, fresh = max(damping / _DAMPING_DOWN, _DAMPING_MIN), 0, False
-            if converged:
+            if stalled and (stepped_fresh or not refresh()):
+                converged = True
                 break
             continue
         damping, failures = damping * _DAMPING_UP, failures + 1
-        # Two failures in a row: the secant updates have drifted; difference once more here.
-        if failures >= 2 and not fresh and counted.count + len(x) < max_evaluations:
-            jac, fresh = _difference(counted, x, r, upper, diff_step), True
+        # Two failures in a row: the secant updates have drifted, so difference once more
+        # here; on a fresh Jacobian they mean the steps are down in the replays' noise.
+        if failures >= 2 and not refresh():
+            converged = fresh
+            break
     return SolverResult(
         x=x,
         residuals=r,

@@ -85,6 +85,9 @@ def main(argv: list[str]) -> int:
     except CalibrationError as err:
         print(f"{_PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # during the fit: the measured points are saved
+        print(f"{_PROG}: interrupted; rerun with --fit-only to fit again", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,8 +188,8 @@ def _measure(plan: CalibrationPlan, out_dir: Path, gpus: Sequence[Gpu]) -> int:
     try:
         asyncio.run(measure_plan(plan, out_dir, gpus=gpus, log=_log))
     except CalibrationError as err:
-        print(f"{_PROG}: {err}; the points measured so far are kept in {out_dir}, rerun to "
-              "measure the rest", file=sys.stderr)  # fmt: skip
+        print(f"{_PROG}: {err}; the points measured so far are kept in {out_dir}: rerun to "
+              "measure the rest, or --fit-only to fit those", file=sys.stderr)  # fmt: skip
         return EXIT_PARTIAL
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted; power limits restored, rerun to resume", file=sys.stderr)
@@ -201,7 +204,7 @@ def _fit(plan: CalibrationPlan, out_dir: Path, *, batch_only: bool, path: Path |
         plan,
         measured,
         batch_only=batch_only,
-        progress=lambda n, cost: _log(f"  replay {n}: cost {cost:.4g}"),
+        progress=lambda n, cost: _log(f"  fit: replay {n} of every point, cost {cost:.4g}"),
     )
     target = path or out_dir / PROFILE_FILE
     profile.write(target)
