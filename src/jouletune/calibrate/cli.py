@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.fit_only:
-            plan = _read_plan(args.out)
+            plan = _read_plan(args.out, model=args.model)
         else:
             plan, gpus = _new_plan(args)
             code = _measure(plan, args.out, gpus)
@@ -133,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="append", default=[], type=_pair, metavar="NAME=VALUE",
         help="a validity threshold of each point, as `jouletune bench --check`",
     )  # fmt: skip
-    p.add_argument("--model", help="what the simulator replays (default: the served model)")
+    p.add_argument(
+        "--model",
+        help="what the simulator replays: a catalog name, a directory with config.json or a HF "
+        "id (default: the served model; with --fit-only: the plan's)",
+    )
     p.add_argument("--gpu", help=f"the GPU's catalog entry: {', '.join(GPU_CATALOG)}")
     p.add_argument("--max-num-seqs", type=int, help="the server's (default: vLLM's)")
     p.add_argument("--max-num-batched-tokens", type=int, help="the server's (default: vLLM's)")
@@ -223,16 +227,21 @@ def _print_profile(profile: GpuProfile, path: Path) -> None:
     print("\n".join(summary_lines(profile)))
 
 
-def _read_plan(out_dir: Path) -> CalibrationPlan:
+def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
+    """The saved plan; `model` replaces what the simulator replays (a served directory that
+    exists only on the GPU host, when fitting elsewhere)."""
     path = out_dir / PLAN_FILE
     try:
-        return CalibrationPlan.model_validate_json(path.read_text())
+        plan = CalibrationPlan.model_validate_json(path.read_text())
     except OSError as err:
         raise CalibrationError(f"{path}: cannot read the plan: {err.strerror}") from None
     except ValidationError as err:
         raise CalibrationError(
             f"{path}: not a calibration plan: {err.errors()[0]['msg']}"
         ) from None
+    if model is None:
+        return plan
+    return plan.model_copy(update={"server": plan.server.model_copy(update={"model": model})})
 
 
 def _gpu_key(flag: str | None, target: Target) -> str:
