@@ -42,6 +42,7 @@ from jouletune.loadgen._server import (
     wait_idle,
     wait_power_settled,
 )
+from jouletune.models import ModelArch, catalog_entry, model_arch
 from jouletune.tokenizer import PromptTokenizer, TokenizerError, load_tokenizer
 
 __all__ = ["ProgressCallback", "run_bench"]
@@ -121,9 +122,26 @@ async def run_bench(
             )
     warnings = _poll_warnings(poller) + ([] if settled else [_unsettled(config)])
     telemetry = Telemetry(
-        energy=energy_scrapes, server=poller.server_scrapes, driver_version=driver
+        energy=energy_scrapes,
+        server=poller.server_scrapes,
+        driver_version=driver,
+        model=_model_shape(config, server),
     )
     return build_result(config, server, run, telemetry, idle_power_w, warnings)
+
+
+def _model_shape(config: BenchConfig, server: ServerInfo) -> tuple[str, ModelArch] | None:
+    """The served model's shape for the diagnosis: the named model, else the server's (a
+    local directory or a Hugging Face id's config.json); None when none can be read."""
+    names = list(dict.fromkeys(n for n in (config.model, server.model_root, server.model) if n))
+    # Names that need no network first: a catalog entry or a local directory.
+    names.sort(key=lambda n: catalog_entry(n) is None and not Path(n).is_dir())
+    for name in names:
+        try:
+            return name, model_arch(name)
+        except ValueError:
+            continue
+    return None
 
 
 def _tokenizer(name: str) -> PromptTokenizer:

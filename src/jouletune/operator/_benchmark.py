@@ -263,7 +263,11 @@ class BenchmarkLoop:
         record = told.record
         if record.figures is not None:
             self._ctx.metrics.observe_figures(
-                self.ref.namespace, self.ref.name, trial=record.number, figures=record.figures
+                self.ref.namespace,
+                self.ref.name,
+                trial=record.number,
+                figures=record.figures,
+                held_back_by=record.held_back_by,
             )
         self._ctx.metrics.observe_trial(
             self.ref.namespace,

@@ -25,13 +25,12 @@ import math
 from dataclasses import dataclass
 
 from jouletune.gpu.simulated import GpuModel, KernelWork
-from jouletune.models import ModelArch
+from jouletune.models import ModelArch, experts_touched
 
 __all__ = [
     "DEFAULT_PERF",
     "BatchShape",
     "PerfConstants",
-    "experts_touched",
     "kv_cache_tokens",
     "step_work",
 ]
@@ -140,17 +139,6 @@ def step_work(
         bytes_moved=weight_bytes + kv_bytes,
         flops=linear_flops + attn_flops,
     )
-
-
-def experts_touched(num_experts: int, experts_per_token: int, num_tokens: int) -> float:
-    """Expected distinct experts of one MoE layer that `num_tokens` tokens are routed to, each
-    picking `experts_per_token` of `num_experts` uniformly: E·(1 − (1 − k/E)^n). One token
-    touches k; a large batch touches all E. Real routers are not uniform (popular experts
-    are shared more), so this is the most a batch can touch on average."""
-    if num_tokens <= 0:
-        return 0.0
-    miss = 1.0 - experts_per_token / num_experts
-    return num_experts * (1.0 - miss**num_tokens)
 
 
 def _attention_work(arch: ModelArch, tp: int, batch: BatchShape) -> tuple[float, float]:

@@ -93,6 +93,7 @@ def bench_config(
         max_concurrency=point.max_num_seqs if workload.saturate else workload.max_concurrency,
         seed=workload.seed + seed_offset,
         duration_s=workload.duration_s,
+        server_max_num_seqs=point.max_num_seqs,
         energy_source=spec.energy.source,
         exporter_urls=[] if spec.energy.prometheus_url else list(exporter_urls),
         prometheus_url=spec.energy.prometheus_url,
@@ -158,6 +159,8 @@ async def measure_point(
         figures=figures,
         fail_reason=problem,  # an invalid measurement keeps its figures, and fails
         checks=tuple(result.checks),
+        held_back_by=result.diagnosis.held_back_by if result.diagnosis else None,
+        diagnosis=result.diagnosis.sentence if result.diagnosis else None,
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),

@@ -65,6 +65,8 @@ class TrialOutcome:
         fail_reason: one line saying why the trial failed; None when it counts. A measurement
             that failed its validity checks has both: it is kept and shown, never ranked.
         checks: the measurement's validity checks.
+        held_back_by: what the diagnosis says held the measurement back (load, power cap,
+            scheduler, memory bandwidth, compute), and `diagnosis` its one sentence.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
@@ -75,6 +77,8 @@ class TrialOutcome:
     figures: TrialFigures | None = None
     fail_reason: str | None = None
     checks: tuple[CheckResult, ...] = ()
+    held_back_by: str | None = None
+    diagnosis: str | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
     power_limit_w: float | None = None
@@ -98,6 +102,8 @@ class TrialRecord(BaseModel):
         figures: what it found: a complete trial's, or a failed one's that was measured but
             failed its validity checks (shown, never ranked).
         checks: the validity checks of its measurement (`jouletune.loadgen.CheckResult`).
+        held_back_by: what held it back, by the measurement's diagnosis.
+        diagnosis: the diagnosis' sentence: what held it back and which knob moves it.
         measured_power_limit_w: the limit read back from the GPU while measuring.
         slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
         feasible: met every SLO (complete trials only).
@@ -120,6 +126,8 @@ class TrialRecord(BaseModel):
     point: Point
     figures: TrialFigures | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    held_back_by: str | None = None
+    diagnosis: str | None = None
     measured_power_limit_w: float | None = None
     slo_excess_ms: dict[str, float] = Field(
         default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
@@ -165,6 +173,8 @@ class TrialRecord(BaseModel):
         """
         common = {
             "checks": list(outcome.checks),
+            "held_back_by": outcome.held_back_by,
+            "diagnosis": outcome.diagnosis,
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
             "measured_power_limit_w": outcome.power_limit_w,

@@ -42,6 +42,8 @@ _RECORD_TAIL = (
     "server_start_s",
     "duplicate_of",
     "interrupted",
+    "held_back_by",
+    "diagnosis",
     "fail_reason",
     "result_path",
 )
