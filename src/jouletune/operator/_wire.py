@@ -118,9 +118,10 @@ class PodTrial(_Model):
             power_limit_w=outcome.power_limit_w,
         )
 
-    def outcome(self, *, duration_s: float | None = None) -> TrialOutcome:
+    def outcome(self, *, duration_s: float | None = None, pod: str | None = None) -> TrialOutcome:
         """The tuner's outcome of this measurement; a point the pod could not measure fails
-        as InvalidMeasurement, with the pod's reason."""
+        as InvalidMeasurement, with the pod's reason. `pod` names the engine start (one per
+        pod) that served it."""
         reason = None
         if self.figures is None or self.fail_reason:
             reason = f"InvalidMeasurement: {self.fail_reason or 'no figures reported'}"
@@ -130,6 +131,7 @@ class PodTrial(_Model):
             checks=tuple(self.checks),
             held_back_by=self.held_back_by,
             diagnosis=self.diagnosis,
+            server_run=pod,
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
         )

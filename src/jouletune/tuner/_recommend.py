@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from jouletune.tuner._capreport import CapReport, cap_report
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
@@ -122,6 +123,9 @@ class Recommendation(_Model):
     saving_pct: float | None = None
     latency_cost_ms: float | None = None
     latency_cost_pct: float | None = None
+    cap_report: CapReport | None = Field(
+        None, description="the recommended cap against the same configuration uncapped"
+    )
     artifacts: Artifacts | None = None
     finalists: list[PointSummary] = Field(default_factory=list)
     closest: list[PointSummary] = Field(default_factory=list)
@@ -196,6 +200,7 @@ def recommend(
         saving_pct=saving,
         latency_cost_ms=cost_ms,
         latency_cost_pct=cost_pct,
+        cap_report=cap_report(records, best.point, objective=spec.objective),
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],

@@ -70,6 +70,8 @@ class TrialOutcome:
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
+        server_run: names the server start that served it (measurements under one start
+            differ only in their power limit, for the cap report).
         power_limit_w: the per-GPU limit in force while measuring, read back from the GPU.
         result_path: where the runner stored the full result and logs, if anywhere.
     """
@@ -81,6 +83,7 @@ class TrialOutcome:
     diagnosis: str | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
+    server_run: str | None = None
     power_limit_w: float | None = None
     result_path: str | None = None
 
@@ -135,6 +138,7 @@ class TrialRecord(BaseModel):
     feasible: bool | None = Field(None, description="met every SLO")
     duration_s: float = 0.0
     server_start_s: float | None = None
+    server_run: str | None = Field(None, description="the server start that served it")
     fail_reason: str | None = Field(None, description="why the trial failed, one line")
     result_path: str | None = None
     duplicate_of: int | None = Field(None, description="answered from this earlier trial")
@@ -177,6 +181,7 @@ class TrialRecord(BaseModel):
             "diagnosis": outcome.diagnosis,
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
+            "server_run": outcome.server_run,
             "measured_power_limit_w": outcome.power_limit_w,
             "result_path": outcome.result_path,
         }

@@ -40,6 +40,7 @@ _RECORD_TAIL = (
     "feasible",
     "duration_s",
     "server_start_s",
+    "server_run",
     "duplicate_of",
     "interrupted",
     "held_back_by",

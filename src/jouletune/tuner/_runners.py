@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shlex
 import socket
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -97,6 +99,7 @@ class _Running:
     exporter: ServerProcess
     gpus: list[Gpu]
     read_only: bool
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def alive(self) -> bool:
         return self.server.alive() and self.exporter.alive()
@@ -110,9 +113,10 @@ class _Running:
             gpus=() if self.read_only else self.gpus,
             lost=self._lost,
         )
-        return await measure_point(
+        outcome = await measure_point(
             target, plan.point, spec=self.spec, seed_offset=plan.number, trial_dir=trial_dir
         )
+        return dataclasses.replace(outcome, server_run=self.run_id)
 
     def _lost(self) -> str | None:
         return None if self.server.alive() else self.server.exit_reason()

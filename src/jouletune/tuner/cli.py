@@ -103,8 +103,7 @@ def tune_main(argv: list[str]) -> int:
             "interrupted: servers stopped, power limits restored; rerun the same command to resume"
         )
         return EXIT_INTERRUPTED
-    print(rec.message)
-    print(f"report: {setup.out_dir / 'report.html'}")
+    _print_answer(rec, setup.out_dir)
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
 
 
@@ -168,9 +167,16 @@ def report_main(argv: list[str]) -> int:
         return EXIT_USAGE
     setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
     rec = _finish(setup)
-    print(rec.message)
-    print(f"report: {out_dir / 'report.html'}")
+    _print_answer(rec, out_dir)
     return EXIT_OK
+
+
+def _print_answer(rec: Recommendation, out_dir: Path) -> None:
+    """The verdict, what the cap did by itself, and where the report is."""
+    print(rec.message)
+    if rec.cap_report is not None:
+        print(rec.cap_report.sentence)
+    print(f"report: {out_dir / 'report.html'}")
 
 
 def _tune_parser() -> argparse.ArgumentParser:
