@@ -3,7 +3,8 @@
 Real GPUs come from NVML (`open_nvml_gpus`), a sim-server's GPUs over HTTP (`open_sim_gpus`),
 simulated ones from `SimulatedGpu` (the power model in `jouletune.gpu.simulated`). All satisfy
 the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` is the
-only way jouletune changes a limit.
+only way jouletune changes a limit. `VisibleDevices` maps CUDA_VISIBLE_DEVICES and
+NVIDIA_VISIBLE_DEVICES to NVML indices: the GPUs an engine started in this environment uses.
 """
 
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
@@ -20,6 +21,7 @@ from jouletune.gpu._remote import (
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._select import GpuSelector, parse_selection
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu._visible import VisibleDevices
 from jouletune.gpu.simulated import SimulatedGpu
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "PowerLimits",
     "RemoteGpu",
     "SimulatedGpu",
+    "VisibleDevices",
     "gpu_entry",
     "held_power_limits",
     "nvml_versions",
