@@ -11,7 +11,7 @@ from jouletune.gpu import STATE_DIR_ENV
 
 
 @pytest.fixture(autouse=True)
-def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Each test's own power-limit state directory (inherited by the processes it starts), so
     no test reads or leaves a file in the user's."""
     path = tmp_path_factory.mktemp("state")
