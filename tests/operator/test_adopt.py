@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from jouletune.engine import merge_args
-from jouletune.operator import BenchmarkRef
+from jouletune.gpu import open_sim_gpus
+from jouletune.operator import BenchmarkRef, OperatorConfig
 from jouletune.operator._adopt import (
     ANNOTATION_POWER_LIMIT,
+    SIDECAR,
+    AdoptionError,
     deployment_patch,
     recommendation_configmap,
 )
 from jouletune.tuner import Point, Recommendation, TrialFigures, artifacts, parse_spec
+from tests.procs import free_port, jouletune_process, stop, wait_http_ok
 
 SPEC = parse_spec({"model": "org/model", "engine": {"maxModelLen": 2048}})
 REF = BenchmarkRef(namespace="ml", name="b", uid="u-1")
+SETTINGS = OperatorConfig(trial_image="registry.example/jouletune:1")
 
 
 def recommendation(cap: float | None, tp: int = 1) -> Recommendation:
@@ -107,7 +119,7 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
         }
     }
     patch = deployment_patch(
-        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm"
+        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm", settings=SETTINGS
     )
     template = patch["spec"]["template"]
     (container,) = template["spec"]["containers"]
@@ -115,11 +127,201 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
     assert container["args"].count("--max-num-seqs") == 1
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert template["metadata"]["annotations"] == {ANNOTATION_POWER_LIMIT: "350"}
-    uncapped = deployment_patch(deployment, spec=SPEC, rec=recommendation(None), container="vllm")
+    uncapped = deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+    )
     assert "metadata" not in uncapped["spec"]["template"]
 
 
 def test_a_missing_container_is_named() -> None:
     deployment = {"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}}
-    with pytest.raises(ValueError, match=r"no container 'vllm' \(it has \['app'\]\)"):
-        deployment_patch(deployment, spec=SPEC, rec=recommendation(None), container="vllm")
+    with pytest.raises(AdoptionError, match=r"no container 'vllm' \(it has \['app'\]\)") as err:
+        deployment_patch(
+            deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+        )
+    assert err.value.reason == "ContainerNotFound"
+
+
+def _deployment(**vllm: Any) -> dict[str, Any]:
+    """A Deployment as a user writes it: one vLLM container holding one GPU."""
+    container = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.24.0",
+        "args": ["org/model", "--port", "8000"],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        **vllm,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": "ml"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+
+
+def _patch(deployment: dict[str, Any], cap: float | None) -> dict[str, Any]:
+    return deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(cap), container="vllm", settings=SETTINGS
+    )
+
+
+def _merged(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` applied as a strategic merge would for what it holds: maps merge, lists of
+    containers and volumes merge by name, volumeMounts by mountPath, env by name."""
+    keys = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
+            "volumeMounts": "mountPath"}  # fmt: skip
+
+    def merge(base: Any, change: Any, key: str | None) -> Any:
+        if isinstance(base, dict) and isinstance(change, dict):
+            out = dict(base)
+            for k, v in change.items():
+                out[k] = merge(base.get(k), v, keys.get(k))
+            return out
+        if isinstance(change, list) and key is not None:
+            out_list = list(base or [])
+            for item in change:
+                at = [i for i, b in enumerate(out_list) if b.get(key) == item.get(key)]
+                if at:
+                    out_list[at[0]] = merge(out_list[at[0]], item, None)
+                else:
+                    out_list.append(item)
+            return out_list
+        return change
+
+    result: dict[str, Any] = merge(deployment, patch, None)
+    return result
+
+
+def test_a_power_limit_adds_the_sidecar_that_holds_it_with_the_capability_it_needs() -> None:
+    patch = _patch(_deployment(), 350.0)
+    pod = patch["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == SIDECAR and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == SETTINGS.trial_image
+    assert sidecar["command"] == ["jouletune", "exporter"]
+    args = sidecar["args"]
+    assert args[args.index("--power-limit-w") + 1] == "350"
+    assert args[args.index("--state-dir") + 1] == "/var/lib/jouletune"
+    listed = args[args.index("--gpus-file") + 1]
+    security = sidecar["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert security["runAsUser"] == 0 and security["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    state = {m["name"]: m for m in sidecar["volumeMounts"]}["jouletune-state"]
+    assert volumes["jouletune-state"]["hostPath"]["path"] == state["mountPath"]
+    # The vLLM container lists its GPUs where the sidecar waits for them.
+    (vllm,) = pod["containers"]
+    assert {"name": "JOULETUNE_GPU_LIST", "value": listed} in vllm["env"]
+    (mount,) = vllm["volumeMounts"]
+    assert listed.startswith(mount["mountPath"] + "/") and "emptyDir" in volumes[mount["name"]]
+    assert vllm["lifecycle"]["postStart"]["exec"]["command"][:2] == ["/bin/sh", "-c"]
+    assert "SYS_ADMIN" not in json.dumps(vllm), "only the sidecar holds the capability"
+
+
+def test_without_a_power_limit_no_sidecar_no_capability() -> None:
+    text = json.dumps(_patch(_deployment(), None))
+    for absent in ("initContainers", "SYS_ADMIN", "hostPath", "lifecycle", "runAsUser"):
+        assert absent not in text, absent
+
+
+@pytest.mark.parametrize("cap", [350.0, None])
+def test_the_adopted_deployment_is_valid_kubernetes(cap: float | None) -> None:
+    adopted = _merged(_deployment(), _patch(_deployment(), cap))
+    assert kubernetes_validate.validate(adopted, "1.37.0", strict=True)
+    assert ("initContainers" in adopted["spec"]["template"]["spec"]) == (cap is not None)
+
+
+def test_a_later_recommendation_without_a_limit_removes_the_sidecar() -> None:
+    adopted = _merged(_deployment(), _patch(_deployment(), 350.0))
+    patch = _patch(adopted, None)
+    template = patch["spec"]["template"]
+    assert template["metadata"]["annotations"] == {ANNOTATION_POWER_LIMIT: None}
+    pod = template["spec"]
+    assert pod["initContainers"] == [{"name": SIDECAR, "$patch": "delete"}]
+    assert {v["name"] for v in pod["volumes"]} == {"jouletune-gpu-list", "jouletune-state"}
+    assert all(v["$patch"] == "delete" for v in pod["volumes"])
+    (vllm,) = pod["containers"]
+    assert vllm["lifecycle"] == {"postStart": None}
+    assert vllm["env"] == [{"name": "JOULETUNE_GPU_LIST", "$patch": "delete"}]
+    # A limit adopted again keeps the sidecar (and its hook) as they are.
+    again = _patch(adopted, 300.0)
+    assert again["spec"]["template"]["spec"]["initContainers"][0]["name"] == SIDECAR
+
+
+def test_a_poststart_hook_of_the_users_own_refuses_the_limit_by_name() -> None:
+    hook = {"postStart": {"exec": {"command": ["touch", "/tmp/up"]}}}
+    with pytest.raises(AdoptionError, match=r"postStart hook of its own; holding the 350 W") as err:
+        _patch(_deployment(lifecycle=hook), 350.0)
+    assert err.value.reason == "PowerLimitNotHeld"
+    assert "initContainers" not in json.dumps(_patch(_deployment(lifecycle=hook), None))
+
+
+def test_the_sidecar_holds_the_limit_on_the_containers_gpu_and_restores_it_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """The adopted pod's two halves as real processes on a simulated two-GPU node: the vLLM
+    container's postStart hook (a real shell, nvidia-smi stubbed to list the one GPU the
+    device plugin gave it) and the sidecar's own command line (paths moved under tmp_path,
+    `--sim` for NVML)."""
+    pod = _patch(_deployment(), 350.0)["spec"]["template"]["spec"]
+    (vllm,) = pod["containers"]
+    (sidecar,) = pod["initContainers"]
+    paths = {
+        "/var/run/jouletune": str(tmp_path / "run"),
+        "/var/lib/jouletune": str(tmp_path / "state"),
+    }
+    (tmp_path / "run").mkdir()
+
+    def moved(text: str) -> str:
+        for node, here in paths.items():
+            text = text.replace(node, here)
+        return text
+
+    sim_port, port = free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1",
+                "--port", str(sim_port), "--node-gpus", "2"]  # fmt: skip
+    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+        gpus = open_sim_gpus(sim.url)
+        args = [moved(a) for a in sidecar["args"]]
+        args[args.index("--port") + 1] = str(port)
+        env = {**os.environ, **{e["name"]: e["value"] for e in sidecar["env"] if "value" in e}}
+        with open(tmp_path / "sidecar.log", "wb") as log:
+            holder = subprocess.Popen(
+                [sys.executable, "-m", "jouletune", "exporter", *args, "--sim", sim.url,
+                 "--host", "127.0.0.1"],
+                env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _post_start(vllm, tmp_path, moved, listed="GPU-sim-h100-80gb-0001")
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+            held = [g.sample().power_limit_w for g in gpus]
+            (record,) = [json.loads(p.read_text()) for p in (tmp_path / "state").glob("*.json")]
+            holder.send_signal(signal.SIGTERM)  # the pod ends
+            assert holder.wait(10) == 0
+        finally:
+            stop(holder)
+        after = [g.sample().power_limit_w for g in gpus]
+    assert held == [700.0, 350.0], "only the GPU the container holds"
+    assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
+    assert after == [700.0, 700.0]
+    assert list((tmp_path / "state").glob("*.json")) == []
+
+
+def _post_start(vllm: dict[str, Any], tmp_path: Path, moved: Any, *, listed: str) -> None:
+    """Run the container's postStart hook as the kubelet would, in the container's env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho {listed}\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NVIDIA_VISIBLE_DEVICES": listed}
+    env.update({e["name"]: moved(e["value"]) for e in vllm["env"]})
+    command = vllm["lifecycle"]["postStart"]["exec"]["command"]
+    subprocess.run(command, env=env, check=True, timeout=30)

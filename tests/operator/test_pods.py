@@ -264,3 +264,32 @@ def test_the_load_generator_plan_runs_the_spec_workload() -> None:
 def test_an_unlimited_request_rate_survives_the_trip_through_json() -> None:
     pod = build({}, Point(tensor_parallel_size=1, max_num_seqs=8))
     assert _plan(pod).spec.workload.request_rate == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("backend", "cap", "held"),
+    [("vllm", 400.0, True), ("vllm", None, False), ("sim", 400.0, False)],
+)
+def test_an_exporter_stepping_real_caps_keeps_the_limits_as_found_on_the_node(
+    backend: str, cap: float | None, held: bool
+) -> None:
+    pod = build(
+        {"backend": backend}, Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=cap)
+    )
+    exporter = containers(pod)["exporter"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert ("jouletune-state" in volumes) == held
+    assert ("--state-dir" in exporter["args"]) == held
+    if held:
+        state_dir = exporter["args"][exporter["args"].index("--state-dir") + 1]
+        assert volumes["jouletune-state"]["hostPath"] == {
+            "path": state_dir,
+            "type": "DirectoryOrCreate",
+        }
+        assert {"name": "jouletune-state", "mountPath": state_dir} in exporter["volumeMounts"]
+        # NVML's limit call needs root with SYS_ADMIN: an added capability is lost at exec
+        # by any other uid, and the node's state directory belongs to root.
+        assert exporter["securityContext"]["runAsUser"] == 0
+        assert exporter["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    else:
+        assert exporter["securityContext"].get("runAsUser") is None

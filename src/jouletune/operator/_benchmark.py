@@ -171,6 +171,7 @@ class BenchmarkLoop:
                 rec=rec,
                 status=status,
                 event=self._event,
+                settings=self._ctx.config,
             )
         await self._write(status)
         await self._start_pods(study, spec, running, pods)

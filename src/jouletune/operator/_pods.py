@@ -31,6 +31,7 @@ from jouletune.contract import CRD_KIND as KIND
 from jouletune.contract import CRD_VERSION as VERSION
 from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
 from jouletune.operator._config import OperatorConfig
+from jouletune.operator._holder import hold_limits, state_volume
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
 from jouletune.tuner import Point, Role, serve_args
 from jouletune.tuner.spec import Backend, BenchmarkSpec
@@ -70,7 +71,7 @@ GPU_LIST_VOLUME = "gpu-list"
 GPU_LIST_DIR = "/var/run/jouletune"
 GPU_LIST_FILE = f"{GPU_LIST_DIR}/gpus"
 ENV_GPU_LIST = "JOULETUNE_GPU_LIST"
-ENGINE_SCRIPT = """set -e
+GPU_LIST_SCRIPT = """set -e
 f="$JOULETUNE_GPU_LIST"
 nvidia-smi --query-gpu=uuid --format=csv,noheader > "$f.tmp" 2>/dev/null ||
   printf '%s\\n' "$NVIDIA_VISIBLE_DEVICES" | tr , '\\n' > "$f.tmp"
@@ -79,8 +80,8 @@ if [ ! -s "$f.tmp" ] || grep -Evxq '(GPU|MIG)-[[:alnum:]/-]+|[0-9]+' "$f.tmp"; t
   exit 1
 fi
 mv "$f.tmp" "$f"
-exec vllm serve "$@"
 """
+ENGINE_SCRIPT = GPU_LIST_SCRIPT + 'exec vllm serve "$@"\n'
 # A label value holds at most 63 characters; longer benchmark names are cut and hashed.
 _LABEL_MAX = 63
 # Pod names are DNS subdomains (253), but the pod's hostname is cut at 63; keep names short
@@ -173,6 +174,8 @@ def build_trial_pod(
     if settings.trial_tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.trial_tolerations]
     points = [p.model_dump(mode="json", by_alias=True) for p in plan.points]
+    if plan.control_url is not None and spec.backend is not Backend.SIM:
+        _hold_limits(pod_spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -191,6 +194,14 @@ def build_trial_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _hold_limits(pod_spec: dict[str, Any]) -> None:
+    """The exporter steps real GPUs' caps: root with SYS_ADMIN, and the limits as found in the
+    node's state directory, so a restarted exporter restores what a killed one left."""
+    (exporter,) = [c for c in pod_spec["initContainers"] if c["name"] == CONTAINER_EXPORTER]
+    hold_limits(exporter)
+    pod_spec["volumes"].append(state_volume())
 
 
 def trial_deadline_s(spec: BenchmarkSpec, points: int, settings: OperatorConfig) -> float:

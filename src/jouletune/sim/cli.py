@@ -4,6 +4,7 @@
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
         [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
+        [--node-gpus N]
         [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
@@ -16,6 +17,12 @@ are gated or remote, and the simulator needs none of their weights). Defaults ar
 the simulated GPU (`jouletune.engine`): on
 GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
 `--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
+
+The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simulates a node
+with more: the engine takes the first of those CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES
+leave visible, as vLLM would (`jouletune.gpu.VisibleDevices`; without them, the first ones),
+the others idle, and `/sim/gpus` serves them all, as NVML shows a whole node. Without
+`--node-gpus` the node is the engine's GPUs and the variables do not apply.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import engine_defaults, split_flags
+from jouletune.gpu import VisibleDevices
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
 from jouletune.models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.sim._engine import EngineConfig
@@ -56,6 +64,7 @@ class SimServerArgs:
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
+    node_gpus: int | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -83,6 +92,13 @@ def _parser() -> _Parser:
     p.add_argument("--gpu", default="h100-80gb", help=f"one of {', '.join(GPU_CATALOG)}")
     p.add_argument("--power-limit", type=float, default=None, help="initial power limit, W")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument(
+        "--node-gpus",
+        type=int,
+        default=None,
+        help="GPUs of the simulated node (default: the tensor parallelism); the engine uses"
+        " the first visible ones (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
@@ -133,6 +149,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         gpu_memory_utilization=ns.gpu_memory_utilization,
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
+        node_gpus=ns.node_gpus,
         ignored=tuple(ignored),
     )
 
@@ -144,6 +161,10 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     tp = args.tensor_parallel_size
     if tp < 1 or tp > 16:
         raise ValueError(f"--tensor-parallel-size must be 1-16, got {tp}")
+    if args.node_gpus is not None and not tp <= args.node_gpus <= 16:
+        raise ValueError(
+            f"--node-gpus must be from --tensor-parallel-size ({tp}) to 16, got {args.node_gpus}"
+        )
     if arch.num_attention_heads % tp:
         raise ValueError(
             f"{arch.num_attention_heads} attention heads of {arch.hf_id} are not divisible by "
@@ -216,6 +237,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         config = build_config(args)
+        node, engine_gpus = place_gpus(args, config)
         tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
     except ValueError as err:  # TokenizerError is one
         print(f"jouletune sim-server: error: {err}", file=sys.stderr)
@@ -223,31 +245,63 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.ignored:
         _log.info("ignoring vLLM flags the simulator does not model: %s", " ".join(args.ignored))
-    return _serve(args, config, tokenizer)
+    if len(node) > len(engine_gpus):
+        _log.info(
+            "a node of %d simulated GPUs; the engine runs on %s",
+            len(node),
+            ", ".join(f"{g.index} ({g.uuid})" for g in engine_gpus),
+        )
+    return _serve(args, config, tokenizer, node, engine_gpus)
 
 
-def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer | None) -> int:
+def place_gpus(
+    args: SimServerArgs, config: EngineConfig
+) -> tuple[list[SimulatedGpu], list[SimulatedGpu]]:
+    """The node's simulated GPUs, and the engine's among them (loaded, capped as asked).
+
+    Raises:
+        ValueError: the visible-device variables leave the engine too few GPUs.
+    """
+    tp = config.tensor_parallel_size
+    count = tp if args.node_gpus is None else args.node_gpus
+    weights_per_gpu = config.arch.weight_bytes // tp
+    used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
+    node = [
+        SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
+        for i in range(count)
+    ]
+    if args.node_gpus is None:
+        chosen = list(range(tp))  # the engine's own GPUs: the shell's variables do not apply
+    else:
+        chosen = VisibleDevices.from_env().engine_gpus({g.index: g.uuid for g in node}, tp)
+    engine_gpus = [node[i] for i in chosen]
+    # Only the engine's are loaded: no process holds the others, which draw unloaded idle power.
+    for gpu in engine_gpus:
+        gpu.set_loaded(True)
+        if args.power_limit_w is not None:
+            gpu.set_power_limit_w(args.power_limit_w)
+    return node, engine_gpus
+
+
+def _serve(
+    args: SimServerArgs,
+    config: EngineConfig,
+    tokenizer: PromptTokenizer | None,
+    node: list[SimulatedGpu],
+    gpus: list[SimulatedGpu],
+) -> int:
     # Imported here so `--help` and argument errors stay fast.
     from aiohttp import web
 
     from jouletune.sim._engine import Engine
     from jouletune.sim._server import SimServer
 
-    weights_per_gpu = config.arch.weight_bytes // config.tensor_parallel_size
-    used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
-    gpus = [
-        SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
-        for i in range(config.tensor_parallel_size)
-    ]
-    for gpu in gpus:
-        gpu.set_loaded(True)
-        if args.power_limit_w is not None:
-            gpu.set_power_limit_w(args.power_limit_w)
     server = SimServer(
         config=config,
         served_model_name=args.served_model_name,
         model_path=args.model,
         gpus=gpus,
+        idle_gpus=[g for g in node if g not in gpus],
         tokenizer=tokenizer,
     )
     engine: Engine = server.engine
