@@ -270,7 +270,8 @@ def test_a_sim_quickstart_benchmark_succeeds_through_the_containers(
             with urllib.request.urlopen(metrics_url, timeout=5) as r:
                 exposition = r.read().decode()
             succeeded = 'benchmark="sim-quickstart",namespace="default",phase="Succeeded"} 1.0'
-            assert succeeded in exposition
+            reasons = [t.get("failReason") for t in statuses["sim-quickstart"].get("trials", [])]
+            assert succeeded in exposition, reasons
             assert container.liveness.check(operator.ip) and container.restarts == 0
         finally:
             operator.close()

@@ -131,7 +131,7 @@ def _evidence(
     run: MeasuredRun,
 ) -> Evidence:
     gpus = energy.gpus if energy else ()
-    clocks = [g.sm_clock for g in gpus if g.sm_clock is not None and g.sm_clock.first_half_median]
+    clocks = [g.sm_clock for g in gpus if g.sm_clock is not None and g.sm_clock.first_half_mean]
     temps = [g.temperature_c for g in gpus if g.temperature_c is not None]
     sent = len(run.records)
     return Evidence(
@@ -139,7 +139,7 @@ def _evidence(
         window_output_tokens=metrics.window_output_tokens,
         energy_samples=min((g.energy_updates_in_window or 0 for g in gpus), default=None),
         counter_decreases=energy.counter_decreases if energy else None,
-        sm_clock_drift=max((abs(c.drift) / c.first_half_median for c in clocks), default=None),
+        sm_clock_drift=max((abs(c.drift) / c.first_half_mean for c in clocks), default=None),
         temperature_drift_c=max((abs(t.drift) for t in temps), default=None),
         error_rate=metrics.failed / sent if sent else None,
         # A chat template adds tokens the client cannot count: no comparison there.

@@ -70,14 +70,13 @@ class WindowResult(_Model):
 
 
 class Spread(_Model):
-    """A gauge's readings inside the window. The halves' medians show a drift and ignore the
-    odd reading taken during another kind of step (a prefill's clock among decodes')."""
+    """A gauge's readings inside the window; the halves' means show a drift."""
 
     mean: float
     min: float
     max: float
-    first_half_median: float
-    second_half_median: float
+    first_half_mean: float
+    second_half_mean: float
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> Spread | None:
@@ -89,14 +88,13 @@ class Spread(_Model):
         first, second = known[:half], known[half:] or known[:half]
         return cls(
             mean=sum(known) / len(known), min=min(known), max=max(known),
-            first_half_median=statistics.median(first),
-            second_half_median=statistics.median(second),
+            first_half_mean=statistics.fmean(first), second_half_mean=statistics.fmean(second),
         )  # fmt: skip
 
     @property
     def drift(self) -> float:
-        """Second half's median minus the first's."""
-        return self.second_half_median - self.first_half_median
+        """Second half's mean minus the first's."""
+        return self.second_half_mean - self.first_half_mean
 
 
 class GpuResult(_Model):
