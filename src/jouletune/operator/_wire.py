@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jouletune.loadgen import CheckResult
-from jouletune.tuner import BenchmarkSpec, Point, Role, TrialFigures, TrialOutcome
+from jouletune.tuner import BenchmarkSpec, Point, Provenance, Role, TrialFigures, TrialOutcome
 
 __all__ = [
     "ENV_PLAN",
@@ -89,6 +89,7 @@ class PodTrial(_Model):
         fail_reason: why it failed, one line (with figures: it failed its validity checks).
         checks: the failed validity checks (the pod's termination message has 4 KiB; the
             full list is in its result.json).
+        provenance: measured or predicted by the simulator, and on what.
         duration_s: wall time of the measurement.
         power_limit_w: the per-GPU limit read back while measuring.
     """
@@ -97,6 +98,7 @@ class PodTrial(_Model):
     figures: TrialFigures | None = None
     fail_reason: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     power_limit_w: float | None = None
 
@@ -109,6 +111,7 @@ class PodTrial(_Model):
             figures=None if figures is None else _rounded(figures),
             fail_reason=None if outcome.fail_reason is None else _one_line(outcome.fail_reason),
             checks=[c for c in outcome.checks if c.verdict == "fail"],
+            provenance=outcome.provenance,
             duration_s=round(outcome.duration_s, 3),
             power_limit_w=outcome.power_limit_w,
         )
@@ -123,6 +126,7 @@ class PodTrial(_Model):
             figures=self.figures,
             fail_reason=reason,
             checks=tuple(self.checks),
+            provenance=self.provenance,
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
         )

@@ -22,6 +22,7 @@ from jouletune.gpu import Gpu, GpuError, power_limit, sample_all
 from jouletune.tuner._boundary import next_power_step
 from jouletune.tuner._figures import InvalidMeasurementError, TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner._records import Role, TrialOutcome, TrialRecord, TrialState
 from jouletune.tuner.spec import BenchmarkSpec
 
@@ -158,6 +159,7 @@ async def measure_point(
         figures=figures,
         fail_reason=problem,  # an invalid measurement keeps its figures, and fails
         checks=tuple(result.checks),
+        provenance=Provenance.of(result.environment),
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),

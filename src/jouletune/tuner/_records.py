@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from jouletune.loadgen import CheckResult
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner.spec import LatencyMetric, SloSpec
 
 __all__ = ["Role", "TrialOutcome", "TrialPlan", "TrialRecord", "TrialState"]
@@ -65,6 +66,7 @@ class TrialOutcome:
         fail_reason: one line saying why the trial failed; None when it counts. A measurement
             that failed its validity checks has both: it is kept and shown, never ranked.
         checks: the measurement's validity checks.
+        provenance: measured or predicted, and on what; None when nothing was measured.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
@@ -75,6 +77,7 @@ class TrialOutcome:
     figures: TrialFigures | None = None
     fail_reason: str | None = None
     checks: tuple[CheckResult, ...] = ()
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
     power_limit_w: float | None = None
@@ -98,6 +101,8 @@ class TrialRecord(BaseModel):
         figures: what it found: a complete trial's, or a failed one's that was measured but
             failed its validity checks (shown, never ranked).
         checks: the validity checks of its measurement (`jouletune.loadgen.CheckResult`).
+        provenance: whether its figures were measured or predicted by the simulator, and on
+            what; None when nothing was measured (or the record predates provenance).
         measured_power_limit_w: the limit read back from the GPU while measuring.
         slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
         feasible: met every SLO (complete trials only).
@@ -120,6 +125,7 @@ class TrialRecord(BaseModel):
     point: Point
     figures: TrialFigures | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    provenance: Provenance | None = None
     measured_power_limit_w: float | None = None
     slo_excess_ms: dict[str, float] = Field(
         default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
@@ -165,6 +171,7 @@ class TrialRecord(BaseModel):
         """
         common = {
             "checks": list(outcome.checks),
+            "provenance": outcome.provenance,
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
             "measured_power_limit_w": outcome.power_limit_w,

@@ -103,7 +103,7 @@ def tune_main(argv: list[str]) -> int:
             "interrupted: servers stopped, power limits restored; rerun the same command to resume"
         )
         return EXIT_INTERRUPTED
-    print(rec.message)
+    print(rec.summary())
     print(f"report: {setup.out_dir / 'report.html'}")
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
 
@@ -168,7 +168,7 @@ def report_main(argv: list[str]) -> int:
         return EXIT_USAGE
     setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
     rec = _finish(setup)
-    print(rec.message)
+    print(rec.summary())
     print(f"report: {out_dir / 'report.html'}")
     return EXIT_OK
 
