@@ -157,7 +157,7 @@ def _caveats(rec: Recommendation) -> str:
     evidence = "".join(f"<li>{e(item)}</li>" for item in CAP_EVIDENCE)
     items = "".join(f"<p>{e(c)}</p>" for c in rec.caveats)
     return (
-        "<div class='caveat' id='caveats'><strong>The power-cap saving is a prediction."
+        "<div class='caveat' id='caveats'><strong>Before adopting the power cap."
         f"</strong>{items}<p>Published evidence:</p><ul>{evidence}</ul></div>"
     )
 
