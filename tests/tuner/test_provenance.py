@@ -10,7 +10,7 @@ import pytest
 
 from jouletune import __version__
 from jouletune.loadgen import EnvironmentInfo
-from jouletune.tuner import Provenance
+from jouletune.tuner import Provenance, parse_spec, recommend
 from jouletune.tuner._provenance import common_provenance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +68,12 @@ def test_a_mean_with_any_predicted_run_is_predicted() -> None:
     assert common_provenance([None, measured, predicted]) == predicted
     assert common_provenance([measured, None]) == measured
     assert common_provenance([None]) is None
+
+
+def test_the_summary_names_an_origin_only_where_there_are_figures() -> None:
+    spec = parse_spec({"model": "m", "slos": [{"metric": "tpot_p90", "maxMs": 10}]})
+    nothing = recommend(spec=spec, records=[], finalists=[], done=True)
+    assert nothing.verdict == "failed" and nothing.summary() == nothing.message
+    where = Provenance.of(_h100())
+    told = nothing.model_copy(update={"provenance": where})
+    assert told.summary() == f"{nothing.message}\n{where.sentence()}"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import Provenance
+from jouletune.tuner._records import TrialState
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = ["PlotPoint", "figure", "plot_label", "plot_points", "render"]
+
+MarkerKind = Literal["feasible", "infeasible", "invalid"]
+MarkerRole = Literal["", "baseline", "recommended"]
 
 # Where a label may sit relative to its point, in points (1/72 in), tried in order: right
 # above, right below, left above, left below, then further out. The first that overlaps no
@@ -50,8 +54,8 @@ class PlotPoint:
     point: Point
     latency_ms: float
     energy_per_output_token_j: float
-    kind: str
-    role: str = ""
+    kind: MarkerKind
+    role: MarkerRole = ""
 
     @property
     def label(self) -> str:
@@ -83,10 +87,11 @@ def plot_points(
     """The markers: every point with a complete measurement, then every invalid measurement
     that kept its figures."""
     metric = spec.objective.value
-    roles = {}
-    for role, summary in (("baseline", rec.baseline), ("recommended", rec.recommended)):
-        if summary is not None:
-            roles[summary.point] = role
+    roles: dict[Point, MarkerRole] = {}
+    if rec.baseline is not None:
+        roles[rec.baseline.point] = "baseline"
+    if rec.recommended is not None:  # a baseline that is also the answer shows as the answer
+        roles[rec.recommended.point] = "recommended"
     out = [
         PlotPoint(
             point=p.point,
@@ -98,19 +103,24 @@ def plot_points(
         for p in points
         if metric in p.figures.latency_ms
     ]
+    # One marker per point: a point that also has a valid run shows that; of several
+    # invalid runs of one point, the last.
+    invalid = {
+        r.point: r.figures
+        for r in records
+        if r.state is TrialState.FAILED and r.figures is not None and metric in r.figures.latency_ms
+    }
     ranked = {p.point for p in points}
-    for r in records:
-        if r.figures is None or r.fail_reason is None or r.point in ranked:
-            continue
-        if (latency := r.figures.latency_ms.get(metric)) is not None:
-            out.append(
-                PlotPoint(
-                    point=r.point,
-                    latency_ms=latency,
-                    energy_per_output_token_j=r.figures.energy_per_output_token_j,
-                    kind="invalid",
-                )
-            )
+    out += [
+        PlotPoint(
+            point=point,
+            latency_ms=figures.latency_ms[metric],
+            energy_per_output_token_j=figures.energy_per_output_token_j,
+            kind="invalid",
+        )
+        for point, figures in invalid.items()
+        if point not in ranked
+    ]
     return out
 
 

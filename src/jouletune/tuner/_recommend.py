@@ -141,10 +141,12 @@ class Recommendation(_Model):
 
     def summary(self) -> str:
         """The message, then where its figures come from and the caveats, one per line."""
-        where = "origin unknown: the trials carry no provenance"
+        lines = [self.message]
         if self.provenance is not None:
-            where = self.provenance.sentence()
-        return "\n".join([self.message, where, *self.caveats])
+            lines.append(self.provenance.sentence())
+        elif self.recommended or self.baseline or self.closest:  # figures of unknown origin
+            lines.append("origin unknown: these trials carry no provenance")
+        return "\n".join([*lines, *self.caveats])
 
 
 def summarize_points(records: Sequence[TrialRecord], spec: BenchmarkSpec) -> list[PointSummary]:
