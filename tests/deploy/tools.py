@@ -1,4 +1,4 @@
-"""Paths and runners for the real deploy tools: helm, promtool, prometheus, hadolint."""
+"""Paths and runners for the real tools: helm, promtool, prometheus, hadolint, chromium."""
 
 from __future__ import annotations
 

@@ -112,6 +112,12 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert best["figures"]["energyPerOutputTokenJ"] == status["bestJPerToken"]
     assert rec["baseline"]["figures"]["energyPerOutputTokenJ"] > 0 and rec["savingPct"] is not None
     assert rec["baselineSource"] == "`some/model --port 8000 --max-num-seqs 9`"
+    # The pods ran `jouletune sim-server` where `vllm serve` would run: the status says so.
+    assert (
+        rec["provenance"]["kind"] == "predicted" and rec["provenance"]["engine"] == "jouletune-sim"
+    )
+    assert {t["provenance"]["kind"] for t in trials} == {"predicted"}
+    assert best["provenance"] == rec["provenance"]
     args = rec["artifacts"]["vllmServeArgs"]
     assert "--max-num-seqs" in args and best["label"]
     assert rec["configMap"] == "tiny-recommendation" and rec["adopted"] is True

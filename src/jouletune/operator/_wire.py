@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jouletune.loadgen import CheckResult
-from jouletune.tuner import BenchmarkSpec, Point, Role, TrialFigures, TrialOutcome
+from jouletune.tuner import BenchmarkSpec, Point, Provenance, Role, TrialFigures, TrialOutcome
 
 __all__ = [
     "ENV_PLAN",
@@ -90,6 +90,7 @@ class PodTrial(_Model):
         checks: the failed validity checks (the pod's termination message has 4 KiB; the
             full list is in its result.json).
         held_back_by: what the diagnosis says held it back; `diagnosis` its sentence.
+        provenance: measured or predicted by the simulator, and on what.
         duration_s: wall time of the measurement.
         power_limit_w: the per-GPU limit read back while measuring.
     """
@@ -100,6 +101,7 @@ class PodTrial(_Model):
     checks: list[CheckResult] = Field(default_factory=list)
     held_back_by: str | None = None
     diagnosis: str | None = None
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     power_limit_w: float | None = None
 
@@ -114,6 +116,7 @@ class PodTrial(_Model):
             checks=[c for c in outcome.checks if c.verdict == "fail"],
             held_back_by=outcome.held_back_by,
             diagnosis=outcome.diagnosis,
+            provenance=outcome.provenance,
             duration_s=round(outcome.duration_s, 3),
             power_limit_w=outcome.power_limit_w,
         )
@@ -132,6 +135,7 @@ class PodTrial(_Model):
             held_back_by=self.held_back_by,
             diagnosis=self.diagnosis,
             server_run=pod,
+            provenance=self.provenance,
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
         )

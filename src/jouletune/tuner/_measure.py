@@ -22,6 +22,7 @@ from jouletune.gpu import Gpu, GpuError, LimitStore, power_limit, sample_all
 from jouletune.tuner._boundary import next_power_step
 from jouletune.tuner._figures import InvalidMeasurementError, TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner._records import Role, TrialOutcome, TrialRecord, TrialState
 from jouletune.tuner.spec import BenchmarkSpec
 
@@ -165,6 +166,7 @@ async def measure_point(
         checks=tuple(result.checks),
         held_back_by=result.diagnosis.held_back_by if result.diagnosis else None,
         diagnosis=result.diagnosis.sentence if result.diagnosis else None,
+        provenance=Provenance.of(result.environment),
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),

@@ -19,6 +19,7 @@ from jouletune.tuner._capreport import CapReport, cap_report
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import PREDICTED_CAP_CAVEAT, Provenance, common_provenance
 from jouletune.tuner._records import Role, TrialRecord, TrialState
 from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
@@ -60,6 +61,8 @@ class PointSummary(_Model):
         slo_excess_ms: each SLO statistic's mean minus its bound (<= 0 meets it).
         feasible: every SLO statistic's mean meets its bound.
         is_baseline: the baseline's point.
+        provenance: measured or predicted by the simulator, and on what (a predicted run
+            makes the mean a prediction); None for records that predate provenance.
     """
 
     point: Point
@@ -73,6 +76,7 @@ class PointSummary(_Model):
     slo_excess_ms: dict[str, float]
     feasible: bool
     is_baseline: bool
+    provenance: Provenance | None = None
 
     @property
     def energy_per_output_token_j(self) -> float:
@@ -107,7 +111,8 @@ class Recommendation(_Model):
 
     `saving_pct` is the cut in J/output-token against the baseline (positive = fewer joules);
     `latency_cost_ms`/`latency_cost_pct` is what the objective's latency statistic pays for it
-    (positive = slower).
+    (positive = slower). `provenance` says whether those figures were measured or predicted
+    by the simulator; `caveats` are what a reader must know before adopting the answer.
     """
 
     verdict: Verdict
@@ -133,6 +138,19 @@ class Recommendation(_Model):
     trials_failed: int = 0
     server_starts: int = 0
     gpu_s: float = 0.0
+    provenance: Provenance | None = Field(
+        None, description="measured (GPU, driver, engine) or predicted by the simulator"
+    )
+    caveats: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """The message, then where its figures come from and the caveats, one per line."""
+        lines = [self.message]
+        if self.provenance is not None:
+            lines.append(self.provenance.sentence())
+        elif self.recommended or self.baseline or self.closest:  # figures of unknown origin
+            lines.append("origin unknown: these trials carry no provenance")
+        return "\n".join([*lines, *self.caveats])
 
 
 def summarize_points(records: Sequence[TrialRecord], spec: BenchmarkSpec) -> list[PointSummary]:
@@ -181,6 +199,7 @@ def recommend(
             r.server_start_s is not None and r.duplicate_of is None for r in records
         ),
         "gpu_s": round(sum(r.gpu_s for r in records), 3),
+        "provenance": common_provenance(r.provenance for r in measured if r.figures),
     }
     candidates = [by_point[f] for f in finalists if f in by_point] or [
         p for p in points if p.feasible
@@ -193,6 +212,8 @@ def recommend(
     if best is None:
         return _no_answer(points, done=done, spec=spec, common=common)
     saving, cost_ms, cost_pct = _against_baseline(best, baseline, spec)
+    provenance = common_provenance([best.provenance, baseline.provenance if baseline else None])
+    common["provenance"] = provenance or common["provenance"]
     return Recommendation(
         verdict="recommended" if done else "incomplete",
         message=_message(best, saving, cost_ms, spec, done=done),
@@ -204,6 +225,7 @@ def recommend(
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
+        caveats=_caveats(best, common["provenance"]),
         **common,
     )
 
@@ -245,6 +267,16 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
         slo_excess_ms=excess,
         feasible=all(v <= 0 for v in excess.values()),
         is_baseline=any(r.role is Role.BASELINE for r in group),
+        provenance=common_provenance(r.provenance for r in group),
+    )
+
+
+def _caveats(best: PointSummary, provenance: Provenance | None) -> list[str]:
+    """A power cap's saving from the simulator is a prediction: until a calibrated profile
+    of the GPU under a cap exists, say so, with the published evidence."""
+    capped = best.point.power_limit_w is not None
+    return (
+        [PREDICTED_CAP_CAVEAT] if capped and provenance is not None and provenance.predicted else []
     )
 
 

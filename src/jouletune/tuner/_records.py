@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from jouletune.loadgen import CheckResult
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner.spec import LatencyMetric, SloSpec
 
 __all__ = ["Role", "TrialOutcome", "TrialPlan", "TrialRecord", "TrialState"]
@@ -67,6 +68,7 @@ class TrialOutcome:
         checks: the measurement's validity checks.
         held_back_by: what the diagnosis says held the measurement back (load, power cap,
             scheduler, memory bandwidth, compute), and `diagnosis` its one sentence.
+        provenance: measured or predicted, and on what; None when nothing was measured.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
@@ -81,6 +83,7 @@ class TrialOutcome:
     checks: tuple[CheckResult, ...] = ()
     held_back_by: str | None = None
     diagnosis: str | None = None
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
     server_run: str | None = None
@@ -107,6 +110,8 @@ class TrialRecord(BaseModel):
         checks: the validity checks of its measurement (`jouletune.loadgen.CheckResult`).
         held_back_by: what held it back, by the measurement's diagnosis.
         diagnosis: the diagnosis' sentence: what held it back and which knob moves it.
+        provenance: whether its figures were measured or predicted by the simulator, and on
+            what; None when nothing was measured (or the record predates provenance).
         measured_power_limit_w: the limit read back from the GPU while measuring.
         slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
         feasible: met every SLO (complete trials only).
@@ -131,6 +136,7 @@ class TrialRecord(BaseModel):
     checks: list[CheckResult] = Field(default_factory=list)
     held_back_by: str | None = None
     diagnosis: str | None = None
+    provenance: Provenance | None = None
     measured_power_limit_w: float | None = None
     slo_excess_ms: dict[str, float] = Field(
         default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
@@ -179,6 +185,7 @@ class TrialRecord(BaseModel):
             "checks": list(outcome.checks),
             "held_back_by": outcome.held_back_by,
             "diagnosis": outcome.diagnosis,
+            "provenance": outcome.provenance,
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
             "server_run": outcome.server_run,

@@ -210,8 +210,9 @@ def report_main(argv: list[str]) -> int:
 
 
 def _print_answer(rec: Recommendation, out_dir: Path) -> None:
-    """The verdict, what the cap did by itself, and where the report is."""
-    print(rec.message)
+    """The verdict (measured or predicted, with its caveats), what the cap did by itself, and
+    where the report is."""
+    print(rec.summary())
     if rec.cap_report is not None:
         print(rec.cap_report.sentence)
     print(f"report: {out_dir / 'report.html'}")
