@@ -20,6 +20,7 @@ running the setup).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +44,8 @@ from tests.procs import free_port
 
 pytestmark = pytest.mark.timeout(1200)
 
-IMAGE = "jouletune:test"
+# One tag per checkout: worktrees sharing this Docker daemon must not overwrite each other's.
+IMAGE = f"jouletune:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}"
 EXAMPLE = ROOT / "deploy" / "examples" / "sim-quickstart.yaml"
 KUBECONFIG_IN_POD = "/var/run/jouletune/kubeconfig"
 
