@@ -82,7 +82,7 @@ def test_work_is_served_only_up_to_the_horizon() -> None:
     assert set(log.ready) == {"early", "late"}
 
 
-def _config(servers: int = 1, **perf: float) -> EngineConfig:
+def _config(*, servers: int = 1, **perf: float) -> EngineConfig:
     return EngineConfig(
         arch=model_arch("meta-llama/Llama-3.1-8B-Instruct"),
         gpu=gpu_model("h100-80gb"),
@@ -137,10 +137,10 @@ def _run_until(engine: Engine, done: Callable[[], bool], *, limit: int = 100_000
     return steps
 
 
-def _probe(streams: int, servers: int = 1, **perf: float) -> tuple[float, list[Step]]:
+def _probe(streams: int, *, servers: int = 1, **perf: float) -> tuple[float, list[Step]]:
     """TTFT of one 64-token request sent 5 s into a run of `streams` decoding streams (their
     prompts are all prefilled by then), and the steps up to its first token."""
-    engine = _engine(_config(servers, **perf), streams, times := _Times())
+    engine = _engine(_config(servers=servers, **perf), streams, times := _Times())
     probe = SimRequest(
         request_id="probe", prompt_tokens=64, max_tokens=1, arrival_s=5.0, listener=times
     )
@@ -167,8 +167,7 @@ def test_ttft_grows_with_the_number_of_running_streams() -> None:
 
 
 def test_the_api_servers_share_of_ttft_grows_with_the_streams_it_writes_for() -> None:
-    free = {"api_request_s": 0.0, "api_chunk_s": 0.0}
-    without = {n: _probe(n, **free)[0] for n in (32, 256)}
+    without = {n: _probe(n, api_request_s=0.0, api_chunk_s=0.0)[0] for n in (32, 256)}
     with_costs = {n: _probe(n)[0] for n in (32, 256)}
     assert with_costs[256] - without[256] > with_costs[32] - without[32] > 0
 
