@@ -66,6 +66,8 @@ class PerfConstants:
 # separate the per-sequence cost from the per-context-token cost; see docs/simulator.md.
 # gemm_efficiency refitted with the H100 power model's tensor_w: capped prefill steps were 5-14%
 # too slow at too high a clock (ITL p99, SM clock, the matmul power check).
+# frontend_s, api_request_s and api_chunk_s (the API-server model, sim/_frontend.py) fitted on
+# the first 12-point sweep of benchmarks/results/h100-vllm by benchmarks/sim_frontend_fit.py.
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
