@@ -3,7 +3,7 @@
     jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
-        [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
+        [--api-server-count N] [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
         [--node-gpus N]
         [any other vllm serve flag, ignored]
 
@@ -65,6 +65,7 @@ class SimServerArgs:
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
     node_gpus: int | None = None
+    api_server_count: int = 1
     ignored: tuple[str, ...] = ()
 
 
@@ -102,6 +103,12 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="API-server processes sharing the requests (vLLM's default with one engine: 1)",
+    )
     p.add_argument(
         "--tokenizer",
         default=None,
@@ -150,6 +157,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
         node_gpus=ns.node_gpus,
+        api_server_count=ns.api_server_count,
         ignored=tuple(ignored),
     )
 
@@ -181,6 +189,8 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     max_batched = args.max_num_batched_tokens or defaults.max_num_batched_tokens
     if max_num_seqs < 1:
         raise ValueError(f"--max-num-seqs must be positive, got {max_num_seqs}")
+    if args.api_server_count < 1:
+        raise ValueError(f"--api-server-count must be positive, got {args.api_server_count}")
     if max_model_len < 1 or max_model_len > arch.max_position_embeddings:
         raise ValueError(
             f"--max-model-len {max_model_len} is outside 1-{arch.max_position_embeddings} "
@@ -212,6 +222,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
             if args.enable_prefix_caching is None
             else args.enable_prefix_caching
         ),
+        api_server_count=args.api_server_count,
     )
 
 
