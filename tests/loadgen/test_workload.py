@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jouletune.loadgen import BenchConfig, DatasetError, load_requests
+from jouletune.loadgen import BenchConfig, DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._arrivals import arrival_offsets_s
 from jouletune.tokenizer import WordTokenizer
 from tests.tokenizers import deepseek
@@ -231,3 +233,42 @@ def test_an_unloadable_tokenizer_is_one_line_naming_it(tmp_path: Path) -> None:
         message = str(err.value)
         assert message.startswith(f"tokenizer {name}: ") and reason in message
         assert "\n" not in message
+
+
+class _Recording(list[SampleRequest]):
+    """Prompts that record which thread built (first read) each one."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(
+            SampleRequest(prompt=f"t{i}", prompt_len=1, output_len=1) for i in range(n)
+        )
+        self.threads: dict[int, str] = {}
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, int):
+            self.threads.setdefault(index, threading.current_thread().name)
+        return super().__getitem__(index)
+
+
+def test_prompts_are_built_ahead_in_a_worker_thread() -> None:
+    """The event loop never builds a prompt: a real tokenizer's costs milliseconds, which would
+    space out the sends of streams that finished in one step (seen on the H100)."""
+    from jouletune.loadgen._runner import _Prefetch
+
+    prompts = _Recording(100)
+    sent = [0]
+
+    async def run() -> None:
+        prefetch = _Prefetch(prompts, ahead=10, sent=lambda: sent[0])
+        await prefetch.fill()
+        assert sorted(prompts.threads) == list(range(10))
+        prefetch.start()
+        while sent[0] < 30:
+            sent[0] += 1
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        await prefetch.stop()
+
+    asyncio.run(run())
+    main = threading.main_thread().name
+    assert 40 <= len(prompts.threads) <= 41 and main not in prompts.threads.values()
