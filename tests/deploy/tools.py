@@ -1,10 +1,13 @@
-"""Paths and runners for the real deploy tools: helm, promtool, prometheus, hadolint."""
+"""Paths and runners for the real deploy tools: helm, kubectl, promtool, prometheus, hadolint."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +70,24 @@ def helm_template(
         args.append("--include-crds")
     out = run(args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def strategic_merge(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`obj` with a strategic-merge `patch` applied as the API server applies it (lists of
+    containers, env, volumes merged by their keys): by the real kubectl, offline
+    (`kubectl patch --local`, which needs no cluster and reads no kubeconfig here).
+
+    Raises:
+        ValueError: kubectl refused the patch (its message, one line).
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as current:
+        json.dump(obj, current)
+        current.flush()
+        args = [tool("kubectl"), "patch", "--local", "-f", current.name]
+        args += ["--type", "strategic", "-p", json.dumps(patch), "-o", "json"]
+        env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": os.devnull}
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    if proc.returncode != 0:
+        raise ValueError(" ".join(proc.stderr.split()) or f"kubectl exited {proc.returncode}")
+    merged: dict[str, Any] = json.loads(proc.stdout)
+    return merged

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -15,6 +18,7 @@ from jouletune.operator._adopt import (
     recommendation_configmap,
 )
 from jouletune.tuner import Point, Recommendation, TrialFigures, artifacts, parse_spec
+from tests.deploy.tools import strategic_merge
 
 SPEC = parse_spec({"model": "org/model", "engine": {"maxModelLen": 2048}})
 REF = BenchmarkRef(namespace="ml", name="b", uid="u-1")
@@ -123,3 +127,89 @@ def test_a_missing_container_is_named() -> None:
     deployment = {"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}}
     with pytest.raises(ValueError, match=r"no container 'vllm' \(it has \['app'\]\)"):
         deployment_patch(deployment, spec=SPEC, rec=recommendation(None), container="vllm")
+
+
+K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+
+
+def _target() -> dict[str, Any]:
+    """A Deployment as users run vLLM: a sidecar, a token, a cache, CPU and memory."""
+    vllm = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.11.0",
+        "args": ["org/model", "--port", "8080", "--max-num-seqs", "512", "--enforce-eager"],
+        "env": [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+        ],
+        "resources": {
+            "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+            "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+        },
+        "volumeMounts": [{"name": "cache", "mountPath": "/root/.cache/huggingface"}],
+    }
+    proxy = {"name": "proxy", "image": "envoyproxy/envoy:v1.31", "ports": [{"containerPort": 80}]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": "ml"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "containers": [proxy, vllm],
+                    "volumes": [
+                        {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _expected(deployment: dict[str, Any], rec: Recommendation) -> dict[str, Any]:
+    """What adoption should leave: the other container and every other field untouched; the
+    vLLM container's searched flags and GPUs replaced, its CPU and memory kept."""
+    assert rec.artifacts is not None and rec.recommended is not None
+    expected = copy.deepcopy(deployment)
+    vllm = expected["spec"]["template"]["spec"]["containers"][1]
+    vllm["args"] = merge_args(vllm["args"], rec.artifacts.vllm_serve_args)
+    gpus = str(rec.recommended.point.tensor_parallel_size)
+    for part in ("limits", "requests"):
+        vllm["resources"][part]["nvidia.com/gpu"] = gpus
+    return expected
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("cap", [None, 350.0])
+def test_the_patch_applied_with_strategic_merge_gives_the_expected_deployment(
+    cap: float | None, version: str
+) -> None:
+    """Applied by the real kubectl's strategic merge (`kubectl patch --local`), as the API
+    server applies the operator's patch, and valid for the supported Kubernetes versions."""
+    deployment = _target()
+    rec = recommendation(cap, tp=2)
+    patch = deployment_patch(deployment, spec=SPEC, rec=rec, container="vllm")
+    patched = strategic_merge(deployment, patch)
+    expected = _expected(deployment, rec)
+    if cap is not None:
+        expected["spec"]["template"]["metadata"]["annotations"] = {ANNOTATION_POWER_LIMIT: "350"}
+    assert patched == expected
+    assert kubernetes_validate.validate(patched, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_configmaps_container_patch_applies_to_the_users_deployment(version: str) -> None:
+    """`kubectl patch deployment llm --patch-file container-patch.yaml`, as the ConfigMap
+    offers it (with the model's id first, the args a Deployment's container holds)."""
+    rec = recommendation(None, tp=2)
+    cm = recommendation_configmap(ref=REF, spec=SPEC, rec=rec, container="vllm")
+    assert kubernetes_validate.validate(cm, version, strict=True)
+    patched = strategic_merge(_target(), yaml.safe_load(cm["data"]["container-patch.yaml"]))
+    assert kubernetes_validate.validate(patched, version, strict=True)
+    proxy, vllm = patched["spec"]["template"]["spec"]["containers"]
+    assert proxy == _target()["spec"]["template"]["spec"]["containers"][0]
+    assert vllm["args"] == ["org/model", *json.loads(cm["data"]["vllm-serve-args.json"])]
+    assert vllm["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert vllm["env"] and vllm["volumeMounts"], "what the patch does not name is kept"

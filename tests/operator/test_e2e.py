@@ -36,7 +36,15 @@ CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
 
 
 def _deployment(name: str, args: list[str]) -> dict[str, Any]:
+    """A vLLM Deployment with a sidecar before the engine: a strategic merge keeps the
+    sidecar, a JSON merge patch (kmock's own) would replace the containers with the patch's."""
     labels = {"app": name}
+    vllm = {
+        "name": "vllm",
+        "image": "vllm/x",
+        "args": args,
+        "resources": {"limits": {"cpu": "8", "memory": "64Gi"}},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -45,7 +53,7 @@ def _deployment(name: str, args: list[str]) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/x", "args": args}]},
+                "spec": {"containers": [{"name": "proxy", "image": "envoy/x"}, vllm]},
             },
         },
     }
@@ -83,7 +91,13 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
             assert resp.status == 200
         metric = op.metrics.get_sample_value
         labels = {"namespace": NAMESPACE, "benchmark": "tiny"}
-        assert metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3
+        # The operator updates its metrics once the status write returns, which may be
+        # after this thread saw the status.
+        wait_for(
+            lambda: metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3,
+            timeout_s=10,
+            what="the operator's metrics to count 3 complete trials",
+        )
         assert metric("jouletune_operator_benchmark_phase", {**labels, "phase": "Succeeded"}) == 1
         best = metric("jouletune_operator_best_energy_per_output_token_joules", labels)
         assert best == pytest.approx(status["bestJPerToken"])
@@ -125,7 +139,9 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert configmap["metadata"]["ownerReferences"][0]["name"] == "tiny"
     deployment = api.get(f"{DEPLOYMENTS}/llm")
     assert deployment is not None
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    proxy, container = deployment["spec"]["template"]["spec"]["containers"]
+    assert proxy == {"name": "proxy", "image": "envoy/x"}, "the other container is kept"
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}
     seqs = str(best["point"]["maxNumSeqs"])
     assert container["args"][:3] == ["some/model", "--port", "8000"], "kept what was not searched"
     assert container["args"][container["args"].index("--max-num-seqs") + 1] == seqs
