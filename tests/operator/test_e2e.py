@@ -193,7 +193,8 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     trials = status["trials"]
     assert [t["number"] for t in trials] == list(range(len(trials)))
     # The trial running across the restart was measured once, in the pod started before it.
-    assert trials[running[0]["number"]]["state"] == "complete"
+    across = trials[running[0]["number"]]
+    assert across["state"] == "complete", across
     assert sorted(cluster.kubelet.created) == sorted({t["pod"] for t in trials if t.get("pod")})
     assert cluster.kubelet.created
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), (
@@ -220,7 +221,12 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
 # pull, a sim-server that exits on an unknown GPU type and is restarted); an OOM kill and a
 # hang are asked of it.
 FAILURES: dict[str, tuple[dict[str, Any], str | None, str]] = {
-    "unsched": ({"backend": "vllm", "gpu": {"count": 2}}, None, "Unschedulable"),
+    # Two GPUs per trial (its tensor parallelism) on a node of one.
+    "unsched": (
+        {"backend": "vllm", "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}},
+        None,
+        "Unschedulable",
+    ),
     "pull": (
         {"backend": "vllm", "engine": {"image": "registry.invalid/vllm:none"}},
         None,
@@ -242,7 +248,7 @@ def test_failed_trials_carry_their_reason_and_max_failed_trials_fails_the_benchm
     cluster: Cluster,
 ) -> None:
     api = cluster.api
-    cluster.kubelet.gpus = 1  # "unsched" asks for 2 GPUs per trial
+    cluster.kubelet.gpus = 1  # "unsched" asks for 2 GPUs per trial (TP 2)
     for name, (changes, setup, _) in FAILURES.items():
         if setup in (OOM, HANG):
             cluster.kubelet.overrides[f"{name}-trial-0"] = setup
@@ -308,3 +314,33 @@ def test_a_trial_pod_sweeps_three_power_limits_under_one_engine_start(cluster: C
     # Each measurement ran at its own cap (read back from the GPU while measuring).
     measured = [t["measuredPowerLimitW"] for t in trials if t["pod"] == pod]
     assert measured == [500.0, 400.0, 300.0]
+
+
+def test_a_trial_with_tp_1_on_a_two_gpu_node_counts_one_gpus_energy(cluster: Cluster) -> None:
+    """The node has two (simulated) GPUs and the exporter sidecar could read both; the
+    engine lists the one it runs on, and the trial counts that GPU's energy only: the
+    pod's power is that one GPU's, not plus the other's idle draw."""
+    cluster.kubelet.sim_node_gpus = 2
+    spec = tiny_spec(
+        gpu={"count": 2},
+        searchSpace={"maxNumSeqs": [8], "tensorParallelSize": [1], "powerLimitW": [400]},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
+        budget={"maxTrials": 2, "parallelTrials": 1, "finalistRepeats": 0},
+    )
+    cluster.api.create(EBM_PATH, benchmark("node", spec))
+    with running_operator(cluster.url):
+        status = wait_phase(cluster.api, "node", {"Succeeded", "Failed"}, timeout_s=60)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    for trial in status["trials"]:
+        assert trial["state"] == "complete" and trial["point"]["tensorParallelSize"] == 1
+        figures = trial["figures"]
+        # Two GPUs counted would add the idle one's ~70 W to the total but not to the most
+        # any one GPU drew.
+        assert figures["avgPowerW"] == pytest.approx(figures["avgPowerPerGpuW"], rel=1e-6)
+    assert cluster.kubelet.created
+    for pod in cluster.kubelet.created:
+        logs = cluster.kubelet.workdir / pod
+        assert "on 1 x h100-80gb (of the node's 2)" in (logs / "engine.log").read_text()
+        # What the engine listed in the pod's gpu-list volume, the exporter's --gpus-file.
+        listed = logs / "volumes" / "gpu-list" / "gpus"
+        assert listed.read_text() == "GPU-sim-h100-80gb-0000\n"

@@ -49,6 +49,8 @@ class SimServer:
         served_model_name: the name clients use (`model` in requests, `model_name` label).
         model_path: what `--model` said (reported as the model's `root`).
         gpus: one simulated GPU per TP rank, already marked loaded.
+        idle_gpus: the node's other GPUs, which no engine drives: served by `/sim/gpus` (and
+            their limits set there) as NVML would show them, never by the ground truth.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SimServer:
         served_model_name: str,
         model_path: str,
         gpus: Sequence[SimulatedGpu],
+        idle_gpus: Sequence[SimulatedGpu] = (),
         tokenizer: PromptTokenizer | None = None,
     ) -> None:
         self.config = config
@@ -65,6 +68,7 @@ class SimServer:
         self.served_model_name = served_model_name
         self.model_path = model_path
         self.gpus = list(gpus)
+        self.node_gpus = [*self.gpus, *idle_gpus]
         self.registry = CollectorRegistry()
         self.engine = Engine(
             config=config, gpus=self.gpus, on_step=self._on_step, on_request_done=self._on_done
@@ -300,15 +304,16 @@ class SimServer:
         )
 
     async def _get_gpus(self, request: web.Request) -> web.Response:
-        return web.json_response({"gpus": [self._gpu_json(g) for g in self.gpus]})
+        return web.json_response({"gpus": [self._gpu_json(g) for g in self.node_gpus]})
 
     async def _put_power_limit(self, request: web.Request) -> web.Response:
         try:
             index = int(request.match_info["index"])
-            gpu = self.gpus[index]
+            gpu = self.node_gpus[index]
         except (ValueError, IndexError):
             return _error(
-                404, f"no GPU {request.match_info['index']!r}; this server has {len(self.gpus)}"
+                404,
+                f"no GPU {request.match_info['index']!r}; this server has {len(self.node_gpus)}",
             )
         try:
             body = await request.json()

@@ -4,6 +4,7 @@
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
         [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
+        [--node-gpus N] [--gpu-list-file PATH]
         [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
@@ -14,12 +15,19 @@ are gated or remote, and the simulator needs none of their weights). Defaults ar
 the simulated GPU (`jouletune.engine`): on
 GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
 `--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
+
+The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simulates a node
+with more: the engine takes the first ones, the others idle, and `/sim/gpus` serves them all,
+as NVML shows a whole node to a container that sees every GPU. `--gpu-list-file PATH`
+writes the UUIDs of the engine's GPUs there before serving, as a trial pod's vLLM engine
+container does for its exporter sidecar (`jouletune exporter --gpus-file`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -54,6 +62,8 @@ class SimServerArgs:
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
+    node_gpus: int | None = None
+    gpu_list_file: str | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -94,6 +104,19 @@ def _parser() -> _Parser:
         default=None,
         help="reuse cached KV blocks of shared prompt prefixes (vLLM's default: on)",
     )
+    p.add_argument(
+        "--node-gpus",
+        type=int,
+        default=None,
+        help="GPUs of the simulated node (default: the tensor parallelism); the engine uses"
+        " the first ones",
+    )
+    p.add_argument(
+        "--gpu-list-file",
+        default=None,
+        metavar="PATH",
+        help="write the UUIDs of the engine's GPUs to PATH before serving",
+    )
     return p
 
 
@@ -128,6 +151,8 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         gpu_memory_utilization=ns.gpu_memory_utilization,
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
+        node_gpus=ns.node_gpus,
+        gpu_list_file=ns.gpu_list_file,
         ignored=tuple(ignored),
     )
 
@@ -139,6 +164,10 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     tp = args.tensor_parallel_size
     if tp < 1 or tp > 16:
         raise ValueError(f"--tensor-parallel-size must be 1-16, got {tp}")
+    if args.node_gpus is not None and not tp <= args.node_gpus <= 16:
+        raise ValueError(
+            f"--node-gpus must be from --tensor-parallel-size ({tp}) to 16, got {args.node_gpus}"
+        )
     if arch.num_attention_heads % tp:
         raise ValueError(
             f"{arch.num_attention_heads} attention heads of {arch.hf_id} are not divisible by "
@@ -230,28 +259,40 @@ def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer
 
     weights_per_gpu = config.arch.weight_bytes // config.tensor_parallel_size
     used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
+    tp = config.tensor_parallel_size
     gpus = [
         SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
-        for i in range(config.tensor_parallel_size)
+        for i in range(tp)
     ]
     for gpu in gpus:
         gpu.set_loaded(True)
         if args.power_limit_w is not None:
             gpu.set_power_limit_w(args.power_limit_w)
+    # The node's other GPUs: no process holds them, so they draw the unloaded idle power.
+    idle = [SimulatedGpu(model=config.gpu, index=i) for i in range(tp, args.node_gpus or tp)]
+    if args.gpu_list_file is not None:
+        try:
+            _write_gpu_list(args.gpu_list_file, gpus)
+        except OSError as err:
+            print(f"jouletune sim-server: error: --gpu-list-file: {err}", file=sys.stderr)
+            return 1
     server = SimServer(
         config=config,
         served_model_name=args.served_model_name,
         model_path=args.model,
         gpus=gpus,
+        idle_gpus=idle,
         tokenizer=tokenizer,
     )
     engine: Engine = server.engine
     _log.info(
-        "sim-server: %s on %d x %s, max_num_seqs=%d max_num_batched_tokens=%d "
-        "max_model_len=%d, KV cache %d tokens; listening on http://%s:%d",
+        "sim-server: %s on %d x %s (of the node's %d), max_num_seqs=%d "
+        "max_num_batched_tokens=%d max_model_len=%d, KV cache %d tokens; "
+        "listening on http://%s:%d",
         config.arch.hf_id,
         config.tensor_parallel_size,
         config.gpu.key,
+        len(gpus) + len(idle),
         config.max_num_seqs,
         config.max_num_batched_tokens,
         config.max_model_len,
@@ -269,3 +310,11 @@ def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer
         )
         return 1
     return 0
+
+
+def _write_gpu_list(path: str, gpus: list[SimulatedGpu]) -> None:
+    """The engine's GPUs, one UUID a line; renamed into place, so a reader never sees half."""
+    partial = f"{path}.tmp"
+    with open(partial, "w") as f:
+        f.writelines(f"{gpu.uuid}\n" for gpu in gpus)
+    os.replace(partial, path)
