@@ -58,17 +58,27 @@ def helm_template(
     *,
     sets: list[str] | None = None,
     set_strings: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    kube_version: str | None = None,
     include_crds: bool = False,
 ) -> list[dict[str, Any]]:
-    """`helm template` of the chart: the rendered objects, in order."""
+    """`helm template` of the chart: the rendered objects, in order. `values` go in as a
+    values file (`-f`), `kube_version` as the cluster's (`--kube-version`)."""
     args = [tool("helm"), "template", release, str(CHART), "--namespace", namespace]
     for value in sets or []:
         args += ["--set", value]
     for value in set_strings or []:
         args += ["--set-string", value]
+    if kube_version is not None:
+        args += ["--kube-version", kube_version]
     if include_crds:
         args.append("--include-crds")
-    out = run(args).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        if values is not None:
+            yaml.safe_dump(dict(values), file)
+            file.flush()
+            args += ["-f", file.name]
+        out = run(args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
