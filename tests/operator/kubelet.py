@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,8 +350,14 @@ class _PodRun:
         self._patch({"status": status})
 
     def _patch(self, body: dict[str, Any]) -> None:
-        if not self._deleted():
+        if self._deleted():
+            return
+        try:
             self.kubelet.api.patch(self.path + "/status", body)
+        except urllib.error.HTTPError as err:
+            # Deleted between the look and the patch: nothing left to report on.
+            if err.code != 404:
+                raise
 
     def _deleted(self) -> bool:
         current = self.kubelet.api.get(self.path)
