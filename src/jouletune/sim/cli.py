@@ -4,7 +4,7 @@
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
         [--api-server-count N] [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
-        [--node-gpus N]
+        [--node-gpus N] [--gpu-list-file PATH]
         [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
@@ -22,13 +22,16 @@ The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simu
 with more: the engine takes the first of those CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES
 leave visible, as vLLM would (`jouletune.gpu.VisibleDevices`; without them, the first ones),
 the others idle, and `/sim/gpus` serves them all, as NVML shows a whole node. Without
-`--node-gpus` the node is the engine's GPUs and the variables do not apply.
+`--node-gpus` the node is the engine's GPUs and the variables do not apply. `--gpu-list-file
+PATH` writes the UUIDs of the engine's GPUs there before serving, as a trial pod's vLLM engine
+container does for its exporter sidecar (`jouletune exporter --gpus-file`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -66,6 +69,7 @@ class SimServerArgs:
     tokenizer: str | None = None
     node_gpus: int | None = None
     api_server_count: int = 1
+    gpu_list_file: str | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -122,6 +126,12 @@ def _parser() -> _Parser:
         default=None,
         help="reuse cached KV blocks of shared prompt prefixes (vLLM's default: on)",
     )
+    p.add_argument(
+        "--gpu-list-file",
+        default=None,
+        metavar="PATH",
+        help="write the UUIDs of the engine's GPUs to PATH before serving",
+    )
     return p
 
 
@@ -158,6 +168,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         tokenizer=ns.tokenizer,
         node_gpus=ns.node_gpus,
         api_server_count=ns.api_server_count,
+        gpu_list_file=ns.gpu_list_file,
         ignored=tuple(ignored),
     )
 
@@ -307,6 +318,12 @@ def _serve(
     from jouletune.sim._engine import Engine
     from jouletune.sim._server import SimServer
 
+    if args.gpu_list_file is not None:
+        try:
+            _write_gpu_list(args.gpu_list_file, gpus)
+        except OSError as err:
+            print(f"jouletune sim-server: error: --gpu-list-file: {err}", file=sys.stderr)
+            return 1
     server = SimServer(
         config=config,
         served_model_name=args.served_model_name,
@@ -339,3 +356,11 @@ def _serve(
         )
         return 1
     return 0
+
+
+def _write_gpu_list(path: str, gpus: list[SimulatedGpu]) -> None:
+    """The engine's GPUs, one UUID a line; renamed into place, so a reader never sees half."""
+    partial = f"{path}.tmp"
+    with open(partial, "w") as f:
+        f.writelines(f"{gpu.uuid}\n" for gpu in gpus)
+    os.replace(partial, path)
