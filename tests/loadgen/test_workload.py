@@ -14,7 +14,7 @@ import pytest
 from jouletune.loadgen import BenchConfig, DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._arrivals import arrival_offsets_s
 from jouletune.tokenizer import WordTokenizer
-from tests.tokenizers import deepseek
+from tests.tokenizers import DEEPSEEK_DIR, deepseek
 
 WORDS = WordTokenizer()
 
@@ -217,6 +217,32 @@ def test_random_prompts_encode_to_exactly_the_requested_length_with_a_real_token
         tokenizer=WORDS,
     )  # fmt: skip
     assert tokenizer.count(words[0].prompt) > 2.5 * 512
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_class", "added"),
+    [("LlamaTokenizerFast", 1), ("GemmaTokenizer", 1), ("PreTrainedTokenizerFast", 0)],
+)
+def test_add_bos_token_counts_only_where_the_tokenizer_class_honours_it(
+    tmp_path: Path, tokenizer_class: str, added: int
+) -> None:
+    """transformers' Llama and Gemma tokenizers add the BOS `add_bos_token` asks for; the
+    generic PreTrainedTokenizerFast ignores the flag (on the H100, vLLM counted 127 tokens for
+    127 prompt tokens of such a tokenizer asking for a BOS)."""
+    from jouletune.tokenizer import load_tokenizer
+
+    source = deepseek()
+    folder = tmp_path / tokenizer_class
+    folder.mkdir()
+    real = DEEPSEEK_DIR
+    (folder / "tokenizer.json").write_bytes((real / "tokenizer.json").read_bytes())
+    config = json.loads((real / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": tokenizer_class})
+    )
+    tokenizer = load_tokenizer(str(folder))
+    assert tokenizer.num_special_tokens == added
+    assert tokenizer.count("hello world") == len(source.encode("hello world")) + added
 
 
 def test_an_unloadable_tokenizer_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
         wait_for(
             lambda: metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3,
             timeout_s=10,
-            what="the operator's metrics to count 3 complete trials",
+            what=f"the operator's metrics to count 3 complete trials ({_failures(status)})",
         )
         assert metric("jouletune_operator_benchmark_phase", {**labels, "phase": "Succeeded"}) == 1
         best = metric("jouletune_operator_best_energy_per_output_token_joules", labels)
@@ -200,7 +200,7 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     assert [t["number"] for t in trials] == list(range(len(trials)))
     # The trial running across the restart was measured once, in the pod started before it.
     across = trials[running[0]["number"]]
-    assert across["state"] == "complete", across
+    assert across["state"] == "complete", (across.get("reason"), across.get("failReason"))
     assert sorted(cluster.kubelet.created) == sorted({t["pod"] for t in trials if t.get("pod")})
     assert cluster.kubelet.created
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), (
@@ -346,7 +346,14 @@ def test_a_trial_with_tp_1_on_a_two_gpu_node_counts_one_gpus_energy(cluster: Clu
     assert cluster.kubelet.created
     for pod in cluster.kubelet.created:
         logs = cluster.kubelet.workdir / pod
-        assert "on 1 x h100-80gb (of the node's 2)" in (logs / "engine.log").read_text()
+        engine_log = (logs / "engine.log").read_text()
+        assert "a node of 2 simulated GPUs; the engine runs on 0 (" in engine_log
         # What the engine listed in the pod's gpu-list volume, the exporter's --gpus-file.
         listed = logs / "volumes" / "gpu-list" / "gpus"
         assert listed.read_text() == "GPU-sim-h100-80gb-0000\n"
+
+
+def _failures(status: dict[str, Any]) -> list[tuple[int, str | None, str | None]]:
+    """Each failed trial's number, reason and one-line cause: what a failing test should say."""
+    failed = [t for t in status.get("trials", []) if t["state"] == "failed"]
+    return [(t["number"], t.get("reason"), t.get("failReason")) for t in failed]

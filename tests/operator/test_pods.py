@@ -490,7 +490,9 @@ def _restricted_violations(pod: dict[str, Any]) -> set[str]:
 def test_what_the_restricted_pod_security_standard_refuses_is_only_what_vllm_needs() -> None:
     """A simulator pod passes the restricted standard; a vLLM pod fails it only where the
     vLLM image runs as root with its capabilities, where power caps need SYS_ADMIN, and
-    where the model cache is a hostPath (docs/operator.md, "Pod security")."""
+    where the model cache is a hostPath, and where a pod that caps keeps the limits it found
+    in the node's state directory, a hostPath, so a crashed exporter's successor restores
+    them (docs/operator.md, "Pod security")."""
     point = Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=400.0)
     assert _restricted_violations(build({"backend": "sim"}, point)) == set()
     vllm = build({"backend": "vllm"}, Point(tensor_parallel_size=1, max_num_seqs=8))
@@ -501,6 +503,7 @@ def test_what_the_restricted_pod_security_standard_refuses_is_only_what_vllm_nee
         "engine: runAsNonRoot",
         "exporter: capabilities",
         "exporter: runAsNonRoot",
+        "volume jouletune-state: hostPath",
     }
     on_host = {"backend": "vllm", "modelSource": {"cache": {"hostPath": {"path": "/hf"}}}}
     assert "volume model-cache: hostPath" in _restricted_violations(build(on_host, point))
