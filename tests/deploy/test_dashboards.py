@@ -106,7 +106,7 @@ def test_the_trial_table_shows_every_figure_the_operator_publishes() -> None:
     (table,) = [
         p
         for p in dashboards.dashboards()["jouletune-trials.json"]["panels"]
-        if p["type"] == "table"
+        if p["type"] == "table" and p["title"].startswith("Trial figures")
     ]
     (target,) = table["targets"]
     assert "jouletune_operator_trial_figure{" in target["expr"] and "figure=" not in target["expr"]
@@ -123,3 +123,30 @@ def test_the_trial_table_shows_every_figure_the_operator_publishes() -> None:
         if s.name == "jouletune_operator_trial_figure"
     }
     assert {"energy_per_output_token_j", "tpot_p90_ms", "completed"} <= published
+
+
+def test_the_diagnosis_table_shows_what_held_each_trial_back() -> None:
+    (table,) = [
+        p
+        for p in dashboards.dashboards()["jouletune-trials.json"]["panels"]
+        if p["title"].startswith("What held each trial back")
+    ]
+    (target,) = table["targets"]
+    assert "jouletune_operator_trial_held_back{" in target["expr"]
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry=registry)
+    figures = TrialFigures(energy_per_output_token_j=0.1)
+    metrics.observe_figures("ns", "b", trial=3, figures=figures, held_back_by="power cap")
+    causes = {
+        (s.labels["trial"], s.labels["cause"])
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "jouletune_operator_trial_held_back"
+    }
+    assert causes == {("3", "power cap")}
+    metrics.forget("ns", "b")
+    assert not any(
+        s.name == "jouletune_operator_trial_held_back"
+        for family in registry.collect()
+        for s in family.samples
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import signal
 import socket
 import subprocess
@@ -271,20 +272,90 @@ def test_against_a_real_sim_server_limits_show_up_and_are_restored() -> None:
     assert after[(energy, "1")][0] > before[(energy, "1")][0]  # an idle GPU still draws power
 
 
-def test_power_limit_flag_holds_the_cap_while_running_and_restores_it_on_sigterm() -> None:
+def _sim_args(port: int, *extra: str) -> list[str]:
+    args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1"]
+    return [*args, "--port", str(port), *extra]
+
+
+def test_power_limit_flag_holds_the_cap_while_running_and_restores_it_on_sigterm(
+    state_dir: Path,
+) -> None:
     sim_port, port = free_port(), free_port()
-    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1"]
-    sim_args += ["--port", str(sim_port)]
-    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+    with jouletune_process(_sim_args(sim_port), port=sim_port, health_path="/sim/gpus") as sim:
         (gpu,) = open_sim_gpus(sim.url)
         before_w = gpu.sample().power_limit_w
         exporter_args = _exporter_args(port, "--sim", sim.url, "--power-limit-w", "350")
         with jouletune_process(exporter_args, port=port, health_path="/healthz") as exporter:
             held_w = _scrape(exporter.url)[("jouletune_gpu_power_limit_watts", "0")][0]
+            (record,) = [json.loads(p.read_text()) for p in state_dir.glob("*.json")]
             exporter.popen.send_signal(signal.SIGTERM)
             assert exporter.popen.wait(10) == 0
         after_w = gpu.sample().power_limit_w
     assert (before_w, held_w, after_w) == (700.0, 350.0, 700.0)
+    # While held, the limit as found was on disk, keyed by the GPU's UUID; gone once back.
+    assert record["uuid"] == gpu.uuid and record["original_w"] == 700.0
+    assert record["pid"] == exporter.popen.pid
+    assert list(state_dir.iterdir()) == []
+
+
+def test_after_sigkill_the_next_exporter_restores_the_limit_first_and_says_so(
+    tmp_path: Path,
+) -> None:
+    sim_port, port = free_port(), free_port()
+    state = ["--state-dir", str(tmp_path / "state")]
+    with jouletune_process(_sim_args(sim_port), port=sim_port, health_path="/sim/gpus") as sim:
+        (gpu,) = open_sim_gpus(sim.url)
+        held = _exporter_args(port, "--sim", sim.url, "--power-limit-w", "350", *state)
+        with jouletune_process(held, port=port, health_path="/healthz") as killed:
+            killed.popen.send_signal(signal.SIGKILL)
+            assert killed.popen.wait(10) == -signal.SIGKILL
+        left_w = gpu.sample().power_limit_w  # the GPU (the sim-server) outlived the exporter
+        assert len(list((tmp_path / "state").glob("*.json"))) == 1
+        again = _exporter_args(port, "--sim", sim.url, "--power-limit-w", "300", *state)
+        with jouletune_process(again, port=port, health_path="/healthz") as exporter:
+            held_w = gpu.sample().power_limit_w
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+            log = exporter.log()
+        after_w = gpu.sample().power_limit_w
+    assert (left_w, held_w, after_w) == (350.0, 300.0, 700.0)
+    said = (
+        f"restored GPU 0 ({gpu.uuid}) power limit to 700 W from 350 W, left changed by "
+        f"jouletune pid {killed.popen.pid} on host {socket.gethostname()}"
+    )
+    assert said in log
+    assert log.index(said) < log.index("holding a 300 W power limit"), "restored first"
+    assert list((tmp_path / "state").glob("*.json")) == []
+
+
+@pytest.mark.parametrize(("cuda", "exported"), [("2,0", {"0", "2"}), ("GPU-fake-1", {"1"})])
+def test_without_a_selection_it_exports_the_gpus_cuda_would_see(
+    monkeypatch: pytest.MonkeyPatch, cuda: str, exported: set[str]
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda)
+    port = free_port()
+    with (
+        fake_sim_server(FakeSimState(num_gpus=3)) as sim_url,
+        jouletune_process(
+            _exporter_args(port, "--sim", sim_url), port=port, health_path="/healthz"
+        ) as proc,
+    ):
+        scraped = _scrape(proc.url)
+    assert {gpu for (name, gpu) in scraped if name == "jouletune_gpu_power_watts"} == exported
+
+
+def test_a_mig_device_in_cuda_visible_devices_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f")
+    with fake_sim_server(FakeSimState(num_gpus=1)) as sim_url:
+        result = _run(_exporter_args(free_port(), "--sim", sim_url))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "jouletune exporter: CUDA_VISIBLE_DEVICES=MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f: "
+        "MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f is a MIG device; jouletune measures and caps "
+        "whole GPUs (NVML has no energy counter or power limit per MIG instance)"
+    )
 
 
 def test_a_power_limit_outside_the_gpus_range_is_a_one_line_error() -> None:

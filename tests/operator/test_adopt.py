@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from jouletune.engine import merge_args
-from jouletune.operator import BenchmarkRef
+from jouletune.gpu import open_sim_gpus
+from jouletune.operator import BenchmarkRef, OperatorConfig
 from jouletune.operator._adopt import (
     ANNOTATION_POWER_LIMIT,
+    SIDECAR,
+    AdoptionError,
     deployment_patch,
     recommendation_configmap,
 )
 from jouletune.tuner import Point, Recommendation, TrialFigures, artifacts, parse_spec
+from tests.deploy.tools import strategic_merge
+from tests.procs import free_port, jouletune_process, stop, wait_http_ok
 
 SPEC = parse_spec({"model": "org/model", "engine": {"maxModelLen": 2048}})
 REF = BenchmarkRef(namespace="ml", name="b", uid="u-1")
+SETTINGS = OperatorConfig(trial_image="registry.example/jouletune:1")
 
 
 def recommendation(cap: float | None, tp: int = 1) -> Recommendation:
@@ -107,7 +121,7 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
         }
     }
     patch = deployment_patch(
-        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm"
+        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm", settings=SETTINGS
     )
     template = patch["spec"]["template"]
     (container,) = template["spec"]["containers"]
@@ -115,11 +129,272 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
     assert container["args"].count("--max-num-seqs") == 1
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
     assert template["metadata"]["annotations"] == {ANNOTATION_POWER_LIMIT: "350"}
-    uncapped = deployment_patch(deployment, spec=SPEC, rec=recommendation(None), container="vllm")
+    uncapped = deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+    )
     assert "metadata" not in uncapped["spec"]["template"]
 
 
 def test_a_missing_container_is_named() -> None:
     deployment = {"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}}
-    with pytest.raises(ValueError, match=r"no container 'vllm' \(it has \['app'\]\)"):
-        deployment_patch(deployment, spec=SPEC, rec=recommendation(None), container="vllm")
+    with pytest.raises(AdoptionError, match=r"no container 'vllm' \(it has \['app'\]\)") as err:
+        deployment_patch(
+            deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+        )
+    assert err.value.reason == "ContainerNotFound"
+
+
+def _deployment(**vllm: Any) -> dict[str, Any]:
+    """A Deployment as a user writes it: one vLLM container holding one GPU."""
+    container = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.24.0",
+        "args": ["org/model", "--port", "8000"],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        **vllm,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": "ml"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {"containers": [container]},
+            },
+        },
+    }
+
+
+def _patch(deployment: dict[str, Any], cap: float | None) -> dict[str, Any]:
+    return deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(cap), container="vllm", settings=SETTINGS
+    )
+
+
+def _merged(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` applied as the API server applies it: the real kubectl's strategic merge."""
+    return strategic_merge(deployment, patch)
+
+
+def test_a_power_limit_adds_the_sidecar_that_holds_it_with_the_capability_it_needs() -> None:
+    patch = _patch(_deployment(), 350.0)
+    pod = patch["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    assert sidecar["name"] == SIDECAR and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == SETTINGS.trial_image
+    assert sidecar["command"] == ["jouletune", "exporter"]
+    args = sidecar["args"]
+    assert args[args.index("--power-limit-w") + 1] == "350"
+    assert args[args.index("--state-dir") + 1] == "/var/lib/jouletune"
+    listed = args[args.index("--gpus-file") + 1]
+    security = sidecar["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert security["runAsUser"] == 0 and security["allowPrivilegeEscalation"] is False
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    state = {m["name"]: m for m in sidecar["volumeMounts"]}["jouletune-state"]
+    assert volumes["jouletune-state"]["hostPath"]["path"] == state["mountPath"]
+    # The vLLM container lists its GPUs where the sidecar waits for them.
+    (vllm,) = pod["containers"]
+    assert {"name": "JOULETUNE_GPU_LIST", "value": listed} in vllm["env"]
+    (mount,) = vllm["volumeMounts"]
+    assert listed.startswith(mount["mountPath"] + "/") and "emptyDir" in volumes[mount["name"]]
+    assert vllm["lifecycle"]["postStart"]["exec"]["command"][:2] == ["/bin/sh", "-c"]
+    assert "SYS_ADMIN" not in json.dumps(vllm), "only the sidecar holds the capability"
+
+
+def test_without_a_power_limit_no_sidecar_no_capability() -> None:
+    text = json.dumps(_patch(_deployment(), None))
+    for absent in ("initContainers", "SYS_ADMIN", "hostPath", "lifecycle", "runAsUser"):
+        assert absent not in text, absent
+
+
+@pytest.mark.parametrize("cap", [350.0, None])
+def test_the_adopted_deployment_is_valid_kubernetes(cap: float | None) -> None:
+    adopted = _merged(_deployment(), _patch(_deployment(), cap))
+    assert kubernetes_validate.validate(adopted, "1.37.0", strict=True)
+    assert ("initContainers" in adopted["spec"]["template"]["spec"]) == (cap is not None)
+
+
+def test_a_later_recommendation_without_a_limit_removes_the_sidecar() -> None:
+    adopted = _merged(_deployment(), _patch(_deployment(), 350.0))
+    patch = _patch(adopted, None)
+    template = patch["spec"]["template"]
+    assert template["metadata"]["annotations"] == {ANNOTATION_POWER_LIMIT: None}
+    pod = template["spec"]
+    assert pod["initContainers"] == [{"name": SIDECAR, "$patch": "delete"}]
+    assert {v["name"] for v in pod["volumes"]} == {"jouletune-gpu-list", "jouletune-state"}
+    assert all(v["$patch"] == "delete" for v in pod["volumes"])
+    (vllm,) = pod["containers"]
+    assert vllm["lifecycle"] == {"postStart": None}
+    assert vllm["env"] == [{"name": "JOULETUNE_GPU_LIST", "$patch": "delete"}]
+    # A limit adopted again keeps the sidecar (and its hook) as they are.
+    again = _patch(adopted, 300.0)
+    assert again["spec"]["template"]["spec"]["initContainers"][0]["name"] == SIDECAR
+
+
+def test_a_poststart_hook_of_the_users_own_refuses_the_limit_by_name() -> None:
+    hook = {"postStart": {"exec": {"command": ["touch", "/tmp/up"]}}}
+    with pytest.raises(AdoptionError, match=r"postStart hook of its own; holding the 350 W") as err:
+        _patch(_deployment(lifecycle=hook), 350.0)
+    assert err.value.reason == "PowerLimitNotHeld"
+    assert "initContainers" not in json.dumps(_patch(_deployment(lifecycle=hook), None))
+
+
+def test_the_sidecar_holds_the_limit_on_the_containers_gpu_and_restores_it_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """The adopted pod's two halves as real processes on a simulated two-GPU node: the vLLM
+    container's postStart hook (a real shell, nvidia-smi stubbed to list the one GPU the
+    device plugin gave it) and the sidecar's own command line (paths moved under tmp_path,
+    `--sim` for NVML)."""
+    pod = _patch(_deployment(), 350.0)["spec"]["template"]["spec"]
+    (vllm,) = pod["containers"]
+    (sidecar,) = pod["initContainers"]
+    paths = {
+        "/var/run/jouletune": str(tmp_path / "run"),
+        "/var/lib/jouletune": str(tmp_path / "state"),
+    }
+    (tmp_path / "run").mkdir()
+
+    def moved(text: str) -> str:
+        for node, here in paths.items():
+            text = text.replace(node, here)
+        return text
+
+    sim_port, port = free_port(), free_port()
+    sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1",
+                "--port", str(sim_port), "--node-gpus", "2"]  # fmt: skip
+    with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
+        gpus = open_sim_gpus(sim.url)
+        args = [moved(a) for a in sidecar["args"]]
+        args[args.index("--port") + 1] = str(port)
+        env = {**os.environ, **{e["name"]: e["value"] for e in sidecar["env"] if "value" in e}}
+        with open(tmp_path / "sidecar.log", "wb") as log:
+            holder = subprocess.Popen(
+                [sys.executable, "-m", "jouletune", "exporter", *args, "--sim", sim.url,
+                 "--host", "127.0.0.1"],
+                env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _post_start(vllm, tmp_path, moved, listed="GPU-sim-h100-80gb-0001")
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+            held = [g.sample().power_limit_w for g in gpus]
+            (record,) = [json.loads(p.read_text()) for p in (tmp_path / "state").glob("*.json")]
+            holder.send_signal(signal.SIGTERM)  # the pod ends
+            assert holder.wait(10) == 0
+        finally:
+            stop(holder)
+        after = [g.sample().power_limit_w for g in gpus]
+    assert held == [700.0, 350.0], "only the GPU the container holds"
+    assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
+    assert after == [700.0, 700.0]
+    assert list((tmp_path / "state").glob("*.json")) == []
+
+
+def _post_start(vllm: dict[str, Any], tmp_path: Path, moved: Any, *, listed: str) -> None:
+    """Run the container's postStart hook as the kubelet would, in the container's env."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho {listed}\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NVIDIA_VISIBLE_DEVICES": listed}
+    env.update({e["name"]: moved(e["value"]) for e in vllm["env"]})
+    command = vllm["lifecycle"]["postStart"]["exec"]["command"]
+    subprocess.run(command, env=env, check=True, timeout=30)
+
+
+K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+
+
+def _target() -> dict[str, Any]:
+    """A Deployment as users run vLLM: a sidecar, a token, a cache, CPU and memory."""
+    vllm = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.11.0",
+        "args": ["org/model", "--port", "8080", "--max-num-seqs", "512", "--enforce-eager"],
+        "env": [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+        ],
+        "resources": {
+            "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+            "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+        },
+        "volumeMounts": [{"name": "cache", "mountPath": "/root/.cache/huggingface"}],
+    }
+    proxy = {"name": "proxy", "image": "envoyproxy/envoy:v1.31", "ports": [{"containerPort": 80}]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": "ml"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "containers": [proxy, vllm],
+                    "volumes": [
+                        {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_patch_applied_with_strategic_merge_gives_the_expected_deployment(
+    version: str,
+) -> None:
+    """Applied by the real kubectl's strategic merge (`kubectl patch --local`), as the API
+    server applies the operator's patch: the other container and every other field untouched;
+    the vLLM container's searched flags and GPUs replaced, its CPU and memory kept; valid for
+    the supported Kubernetes versions."""
+    deployment = _target()
+    rec = recommendation(None, tp=2)
+    patch = deployment_patch(deployment, spec=SPEC, rec=rec, container="vllm", settings=SETTINGS)
+    patched = strategic_merge(deployment, patch)
+    assert rec.artifacts is not None
+    expected = copy.deepcopy(deployment)
+    vllm = expected["spec"]["template"]["spec"]["containers"][1]
+    vllm["args"] = merge_args(vllm["args"], rec.artifacts.vllm_serve_args)
+    for part in ("limits", "requests"):
+        vllm["resources"][part]["nvidia.com/gpu"] = "2"
+    assert patched == expected
+    assert kubernetes_validate.validate(patched, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_capped_adoption_is_valid_and_keeps_the_users_containers(version: str) -> None:
+    deployment = _target()
+    patch = deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm",
+        settings=SETTINGS,
+    )  # fmt: skip
+    patched = strategic_merge(deployment, patch)
+    assert kubernetes_validate.validate(patched, version, strict=True)
+    pod = patched["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["proxy", "vllm"]
+    assert [c["name"] for c in pod["initContainers"]] == [SIDECAR]
+    assert pod["containers"][0] == deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {v["name"] for v in pod["volumes"]} >= {"cache"}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_configmaps_container_patch_applies_to_the_users_deployment(version: str) -> None:
+    """`kubectl patch deployment llm --patch-file container-patch.yaml`, as the ConfigMap
+    offers it (with the model's id first, the args a Deployment's container holds)."""
+    rec = recommendation(None, tp=2)
+    cm = recommendation_configmap(ref=REF, spec=SPEC, rec=rec, container="vllm")
+    assert kubernetes_validate.validate(cm, version, strict=True)
+    patched = strategic_merge(_target(), yaml.safe_load(cm["data"]["container-patch.yaml"]))
+    assert kubernetes_validate.validate(patched, version, strict=True)
+    proxy, vllm = patched["spec"]["template"]["spec"]["containers"]
+    assert proxy == _target()["spec"]["template"]["spec"]["containers"][0]
+    assert vllm["args"] == ["org/model", *json.loads(cm["data"]["vllm-serve-args.json"])]
+    assert vllm["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert vllm["env"] and vllm["volumeMounts"], "what the patch does not name is kept"

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from jouletune.gpu._visible import CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES
 from jouletune.models import MODEL_CATALOG
-from jouletune.sim.cli import build_config, parse_args
+from jouletune.sim.cli import build_config, parse_args, place_gpus
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -82,6 +83,7 @@ def test_defaults_are_the_engines_for_the_simulated_gpu() -> None:
         ([LLAMA_8B, "--max-num-seqs", "abc"], "invalid int value"),
         ([LLAMA_8B, "--tensor-parallel-size", "3"], "not divisible"),
         ([], "no model given"),
+        ([LLAMA_8B, "-tp", "2", "--node-gpus", "1"], "--node-gpus must be from"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(argv: list[str], message: str) -> None:
@@ -100,3 +102,60 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(argv: list[str], message: st
     assert message in lines[0]
     if "unknown model" in message:
         assert all(hf_id in lines[0] for hf_id in MODEL_CATALOG)
+
+
+def _engine_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name in (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    ("env", "engine"),
+    [
+        ({}, [0]),
+        ({CUDA_VISIBLE_DEVICES: "1"}, [1]),
+        ({CUDA_VISIBLE_DEVICES: "GPU-sim-h100-80gb-0002"}, [2]),
+        ({NVIDIA_VISIBLE_DEVICES: "1,2", CUDA_VISIBLE_DEVICES: "1"}, [2]),
+    ],
+)
+def test_on_a_node_of_gpus_the_engine_takes_the_visible_ones(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], engine: list[int]
+) -> None:
+    _engine_env(monkeypatch, env)
+    args = parse_args([LLAMA_8B, "--node-gpus", "3", "--max-model-len", "4096"])
+    node, gpus = place_gpus(args, build_config(args))
+    assert [g.index for g in node] == [0, 1, 2]
+    assert [g.index for g in gpus] == engine
+    # Only the engine's GPUs hold memory and draw the loaded idle power.
+    assert [g.index for g in node if g.sample().memory_used_bytes > 0] == engine
+    assert [g.index for g in node if g.idle_power_w == g.model.idle_loaded_w] == engine
+
+
+def test_without_node_gpus_the_shells_variables_do_not_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sim backend's server is a node of its own; a CUDA_VISIBLE_DEVICES meant for the
+    # machine's real GPUs must not move (or break) it.
+    _engine_env(monkeypatch, {CUDA_VISIBLE_DEVICES: "3"})
+    args = parse_args([LLAMA_8B, "-tp", "2", "--max-model-len", "4096"])
+    node, gpus = place_gpus(args, build_config(args))
+    assert [g.index for g in node] == [g.index for g in gpus] == [0, 1]
+
+
+def test_visible_devices_the_node_lacks_are_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _engine_env(monkeypatch, {CUDA_VISIBLE_DEVICES: "5"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "jouletune", "sim-server", LLAMA_8B, "--node-gpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "jouletune sim-server: error: CUDA_VISIBLE_DEVICES=5: there is no CUDA device 5; this "
+        "process may use 2 GPU(s) (NVML 0=GPU-sim-h100-80gb-0000, 1=GPU-sim-h100-80gb-0001)"
+    )

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from jouletune.gpu.simulated import SimulatedGpu, gpu_model
-from jouletune.models import ModelArch, parse_config
+from jouletune.models import ModelArch, experts_touched, parse_config
 from jouletune.sim import DEFAULT_PERF, BatchShape, EngineConfig, run_closed_loop, step_work
-from jouletune.sim._perf import experts_touched, kv_bytes_per_token_per_rank, kv_cache_tokens
+from jouletune.sim._perf import kv_bytes_per_token_per_rank, kv_cache_tokens
 from jouletune.sim.cli import build_config, parse_args
 from tests.models.published import arch, config
 from tests.procs import free_port, jouletune_process

@@ -5,10 +5,12 @@ ways a server fails to start (crash, OOM, hang, busy port)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +179,87 @@ def test_preflight_refuses_caps_without_permission() -> None:
             assert call.args[1] == 700_000
 
 
+def test_preflight_refuses_visible_devices_that_leave_too_few_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.gpu.nvml_fake import fake_nvml
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    spec = parse_spec(
+        {"backend": "vllm", "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [1, 2]}}
+    )
+    runner = LocalRunner(spec=spec, port=free_port(), server_command=SIM_AS_VLLM)
+    with (
+        fake_nvml(num_gpus=2),
+        pytest.raises(
+            RunnerError,
+            match=r"^tensor parallelism 2 needs 2 GPUs, but CUDA_VISIBLE_DEVICES=1 leaves 1 ",
+        ),
+    ):
+        asyncio.run(runner.preflight([]))
+
+
 def test_preflight_refuses_caps_outside_the_range() -> None:
     from tests.gpu.nvml_fake import fake_nvml
 
     with fake_nvml(num_gpus=1), pytest.raises(RunnerError, match=r"\[100.0\] outside GPU 0"):
         asyncio.run(_capped_runner().preflight([100.0]))
+
+
+# A simulated two-GPU node: the stand-in engine honours CUDA_VISIBLE_DEVICES and
+# NVIDIA_VISIBLE_DEVICES as vLLM does, and its /sim/gpus stands in for the node's NVML.
+SIM_NODE_AS_VLLM = [*SIM_AS_VLLM, "--node-gpus", "2"]
+
+
+@pytest.mark.parametrize(
+    ("env", "engine_gpu"),
+    [
+        ({}, 0),
+        ({"CUDA_VISIBLE_DEVICES": "1"}, 1),
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-sim-h100-80gb-0001"}, 1),
+    ],
+)
+def test_tp1_on_a_two_gpu_node_counts_one_gpus_energy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], engine_gpu: int
+) -> None:
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # the engine and the runner read the same environment
+    runner = LocalRunner(
+        spec=_spec(),
+        read_only=True,
+        port=free_port(),
+        server_command=SIM_NODE_AS_VLLM,
+        exporter_command=SIM_EXPORTER,
+        sim_gpus_url="{server_url}",
+    )
+    plan = TrialPlan(number=0, role=Role.SEARCH, point=SERVER)
+
+    async def scenario() -> tuple[Any, dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        async with runner.server(SERVER, log_dir=tmp_path / "srv") as server:
+            outcome = await server.measure(plan, trial_dir=tmp_path / "t0")
+            result = json.loads((tmp_path / "t0" / "result.json").read_text())
+            window = result["window"]
+            query = f"start_unix_s={window['start_unix_s']}&end_unix_s={window['end_unix_s']}"
+            truth = _get_json(f"{server.server.url}/sim/truth?{query}")
+            node = _get_json(f"{server.server.url}/sim/gpus")["gpus"]
+        return outcome, result, truth, node
+
+    outcome, result, truth, node = asyncio.run(scenario())
+    assert outcome.fail_reason is None, outcome.fail_reason
+    assert [g["index"] for g in node] == [0, 1], "a two-GPU node"
+    (gpu,) = result["gpus"]
+    assert gpu["uuid"] == f"GPU-sim-h100-80gb-{engine_gpu:04d}"
+    (engine,) = truth["gpus"]  # the simulator's truth: the engine's GPU only
+    assert engine["index"] == engine_gpu
+    # The other GPU idles all along; what it drew in the window would show if it were counted.
+    idle_w = node[1 - engine_gpu]["power_w"]
+    other_j = idle_w * (result["window"]["end_unix_s"] - result["window"]["start_unix_s"])
+    assert other_j > 0.1 * engine["energy_j"]
+    assert result["energy_j"] == pytest.approx(engine["energy_j"], rel=0.05)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 from pathlib import Path
@@ -192,6 +193,27 @@ def test_saving_is_reproduced_by_an_independent_bench(
     baseline = _bench_j_per_token(tmp_path, rec["baseline"]["point"], workload, "baseline")
     saving_pct = 100.0 * (1.0 - recommended / baseline)
     assert abs(saving_pct - rec["saving_pct"]) <= 3.0, (saving_pct, rec["saving_pct"])
+
+
+def test_the_recommended_cap_is_reported_against_its_configuration_uncapped(
+    killed_and_resumed: dict[str, Any],
+) -> None:
+    rec = json.loads((killed_and_resumed["out"] / "recommendation.json").read_text())
+    report = rec["cap_report"]
+    assert report["power_limit_w"] == rec["recommended"]["point"]["power_limit_w"]
+    assert report["uncapped_trials"], "the power walk measures the configuration uncapped first"
+    with (killed_and_resumed["out"] / "trials.csv").open() as f:
+        run_of = {int(row["number"]): row["server_run"] for row in csv.DictReader(f)}
+    shared = {run_of[n] for n in report["capped_trials"]} & {
+        run_of[n] for n in report["uncapped_trials"]
+    }
+    assert report["same_server_start"] is bool(shared)  # a SIGKILL between them splits them
+    expected = 100.0 * (1.0 - report["capped_j_per_token"] / report["uncapped_j_per_token"])
+    assert report["saving_pct"] == pytest.approx(expected)
+    assert report["bound"] == (report["cap_bound_fraction"] >= 0.5)
+    where = "in the same server start" if shared else "in another server start"
+    assert f"against the same configuration uncapped {where}" in report["sentence"]
+    assert report["sentence"] in killed_and_resumed["output"]
 
 
 def test_infeasible_slo_ends_with_a_verdict(tmp_path: Path) -> None:

@@ -2,20 +2,28 @@
 
     jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL]
                        [--gpus 0,1 | --gpus GPU-…,GPU-… | --gpus-file PATH] [--power-limit-w W]
-                       [--control-port 9401] [--format jouletune|dcgm]
+                       [--control-port 9401] [--state-dir DIR] [--format jouletune|dcgm]
+                       [--collect-interval-s S]
 
-NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. `--gpus` picks
+NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. Without a
+selection it exports the GPUs CUDA would see here (all, unless CUDA_VISIBLE_DEVICES or
+NVIDIA_VISIBLE_DEVICES narrow them: `jouletune.gpu.VisibleDevices`). `--gpus` picks
 GPUs by index or UUID; `--gpus-file` waits for a file that lists them (in a trial pod the
 engine container writes the UUIDs of the GPUs the device plugin gave it, since the sidecar
 sees the whole node). With
 `--power-limit-w`, the exporter holds that cap on its GPUs while it runs and restores each
-GPU's previous limit when it stops: in a trial pod it is the one container that needs the
-capability to change limits. `--control-port` serves the GPU API on 127.0.0.1 so the load
-generator can step limits through the exporter (`_control`); the exporter restores every
-GPU's original limit when it stops. In a pod, the `pod` and `namespace` labels come from
-POD_NAME and POD_NAMESPACE (the downward API). `--format dcgm` serves the same reads under
-NVIDIA dcgm-exporter's names, units and labels (`_dcgm`), the host label from NODE_NAME or
-the hostname.
+GPU's previous limit when it stops: in a trial pod, and beside an adopted Deployment, it is
+the one container that needs the capability to change limits. `--control-port` serves the
+GPU API on 127.0.0.1 so the load generator can step limits through the exporter
+(`_control`); the exporter restores every GPU's original limit when it stops.
+
+An exporter that may change limits (either flag) writes each GPU's limit as found to
+`--state-dir` before changing it; at start it restores, first, the limits a killed
+predecessor left there for its GPUs, and logs each (`jouletune.gpu.restore_left_limits`).
+In a pod, the `pod` and `namespace` labels come from POD_NAME and POD_NAMESPACE (the
+downward API). `--format dcgm` serves the same reads under NVIDIA dcgm-exporter's names,
+units and labels (`_dcgm`), the host label from NODE_NAME or the hostname; with
+`--collect-interval-s` it serves each read for that long, as dcgm-exporter does.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -43,17 +51,22 @@ from jouletune.exporter._dcgm import DcgmLabels, render_dcgm
 from jouletune.exporter._server import ExporterServer, make_app, registry_app, text_app
 from jouletune.exporter._source import GpuSource
 from jouletune.gpu import (
+    STATE_DIR_ENV,
     Gpu,
     GpuError,
     GpuSelector,
+    LimitStore,
     NvmlGpu,
     NvmlUnavailableError,
     PowerLimits,
+    VisibleDevices,
+    default_state_dir,
     held_power_limits,
     nvml_versions,
     open_nvml_gpus,
     open_sim_gpus,
     parse_selection,
+    restore_left_limits,
 )
 
 if TYPE_CHECKING:
@@ -80,18 +93,11 @@ def main(argv: list[str]) -> int:
         return _fail(str(err), _EXIT_FAILURE)
     except KeyboardInterrupt:
         return 0  # stopped while waiting: nothing was opened, nothing to restore
-    source = _source(args.sim, selection, args.collect_interval_s)
-    try:
-        gpus = source.gpus()
-    except (NvmlUnavailableError, ValueError) as err:
-        return _fail(str(err), _EXIT_USAGE)
-    except GpuError as err:
-        if args.sim is None:
-            return _fail(str(err), _EXIT_FAILURE)
-        # A sidecar may start before its sim-server; /healthz says 503 until it answers.
-        _log.warning("%s; serving 503 on /healthz until it answers", err)
-    else:
-        _log.info("exporting %s from %s", ", ".join(map(repr, gpus)), source.where)
+    source = _source(args.sim, selection, VisibleDevices.from_env(), args.collect_interval_s)
+    store = LimitStore(args.state_dir or default_state_dir())
+    failed = _open(source, store, sim=args.sim is not None, changes_limits=_changes_limits(args))
+    if failed is not None:
+        return failed
     metrics = _metrics_app(args.format, source, _driver_version(args.sim))
     app = make_app(metrics_app=metrics, check_health=source.health)
     try:
@@ -100,7 +106,7 @@ def main(argv: list[str]) -> int:
         return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror}", _EXIT_FAILURE)
     _log.info("serving http://%s:%d/metrics and /healthz", args.host, server.port)
     try:
-        with held_power_limits() as limits:
+        with held_power_limits(store=store) as limits:
             _hold(limits, source.opened(), args.power_limit_w)
             control = _control_server(args.control_port, source, limits)
             try:
@@ -113,7 +119,7 @@ def main(argv: list[str]) -> int:
     except (GpuError, ValueError) as err:
         return _fail(str(err), _EXIT_FAILURE)
     finally:
-        _close(source)
+        _close(source.opened())
     return 0
 
 
@@ -139,6 +145,33 @@ def _driver_version(sim_url: str | None) -> str:
         return nvml_versions()["driver"]
     except GpuError:
         return "unknown"
+
+
+def _open(source: GpuSource, store: LimitStore, *, sim: bool, changes_limits: bool) -> int | None:
+    """Open the GPUs and, before anything else, restore the limits a killed predecessor left
+    for them (only where this exporter may change limits); the exit code if it cannot."""
+    try:
+        gpus = source.gpus()
+    except (NvmlUnavailableError, ValueError) as err:
+        return _fail(str(err), _EXIT_USAGE)
+    except GpuError as err:
+        if not sim:
+            return _fail(str(err), _EXIT_FAILURE)
+        # A sidecar may start before its sim-server; /healthz says 503 until it answers. A
+        # limit left for one of its GPUs is restored when one is first changed (PowerLimits).
+        _log.warning("%s; serving 503 on /healthz until it answers", err)
+        return None
+    _log.info("exporting %s from %s", ", ".join(map(repr, gpus)), source.where)
+    if changes_limits:
+        try:
+            restore_left_limits(store, gpus)
+        except GpuError as err:
+            return _fail(f"cannot restore a limit left in {store.directory}: {err}", _EXIT_FAILURE)
+    return None
+
+
+def _changes_limits(args: argparse.Namespace) -> bool:
+    return args.power_limit_w is not None or args.control_port is not None
 
 
 def _hold(limits: PowerLimits, gpus: Sequence[Gpu], watts: float | None) -> None:
@@ -223,6 +256,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve the GPU power-limit API on 127.0.0.1:PORT (limits restored on exit)",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where each GPU's limit as found is kept while changed, for the next run to "
+        f"restore after a crash (default: ${STATE_DIR_ENV}, $XDG_STATE_HOME/jouletune, "
+        "/var/lib/jouletune as root, else ~/.local/state/jouletune)",
+    )
     return parser
 
 
@@ -265,17 +306,41 @@ def _read_if_there(path: Path) -> str:
 
 
 def _source(
-    sim_url: str | None, selection: list[GpuSelector] | None, interval_s: float
+    sim_url: str | None,
+    selection: list[GpuSelector] | None,
+    visible: VisibleDevices,
+    interval_s: float,
 ) -> GpuSource:
+    open_all: Callable[[list[GpuSelector] | None], Sequence[Gpu]]
     if sim_url is not None:
+        where = f"sim-server {sim_url}"
+
+        def open_all(chosen: list[GpuSelector] | None) -> Sequence[Gpu]:
+            return open_sim_gpus(sim_url, selection=chosen)
+    else:
+        where = "NVML"
+        open_all = open_nvml_gpus
+    if selection is not None or not visible.narrows():
         return GpuSource(
-            open_gpus=lambda: open_sim_gpus(sim_url, selection=selection),
-            where=f"sim-server {sim_url}",
-            collect_interval_s=interval_s,
+            open_gpus=lambda: open_all(selection), where=where, collect_interval_s=interval_s
         )
     return GpuSource(
-        open_gpus=lambda: open_nvml_gpus(selection), where="NVML", collect_interval_s=interval_s
+        open_gpus=lambda: _visible_only(open_all(None), visible),
+        where=f"{where}, those {visible.describe()} leaves visible",
+        collect_interval_s=interval_s,
     )
+
+
+def _visible_only(gpus: Sequence[Gpu], visible: VisibleDevices) -> list[Gpu]:
+    """The GPUs CUDA sees in this environment, in CUDA's order (ValueError: bad variables)."""
+    by_index = {gpu.index: gpu for gpu in gpus}
+    try:
+        keep = visible.visible({i: gpu.uuid for i, gpu in by_index.items()})
+    except ValueError:
+        _close(gpus)
+        raise
+    _close([gpu for i, gpu in by_index.items() if i not in keep])
+    return [by_index[i] for i in keep]
 
 
 def _serve_until_signal(server: ExporterServer) -> None:
@@ -289,8 +354,8 @@ def _serve_until_signal(server: ExporterServer) -> None:
     server.serve_forever()
 
 
-def _close(source: GpuSource) -> None:
-    for gpu in source.opened():
+def _close(gpus: Sequence[Gpu]) -> None:
+    for gpu in gpus:
         if isinstance(gpu, NvmlGpu):
             gpu.close()
 

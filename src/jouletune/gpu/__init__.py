@@ -3,7 +3,10 @@
 Real GPUs come from NVML (`open_nvml_gpus`), a sim-server's GPUs over HTTP (`open_sim_gpus`),
 simulated ones from `SimulatedGpu` (the power model in `jouletune.gpu.simulated`). All satisfy
 the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` is the
-only way jouletune changes a limit.
+only way jouletune changes a limit; with a `LimitStore` the limits as found are on disk while
+they are changed, and `restore_left_limits` puts back what a crashed run left.
+`VisibleDevices` maps CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES to NVML indices: the
+GPUs an engine started in this environment uses.
 """
 
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
@@ -19,23 +22,38 @@ from jouletune.gpu._remote import (
 )
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._select import GpuSelector, parse_selection
+from jouletune.gpu._state import (
+    STATE_DIR_ENV,
+    LimitRecord,
+    LimitStore,
+    Restored,
+    default_state_dir,
+    restore_left_limits,
+)
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu._visible import VisibleDevices
 from jouletune.gpu.simulated import SimulatedGpu
 
 __all__ = [
     "EXPORTER_GPUS_PATH",
     "SIM_GPUS_PATH",
+    "STATE_DIR_ENV",
     "Gpu",
     "GpuError",
     "GpuPermissionError",
     "GpuSample",
     "GpuSelector",
+    "LimitRecord",
+    "LimitStore",
     "NvmlGpu",
     "NvmlUnavailableError",
     "PowerLimitRange",
     "PowerLimits",
     "RemoteGpu",
+    "Restored",
     "SimulatedGpu",
+    "VisibleDevices",
+    "default_state_dir",
     "gpu_entry",
     "held_power_limits",
     "nvml_versions",
@@ -44,5 +62,6 @@ __all__ = [
     "open_sim_gpus",
     "parse_selection",
     "power_limit",
+    "restore_left_limits",
     "sample_all",
 ]

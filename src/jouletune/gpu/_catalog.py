@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from jouletune.gpu._types import PowerLimitRange
 
-__all__ = ["GPU_CATALOG", "GpuModel", "PowerCoefficients", "gpu_model"]
+__all__ = ["GPU_CATALOG", "GpuModel", "PowerCoefficients", "gpu_by_name", "gpu_model"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,3 +171,8 @@ def gpu_model(key: str) -> GpuModel:
         raise ValueError(
             f"unknown GPU {key!r}; the catalog has: {', '.join(sorted(GPU_CATALOG))}"
         ) from None
+
+
+def gpu_by_name(name: str) -> GpuModel | None:
+    """The catalog entry whose NVML name is `name` (as exporters label GPUs), or None."""
+    return next((gpu for gpu in GPU_CATALOG.values() if gpu.name == name), None)

@@ -3,7 +3,9 @@
 Every limit is read before it is changed and put back to that value however the block ends:
 normal exit, exception, or SIGTERM (Kubernetes stops a pod with SIGTERM; a GPU left capped
 would slow the next workload on it). Zeus restores `max(power_limits)` instead; we restore
-what we found.
+what we found. With a `LimitStore`, the limit as found is also written to disk before the
+first change and deleted once it is back, so that after a SIGKILL the next run restores it
+(`_state.py`); a record a dead run left for a GPU is restored before that GPU is changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from jouletune.gpu._errors import GpuError
+from jouletune.gpu._state import LimitStore, take_over
 from jouletune.gpu._types import Gpu
 
 __all__ = ["PowerLimits", "held_power_limits", "power_limit"]
@@ -34,16 +37,22 @@ class _Change:
     gpu: Gpu
     previous_w: float
     restored: bool = False
+    recorded: bool = False  # this change wrote the GPU's state file, deleted once restored
 
 
 class PowerLimits:
     """Power-limit changes that remember each GPU's limit as first found, to put it back.
 
     Use inside `held_power_limits()`, which restores everything however its block ends.
+
+    Args:
+        store: where the limits as found are written before they change, for the next run
+            to restore after a crash; None keeps them in memory only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, store: LimitStore | None = None) -> None:
         self._changes: list[_Change] = []
+        self._store = store
 
     def apply(self, gpus: Sequence[Gpu], watts: float | None) -> None:
         """Cap every GPU in `gpus` at `watts`; None puts each back to its limit as found.
@@ -55,41 +64,62 @@ class PowerLimits:
             GpuError: a limit could not be read or set.
         """
         if watts is None:
-            _restore([c for c in self._changes if c.gpu in gpus])
+            _restore([c for c in self._changes if c.gpu in gpus], self._store)
             return
         _validate(gpus, watts)
         for gpu in gpus:
-            change = self._change_of(gpu)
-            current_w = gpu.sample().power_limit_w
-            if current_w is None:
-                raise GpuError(f"GPU {gpu.index} ({gpu.name}) cannot report its power limit")
-            if abs(current_w - watts) < _SAME_LIMIT_W:
-                continue
-            if change is None:
-                # Recorded before the write: if the write half-succeeds we still restore.
-                self._changes.append(_Change(gpu=gpu, previous_w=current_w))
-            else:
-                change.restored = False
-            gpu.set_power_limit_w(watts)
+            self._apply_one(gpu, watts)
 
     def restore(self) -> None:
         """Put every changed GPU back to its limit as found."""
-        _restore(self._changes)
+        _restore(self._changes, self._store)
+
+    def _apply_one(self, gpu: Gpu, watts: float) -> None:
+        change = self._change_of(gpu)
+        current_w = gpu.sample().power_limit_w
+        if current_w is None:
+            raise GpuError(f"GPU {gpu.index} ({gpu.name}) cannot report its power limit")
+        if self._store is not None and (change is None or change.restored):
+            # A cap a crashed run left is not "the limit as found": put its record's back.
+            found_w = take_over(self._store, gpu)
+            current_w = current_w if found_w is None else found_w
+        if abs(current_w - watts) < _SAME_LIMIT_W:
+            return
+        if change is None:
+            change = _Change(gpu=gpu, previous_w=current_w)
+            self._record(change)
+            # Remembered before the write: if the write half-succeeds we still restore.
+            self._changes.append(change)
+        elif change.restored:
+            self._record(change)
+            change.restored = False
+        gpu.set_power_limit_w(watts)
+
+    def _record(self, change: _Change) -> None:
+        """Write the limit as found to disk (raises GpuError, before anything changed)."""
+        store = self._store
+        # Another holder in this process wrote the file already; its limit is the one found.
+        change.recorded = (
+            store is not None
+            and not store.owned_here(change.gpu)
+            and store.save(change.gpu, change.previous_w)
+        )
 
     def _change_of(self, gpu: Gpu) -> _Change | None:
         return next((c for c in self._changes if c.gpu is gpu), None)
 
 
 @contextmanager
-def held_power_limits() -> Iterator[PowerLimits]:
+def held_power_limits(*, store: LimitStore | None = None) -> Iterator[PowerLimits]:
     """A `PowerLimits` whose changes are undone on normal exit, on an exception, and on SIGTERM
     (when entered in the main thread): the handler restores, then hands the signal to the
-    handler that was installed before (by default: the process dies of SIGTERM).
+    handler that was installed before (by default: the process dies of SIGTERM). With
+    `store`, each limit as found is on disk while it is changed (see `PowerLimits`).
 
     Raises:
         GpuError: a limit could not be restored.
     """
-    limits = PowerLimits()
+    limits = PowerLimits(store=store)
     with _restore_on_sigterm(limits):
         try:
             yield limits
@@ -98,11 +128,14 @@ def held_power_limits() -> Iterator[PowerLimits]:
 
 
 @contextmanager
-def power_limit(gpus: Sequence[Gpu], watts: float | None) -> Iterator[None]:
+def power_limit(
+    gpus: Sequence[Gpu], watts: float | None, *, store: LimitStore | None = None
+) -> Iterator[None]:
     """Cap every GPU in `gpus` at `watts` for the block, then restore each one's previous limit.
 
     `watts=None` changes nothing. A GPU already at `watts` is not written. The previous limits
-    are restored as `held_power_limits()` restores them.
+    are restored as `held_power_limits()` restores them; with `store`, they are on disk
+    meanwhile.
 
     Raises:
         ValueError: `watts` is outside a GPU's `power_limit_range()`.
@@ -111,7 +144,7 @@ def power_limit(gpus: Sequence[Gpu], watts: float | None) -> Iterator[None]:
     if watts is None:
         yield
         return
-    with held_power_limits() as limits:
+    with held_power_limits(store=store) as limits:
         limits.apply(gpus, watts)
         yield
 
@@ -126,8 +159,9 @@ def _validate(gpus: Sequence[Gpu], watts: float) -> None:
             )
 
 
-def _restore(changes: Sequence[_Change]) -> None:
-    """Put back every limit not yet restored; try all GPUs before raising the first error."""
+def _restore(changes: Sequence[_Change], store: LimitStore | None) -> None:
+    """Put back every limit not yet restored and delete its state file; try all GPUs before
+    raising the first error (a GPU not restored keeps its file, for the next run)."""
     first_error: GpuError | None = None
     for change in reversed(changes):
         if change.restored:
@@ -136,6 +170,9 @@ def _restore(changes: Sequence[_Change]) -> None:
             change.gpu.set_power_limit_w(change.previous_w)
             change.restored = True
             _log.info("GPU %d power limit restored to %g W", change.gpu.index, change.previous_w)
+            if change.recorded and store is not None:
+                store.drop(change.gpu)
+                change.recorded = False
         except GpuError as err:
             _log.error("GPU %d power limit NOT restored: %s", change.gpu.index, err)
             first_error = first_error or err

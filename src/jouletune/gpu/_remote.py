@@ -53,6 +53,11 @@ class _Client:
         self._timeout_s = timeout_s
         self._what = "sim-server" if path == SIM_GPUS_PATH else "GPU server"
 
+    @property
+    def api_url(self) -> str:
+        """The GPU API's own URL (the server's URL and the path of its GPUs)."""
+        return self.url + self._path
+
     def describe(self) -> str:
         """`sim-server URL` or `GPU server URL`, for messages."""
         return f"{self._what} {self.url}"
@@ -143,6 +148,12 @@ class RemoteGpu:
     def url(self) -> str:
         """The server's base URL."""
         return self._client.url
+
+    @property
+    def api_url(self) -> str:
+        """Where this GPU's server serves its GPUs (`url` plus the API's path): what finds
+        this GPU again from another process."""
+        return self._client.api_url
 
     def sample(self) -> GpuSample:
         """Read this GPU now (one GET of all the server's GPUs; `sample_all` shares it)."""

@@ -30,7 +30,13 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from jouletune.gpu._catalog import GPU_CATALOG, GpuModel, PowerCoefficients, gpu_model
+from jouletune.gpu._catalog import (
+    GPU_CATALOG,
+    GpuModel,
+    PowerCoefficients,
+    gpu_by_name,
+    gpu_model,
+)
 from jouletune.gpu._errors import GpuError
 from jouletune.gpu._types import GpuSample, PowerLimitRange
 
@@ -41,6 +47,7 @@ __all__ = [
     "PowerCoefficients",
     "SimulatedGpu",
     "StepOutcome",
+    "gpu_by_name",
     "gpu_model",
 ]
 

@@ -14,6 +14,7 @@ Prometheus) interpolated at the window's edges; and validity checks on every mea
 from jouletune.loadgen._checks import CheckResult, ValidityThresholds
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
+from jouletune.loadgen._diagnosis import Diagnosis, diagnose, inputs_of
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
 from jouletune.loadgen._records import RequestRecord, Window
@@ -39,6 +40,7 @@ __all__ = [
     "BenchResult",
     "CheckResult",
     "DatasetError",
+    "Diagnosis",
     "EnergySource",
     "EnvironmentInfo",
     "GpuResult",
@@ -56,6 +58,8 @@ __all__ = [
     "WindowResult",
     "WorkloadSummary",
     "compute_metrics",
+    "diagnose",
+    "inputs_of",
     "load_requests",
     "run_bench",
     "steady_state_window",

@@ -14,6 +14,7 @@ import aiohttp
 from jouletune import __version__
 from jouletune.loadgen._checks import CheckResult, Evidence, failed, run_checks
 from jouletune.loadgen._config import BenchConfig
+from jouletune.loadgen._diagnosis import diagnose, inputs_of
 from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
 from jouletune.loadgen._records import RequestRecord, Window
 from jouletune.loadgen._result import (
@@ -31,9 +32,11 @@ from jouletune.loadgen._telemetry import (
     ExporterScrape,
     ServerScrape,
     avg_running,
+    energy_during,
     measure_energy,
 )
 from jouletune.loadgen._window import NoSteadyStateError, steady_state_window
+from jouletune.models import ModelArch
 
 __all__ = ["MeasuredRun", "Telemetry", "build_result"]
 
@@ -60,6 +63,7 @@ class Telemetry:
     energy: list[ExporterScrape]
     server: list[ServerScrape]
     driver_version: str | None
+    model: tuple[str, ModelArch] | None = None  # the served model's shape, when known
 
 
 def build_result(
@@ -95,7 +99,10 @@ def build_result(
     checks = run_checks(_evidence(config, metrics, window, energy, workload, run), config.validity)
     reasons += failed(checks)
     parts = _Parts(metrics=metrics, window=window, energy=energy, workload=workload, checks=checks)
-    return _assemble(config, server, run, parts, telemetry, idle_power_w, reasons, warnings)
+    result = _assemble(config, server, run, parts, telemetry, idle_power_w, reasons, warnings)
+    name, arch = telemetry.model or (server.model, None)
+    diagnosis = diagnose(inputs_of(result), model=arch, model_name=name)
+    return result.model_copy(update={"diagnosis": diagnosis})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,7 +131,7 @@ def _evidence(
     run: MeasuredRun,
 ) -> Evidence:
     gpus = energy.gpus if energy else ()
-    clocks = [g.sm_clock for g in gpus if g.sm_clock is not None and g.sm_clock.first_half_median]
+    clocks = [g.sm_clock for g in gpus if g.sm_clock is not None and g.sm_clock.first_half_mean]
     temps = [g.temperature_c for g in gpus if g.temperature_c is not None]
     sent = len(run.records)
     return Evidence(
@@ -132,7 +139,7 @@ def _evidence(
         window_output_tokens=metrics.window_output_tokens,
         energy_samples=min((g.energy_updates_in_window or 0 for g in gpus), default=None),
         counter_decreases=energy.counter_decreases if energy else None,
-        sm_clock_drift=max((abs(c.drift) / c.first_half_median for c in clocks), default=None),
+        sm_clock_drift=max((abs(c.drift) / c.first_half_mean for c in clocks), default=None),
         temperature_drift_c=max((abs(t.drift) for t in temps), default=None),
         error_rate=metrics.failed / sent if sent else None,
         # A chat template adds tokens the client cannot count: no comparison there.
@@ -179,6 +186,7 @@ def _assemble(
             else None
         ),
         avg_power_w=energy.avg_power_w if energy else None,
+        idle_energy_j=_idle_energy(run.records, window, telemetry) if energy_j else None,
         power_cap_bound_fraction=energy.cap_bound_fraction if energy else None,
         gpus=list(energy.gpus) if energy else [],
         avg_batch_size=batch if batch is not None else metrics.avg_in_flight,
@@ -199,6 +207,27 @@ def _assemble(
         warnings=warnings,
         requests=_details(run, window) if config.save_detailed else None,
     )
+
+
+def _idle_energy(
+    records: list[RequestRecord], window: Window | None, telemetry: Telemetry
+) -> float | None:
+    """Energy in the window while no request was in flight (the client's count)."""
+    if window is None:
+        return None
+    spans: list[tuple[float, float]] = []
+    in_flight, idle_from = 0, window.start_s
+    events = sorted([(r.send_s, 1) for r in records] + [(r.end_s, -1) for r in records])
+    for t_s, delta in events:
+        if in_flight == 0 and delta > 0 and t_s > idle_from:
+            spans.append((max(idle_from, window.start_s), min(t_s, window.end_s)))
+        in_flight += delta
+        if in_flight == 0:
+            idle_from = t_s
+    if in_flight == 0 and idle_from < window.end_s:
+        spans.append((max(idle_from, window.start_s), window.end_s))
+    spans = [(a, b) for a, b in spans if b > a]
+    return energy_during(telemetry.energy, spans) if spans else 0.0
 
 
 def _latency(stats: LatencyStats) -> LatencySummary:

@@ -39,10 +39,10 @@ class ValidityThresholds(BaseModel):
         0, ge=0, description="times a GPU's energy counter went backwards (reset or wrap)"
     )
     max_sm_clock_drift: float = Field(
-        0.05, ge=0, description="|median SM clock, 2nd half - 1st half| / 1st half, per GPU"
+        0.15, ge=0, description="|mean SM clock, 2nd half - 1st half| / 1st half, per GPU"
     )
     max_temperature_drift_c: float = Field(
-        10.0, ge=0, description="|median temperature, 2nd half - 1st half|, per GPU, °C"
+        10.0, ge=0, description="|mean temperature, 2nd half - 1st half|, per GPU, °C"
     )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="failed / sent requests")
     max_prompt_tokens_deviation: float = Field(

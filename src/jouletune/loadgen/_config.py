@@ -102,6 +102,9 @@ class BenchConfig(BaseModel):
     save_detailed: bool = Field(
         False, description="add one entry per request (`requests`) to the result"
     )
+    server_max_num_seqs: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="the server's max_num_seqs, for the diagnosis' batch fill"
+    )
     validity: ValidityThresholds = Field(
         default_factory=ValidityThresholds, description="what a measurement must meet to count"
     )

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jouletune.loadgen._checks import CheckResult
 from jouletune.loadgen._config import BenchConfig
+from jouletune.loadgen._diagnosis import Diagnosis
 
 __all__ = [
     "BenchResult",
@@ -69,14 +70,13 @@ class WindowResult(_Model):
 
 
 class Spread(_Model):
-    """A gauge's readings inside the window. The halves' medians show a drift and ignore the
-    odd reading taken during another kind of step (a prefill's clock among decodes')."""
+    """A gauge's readings inside the window; the halves' means show a drift."""
 
     mean: float
     min: float
     max: float
-    first_half_median: float
-    second_half_median: float
+    first_half_mean: float
+    second_half_mean: float
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> Spread | None:
@@ -88,14 +88,13 @@ class Spread(_Model):
         first, second = known[:half], known[half:] or known[:half]
         return cls(
             mean=sum(known) / len(known), min=min(known), max=max(known),
-            first_half_median=statistics.median(first),
-            second_half_median=statistics.median(second),
+            first_half_mean=statistics.fmean(first), second_half_mean=statistics.fmean(second),
         )  # fmt: skip
 
     @property
     def drift(self) -> float:
-        """Second half's median minus the first's."""
-        return self.second_half_median - self.first_half_median
+        """Second half's mean minus the first's."""
+        return self.second_half_mean - self.first_half_mean
 
 
 class GpuResult(_Model):
@@ -141,7 +140,9 @@ class WorkloadSummary(_Model):
     """What was sent."""
 
     dataset: str
-    tokenizer: str = Field(description="what counted the prompts' tokens (`words`: the sim's)")
+    tokenizer: str | None = Field(
+        None, description="what counted the prompts' tokens (`words`: the sim's)"
+    )
     num_prompts: int
     sent: int = Field(description="requests actually sent (fewer with --duration or a lost server)")
     warmup_requests: int
@@ -149,11 +150,12 @@ class WorkloadSummary(_Model):
         description="usage.prompt_tokens: what the server counted, successful requests"
     )
     mean_requested_prompt_tokens: float | None = Field(
-        description="what those requests asked for (special tokens included)"
+        None, description="what those requests asked for (special tokens included)"
     )
     prompt_tokens_deviation: float | None = Field(
+        None,
         description="mean counted / mean requested - 1; beyond 1% the run warns: the server's"
-        " tokenizer is not the one the prompts were built with"
+        " tokenizer is not the one the prompts were built with",
     )
     mean_max_tokens: float
     request_rate: float | str
@@ -228,7 +230,7 @@ class BenchResult(_Model):
     duration_s: float
     window: WindowResult | None
     latency_scope: Literal["window", "all"]
-    latency_requests: int
+    latency_requests: int | None = None  # None in results written before it was recorded
     ttft_ms: LatencySummary
     tpot_ms: LatencySummary
     itl_ms: LatencySummary
@@ -247,6 +249,12 @@ class BenchResult(_Model):
     idle_power_w: float | None
     run: RunSummary
     environment: EnvironmentInfo
+    idle_energy_j: float | None = Field(
+        None, description="energy in the window while no request was in flight"
+    )
+    diagnosis: Diagnosis | None = Field(
+        None, description="why the run cost what it cost (jouletune.loadgen._diagnosis)"
+    )
     checks: list[CheckResult] = Field(
         default_factory=list, description="every validity check: threshold, measured, verdict"
     )

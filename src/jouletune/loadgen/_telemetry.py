@@ -18,6 +18,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from jouletune.contract import VLLM_RUNNING, VLLM_WAITING
@@ -30,6 +31,7 @@ __all__ = [
     "ExporterScrape",
     "ServerScrape",
     "avg_running",
+    "energy_during",
     "measure_energy",
     "parse_server_text",
     "refreshed_after",
@@ -142,6 +144,28 @@ def measure_energy(
     if not series:
         problems.append("no exporter scrape saw a GPU energy counter")
     return _combine(gpus, problems, window, decreases)
+
+
+def energy_during(
+    scrapes: Sequence[ExporterScrape], spans: Sequence[tuple[float, float]]
+) -> float | None:
+    """Joules all GPUs drew during `spans` ((start, end) pairs), from each GPU's counter
+    interpolated between fresh readings; None without readings."""
+    series: dict[tuple[str, str], list[tuple[float, GpuReading]]] = {}
+    for scrape in scrapes:
+        for reading in scrape.gpus:
+            series.setdefault((scrape.url, reading.uuid), []).append((scrape.t_s, reading))
+    if not series:
+        return None
+    starts = np.array([a for a, _ in spans], dtype=np.float64)
+    ends = np.array([b for _, b in spans], dtype=np.float64)
+    total = 0.0
+    for points in series.values():
+        fresh = _fresh(sorted(points, key=lambda p: p[0]))
+        t = np.array([p[0] for p in fresh], dtype=np.float64)
+        e = np.array([p[1].energy_j for p in fresh], dtype=np.float64)
+        total += float(np.sum(np.interp(ends, t, e) - np.interp(starts, t, e)))
+    return total
 
 
 def _decreases(fresh: list[tuple[float, GpuReading]], window: Window) -> int:

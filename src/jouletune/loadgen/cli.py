@@ -156,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         help="after the run, wait at most SECONDS for a fresh energy reading (default: 120)",
     )
     p.add_argument(
+        "--server-max-num-seqs",
+        type=int,
+        metavar="N",
+        help="the server's max_num_seqs, so the diagnosis can say how full the batch was",
+    )
+    p.add_argument(
         "--check",
         type=_pair,
         action="append",

@@ -8,7 +8,7 @@ the simulator's step-time model and the tuner's diagnosis (FLOPs and bytes per s
 the GPU's roofline) both start from it. Imports nothing of jouletune's.
 """
 
-from jouletune.models._arch import MlaShape, ModelArch, MoeShape, WeightFormat
+from jouletune.models._arch import MlaShape, ModelArch, MoeShape, WeightFormat, experts_touched
 from jouletune.models._catalog import MODEL_CATALOG, catalog_entry, model_arch
 from jouletune.models._parse import SUPPORTED_MODEL_TYPES, parse_config
 
@@ -20,6 +20,7 @@ __all__ = [
     "MoeShape",
     "WeightFormat",
     "catalog_entry",
+    "experts_touched",
     "model_arch",
     "parse_config",
 ]

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-__all__ = ["MlaShape", "ModelArch", "MoeShape", "WeightFormat"]
+__all__ = ["MlaShape", "ModelArch", "MoeShape", "WeightFormat", "experts_touched"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,6 +312,17 @@ class ModelArch:
         """Bytes of one token of vLLM's KV pool (what `num_gpu_blocks` is counted in)."""
         return self.kv_pool_layers * self.kv_bytes_per_token_per_layer
 
+    def decode_step(self, batch: int, context: float) -> tuple[float, float]:
+        """(flops, bytes read) of one decode step of `batch` sequences, each attending to
+        `context` tokens: the weights every step reads, the experts the batch touches, the KV
+        cache; two flops per active parameter per token, plus attention."""
+        experts = (
+            experts_touched(self.num_experts, self.experts_per_token, batch) if self.moe else 0.0
+        )
+        weights = self.step_weight_bytes + experts * self.expert_bytes_all_layers
+        flops = batch * (2 * self.active_params + context * self.attention_flops_per_token_pair)
+        return flops, weights + batch * context * self.kv_bytes_per_token
+
     @cached_property
     def attention_flops_per_token_pair(self) -> int:
         """Flops of one query token attending to one key token, all layers (QK^T and PV)."""
@@ -320,3 +331,14 @@ class ModelArch:
             qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim
             return 2 * self.num_layers * self.num_attention_heads * (qk_dim + m.v_head_dim)
         return 4 * self.num_layers * self.num_attention_heads * self.head_dim
+
+
+def experts_touched(num_experts: int, experts_per_token: int, num_tokens: int) -> float:
+    """Expected distinct experts of one MoE layer that `num_tokens` tokens are routed to, each
+    picking `experts_per_token` of `num_experts` uniformly: E·(1 − (1 − k/E)^n). One token
+    touches k; a large batch touches all E. Real routers are not uniform (popular experts
+    are shared more), so this is the most a batch can touch on average."""
+    if num_tokens <= 0:
+        return 0.0
+    miss = 1.0 - experts_per_token / num_experts
+    return num_experts * (1.0 - miss**num_tokens)

@@ -7,9 +7,16 @@ and a strategic-merge patch for a vLLM container. With `spec.adopt.mode: Apply` 
 everything the benchmark did not search and get the recommended values of what it did
 (`jouletune.engine.merge_args`).
 
-A GPU power limit is a node setting, not a pod one: it cannot travel in a Deployment patch.
-It is written beside the args (and as a pod-template annotation) for whatever manages the
-nodes' limits.
+A recommended GPU power limit is applied and held for real: the patch adds `jouletune
+exporter --power-limit-w W` as a native sidecar (an init container with `restartPolicy:
+Always`, Kubernetes >= 1.29), the one container with the privileges to change limits
+(`_holder.py`), only when there is a limit. It caps the GPUs the vLLM container holds, which
+that container lists at start (a postStart hook running the trial engine's own script,
+`GPU_LIST_SCRIPT`, into a shared emptyDir), holds the cap while the pod runs, and restores
+each GPU's original limit when the pod ends (SIGTERM); a killed sidecar's limits are restored
+by the next one on the node (the hostPath state directory). Adopting a recommendation
+without a limit removes a sidecar an earlier adoption added. The limit is also written
+beside the args and as a pod-template annotation.
 """
 
 from __future__ import annotations
@@ -22,15 +29,28 @@ from typing import Any
 import yaml
 
 from jouletune.contract import CRD_GROUP as GROUP
+from jouletune.contract import EXPORTER_PORT
 from jouletune.engine import merge_args
+from jouletune.operator._config import OperatorConfig
+from jouletune.operator._holder import STATE_VOLUME, hold_limits, state_volume
 from jouletune.operator._kube import KubeApi
-from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
+from jouletune.operator._pods import (
+    ENV_GPU_LIST,
+    GPU_LIST_DIR,
+    GPU_LIST_FILE,
+    GPU_LIST_SCRIPT,
+    LABEL_BENCHMARK,
+    BenchmarkRef,
+    benchmark_label,
+)
 from jouletune.operator._status import BenchmarkStatus, Condition, Phase, now_iso
 from jouletune.operator._table import COND_ADOPTED, COND_COMPLETE, COND_PROGRESSING, set_failed
 from jouletune.tuner import BenchmarkSpec, Recommendation
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
+    "SIDECAR",
+    "AdoptionError",
     "conclude",
     "configmap_name",
     "deployment_patch",
@@ -39,7 +59,24 @@ __all__ = [
 ]
 
 ANNOTATION_POWER_LIMIT = f"{GROUP}/power-limit-w"
+SIDECAR = "jouletune-power-limit"
 _GPU = "nvidia.com/gpu"
+_GPU_LIST_VOLUME = "jouletune-gpu-list"
+# The sidecar starts first and waits for the vLLM container's list: pulling a vLLM image on a
+# fresh node can take many minutes.
+_GPUS_FILE_TIMEOUT_S = 3600
+# Port names are at most 15 characters and unique in the pod: not the user's "metrics".
+_SIDECAR_PORT_NAME = "jouletune-gpu"
+
+
+class AdoptionError(ValueError):
+    """The recommendation cannot be patched into the Deployment; `reason` is the Adopted
+    condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 Event = Callable[[str, str, str], None]
 """Posts one Kubernetes Event about the benchmark: (type, reason, message)."""
@@ -53,14 +90,16 @@ async def conclude(
     rec: Recommendation,
     status: BenchmarkStatus,
     event: Event,
+    settings: OperatorConfig,
 ) -> None:
-    """The study is done: Succeeded with the recommendation adopted, or Failed saying why."""
+    """The study is done: Succeeded with the recommendation adopted, or Failed saying why;
+    `settings` name the image of a power-limit sidecar."""
     if rec.verdict != "recommended" or rec.artifacts is None or status.recommendation is None:
         reason = "NoFeasibleConfiguration" if rec.verdict == "infeasible" else "NoTrialMeasured"
         set_failed(status, reason, rec.message)
         event("Warning", "BenchmarkFailed", rec.message)
         return
-    await _adopt(kube, ref, spec, rec, status, event)
+    await _adopt(kube, ref, spec, rec, status, event, settings)
     status.phase = Phase.SUCCEEDED
     status.finished_at = now_iso()
     status.set_condition(
@@ -79,7 +118,7 @@ def configmap_name(benchmark: str) -> str:
 
 async def _adopt(
     kube: KubeApi, ref: BenchmarkRef, spec: BenchmarkSpec, rec: Recommendation,
-    status: BenchmarkStatus, event: Event,
+    status: BenchmarkStatus, event: Event, settings: OperatorConfig,
 ) -> None:  # fmt: skip
     """Write the recommendation ConfigMap and, with `adopt.mode: Apply`, patch the target
     Deployment; record what happened in `status` (its recommendation and Adopted condition)."""
@@ -100,7 +139,7 @@ async def _adopt(
             )
         )
         return
-    reason, message = await _apply(kube, ref.namespace, target.name, spec, rec, container)
+    reason, message = await _apply(kube, ref.namespace, target.name, spec, rec, container, settings)
     adopted = reason == "DeploymentPatched"
     status.recommendation.adopted = adopted
     status.set_condition(
@@ -118,15 +157,18 @@ async def _apply(
     spec: BenchmarkSpec,
     rec: Recommendation,
     container: str,
+    settings: OperatorConfig,
 ) -> tuple[str, str]:
     """Patch the target Deployment; (reason, message) of what happened."""
     deployment = await kube.get_deployment(namespace, target)
     if deployment is None:
         return "TargetNotFound", f"Deployment {target} not found"
     try:
-        patch = deployment_patch(deployment, spec=spec, rec=rec, container=container)
-    except ValueError as err:
-        return "ContainerNotFound", f"Deployment {target}: {err}"
+        patch = deployment_patch(
+            deployment, spec=spec, rec=rec, container=container, settings=settings
+        )
+    except AdoptionError as err:
+        return err.reason, f"Deployment {target}: {err}"
     await kube.patch_deployment(namespace, target, patch)
     summary = rec.recommended.label if rec.recommended else ""
     return "DeploymentPatched", f"Deployment {target} container {container} runs {summary}"
@@ -177,12 +219,19 @@ def serve_args_of(deployment: Mapping[str, Any], container: str) -> list[str]:
 
 
 def deployment_patch(
-    deployment: Mapping[str, Any], *, spec: BenchmarkSpec, rec: Recommendation, container: str
+    deployment: Mapping[str, Any],
+    *,
+    spec: BenchmarkSpec,
+    rec: Recommendation,
+    container: str,
+    settings: OperatorConfig,
 ) -> dict[str, Any]:
-    """A strategic-merge patch giving `container` the recommended args (and GPUs).
+    """A strategic-merge patch giving `container` the recommended args (and GPUs) and, with a
+    power limit, the sidecar that holds it (see the module docstring).
 
     Raises:
-        ValueError: the Deployment has no container of that name.
+        AdoptionError: the Deployment has no container of that name (`ContainerNotFound`), or
+            it has a postStart hook of its own where the limit needs one (`PowerLimitNotHeld`).
     """
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     current = _container(deployment, container)
@@ -190,18 +239,97 @@ def deployment_patch(
     patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
     cap = rec.artifacts.power_limit_w
     if cap is not None:
-        patch["spec"]["template"]["metadata"] = {
-            "annotations": {ANNOTATION_POWER_LIMIT: f"{cap:g}"}
-        }
+        _add_holder(patch, current, cap, settings)
+    elif any(c.get("name") == SIDECAR for c in _pod_spec(deployment).get("initContainers") or []):
+        _remove_holder(patch, current)
     return patch
 
 
+def _add_holder(
+    patch: dict[str, Any], current: Mapping[str, Any], watts: float, settings: OperatorConfig
+) -> None:
+    """The sidecar holding `watts`, and the vLLM container listing its GPUs for it."""
+    hook = (current.get("lifecycle") or {}).get("postStart")
+    if hook is not None and hook != _list_gpus_hook():
+        raise AdoptionError(
+            "PowerLimitNotHeld",
+            f"container {current.get('name')!r} has a postStart hook of its own; holding the "
+            f"{watts:g} W power limit needs one to learn the container's GPUs",
+        )
+    template = patch["spec"]["template"]
+    template["metadata"] = {"annotations": {ANNOTATION_POWER_LIMIT: f"{watts:g}"}}
+    pod = template["spec"]
+    (target,) = pod["containers"]
+    target["env"] = [{"name": ENV_GPU_LIST, "value": GPU_LIST_FILE}]
+    target["volumeMounts"] = [{"name": _GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR}]
+    target["lifecycle"] = {"postStart": _list_gpus_hook()}
+    pod["initContainers"] = [power_limit_sidecar(watts, settings)]
+    pod["volumes"] = [{"name": _GPU_LIST_VOLUME, "emptyDir": {}}, state_volume()]
+
+
+def _remove_holder(patch: dict[str, Any], current: Mapping[str, Any]) -> None:
+    """Strategic-merge directives that take out what `_add_holder` put in."""
+    patch["spec"]["template"]["metadata"] = {"annotations": {ANNOTATION_POWER_LIMIT: None}}
+    pod = patch["spec"]["template"]["spec"]
+    pod["initContainers"] = [{"name": SIDECAR, "$patch": "delete"}]
+    pod["volumes"] = [{"name": n, "$patch": "delete"} for n in (_GPU_LIST_VOLUME, STATE_VOLUME)]
+    (target,) = pod["containers"]
+    target["env"] = [{"name": ENV_GPU_LIST, "$patch": "delete"}]
+    target["volumeMounts"] = [{"mountPath": GPU_LIST_DIR, "$patch": "delete"}]
+    if (current.get("lifecycle") or {}).get("postStart") == _list_gpus_hook():
+        target["lifecycle"] = {"postStart": None}
+
+
+def power_limit_sidecar(watts: float, settings: OperatorConfig) -> dict[str, Any]:
+    """`jouletune exporter` holding `watts` on the GPUs the vLLM container lists, restoring
+    their limits when the pod ends; it also exports their energy on the exporter's port."""
+    container: dict[str, Any] = {
+        "name": SIDECAR,
+        "image": settings.trial_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": ["jouletune", "exporter"],
+        "args": [
+            "--port", str(EXPORTER_PORT),
+            "--gpus-file", GPU_LIST_FILE,
+            "--gpus-file-timeout-s", str(_GPUS_FILE_TIMEOUT_S),
+            "--power-limit-w", f"{watts:g}",
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE",
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # Every GPU of the node, NVML only; it caps those the vLLM container lists.
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+            {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
+        ],
+        "ports": [
+            {"name": _SIDECAR_PORT_NAME, "containerPort": EXPORTER_PORT, "protocol": "TCP"}
+        ],
+        "volumeMounts": [{"name": _GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR, "readOnly": True}],
+    }  # fmt: skip
+    hold_limits(container)
+    return container
+
+
+def _list_gpus_hook() -> dict[str, Any]:
+    """The vLLM container's postStart: list its GPUs' UUIDs for the sidecar (or stop it)."""
+    return {"exec": {"command": ["/bin/sh", "-c", GPU_LIST_SCRIPT]}}
+
+
+def _pod_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec: Mapping[str, Any] = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    return spec
+
+
 def _container(deployment: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+    containers = _pod_spec(deployment).get("containers")
     current = next((c for c in containers or [] if c.get("name") == name), None)
     if current is None:
         names = [c.get("name") for c in containers or []]
-        raise ValueError(f"Deployment has no container {name!r} (it has {names})")
+        raise AdoptionError(
+            "ContainerNotFound", f"Deployment has no container {name!r} (it has {names})"
+        )
     result: Mapping[str, Any] = current
     return result
 

@@ -171,6 +171,7 @@ class BenchmarkLoop:
                 rec=rec,
                 status=status,
                 event=self._event,
+                settings=self._ctx.config,
             )
         await self._write(status)
         await self._start_pods(study, spec, running, pods)
@@ -263,7 +264,11 @@ class BenchmarkLoop:
         record = told.record
         if record.figures is not None:
             self._ctx.metrics.observe_figures(
-                self.ref.namespace, self.ref.name, trial=record.number, figures=record.figures
+                self.ref.namespace,
+                self.ref.name,
+                trial=record.number,
+                figures=record.figures,
+                held_back_by=record.held_back_by,
             )
         self._ctx.metrics.observe_trial(
             self.ref.namespace,

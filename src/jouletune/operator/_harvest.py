@@ -88,14 +88,14 @@ def _tell(
     first, *riders = outcome.result.trials
     told = [
         _placed(
-            study.tell(record.number, first.outcome(duration_s=duration_s)),
+            study.tell(record.number, first.outcome(duration_s=duration_s, pod=placement.pod)),
             placement,
             None,
             first.duration_s,
         )
     ]
     for rider in riders:
-        extra = study.tell_extra(rider.point, rider.outcome(), role=record.role)
+        extra = study.tell_extra(rider.point, rider.outcome(pod=placement.pod), role=record.role)
         ridden = placements.setdefault(extra.number, Placement())
         ridden.pod, ridden.started_at = placement.pod, placement.started_at
         told.append(_placed(extra, ridden, None, rider.duration_s))

@@ -62,9 +62,17 @@ class OperatorMetrics:
             [*labels, "trial", "figure"],
             registry=registry,
         )
+        self._held_back = Gauge(
+            "jouletune_operator_trial_held_back",
+            "1 per measured trial, `cause` naming what its diagnosis says held it back (load, "
+            "power cap, scheduler, memory bandwidth, compute).",
+            [*labels, "trial", "cause"],
+            registry=registry,
+        )
         # Label values seen per benchmark, to remove their series when it is deleted.
         self._reasons: dict[tuple[str, str], set[str]] = {}
         self._trial_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._causes: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
     def observe_status(self, namespace: str, name: str, status: BenchmarkStatus) -> None:
         """Set the per-benchmark gauges from the status just written."""
@@ -91,14 +99,24 @@ class OperatorMetrics:
             self._reasons.setdefault((namespace, name), set()).add(reason)
 
     def observe_figures(
-        self, namespace: str, name: str, *, trial: int, figures: TrialFigures
+        self,
+        namespace: str,
+        name: str,
+        *,
+        trial: int,
+        figures: TrialFigures,
+        held_back_by: str | None = None,
     ) -> None:
-        """Publish a measured trial's figures: every figure `TrialFigures.flat()` holds."""
+        """Publish a measured trial's figures (every figure `TrialFigures.flat()` holds) and
+        what held it back."""
         series = self._trial_series.setdefault((namespace, name), set())
         for figure, value in figures.flat().items():
             if value is not None:
                 self._trial_figure.labels(namespace, name, str(trial), figure).set(value)
                 series.add((str(trial), figure))
+        if held_back_by is not None:
+            self._held_back.labels(namespace, name, str(trial), held_back_by).set(1)
+            self._causes.setdefault((namespace, name), set()).add((str(trial), held_back_by))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted benchmark's series."""
@@ -112,6 +130,8 @@ class OperatorMetrics:
             self._failures.remove(namespace, name, reason)
         for trial, figure in self._trial_series.pop((namespace, name), set()):
             _remove(self._trial_figure, namespace, name, trial, figure)
+        for trial, cause in self._causes.pop((namespace, name), set()):
+            _remove(self._held_back, namespace, name, trial, cause)
 
 
 def _remove(metric: Gauge | Histogram, *labels: str) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jouletune.loadgen import CheckResult
-from jouletune.tuner import BenchmarkSpec, Point, Role, TrialFigures, TrialOutcome
+from jouletune.tuner import BenchmarkSpec, Point, Provenance, Role, TrialFigures, TrialOutcome
 
 __all__ = [
     "ENV_PLAN",
@@ -89,6 +89,8 @@ class PodTrial(_Model):
         fail_reason: why it failed, one line (with figures: it failed its validity checks).
         checks: the failed validity checks (the pod's termination message has 4 KiB; the
             full list is in its result.json).
+        held_back_by: what the diagnosis says held it back; `diagnosis` its sentence.
+        provenance: measured or predicted by the simulator, and on what.
         duration_s: wall time of the measurement.
         power_limit_w: the per-GPU limit read back while measuring.
     """
@@ -97,6 +99,9 @@ class PodTrial(_Model):
     figures: TrialFigures | None = None
     fail_reason: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    held_back_by: str | None = None
+    diagnosis: str | None = None
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     power_limit_w: float | None = None
 
@@ -109,13 +114,17 @@ class PodTrial(_Model):
             figures=None if figures is None else _rounded(figures),
             fail_reason=None if outcome.fail_reason is None else _one_line(outcome.fail_reason),
             checks=[c for c in outcome.checks if c.verdict == "fail"],
+            held_back_by=outcome.held_back_by,
+            diagnosis=outcome.diagnosis,
+            provenance=outcome.provenance,
             duration_s=round(outcome.duration_s, 3),
             power_limit_w=outcome.power_limit_w,
         )
 
-    def outcome(self, *, duration_s: float | None = None) -> TrialOutcome:
+    def outcome(self, *, duration_s: float | None = None, pod: str | None = None) -> TrialOutcome:
         """The tuner's outcome of this measurement; a point the pod could not measure fails
-        as InvalidMeasurement, with the pod's reason."""
+        as InvalidMeasurement, with the pod's reason. `pod` names the engine start (one per
+        pod) that served it."""
         reason = None
         if self.figures is None or self.fail_reason:
             reason = f"InvalidMeasurement: {self.fail_reason or 'no figures reported'}"
@@ -123,6 +132,10 @@ class PodTrial(_Model):
             figures=self.figures,
             fail_reason=reason,
             checks=tuple(self.checks),
+            held_back_by=self.held_back_by,
+            diagnosis=self.diagnosis,
+            server_run=pod,
+            provenance=self.provenance,
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
         )

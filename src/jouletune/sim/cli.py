@@ -3,8 +3,9 @@
     jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
-        [--gpu h100-80gb] [--gpu-profile PROFILE.json] [--power-limit W]
-        [--tokenizer HF_ID_OR_DIR] [any other vllm serve flag, ignored]
+        [--api-server-count N] [--gpu h100-80gb] [--gpu-profile PROFILE.json]
+        [--power-limit W] [--tokenizer HF_ID_OR_DIR] [--node-gpus N] [--gpu-list-file PATH]
+        [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
 simulator; flags the simulator does not model (`--load-format dummy`, `--enforce-eager`, ...)
@@ -18,18 +19,28 @@ GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
 `--max-num-batched-tokens 8192`; elsewhere 256 and 2048. `--gpu-profile` runs the GPU with
 the parameters `jouletune calibrate` fitted to a real one (`jouletune.profile`) instead of
 the built-in constants; its `gpu` names the catalog entry, so `--gpu` may be left out.
+
+The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simulates a node
+with more: the engine takes the first of those CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES
+leave visible, as vLLM would (`jouletune.gpu.VisibleDevices`; without them, the first ones),
+the others idle, and `/sim/gpus` serves them all, as NVML shows a whole node. Without
+`--node-gpus` the node is the engine's GPUs and the variables do not apply. `--gpu-list-file
+PATH` writes the UUIDs of the engine's GPUs there before serving, as a trial pod's vLLM engine
+container does for its exporter sidecar (`jouletune exporter --gpus-file`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import engine_defaults, split_flags
+from jouletune.gpu import VisibleDevices
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
 from jouletune.models import MODEL_CATALOG, ModelArch, model_arch
 from jouletune.profile import GpuProfile, load_profile
@@ -63,6 +74,9 @@ class SimServerArgs:
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
     gpu_profile: str | None = None
+    node_gpus: int | None = None
+    api_server_count: int = 1
+    gpu_list_file: str | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -97,9 +111,22 @@ def _parser() -> _Parser:
     )
     p.add_argument("--power-limit", type=float, default=None, help="initial power limit, W")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument(
+        "--node-gpus",
+        type=int,
+        default=None,
+        help="GPUs of the simulated node (default: the tensor parallelism); the engine uses"
+        " the first visible ones (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="API-server processes sharing the requests (vLLM's default with one engine: 1)",
+    )
     p.add_argument(
         "--tokenizer",
         default=None,
@@ -112,6 +139,12 @@ def _parser() -> _Parser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="reuse cached KV blocks of shared prompt prefixes (vLLM's default: on)",
+    )
+    p.add_argument(
+        "--gpu-list-file",
+        default=None,
+        metavar="PATH",
+        help="write the UUIDs of the engine's GPUs to PATH before serving",
     )
     return p
 
@@ -148,6 +181,9 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
         gpu_profile=ns.gpu_profile,
+        node_gpus=ns.node_gpus,
+        api_server_count=ns.api_server_count,
+        gpu_list_file=ns.gpu_list_file,
         ignored=tuple(ignored),
     )
 
@@ -159,6 +195,10 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     tp = args.tensor_parallel_size
     if tp < 1 or tp > 16:
         raise ValueError(f"--tensor-parallel-size must be 1-16, got {tp}")
+    if args.node_gpus is not None and not tp <= args.node_gpus <= 16:
+        raise ValueError(
+            f"--node-gpus must be from --tensor-parallel-size ({tp}) to 16, got {args.node_gpus}"
+        )
     if arch.num_attention_heads % tp:
         raise ValueError(
             f"{arch.num_attention_heads} attention heads of {arch.hf_id} are not divisible by "
@@ -175,6 +215,8 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     max_batched = args.max_num_batched_tokens or defaults.max_num_batched_tokens
     if max_num_seqs < 1:
         raise ValueError(f"--max-num-seqs must be positive, got {max_num_seqs}")
+    if args.api_server_count < 1:
+        raise ValueError(f"--api-server-count must be positive, got {args.api_server_count}")
     if max_model_len < 1 or max_model_len > arch.max_position_embeddings:
         raise ValueError(
             f"--max-model-len {max_model_len} is outside 1-{arch.max_position_embeddings} "
@@ -206,6 +248,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
             if args.enable_prefix_caching is None
             else args.enable_prefix_caching
         ),
+        api_server_count=args.api_server_count,
     )
 
 
@@ -244,6 +287,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         config = build_config(args)
+        node, engine_gpus = place_gpus(args, config)
         tokenizer = None if args.tokenizer is None else load_tokenizer(args.tokenizer)
     except ValueError as err:  # TokenizerError is one
         print(f"jouletune sim-server: error: {err}", file=sys.stderr)
@@ -253,7 +297,13 @@ def main(argv: list[str]) -> int:
         _log.info("ignoring vLLM flags the simulator does not model: %s", " ".join(args.ignored))
     if args.gpu_profile is not None:
         _log_profile(load_profile(Path(args.gpu_profile)), args.gpu_profile)
-    return _serve(args, config, tokenizer)
+    if len(node) > len(engine_gpus):
+        _log.info(
+            "a node of %d simulated GPUs; the engine runs on %s",
+            len(node),
+            ", ".join(f"{g.index} ({g.uuid})" for g in engine_gpus),
+        )
+    return _serve(args, config, tokenizer, node, engine_gpus)
 
 
 def _log_profile(profile: GpuProfile, path: str) -> None:
@@ -268,28 +318,60 @@ def _log_profile(profile: GpuProfile, path: str) -> None:
     )
 
 
-def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer | None) -> int:
+def place_gpus(
+    args: SimServerArgs, config: EngineConfig
+) -> tuple[list[SimulatedGpu], list[SimulatedGpu]]:
+    """The node's simulated GPUs, and the engine's among them (loaded, capped as asked).
+
+    Raises:
+        ValueError: the visible-device variables leave the engine too few GPUs.
+    """
+    tp = config.tensor_parallel_size
+    count = tp if args.node_gpus is None else args.node_gpus
+    weights_per_gpu = config.arch.weight_bytes // tp
+    used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
+    node = [
+        SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
+        for i in range(count)
+    ]
+    if args.node_gpus is None:
+        chosen = list(range(tp))  # the engine's own GPUs: the shell's variables do not apply
+    else:
+        chosen = VisibleDevices.from_env().engine_gpus({g.index: g.uuid for g in node}, tp)
+    engine_gpus = [node[i] for i in chosen]
+    # Only the engine's are loaded: no process holds the others, which draw unloaded idle power.
+    for gpu in engine_gpus:
+        gpu.set_loaded(True)
+        if args.power_limit_w is not None:
+            gpu.set_power_limit_w(args.power_limit_w)
+    return node, engine_gpus
+
+
+def _serve(
+    args: SimServerArgs,
+    config: EngineConfig,
+    tokenizer: PromptTokenizer | None,
+    node: list[SimulatedGpu],
+    gpus: list[SimulatedGpu],
+) -> int:
     # Imported here so `--help` and argument errors stay fast.
     from aiohttp import web
 
     from jouletune.sim._engine import Engine
     from jouletune.sim._server import SimServer
 
-    weights_per_gpu = config.arch.weight_bytes // config.tensor_parallel_size
-    used = int(config.gpu.memory_bytes * config.gpu_memory_utilization)
-    gpus = [
-        SimulatedGpu(model=config.gpu, index=i, memory_used_bytes=max(used, weights_per_gpu))
-        for i in range(config.tensor_parallel_size)
-    ]
-    for gpu in gpus:
-        gpu.set_loaded(True)
-        if args.power_limit_w is not None:
-            gpu.set_power_limit_w(args.power_limit_w)
+    if args.gpu_list_file is not None:
+        try:
+            _write_gpu_list(args.gpu_list_file, gpus)
+        except OSError as err:
+            print(f"jouletune sim-server: error: --gpu-list-file: {err}", file=sys.stderr)
+            return 1
     server = SimServer(
         config=config,
         served_model_name=args.served_model_name,
         model_path=args.model,
         gpus=gpus,
+        idle_gpus=[g for g in node if g not in gpus],
         tokenizer=tokenizer,
     )
     engine: Engine = server.engine
@@ -316,3 +398,11 @@ def _serve(args: SimServerArgs, config: EngineConfig, tokenizer: PromptTokenizer
         )
         return 1
     return 0
+
+
+def _write_gpu_list(path: str, gpus: list[SimulatedGpu]) -> None:
+    """The engine's GPUs, one UUID a line; renamed into place, so a reader never sees half."""
+    partial = f"{path}.tmp"
+    with open(partial, "w") as f:
+        f.writelines(f"{gpu.uuid}\n" for gpu in gpus)
+    os.replace(partial, path)

@@ -19,6 +19,7 @@ from jouletune.tuner._measure import Target, bench_config, measure_point, measur
 from jouletune.tuner._pareto import dominates, pareto_front
 from jouletune.tuner._point import Point
 from jouletune.tuner._process import StartError
+from jouletune.tuner._provenance import Provenance, ProvenanceKind
 from jouletune.tuner._recommend import (
     Artifacts,
     ContainerPatch,
@@ -49,6 +50,8 @@ __all__ = [
     "Phase",
     "Point",
     "PointSummary",
+    "Provenance",
+    "ProvenanceKind",
     "Recommendation",
     "Role",
     "Runner",

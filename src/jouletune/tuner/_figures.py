@@ -70,6 +70,11 @@ class TrialFigures(BaseModel):
             binds per GPU, so this is what to compare with it).
         power_cap_bound_fraction: fraction of the window the GPUs sat at their power limit.
         avg_batch_size: mean requests running in the engine over the window.
+        batch_fill: avg_batch_size / the server's max_num_seqs.
+        gpu_utilization: mean fraction of the window a kernel ran.
+        sm_clock_ratio: mean SM clock / the GPU's maximum.
+        idle_energy_share: the window's energy spent with no request in flight.
+        floor_distance: J/output-token over the physical floor (jouletune.loadgen's diagnosis).
         completed: requests that finished.
         failed_requests: requests that failed.
     """
@@ -85,6 +90,11 @@ class TrialFigures(BaseModel):
     avg_power_per_gpu_w: Annotated[float | None, Show("W/GPU", ".0f")] = None
     power_cap_bound_fraction: Annotated[float | None, Show("at cap", ".0%")] = None
     avg_batch_size: Annotated[float | None, Show("batch", ".1f")] = None
+    batch_fill: Annotated[float | None, Show("fill", ".0%")] = None
+    gpu_utilization: Annotated[float | None, Show("util", ".0%")] = None
+    sm_clock_ratio: Annotated[float | None, Show("clock", ".0%")] = None
+    idle_energy_share: Annotated[float | None, Show("idle E", ".0%")] = None
+    floor_distance: Annotated[float | None, Show("x floor", ".2f")] = None
     completed: Annotated[int, Show("requests", "d")] = 0
     failed_requests: Annotated[int, Show("failed", "d")] = 0
 
@@ -115,6 +125,7 @@ class TrialFigures(BaseModel):
         }
         per_gpu = [g.avg_power_w for g in result.gpus]
         total_w = _finite(result.avg_power_w)
+        d = result.diagnosis
         return cls(
             energy_per_output_token_j=energy,
             latency_ms=latency,
@@ -123,6 +134,11 @@ class TrialFigures(BaseModel):
             avg_power_per_gpu_w=max(per_gpu) if per_gpu else _divide(total_w, num_gpus),
             power_cap_bound_fraction=_finite(result.power_cap_bound_fraction),
             avg_batch_size=_finite(result.avg_batch_size),
+            batch_fill=_finite(d.batch_fill) if d else None,
+            gpu_utilization=_finite(d.gpu_utilization) if d else None,
+            sm_clock_ratio=_finite(d.sm_clock_ratio) if d else None,
+            idle_energy_share=_finite(d.idle_energy_share) if d else None,
+            floor_distance=_finite(d.floor_distance) if d else None,
             completed=result.completed,
             failed_requests=result.failed,
         )

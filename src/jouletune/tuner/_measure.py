@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jouletune.gpu import Gpu, GpuError, power_limit, sample_all
+from jouletune.gpu import Gpu, GpuError, LimitStore, power_limit, sample_all
 from jouletune.tuner._boundary import next_power_step
 from jouletune.tuner._figures import InvalidMeasurementError, TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner._records import Role, TrialOutcome, TrialRecord, TrialState
 from jouletune.tuner.spec import BenchmarkSpec
 
@@ -49,6 +50,9 @@ class Target:
             exporters serve when empty).
         lost: says why the server is gone (one line), or None while it runs; lets a failed
             measurement name the real cause.
+        limit_store: where each GPU's limit as found is written while it is capped, for the
+            next run to restore after a crash; None where the GPUs' owner keeps it (the
+            exporter's control port in a pod) or they end with the run (the simulator's).
     """
 
     base_url: str
@@ -56,6 +60,7 @@ class Target:
     gpus: Sequence[Gpu] = ()
     energy_gpus: Sequence[str] = ()
     lost: Callable[[], str | None] = lambda: None
+    limit_store: LimitStore | None = None
 
 
 def bench_config(
@@ -93,6 +98,7 @@ def bench_config(
         max_concurrency=point.max_num_seqs if workload.saturate else workload.max_concurrency,
         seed=workload.seed + seed_offset,
         duration_s=workload.duration_s,
+        server_max_num_seqs=point.max_num_seqs,
         energy_source=spec.energy.source,
         exporter_urls=[] if spec.energy.prometheus_url else list(exporter_urls),
         prometheus_url=spec.energy.prometheus_url,
@@ -131,7 +137,7 @@ async def measure_point(
     gpus = target.gpus if point.power_limit_w is not None else ()
     limit_w: float | None = None
     try:
-        with power_limit(gpus, point.power_limit_w):
+        with power_limit(gpus, point.power_limit_w, store=target.limit_store):
             limit_w = sample_all(gpus)[0].power_limit_w if gpus else None
             # asyncio.timeout, not wait_for: the bench runs in this task, so a Ctrl-C (a
             # cancellation) reaches it directly; Python 3.11's wait_for can drop a
@@ -158,6 +164,9 @@ async def measure_point(
         figures=figures,
         fail_reason=problem,  # an invalid measurement keeps its figures, and fails
         checks=tuple(result.checks),
+        held_back_by=result.diagnosis.held_back_by if result.diagnosis else None,
+        diagnosis=result.diagnosis.sentence if result.diagnosis else None,
+        provenance=Provenance.of(result.environment),
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),

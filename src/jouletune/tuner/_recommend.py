@@ -15,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from jouletune.tuner._capreport import CapReport, cap_report
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import PREDICTED_CAP_CAVEAT, Provenance, common_provenance
 from jouletune.tuner._records import Role, TrialRecord, TrialState
 from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
@@ -59,6 +61,8 @@ class PointSummary(_Model):
         slo_excess_ms: each SLO statistic's mean minus its bound (<= 0 meets it).
         feasible: every SLO statistic's mean meets its bound.
         is_baseline: the baseline's point.
+        provenance: measured or predicted by the simulator, and on what (a predicted run
+            makes the mean a prediction); None for records that predate provenance.
     """
 
     point: Point
@@ -72,6 +76,7 @@ class PointSummary(_Model):
     slo_excess_ms: dict[str, float]
     feasible: bool
     is_baseline: bool
+    provenance: Provenance | None = None
 
     @property
     def energy_per_output_token_j(self) -> float:
@@ -106,7 +111,8 @@ class Recommendation(_Model):
 
     `saving_pct` is the cut in J/output-token against the baseline (positive = fewer joules);
     `latency_cost_ms`/`latency_cost_pct` is what the objective's latency statistic pays for it
-    (positive = slower).
+    (positive = slower). `provenance` says whether those figures were measured or predicted
+    by the simulator; `caveats` are what a reader must know before adopting the answer.
     """
 
     verdict: Verdict
@@ -122,6 +128,9 @@ class Recommendation(_Model):
     saving_pct: float | None = None
     latency_cost_ms: float | None = None
     latency_cost_pct: float | None = None
+    cap_report: CapReport | None = Field(
+        None, description="the recommended cap against the same configuration uncapped"
+    )
     artifacts: Artifacts | None = None
     finalists: list[PointSummary] = Field(default_factory=list)
     closest: list[PointSummary] = Field(default_factory=list)
@@ -129,6 +138,19 @@ class Recommendation(_Model):
     trials_failed: int = 0
     server_starts: int = 0
     gpu_s: float = 0.0
+    provenance: Provenance | None = Field(
+        None, description="measured (GPU, driver, engine) or predicted by the simulator"
+    )
+    caveats: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """The message, then where its figures come from and the caveats, one per line."""
+        lines = [self.message]
+        if self.provenance is not None:
+            lines.append(self.provenance.sentence())
+        elif self.recommended or self.baseline or self.closest:  # figures of unknown origin
+            lines.append("origin unknown: these trials carry no provenance")
+        return "\n".join([*lines, *self.caveats])
 
 
 def summarize_points(records: Sequence[TrialRecord], spec: BenchmarkSpec) -> list[PointSummary]:
@@ -177,6 +199,7 @@ def recommend(
             r.server_start_s is not None and r.duplicate_of is None for r in records
         ),
         "gpu_s": round(sum(r.gpu_s for r in records), 3),
+        "provenance": common_provenance(r.provenance for r in measured if r.figures),
     }
     candidates = [by_point[f] for f in finalists if f in by_point] or [
         p for p in points if p.feasible
@@ -189,6 +212,8 @@ def recommend(
     if best is None:
         return _no_answer(points, done=done, spec=spec, common=common)
     saving, cost_ms, cost_pct = _against_baseline(best, baseline, spec)
+    provenance = common_provenance([best.provenance, baseline.provenance if baseline else None])
+    common["provenance"] = provenance or common["provenance"]
     return Recommendation(
         verdict="recommended" if done else "incomplete",
         message=_message(best, saving, cost_ms, spec, done=done),
@@ -196,9 +221,11 @@ def recommend(
         saving_pct=saving,
         latency_cost_ms=cost_ms,
         latency_cost_pct=cost_pct,
+        cap_report=cap_report(records, best.point, objective=spec.objective),
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
+        caveats=_caveats(best, common["provenance"]),
         **common,
     )
 
@@ -240,6 +267,16 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
         slo_excess_ms=excess,
         feasible=all(v <= 0 for v in excess.values()),
         is_baseline=any(r.role is Role.BASELINE for r in group),
+        provenance=common_provenance(r.provenance for r in group),
+    )
+
+
+def _caveats(best: PointSummary, provenance: Provenance | None) -> list[str]:
+    """A power cap's saving from the simulator is a prediction: until a calibrated profile
+    of the GPU under a cap exists, say so, with the published evidence."""
+    capped = best.point.power_limit_w is not None
+    return (
+        [PREDICTED_CAP_CAVEAT] if capped and provenance is not None and provenance.predicted else []
     )
 
 

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from jouletune.loadgen import CheckResult
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._point import Point
+from jouletune.tuner._provenance import Provenance
 from jouletune.tuner.spec import LatencyMetric, SloSpec
 
 __all__ = ["Role", "TrialOutcome", "TrialPlan", "TrialRecord", "TrialState"]
@@ -65,9 +66,14 @@ class TrialOutcome:
         fail_reason: one line saying why the trial failed; None when it counts. A measurement
             that failed its validity checks has both: it is kept and shown, never ranked.
         checks: the measurement's validity checks.
+        held_back_by: what the diagnosis says held the measurement back (load, power cap,
+            scheduler, memory bandwidth, compute), and `diagnosis` its one sentence.
+        provenance: measured or predicted, and on what; None when nothing was measured.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
             was already running served it.
+        server_run: names the server start that served it (measurements under one start
+            differ only in their power limit, for the cap report).
         power_limit_w: the per-GPU limit in force while measuring, read back from the GPU.
         result_path: where the runner stored the full result and logs, if anywhere.
     """
@@ -75,8 +81,12 @@ class TrialOutcome:
     figures: TrialFigures | None = None
     fail_reason: str | None = None
     checks: tuple[CheckResult, ...] = ()
+    held_back_by: str | None = None
+    diagnosis: str | None = None
+    provenance: Provenance | None = None
     duration_s: float = 0.0
     server_start_s: float | None = None
+    server_run: str | None = None
     power_limit_w: float | None = None
     result_path: str | None = None
 
@@ -98,6 +108,10 @@ class TrialRecord(BaseModel):
         figures: what it found: a complete trial's, or a failed one's that was measured but
             failed its validity checks (shown, never ranked).
         checks: the validity checks of its measurement (`jouletune.loadgen.CheckResult`).
+        held_back_by: what held it back, by the measurement's diagnosis.
+        diagnosis: the diagnosis' sentence: what held it back and which knob moves it.
+        provenance: whether its figures were measured or predicted by the simulator, and on
+            what; None when nothing was measured (or the record predates provenance).
         measured_power_limit_w: the limit read back from the GPU while measuring.
         slo_excess_ms: each SLO statistic minus its bound (<= 0 meets it).
         feasible: met every SLO (complete trials only).
@@ -120,6 +134,9 @@ class TrialRecord(BaseModel):
     point: Point
     figures: TrialFigures | None = None
     checks: list[CheckResult] = Field(default_factory=list)
+    held_back_by: str | None = None
+    diagnosis: str | None = None
+    provenance: Provenance | None = None
     measured_power_limit_w: float | None = None
     slo_excess_ms: dict[str, float] = Field(
         default_factory=dict, description="statistic minus its SLO bound (<= 0 meets it)"
@@ -127,6 +144,7 @@ class TrialRecord(BaseModel):
     feasible: bool | None = Field(None, description="met every SLO")
     duration_s: float = 0.0
     server_start_s: float | None = None
+    server_run: str | None = Field(None, description="the server start that served it")
     fail_reason: str | None = Field(None, description="why the trial failed, one line")
     result_path: str | None = None
     duplicate_of: int | None = Field(None, description="answered from this earlier trial")
@@ -165,8 +183,12 @@ class TrialRecord(BaseModel):
         """
         common = {
             "checks": list(outcome.checks),
+            "held_back_by": outcome.held_back_by,
+            "diagnosis": outcome.diagnosis,
+            "provenance": outcome.provenance,
             "duration_s": outcome.duration_s,
             "server_start_s": outcome.server_start_s,
+            "server_run": outcome.server_run,
             "measured_power_limit_w": outcome.power_limit_w,
             "result_path": outcome.result_path,
         }

@@ -9,23 +9,31 @@ consecutive plans share its configuration.
   limits through the sim's GPUs; with a GPU profile (`jouletune calibrate`) the sim-servers
   run its parameters (`--gpu-profile`).
 * `LocalRunner`: a real `vllm serve` on this host's GPUs plus `jouletune exporter` (NVML);
-  power limits only when not read-only. `JOULETUNE_VLLM_CMD` replaces `vllm serve` (CI puts
-  `jouletune sim-server` there: same flags; see `jouletune.engine`) and
-  `JOULETUNE_EXPORTER_CMD` the exporter.
+  power limits only when not read-only. The engine inherits this process's environment, so
+  it runs on the first TP of the GPUs CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES leave
+  visible: those (`VisibleDevices.engine_gpus`, by UUID) are the GPUs the exporter counts,
+  the caps apply to and whose memory is watched. Each limit as found is on disk while capped
+  (`LimitStore`), for the next run to restore after a crash. `JOULETUNE_VLLM_CMD` replaces
+  `vllm serve` (CI puts `jouletune sim-server` there: same flags; see `jouletune.engine`),
+  `JOULETUNE_EXPORTER_CMD` the exporter, and `JOULETUNE_SIM_GPUS_URL` NVML: the sim-server
+  whose GPUs stand in for the host's (`{server_url}` is the one the runner started, e.g.
+  `jouletune sim-server --node-gpus 2`, a simulated two-GPU node).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shlex
 import socket
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +43,10 @@ from jouletune.gpu import (
     Gpu,
     GpuError,
     GpuPermissionError,
+    LimitStore,
+    NvmlGpu,
+    VisibleDevices,
+    default_state_dir,
     open_nvml_gpus,
     open_sim_gpus,
     sample_all,
@@ -46,7 +58,9 @@ from jouletune.tuner._records import TrialOutcome, TrialPlan
 from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
 
-__all__ = ["LocalRunner", "Runner", "RunnerError", "SimRunner", "TrialServer"]
+__all__ = ["ENV_SIM_GPUS_URL", "LocalRunner", "Runner", "RunnerError", "SimRunner", "TrialServer"]
+
+ENV_SIM_GPUS_URL = "JOULETUNE_SIM_GPUS_URL"
 
 _HOST = "127.0.0.1"
 # A stopped server's port must come free before the next starts; vLLM releases it at exit.
@@ -98,6 +112,8 @@ class _Running:
     exporter: ServerProcess
     gpus: list[Gpu]
     read_only: bool
+    store: LimitStore | None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def alive(self) -> bool:
         return self.server.alive() and self.exporter.alive()
@@ -110,10 +126,12 @@ class _Running:
             exporter_urls=[self.exporter.url],
             gpus=() if self.read_only else self.gpus,
             lost=self._lost,
+            limit_store=self.store,
         )
-        return await measure_point(
+        outcome = await measure_point(
             target, plan.point, spec=self.spec, seed_offset=plan.number, trial_dir=trial_dir
         )
+        return dataclasses.replace(outcome, server_run=self.run_id)
 
     def _lost(self) -> str | None:
         return None if self.server.alive() else self.server.exit_reason()
@@ -124,10 +142,18 @@ class _ProcessRunner:
 
     name = "process"
 
-    def __init__(self, *, spec: BenchmarkSpec, read_only: bool, server_port: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        spec: BenchmarkSpec,
+        read_only: bool,
+        server_port: int | None,
+        store: LimitStore | None = None,
+    ) -> None:
         self._spec = spec
         self._read_only = read_only or spec.gpu.read_only
         self._server_port = server_port
+        self._store = store
 
     async def preflight(self, caps_w: Sequence[float]) -> None:
         """Nothing to check by default."""
@@ -145,23 +171,28 @@ class _ProcessRunner:
             url=url,
         )
         exporter: ServerProcess | None = None
+        gpus: list[Gpu] | None = None
         try:
             await server.wait_healthy("/health", timeout_s=self._spec.engine.startup_timeout_s)
+            try:
+                gpus = self._gpus(config, url)
+            except (GpuError, ValueError) as err:
+                raise StartError(f"the engine's GPUs: {err}") from None
             exporter_port = _free_port()
             exporter = ServerProcess.start(
                 name="exporter",
-                argv=self._exporter_argv(config, url, exporter_port),
+                argv=self._exporter_argv(config, url, exporter_port, gpus),
                 log_path=log_dir / "exporter.log",
                 url=f"http://{_HOST}:{exporter_port}",
             )
             await exporter.wait_healthy("/healthz", timeout_s=_EXPORTER_START_TIMEOUT_S)
-            gpus = self._gpus(config, url)
             yield _Running(
                 spec=self._spec,
                 server=server,
                 exporter=exporter,
-                gpus=gpus,
+                gpus=[] if self._read_only or gpus is None else gpus,
                 read_only=self._read_only,
+                store=self._store,
             )
         finally:
             if exporter is not None:
@@ -169,18 +200,22 @@ class _ProcessRunner:
             await server.stop()
             if not await wait_port_free(_HOST, port, timeout_s=_PORT_FREE_TIMEOUT_S):
                 raise StartError(f"port {port} still busy after the server stopped")
-            await self._released(config)
+            await self._released(gpus)
 
     def _server_argv(self, config: Point, port: int) -> list[str]:
         raise NotImplementedError
 
-    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
+    def _exporter_argv(
+        self, config: Point, server_url: str, port: int, gpus: list[Gpu] | None
+    ) -> list[str]:
         raise NotImplementedError
 
-    def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
+    def _gpus(self, config: Point, server_url: str) -> list[Gpu] | None:
+        """The GPUs the started server uses (None: unknown here); a GpuError or ValueError
+        becomes the start's StartError."""
         raise NotImplementedError
 
-    async def _released(self, config: Point) -> None:
+    async def _released(self, gpus: list[Gpu] | None) -> None:
         """Wait until the stopped server's resources are free (GPU memory, for real GPUs)."""
 
     def _engine_args(self, config: Point, port: int) -> list[str]:
@@ -210,27 +245,36 @@ class SimRunner(_ProcessRunner):
             *profile,
         ]
 
-    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
-        return [
-            *_jouletune(),
-            "exporter",
-            "--host",
-            _HOST,
-            "--port",
-            str(port),
-            "--sim",
-            server_url,
-        ]
+    def _exporter_argv(
+        self, config: Point, server_url: str, port: int, gpus: list[Gpu] | None
+    ) -> list[str]:
+        # The server simulates exactly the engine's GPUs: all of them, named so that the
+        # shell's CUDA_VISIBLE_DEVICES (meant for real GPUs) does not narrow them.
+        chosen = ",".join(str(i) for i in range(config.tensor_parallel_size))
+        exporter = [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port)]
+        return [*exporter, "--sim", server_url, "--gpus", chosen]
 
     def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
-        if self._read_only:
-            return []
         return list(open_sim_gpus(server_url, selection=range(config.tensor_parallel_size)))
 
 
 class LocalRunner(_ProcessRunner):
     """Trials on a real `vllm serve` on this host's GPUs (or whatever JOULETUNE_VLLM_CMD
-    names), energy from `jouletune exporter` (NVML, or JOULETUNE_EXPORTER_CMD)."""
+    names), energy from `jouletune exporter` (NVML, or JOULETUNE_EXPORTER_CMD) over the GPUs
+    the engine uses.
+
+    Args:
+        spec: the study's spec.
+        read_only: never change a power limit.
+        port: the engine's port.
+        server_command: replaces `vllm serve` (default: JOULETUNE_VLLM_CMD, else vLLM).
+        exporter_command: replaces `jouletune exporter` (default: JOULETUNE_EXPORTER_CMD);
+            `{server_url}` in it is the engine's URL.
+        sim_gpus_url: a sim-server whose GPUs stand in for NVML's (default:
+            JOULETUNE_SIM_GPUS_URL); `{server_url}` as above.
+        store: where limits as found are kept while capped (default: the default state
+            directory).
+    """
 
     name = "local"
 
@@ -242,71 +286,119 @@ class LocalRunner(_ProcessRunner):
         port: int | None = ENGINE_PORT,
         server_command: Sequence[str] | None = None,
         exporter_command: Sequence[str] | None = None,
+        sim_gpus_url: str | None = None,
+        store: LimitStore | None = None,
     ) -> None:
-        super().__init__(spec=spec, read_only=read_only, server_port=port)
+        super().__init__(
+            spec=spec,
+            read_only=read_only,
+            server_port=port,
+            store=store or LimitStore(default_state_dir()),
+        )
         self._server_command = list(server_command or vllm_command())
         env_exporter = os.environ.get("JOULETUNE_EXPORTER_CMD")
         self._exporter_command = list(
             exporter_command or (shlex.split(env_exporter) if env_exporter else [])
         )
+        self._sim_gpus_url = sim_gpus_url or os.environ.get(ENV_SIM_GPUS_URL) or None
+        self._visible = VisibleDevices.from_env()
         self._nvml: list[Gpu] | None = None
 
     async def preflight(self, caps_w: Sequence[float]) -> None:
-        """With caps to apply: NVML must answer and every cap lie within each GPU's range."""
-        if self._read_only or not caps_w:
-            return
-        gpus = self._nvml_gpus()
-        for gpu in gpus[: self._spec.gpu.count]:
-            rng = gpu.power_limit_range()
-            bad = [c for c in caps_w if not rng.min_w <= c <= rng.max_w]
-            if bad:
-                raise RunnerError(
-                    f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
-                    f"range {rng.min_w:g}-{rng.max_w:g} W"
-                )
-            current_w = gpu.sample().power_limit_w
-            try:
-                # Writing the limit it already has changes nothing and proves the permission,
-                # so a study without it stops here instead of failing every capped trial.
-                if current_w is not None:
-                    gpu.set_power_limit_w(current_w)
-            except GpuPermissionError as err:
-                raise RunnerError(f"{err}; run as root or with --read-only") from None
+        """Where NVML answers: the GPUs the largest engine would use must be visible and,
+        with caps to apply, every cap within each one's range and permitted."""
+        if self._sim_gpus_url is not None:
+            return  # the stand-in's GPUs exist only once its server runs
+        needs_nvml = bool(caps_w) and not self._read_only
+        try:
+            host = self._nvml_gpus()
+        except RunnerError:
+            if needs_nvml:
+                raise
+            return  # no NVML (CI's stand-in server): nothing to check
+        widest = max(self._spec.search_space.tensor_parallel_size, default=1)
+        try:
+            gpus = _engine_gpus(self._visible, host, widest)
+        except ValueError as err:
+            raise RunnerError(str(err)) from None
+        if needs_nvml:
+            _check_caps(gpus, caps_w)
 
     def _server_argv(self, config: Point, port: int) -> list[str]:
         return [*self._server_command, *self._engine_args(config, port)]
 
-    def _exporter_argv(self, config: Point, server_url: str, port: int) -> list[str]:
+    def _exporter_argv(
+        self, config: Point, server_url: str, port: int, gpus: list[Gpu] | None
+    ) -> list[str]:
+        # The exporter counts exactly the engine's GPUs, named by UUID (indices differ
+        # between a container's view and the host's).
+        chosen = [] if gpus is None else ["--gpus", ",".join(g.uuid for g in gpus)]
         if self._exporter_command:
             command = [part.replace("{server_url}", server_url) for part in self._exporter_command]
-            return [*command, "--host", _HOST, "--port", str(port)]
-        gpus = ",".join(str(i) for i in range(config.tensor_parallel_size))
-        return [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port), "--gpus", gpus]
+            return [*command, "--host", _HOST, "--port", str(port), *chosen]
+        if gpus is None:
+            raise StartError("cannot tell which GPUs the engine uses: NVML does not answer")
+        return [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port), *chosen]
 
-    def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
-        if self._read_only:
-            return []
-        return self._nvml_gpus()[: config.tensor_parallel_size]
+    def _gpus(self, config: Point, server_url: str) -> list[Gpu] | None:
+        """The GPUs the engine uses; None where neither NVML nor a stand-in answers."""
+        if self._sim_gpus_url is not None:
+            host: list[Gpu] = list(
+                open_sim_gpus(self._sim_gpus_url.replace("{server_url}", server_url))
+            )
+        else:
+            try:
+                host = self._nvml_gpus()
+            except RunnerError:
+                return None
+        return _engine_gpus(self._visible, host, config.tensor_parallel_size)
 
     def _nvml_gpus(self) -> list[Gpu]:
         if self._nvml is None:
             try:
                 self._nvml = list(open_nvml_gpus())
             except GpuError as err:
-                raise RunnerError(f"cannot apply power limits: {err}") from None
+                raise RunnerError(f"cannot read this host's GPUs: {err}") from None
         return self._nvml
 
-    async def _released(self, config: Point) -> None:
-        """Wait (bounded) until the GPUs' memory is back near empty, where NVML answers."""
-        try:
-            gpus = self._nvml_gpus()[: config.tensor_parallel_size]
-        except RunnerError:
-            return  # no NVML here (CI's stand-in server): only the port is watched
+    async def _released(self, gpus: list[Gpu] | None) -> None:
+        """Wait (bounded) until the engine's GPUs' memory is back near empty (NVML only: a
+        stand-in's GPUs went with its server)."""
+        real = [g for g in gpus or [] if isinstance(g, NvmlGpu)]
         deadline = time.monotonic() + _GPU_MEMORY_FREE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if all(s.memory_used_bytes < _GPU_MEMORY_FREE_BYTES for s in sample_all(gpus)):
+        while real and time.monotonic() < deadline:
+            if all(s.memory_used_bytes < _GPU_MEMORY_FREE_BYTES for s in sample_all(real)):
                 return
             await asyncio.sleep(0.5)
+
+
+def _engine_gpus(visible: VisibleDevices, host: Sequence[Gpu], count: int) -> list[Gpu]:
+    """The GPUs of `host` an engine with tensor parallelism `count` uses (ValueError: the
+    visible-device variables do not leave that many)."""
+    by_index = {gpu.index: gpu for gpu in host}
+    return [
+        by_index[i] for i in visible.engine_gpus({i: g.uuid for i, g in by_index.items()}, count)
+    ]
+
+
+def _check_caps(gpus: Sequence[Gpu], caps_w: Sequence[float]) -> None:
+    """Every cap within each GPU's range, and the permission to set it (RunnerError)."""
+    for gpu in gpus:
+        rng = gpu.power_limit_range()
+        bad = [c for c in caps_w if not rng.min_w <= c <= rng.max_w]
+        if bad:
+            raise RunnerError(
+                f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
+                f"range {rng.min_w:g}-{rng.max_w:g} W"
+            )
+        current_w = gpu.sample().power_limit_w
+        try:
+            # Writing the limit it already has changes nothing and proves the permission,
+            # so a study without it stops here instead of failing every capped trial.
+            if current_w is not None:
+                gpu.set_power_limit_w(current_w)
+        except GpuPermissionError as err:
+            raise RunnerError(f"{err}; run as root or with --read-only") from None
 
 
 def _jouletune() -> list[str]:

@@ -1,8 +1,12 @@
 """`jouletune tune` and `jouletune report`.
 
     jouletune tune CONFIG.yaml [--backend sim|local] [--storage URL] [--out DIR] [--read-only]
-        [--gpu-profile PROFILE.json]
+                               [--port P] [--state-dir DIR] [--gpu-profile PROFILE.json]
     jouletune report DIR [--storage URL]
+
+Before anything else, `tune` puts back every GPU power limit that a run killed mid-study
+(SIGKILL, the OOM killer) left changed, from the limits as found that run wrote to the state
+directory, and says so, one line per GPU (`jouletune.gpu.restore_left_limits`).
 
 Exit codes of `tune`: 0 a recommendation; 2 bad input (spec, flags, storage, a runner that
 cannot serve the spec), nothing measured; 3 no measured configuration meets the SLO (the
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Coroutine
@@ -28,6 +33,13 @@ from rich.console import Console
 
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import EngineDefaults, installed_defaults
+from jouletune.gpu import (
+    STATE_DIR_ENV,
+    GpuError,
+    LimitStore,
+    default_state_dir,
+    restore_left_limits,
+)
 from jouletune.profile import load_profile
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._loop import run_study
@@ -72,11 +84,15 @@ def tune_main(argv: list[str]) -> int:
     """Run (or resume) a study; see the module docstring for flags and exit codes."""
     args = _tune_parser().parse_args(argv)
     err = Console(stderr=True)
+    # What the GPU layer has to say (a limit restored, a state file left alone) is one line.
+    logging.basicConfig(level=logging.WARNING, format="jouletune tune: %(message)s")
     # Optuna's INFO lines repeat what the progress display shows.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = LimitStore(args.state_dir or default_state_dir())
     try:
+        _restore_left(store, read_only=args.read_only)
         setup = _setup(args)
-        runner = _runner(args, setup)
+        runner = _runner(args, setup, store)
         caps = [c for c in setup.study.grid.power_limits_w if c is not None]
         asyncio.run(runner.preflight(caps))
     except (
@@ -86,6 +102,7 @@ def tune_main(argv: list[str]) -> int:
         StudyMismatchError,
         RunnerError,
         BaselineError,
+        GpuError,
     ) as exc:
         print(f"jouletune tune: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -105,9 +122,28 @@ def tune_main(argv: list[str]) -> int:
             "interrupted: servers stopped, power limits restored; rerun the same command to resume"
         )
         return EXIT_INTERRUPTED
-    print(rec.message)
-    print(f"report: {setup.out_dir / 'report.html'}")
+    _print_answer(rec, setup.out_dir)
     return _VERDICT_EXIT.get(rec.verdict, EXIT_FAILED)
+
+
+def _restore_left(store: LimitStore, *, read_only: bool) -> None:
+    """Put back every limit a killed run left changed (the GPU layer logs each); read-only,
+    refuse to run on one instead: its cap is not the limit as found.
+
+    Raises:
+        GpuError: a limit could not be put back.
+        _UsageError: read-only, and a GPU was left changed.
+    """
+    if not read_only:
+        restore_left_limits(store)
+        return
+    for path, record in store.records():
+        if record is not None and not record.holder_alive():
+            raise _UsageError(
+                f"GPU {record.index} ({record.uuid}) was left changed by {record.writer()} "
+                f"({path}); rerun without --read-only to restore its {record.original_w:g} W "
+                "limit first"
+            )
 
 
 async def _until_signalled(work: Coroutine[Any, Any, None]) -> bool:
@@ -170,9 +206,17 @@ def report_main(argv: list[str]) -> int:
         return EXIT_USAGE
     setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
     rec = _finish(setup)
-    print(rec.message)
-    print(f"report: {out_dir / 'report.html'}")
+    _print_answer(rec, out_dir)
     return EXIT_OK
+
+
+def _print_answer(rec: Recommendation, out_dir: Path) -> None:
+    """The verdict (measured or predicted, with its caveats), what the cap did by itself, and
+    where the report is."""
+    print(rec.summary())
+    if rec.cap_report is not None:
+        print(rec.cap_report.sentence)
+    print(f"report: {out_dir / 'report.html'}")
 
 
 def _tune_parser() -> argparse.ArgumentParser:
@@ -203,6 +247,13 @@ def _tune_parser() -> argparse.ArgumentParser:
         "--gpu-profile",
         type=Path,
         help="--backend sim: run the simulated GPU with this profile from `jouletune calibrate`",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where each GPU's limit as found is kept while capped, for the next run to "
+        f"restore after a crash (default: ${STATE_DIR_ENV}, $XDG_STATE_HOME/jouletune, "
+        "/var/lib/jouletune as root, else ~/.local/state/jouletune)",
     )
     return parser
 
@@ -249,13 +300,14 @@ def _engine_defaults(args: argparse.Namespace, spec: BenchmarkSpec) -> EngineDef
     return installed_defaults() if _backend(args, spec) == "local" else None
 
 
-def _runner(args: argparse.Namespace, setup: _Setup) -> Runner:
+def _runner(args: argparse.Namespace, setup: _Setup, store: LimitStore) -> Runner:
     if _backend(args, setup.spec) == "sim":
+        # The simulator's GPUs end with its servers: nothing of theirs outlives a crash.
         _check_gpu_profile(args.gpu_profile, setup.spec)
         return SimRunner(spec=setup.spec, read_only=setup.read_only, gpu_profile=args.gpu_profile)
     if args.gpu_profile is not None:
         raise _UsageError("--gpu-profile is for --backend sim: a real GPU needs no profile")
-    return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port)
+    return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port, store=store)
 
 
 def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:

@@ -1,0 +1,448 @@
+"""Power limits as first found, kept on disk until they are back, so a crash cannot hide them.
+
+`PowerLimits` puts every limit back when its block ends, on an exception and on SIGTERM; not
+after SIGKILL, the OOM killer or a power cut. So before it first changes a GPU's limit it
+writes the limit as found to a state file (`LimitStore.save`: one file per GPU, named by its
+UUID, written to a temporary file and renamed into place, with the writer's pid, host and
+time), and deletes the file once the limit is back. A run that finds a file restores that
+limit before anything else (`restore_left_limits`) and says so: the cap a crashed run left is
+never taken for "the limit as found".
+
+Where: `--state-dir`, else `$JOULETUNE_STATE_DIR`, else `$XDG_STATE_HOME/jouletune`, else
+`/var/lib/jouletune` for root, else `~/.local/state/jouletune` (`default_state_dir`). In a pod
+the directory is a hostPath, so the file outlives the pod.
+
+A GPU is found again by where it lives (`address`: `nvml`, or the URL of the GPU API that
+serves it, e.g. a sim-server's) and its UUID. GPUs simulated inside this process have no
+address and no file: they end with the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jouletune.gpu._errors import GpuError
+from jouletune.gpu._nvml import NvmlGpu, open_nvml_gpus
+from jouletune.gpu._remote import RemoteGpu, open_remote_gpus
+from jouletune.gpu._types import Gpu
+
+__all__ = [
+    "STATE_DIR_ENV",
+    "LimitRecord",
+    "LimitStore",
+    "Restored",
+    "default_state_dir",
+    "gpu_address",
+    "restore_left_limits",
+    "take_over",
+]
+
+STATE_DIR_ENV = "JOULETUNE_STATE_DIR"
+NVML_ADDRESS = "nvml"
+_SUFFIX = ".json"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+_log = logging.getLogger(__name__)
+
+# Files this process wrote and still owns: another `PowerLimits` of this process that meets
+# one holds the GPU already (nested), it is not a crashed run's.
+_OURS: set[Path] = set()
+_OURS_LOCK = threading.Lock()
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the state files go unless a flag says otherwise (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "jouletune"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/jouletune")
+    return Path.home() / ".local" / "state" / "jouletune"
+
+
+def gpu_address(gpu: Gpu) -> str | None:
+    """Where another process finds `gpu` again: `nvml`, its GPU API's URL, or None for a GPU
+    that lives only in this process."""
+    if isinstance(gpu, NvmlGpu):
+        return NVML_ADDRESS
+    if isinstance(gpu, RemoteGpu):
+        return gpu.api_url
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitRecord:
+    """One GPU's power limit as found, written before jouletune first changed it.
+
+    Attributes:
+        uuid: the GPU's UUID (the key: indices differ between containers).
+        address: where the GPU lives (`nvml`, or a GPU API's URL).
+        index: the GPU's index where it was changed, for messages.
+        name: the GPU's model name, for messages.
+        original_w: the limit as found, watts; what a later run restores.
+        pid: the process that changed the limit.
+        host: that process's host name (a pod's name in a pod).
+        boot_id: the kernel's boot id then (Linux), so a reused pid after a reboot is not
+            taken for the writer.
+        pid_start_ticks: the writer's start time in clock ticks after boot (Linux), so a
+            reused pid is not taken for the writer.
+        written_unix_s: when the file was written, unix seconds.
+    """
+
+    uuid: str
+    address: str
+    index: int
+    name: str
+    original_w: float
+    pid: int
+    host: str
+    boot_id: str | None
+    pid_start_ticks: int | None
+    written_unix_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LimitRecord:
+        """Read a file's content; raises ValueError when it is malformed."""
+        try:
+            return cls(
+                uuid=str(data["uuid"]),
+                address=str(data["address"]),
+                index=int(data["index"]),
+                name=str(data["name"]),
+                original_w=float(data["original_w"]),
+                pid=int(data["pid"]),
+                host=str(data["host"]),
+                boot_id=None if data.get("boot_id") is None else str(data["boot_id"]),
+                pid_start_ticks=_opt_int(data.get("pid_start_ticks")),
+                written_unix_s=float(data["written_unix_s"]),
+            )
+        except KeyError as err:
+            raise ValueError(f"lacks field {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"has a malformed field: {err}") from None
+
+    def writer(self) -> str:
+        """`jouletune pid 12 on host h (2026-01-02 03:04:05 UTC)`, for messages."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.written_unix_s))
+        return f"jouletune pid {self.pid} on host {self.host} ({when})"
+
+    def holder_alive(self) -> bool:
+        """True when the process that wrote this record still runs (checkable only on its
+        own host; a record from another host, or another boot, is a dead run's)."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        if self.boot_id is not None and self.boot_id != _boot_id():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process, alive
+        ticks = _start_ticks(self.pid)
+        return self.pid_start_ticks is None or ticks is None or ticks == self.pid_start_ticks
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restored:
+    """A limit put back from a record: the GPU was at `left_w` (None: unreadable)."""
+
+    record: LimitRecord
+    left_w: float | None
+
+    def message(self) -> str:
+        """One line naming the GPU, the watts and who left it."""
+        rec = self.record
+        left = "" if self.left_w is None else f" from {self.left_w:g} W"
+        return (
+            f"restored GPU {rec.index} ({rec.uuid}) power limit to {rec.original_w:g} W{left}, "
+            f"left changed by {rec.writer()}"
+        )
+
+
+class LimitStore:
+    """The state files of one directory; see the module docstring.
+
+    Args:
+        directory: where the files live; created on the first write.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __repr__(self) -> str:
+        return f"LimitStore({str(self.directory)!r})"
+
+    def path(self, address: str, uuid: str) -> Path:
+        """The file of the GPU `uuid` at `address`."""
+        # Simulated GPUs repeat their UUIDs between servers: the server's URL tells them apart.
+        where = "" if address == NVML_ADDRESS else "@" + urllib.parse.quote(address, safe="")
+        return self.directory / (urllib.parse.quote(uuid, safe="-_.") + where + _SUFFIX)
+
+    def find(self, gpu: Gpu) -> LimitRecord | None:
+        """The record of `gpu`, if a file holds one.
+
+        Raises:
+            GpuError: the file exists but cannot be read.
+        """
+        address = gpu_address(gpu)
+        if address is None:
+            return None
+        return self._read(self.path(address, gpu.uuid))
+
+    def owned_here(self, gpu: Gpu) -> bool:
+        """True when this process wrote `gpu`'s file and has not restored the GPU yet."""
+        address = gpu_address(gpu)
+        with _OURS_LOCK:
+            return address is not None and self.path(address, gpu.uuid) in _OURS
+
+    def save(self, gpu: Gpu, original_w: float) -> bool:
+        """Write `gpu`'s limit as found, atomically; False for a GPU without an address.
+
+        Raises:
+            GpuError: the file cannot be written (then nothing may be changed).
+        """
+        address = gpu_address(gpu)
+        if address is None:
+            return False
+        path = self.path(address, gpu.uuid)
+        record = LimitRecord(
+            uuid=gpu.uuid,
+            address=address,
+            index=gpu.index,
+            name=gpu.name,
+            original_w=original_w,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            boot_id=_boot_id(),
+            pid_start_ticks=_start_ticks(os.getpid()),
+            written_unix_s=time.time(),
+        )
+        try:
+            _write_atomically(path, json.dumps(record.to_json(), indent=2) + "\n")
+        except OSError as err:
+            raise GpuError(
+                f"cannot write the power-limit state file {path} ({err.strerror or err}): "
+                f"without it a crash could leave GPU {gpu.index} capped; pass a writable "
+                f"--state-dir or set {STATE_DIR_ENV}"
+            ) from None
+        with _OURS_LOCK:
+            _OURS.add(path)
+        return True
+
+    def drop(self, gpu: Gpu) -> None:
+        """Delete `gpu`'s file (its limit is back); a file already gone is fine."""
+        address = gpu_address(gpu)
+        if address is not None:
+            self.forget(self.path(address, gpu.uuid))
+
+    def records(self) -> list[tuple[Path, LimitRecord | None]]:
+        """Every file of the directory with its record (None: unreadable), oldest first."""
+        try:
+            paths = sorted(self.directory.glob(f"*{_SUFFIX}"), key=_mtime)
+        except OSError:
+            return []
+        out: list[tuple[Path, LimitRecord | None]] = []
+        for path in paths:
+            try:
+                out.append((path, self._read(path)))
+            except GpuError as err:
+                _log.error("%s", err)
+                out.append((path, None))
+        return out
+
+    def _read(self, path: Path) -> LimitRecord | None:
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as err:
+            raise GpuError(f"cannot read power-limit state file {path}: {err.strerror}") from None
+        try:
+            return LimitRecord.from_json(json.loads(text))
+        except (ValueError, AttributeError) as err:
+            raise GpuError(
+                f"power-limit state file {path} is unreadable ({err}); check the GPU's limit "
+                "(nvidia-smi -q -d POWER), then delete the file"
+            ) from None
+
+    def forget(self, path: Path) -> None:
+        """Delete the file at `path`; a file already gone is fine, one that cannot be deleted
+        is logged (the next run then restores a limit that is already right)."""
+        with _OURS_LOCK:
+            _OURS.discard(path)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            _log.warning("could not delete power-limit state file %s: %s", path, err.strerror)
+
+
+def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) -> list[Restored]:
+    """Put back every limit a dead run recorded in `store`, delete its file, say so (log).
+
+    With `gpus`, only the records of those GPUs (an exporter in a pod: the node's state
+    directory also holds other pods' GPUs, whose holders it cannot see). Without, every
+    record of the directory, each GPU found again where it lived; a record whose writer
+    still runs on this host is left alone, and one whose GPU server is gone is dropped (the
+    simulated GPU went with it).
+
+    Raises:
+        GpuError: one of `gpus` is held by a live jouletune, or a limit could not be put back
+            (its file is kept for the next run).
+    """
+    if gpus is not None:
+        return [r for gpu in gpus if (r := _restore_one(store, gpu, strict=True)) is not None]
+    done: list[Restored] = []
+    for path, record in store.records():
+        if record is None or _kept_for_its_holder(record, path):
+            continue
+        gpu = _reopen(record, path, store)
+        if gpu is None:
+            continue
+        try:
+            if restored := _restore_one(store, gpu, strict=False):
+                done.append(restored)
+        finally:
+            if isinstance(gpu, NvmlGpu):
+                gpu.close()
+    return done
+
+
+def take_over(store: LimitStore, gpu: Gpu) -> float | None:
+    """Before changing `gpu`: the limit as found per a dead run's record (restored now), or
+    None when there is no record.
+
+    Raises:
+        GpuError: a live process holds the GPU, or the record's limit cannot be put back.
+    """
+    restored = _restore_one(store, gpu, strict=True)
+    return None if restored is None else restored.record.original_w
+
+
+def _restore_one(store: LimitStore, gpu: Gpu, *, strict: bool) -> Restored | None:
+    record = store.find(gpu)
+    if record is None or store.owned_here(gpu):
+        return None
+    if record.holder_alive():
+        message = (
+            f"GPU {gpu.index} ({gpu.uuid}) power limit is held by a running "
+            f"{record.writer()}: stop it first"
+        )
+        if strict:
+            raise GpuError(message)
+        _log.warning("%s; its record is left alone", message)
+        return None
+    try:
+        left_w = gpu.sample().power_limit_w
+    except GpuError:
+        left_w = None
+    gpu.set_power_limit_w(record.original_w)  # raises GpuError: the file stays for next time
+    restored = Restored(record=record, left_w=left_w)
+    _log.warning("%s", restored.message())
+    store.drop(gpu)
+    return restored
+
+
+def _kept_for_its_holder(record: LimitRecord, path: Path) -> bool:
+    if not record.holder_alive():
+        return False
+    _log.warning(
+        "power-limit state file %s: GPU %s is held by a running %s; left alone",
+        path,
+        record.uuid,
+        record.writer(),
+    )
+    return True
+
+
+def _reopen(record: LimitRecord, path: Path, store: LimitStore) -> Gpu | None:
+    """The GPU of `record`, opened where it lived; None (with a log line) when it is gone."""
+    try:
+        if record.address == NVML_ADDRESS:
+            return open_nvml_gpus([record.uuid])[0]
+        url = urllib.parse.urlsplit(record.address)
+        base = urllib.parse.urlunsplit((url.scheme, url.netloc, "", "", ""))
+        return open_remote_gpus(base, path=url.path, selection=[record.uuid])[0]
+    except (GpuError, ValueError) as err:
+        if record.address == NVML_ADDRESS:
+            # A real GPU keeps its cap until it is found again: keep the file.
+            _log.error("cannot restore GPU %s from %s yet: %s", record.uuid, path, err)
+            return None
+        _log.warning(
+            "dropping %s: GPU %s at %s is gone (%s), and its simulated limit with it",
+            path,
+            record.uuid,
+            record.address,
+            err,
+        )
+        store.forget(path)
+        return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # The rename itself must reach the disk before the limit changes.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _boot_id() -> str | None:
+    try:
+        return _BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time after boot in clock ticks (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,136 @@
+"""`Provenance`: whether a trial's figures were measured or predicted by the simulator.
+
+It is read from what the bench result carries, never from the spec's `backend`: CI and the
+operator's tests put `jouletune sim-server` where `vllm serve` would run (`JOULETUNE_VLLM_CMD`),
+and a spec cannot tell. Two things give a simulator away:
+
+- the GPU driver the energy source names: a jouletune exporter (or its dcgm format) serving a
+  sim-server's GPUs says `simulated`;
+- the engine's `/version`: a sim-server answers `jouletune-sim X.Y (vLLM 0.24 API)`.
+
+Either one makes the figures a prediction: a real engine on simulated GPUs, or simulated
+timing on a real GPU, is not a measurement of anything a user would run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from jouletune.gpu.simulated import GPU_CATALOG
+
+if TYPE_CHECKING:
+    from jouletune.loadgen import EnvironmentInfo
+
+__all__ = [
+    "CAP_EVIDENCE",
+    "PREDICTED_CAP_CAVEAT",
+    "SIMULATED_DRIVER",
+    "Provenance",
+    "ProvenanceKind",
+    "common_provenance",
+]
+
+ProvenanceKind = Literal["measured", "predicted"]
+# The driver version a jouletune exporter names for a sim-server's GPUs
+# (jouletune.exporter.cli._driver_version).
+SIMULATED_DRIVER = "simulated"
+SIM_ENGINE = "jouletune-sim"
+# What a sim-server's /version says (jouletune.sim._server): `jouletune-sim 0.1.0 (...)`.
+_SIM_VERSION = re.compile(rf"^{SIM_ENGINE}\s+(\S+)")
+# The engine jouletune serves with (jouletune.engine); its /version answers a bare version.
+_ENGINE = "vLLM"
+_GPU_KEY_OF_NAME = {model.name: key for key, model in GPU_CATALOG.items()}
+
+# The published evidence beside a simulated power-cap saving. The simulator's power model is
+# fitted to uncapped H100 runs; what a cap costs on a real GPU is not in that fit.
+CAP_EVIDENCE = (
+    "MLPerf Inference v4.1 (H200, TensorRT-LLM): a 500 W limit cut Llama-2-70B throughput "
+    "to 0.79-0.81 of its 700 W figure, and 350 W cut GPT-J to 0.61-0.65.",
+    'arXiv 2605.11999, "The Illusion of Power Capping in LLM Decode": low-batch H200 decode '
+    "drew far below the limit, so caps never bound, while locking SM clocks saved up to 32% "
+    "of decode energy.",
+)
+PREDICTED_CAP_CAVEAT = (
+    "The power-cap saving is the simulator's prediction, not a measurement: its power model is "
+    "fitted to uncapped H100 runs and no calibrated profile of this GPU under a cap was used. "
+    "Published H200 results differ: caps cut throughput to 0.61-0.81 of 700 W (MLPerf "
+    "Inference v4.1), or never bound in low-batch decode (arXiv 2605.11999). Measure the cap "
+    "on the GPU (`jouletune tune --backend local`) before adopting it."
+)
+
+
+class Provenance(BaseModel):
+    """Where a trial's figures come from.
+
+    Attributes:
+        kind: `measured` (a real engine on real GPUs) or `predicted` (jouletune's simulator
+            stood in for the engine, the GPUs, or both).
+        gpu: the GPU model: NVML's name when measured (`NVIDIA H100 80GB HBM3`), the
+            simulator's catalog key when predicted (`h100-80gb`); None when the energy
+            source named none.
+        driver: the GPU driver version (`simulated` for the simulator's GPUs); None when the
+            energy source named none (Kepler).
+        engine: `vLLM`, or `jouletune-sim` for the simulated server.
+        engine_version: the version the engine's `/version` gave; None when it gave none.
+        jouletune_version: the jouletune that measured the figures, or the simulator's own
+            version when it predicted them.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    kind: ProvenanceKind
+    gpu: str | None = None
+    driver: str | None = None
+    engine: str = Field(description="vLLM, or jouletune-sim for the simulated server")
+    engine_version: str | None = None
+    jouletune_version: str
+
+    @classmethod
+    def of(cls, environment: EnvironmentInfo) -> Provenance:
+        """The provenance of one bench result's figures, from its `environment`."""
+        sim = _SIM_VERSION.match(environment.server_version or "")
+        driver = environment.gpu_driver_version
+        predicted = sim is not None or driver == SIMULATED_DRIVER
+        names = environment.gpu_models
+        if predicted:
+            names = [_GPU_KEY_OF_NAME.get(name, name) for name in names]
+        return cls(
+            kind="predicted" if predicted else "measured",
+            gpu=", ".join(names) or None,
+            driver=driver,
+            engine=SIM_ENGINE if sim is not None else _ENGINE,
+            engine_version=sim.group(1) if sim is not None else environment.server_version,
+            jouletune_version=sim.group(1) if sim is not None else environment.jouletune_version,
+        )
+
+    @property
+    def predicted(self) -> bool:
+        """True when the simulator stood in for anything."""
+        return self.kind == "predicted"
+
+    def sentence(self) -> str:
+        """One line a reader cannot mistake, e.g. `measured on NVIDIA H100 80GB HBM3, driver
+        580.159.04, vLLM 0.24.0`."""
+        gpu = self.gpu or "an unnamed GPU"
+        if self.predicted:
+            return (
+                f"predicted by jouletune's simulator (jouletune {self.jouletune_version}, "
+                f"GPU model {gpu}, not a measurement)"
+            )
+        driver = f"driver {self.driver}" if self.driver else "driver unknown"
+        version = self.engine_version or "(version unknown)"
+        return f"measured on {gpu}, {driver}, {self.engine} {version}"
+
+
+def common_provenance(provenances: Iterable[Provenance | None]) -> Provenance | None:
+    """The one provenance of several figures: the first known, a predicted one first, since
+    a mean over figures of which any was predicted is itself a prediction."""
+    known = [p for p in provenances if p is not None]
+    return next((p for p in known if p.predicted), known[0] if known else None)

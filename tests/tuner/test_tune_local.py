@@ -1,0 +1,174 @@
+"""`jouletune tune --backend local` as a real process on a simulated two-GPU node: the GPU the
+engine uses (CUDA_VISIBLE_DEVICES=1) is the one counted and capped, and after a SIGKILL
+mid-study the next run restores its original limit before anything else, and says so.
+
+The engine is `jouletune sim-server --node-gpus 2` (vLLM's flags; it places its engine as CUDA
+would), and its `/sim/gpus` stands in for the node's NVML (JOULETUNE_SIM_GPUS_URL). A real
+GPU outlives the process that capped it; so that the simulated one does too, the sim-server
+is started through `sh`, whose child does not inherit the parent-death signal the runner sets
+(a runner's server normally dies with a killed tune, PR_SET_PDEATHSIG): killed, the tune
+leaves the sim-server running with the cap, as a GPU would keep it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from jouletune.gpu import LimitRecord, LimitStore
+from tests.poll import wait_for
+from tests.procs import free_port
+from tests.tuner.tune_procs import power_limits_set, server_logs, start_tune
+
+SPEC = """\
+apiVersion: jouletune.io/v1alpha1
+kind: EnergyBenchmark
+metadata: {name: local}
+spec:
+  model: meta-llama/Llama-3.1-8B-Instruct
+  backend: vllm
+  engine: {maxModelLen: 512, startupTimeoutS: 60}
+  searchSpace: {maxNumSeqs: [8, 32], powerLimitW: [400, 300]}
+  workload: {inputLen: 64, outputLen: 16, maxConcurrency: 8, numPrompts: 200, durationS: 1.5}
+  slos: [{metric: tpot_p90, maxMs: 1000}]
+  budget: {maxTrials: 5, finalistRepeats: 0, trialTimeoutS: 60}
+"""
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    """The stand-ins: the sim-server as vLLM (outliving a killed tune, its pid in a file), the
+    exporter reading its GPUs, its node as NVML; the engine on the node's GPU 1."""
+    sim = f'"$0" -m jouletune sim-server --node-gpus 2 "$@" & echo $! > {tmp}/sim.pid; wait'
+    return {
+        "JOULETUNE_VLLM_CMD": shlex.join(["sh", "-c", sim, sys.executable]),
+        "JOULETUNE_EXPORTER_CMD": f"{sys.executable} -m jouletune exporter --sim {{server_url}}",
+        "JOULETUNE_SIM_GPUS_URL": "{server_url}",
+        "CUDA_VISIBLE_DEVICES": "1",
+    }
+
+
+def _limits(url: str) -> list[float]:
+    with urllib.request.urlopen(f"{url}/sim/gpus", timeout=5) as resp:
+        return [g["power_limit_w"] for g in json.loads(resp.read())["gpus"]]
+
+
+def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path: Path) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text(SPEC)
+    state = tmp_path / "state"
+    port = free_port()
+    env = _env(tmp_path)
+    common = ["--backend", "local", "--state-dir", str(state)]
+    proc, log_path = start_tune(config, tmp_path / "out", *common, "--port", str(port), env=env)
+    orphan: int | None = None
+    try:
+        wait_for(
+            lambda: any(power_limits_set(log) for log in server_logs(tmp_path / "out")),
+            timeout_s=90,
+            proc=proc,
+            what="a power cap",
+        )
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+        orphan = int((tmp_path / "sim.pid").read_text())
+        url = f"http://127.0.0.1:{port}"
+        left = _limits(url)
+        (record_path,) = state.glob("*.json")
+        record = json.loads(record_path.read_text())
+        # The cap went to the engine's GPU (1) only, and it outlived the killed tune.
+        assert left[0] == 700.0 and left[1] in (400.0, 300.0)
+        assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
+        assert record["pid"] == proc.pid and record["host"] == socket.gethostname()
+
+        # The next run (on another port: the old server still holds that one) restores first.
+        again, again_log = start_tune(
+            config, tmp_path / "out2", *common, "--port", str(free_port()), env=env
+        )
+        try:
+            wait_for(
+                lambda: "resuming" in again_log.read_text() or server_logs(tmp_path / "out2"),
+                timeout_s=60,
+                proc=again,
+                what="the second run to start its study",
+            )
+            restored = _limits(url)
+        finally:
+            again.send_signal(signal.SIGTERM)
+            again.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if orphan is not None:
+            _stop(orphan)
+    first_line = again_log.read_text().splitlines()[0]
+    assert first_line == (
+        f"jouletune tune: restored GPU 1 (GPU-sim-h100-80gb-0001) power limit to 700 W from "
+        f"{left[1]:g} W, left changed by jouletune pid {proc.pid} on host "
+        f"{socket.gethostname()} ({_written(record)})"
+    )
+    assert restored == [700.0, 700.0]
+    assert not record_path.exists()
+    assert "Traceback" not in log_path.read_text() + again_log.read_text()
+
+
+def _written(record: dict[str, Any]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["written_unix_s"]))
+
+
+def _stop(pid: int) -> None:
+    """End the sim-server the killed tune left (started by this test, through the tune)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    wait_for(lambda: _gone(pid), timeout_s=20, what=f"sim-server {pid} to exit")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie of a reaped parent is gone for our purposes once init reaps it.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_read_only_refuses_to_measure_on_a_limit_a_killed_run_left(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    record = LimitRecord(
+        uuid="GPU-sim-h100-80gb-0000", address="http://127.0.0.1:1/sim/gpus", index=0,
+        name="NVIDIA H100 80GB HBM3", original_w=700.0, pid=int(dead.stdout),
+        host=socket.gethostname(), boot_id=None, pid_start_ticks=None, written_unix_s=time.time(),
+    )  # fmt: skip
+    store = LimitStore(tmp_path / "state")
+    store.directory.mkdir()
+    left = store.path(record.address, record.uuid)
+    left.write_text(json.dumps(record.to_json()))
+    config = tmp_path / "local.yaml"
+    config.write_text(SPEC.replace("powerLimitW: [400, 300]", "powerLimitW: []"))
+    result = subprocess.run(
+        [sys.executable, "-m", "jouletune", "tune", str(config), "--out", str(tmp_path / "out"),
+         "--read-only", "--state-dir", str(store.directory)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"jouletune tune: GPU 0 (GPU-sim-h100-80gb-0000) was left changed by {record.writer()} "
+        f"({left}); rerun without --read-only to restore its 700 W limit first"
+    )
+    assert left.exists() and not (tmp_path / "out").exists(), "nothing touched, nothing run"
