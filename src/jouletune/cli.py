@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("jouletune.loadgen.cli", "main", "measure one serving configuration"),
     "tune": ("jouletune.tuner.cli", "tune_main", "search the energy/latency Pareto front"),
     "report": ("jouletune.tuner.cli", "report_main", "rebuild the report of a tuning run"),
+    "calibrate": ("jouletune.calibrate.cli", "main", "fit the simulated GPU to this GPU"),
     "operator": ("jouletune.operator.cli", "main", "Kubernetes operator for EnergyBenchmark"),
 }
 

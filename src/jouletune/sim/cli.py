@@ -3,8 +3,8 @@
     jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
-        [--api-server-count N] [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
-        [--node-gpus N] [--gpu-list-file PATH]
+        [--api-server-count N] [--gpu h100-80gb] [--gpu-profile PROFILE.json]
+        [--power-limit W] [--tokenizer HF_ID_OR_DIR] [--node-gpus N] [--gpu-list-file PATH]
         [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
@@ -16,7 +16,9 @@ tokenizer; without it the simulator counts words (its own vocabulary: the catalo
 are gated or remote, and the simulator needs none of their weights). Defaults are vLLM's for
 the simulated GPU (`jouletune.engine`): on
 GPUs with at least 70 GiB that are not A100s, `--max-num-seqs 1024` and
-`--max-num-batched-tokens 8192`; elsewhere 256 and 2048.
+`--max-num-batched-tokens 8192`; elsewhere 256 and 2048. `--gpu-profile` runs the GPU with
+the parameters `jouletune calibrate` fitted to a real one (`jouletune.profile`) instead of
+the built-in constants; its `gpu` names the catalog entry, so `--gpu` may be left out.
 
 The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simulates a node
 with more: the engine takes the first of those CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES
@@ -34,20 +36,24 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from jouletune.contract import ENGINE_PORT
 from jouletune.engine import engine_defaults, split_flags
 from jouletune.gpu import VisibleDevices
 from jouletune.gpu.simulated import GPU_CATALOG, GpuModel, SimulatedGpu, gpu_model
 from jouletune.models import MODEL_CATALOG, ModelArch, model_arch
+from jouletune.profile import GpuProfile, load_profile
 from jouletune.sim._engine import EngineConfig
-from jouletune.sim._perf import DEFAULT_PERF, kv_cache_tokens
+from jouletune.sim._perf import DEFAULT_PERF, PerfConstants, kv_cache_tokens
+from jouletune.sim._profile import apply_profile
 from jouletune.tokenizer import PromptTokenizer, load_tokenizer
 
 __all__ = ["SimServerArgs", "build_config", "main", "parse_args"]
 
 _log = logging.getLogger("jouletune.sim")
 _EXIT_USAGE = 2
+_DEFAULT_GPU = "h100-80gb"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +64,7 @@ class SimServerArgs:
     host: str
     port: int
     served_model_name: str
-    gpu: str
+    gpu: str | None
     power_limit_w: float | None
     tensor_parallel_size: int
     max_num_seqs: int | None
@@ -67,6 +73,7 @@ class SimServerArgs:
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
+    gpu_profile: str | None = None
     node_gpus: int | None = None
     api_server_count: int = 1
     gpu_list_file: str | None = None
@@ -94,7 +101,14 @@ def _parser() -> _Parser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=ENGINE_PORT)
     p.add_argument("--served-model-name", nargs="+", default=None)
-    p.add_argument("--gpu", default="h100-80gb", help=f"one of {', '.join(GPU_CATALOG)}")
+    p.add_argument(
+        "--gpu", default=None, help=f"one of {', '.join(GPU_CATALOG)} (default: {_DEFAULT_GPU})"
+    )
+    p.add_argument(
+        "--gpu-profile",
+        default=None,
+        help="a GPU profile from `jouletune calibrate`: its parameters replace the built-in ones",
+    )
     p.add_argument("--power-limit", type=float, default=None, help="initial power limit, W")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument(
@@ -166,6 +180,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         gpu_memory_utilization=ns.gpu_memory_utilization,
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
+        gpu_profile=ns.gpu_profile,
         node_gpus=ns.node_gpus,
         api_server_count=ns.api_server_count,
         gpu_list_file=ns.gpu_list_file,
@@ -176,7 +191,7 @@ def parse_args(argv: list[str]) -> SimServerArgs:
 def build_config(args: SimServerArgs) -> EngineConfig:
     """Check the arguments against the catalogs and memory; raises ValueError (one line)."""
     arch = model_arch(args.model)
-    gpu = gpu_model(args.gpu)
+    gpu, perf = _gpu_and_perf(args)
     tp = args.tensor_parallel_size
     if tp < 1 or tp > 16:
         raise ValueError(f"--tensor-parallel-size must be 1-16, got {tp}")
@@ -218,7 +233,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
                 f"--power-limit {args.power_limit_w:g} W is outside {gpu.name}'s range "
                 f"{rng.min_w:g}-{rng.max_w:g} W"
             )
-    _check_memory(arch, gpu, tp, util, max_model_len)
+    _check_memory(arch, gpu, tp, util, max_model_len, perf)
     return EngineConfig(
         arch=arch,
         gpu=gpu,
@@ -227,7 +242,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
         max_num_batched_tokens=max_batched,
         max_model_len=max_model_len,
         gpu_memory_utilization=util,
-        perf=DEFAULT_PERF,
+        perf=perf,
         enable_prefix_caching=(
             defaults.enable_prefix_caching
             if args.enable_prefix_caching is None
@@ -237,10 +252,23 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     )
 
 
-def _check_memory(arch: ModelArch, gpu: GpuModel, tp: int, util: float, max_model_len: int) -> None:
-    tokens = kv_cache_tokens(
-        arch=arch, gpu=gpu, tp=tp, gpu_memory_utilization=util, perf=DEFAULT_PERF
-    )
+def _gpu_and_perf(args: SimServerArgs) -> tuple[GpuModel, PerfConstants]:
+    """The GPU model and engine constants: the catalog's, or a GPU profile's over them."""
+    if args.gpu_profile is None:
+        return gpu_model(args.gpu or _DEFAULT_GPU), DEFAULT_PERF
+    profile = load_profile(Path(args.gpu_profile))
+    if args.gpu is not None and args.gpu.lower() != profile.gpu:
+        raise ValueError(
+            f"--gpu {args.gpu} contradicts --gpu-profile {args.gpu_profile}, which is for "
+            f"{profile.gpu}"
+        )
+    return apply_profile(gpu_model(profile.gpu), DEFAULT_PERF, profile.parameters)
+
+
+def _check_memory(
+    arch: ModelArch, gpu: GpuModel, tp: int, util: float, max_model_len: int, perf: PerfConstants
+) -> None:
+    tokens = kv_cache_tokens(arch=arch, gpu=gpu, tp=tp, gpu_memory_utilization=util, perf=perf)
     if tokens <= 0:
         raise ValueError(
             f"{arch.hf_id} ({arch.weight_bytes / 1e9:.1f} GB of {arch.weights.name} weights) does "
@@ -267,6 +295,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.ignored:
         _log.info("ignoring vLLM flags the simulator does not model: %s", " ".join(args.ignored))
+    if args.gpu_profile is not None:
+        _log_profile(load_profile(Path(args.gpu_profile)), args.gpu_profile)
     if len(node) > len(engine_gpus):
         _log.info(
             "a node of %d simulated GPUs; the engine runs on %s",
@@ -274,6 +304,18 @@ def main(argv: list[str]) -> int:
             ", ".join(f"{g.index} ({g.uuid})" for g in engine_gpus),
         )
     return _serve(args, config, tokenizer, node, engine_gpus)
+
+
+def _log_profile(profile: GpuProfile, path: str) -> None:
+    _log.info(
+        "GPU profile %s: %s, fitted %s; power limits %s",
+        path,
+        profile.gpu,
+        ", ".join(profile.fitted()) or "nothing",
+        "measured"
+        if profile.power_limits_measured
+        else "never measured (cap savings are predictions)",
+    )
 
 
 def place_gpus(

@@ -6,7 +6,8 @@ A runner starts a server for a point's server configuration (`runner.server(poin
 consecutive plans share its configuration.
 
 * `SimRunner`: `jouletune sim-server` plus `jouletune exporter --sim` on this machine; power
-  limits through the sim's GPUs.
+  limits through the sim's GPUs; with a GPU profile (`jouletune calibrate`) the sim-servers
+  run its parameters (`--gpu-profile`).
 * `LocalRunner`: a real `vllm serve` on this host's GPUs plus `jouletune exporter` (NVML);
   power limits only when not read-only. The engine inherits this process's environment, so
   it runs on the first TP of the GPUs CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES leave
@@ -226,16 +227,22 @@ class SimRunner(_ProcessRunner):
 
     name = "sim"
 
-    def __init__(self, *, spec: BenchmarkSpec, read_only: bool = False) -> None:
+    def __init__(
+        self, *, spec: BenchmarkSpec, read_only: bool = False, gpu_profile: Path | None = None
+    ) -> None:
         super().__init__(spec=spec, read_only=read_only, server_port=None)
+        # Absolute: the sim-servers run from their own working directory.
+        self._gpu_profile = None if gpu_profile is None else gpu_profile.resolve()
 
     def _server_argv(self, config: Point, port: int) -> list[str]:
+        profile = [] if self._gpu_profile is None else ["--gpu-profile", str(self._gpu_profile)]
         return [
             *_jouletune(),
             "sim-server",
             *self._engine_args(config, port),
             "--gpu",
             self._spec.gpu.type,
+            *profile,
         ]
 
     def _exporter_argv(

@@ -1,7 +1,7 @@
 """`jouletune tune` and `jouletune report`.
 
     jouletune tune CONFIG.yaml [--backend sim|local] [--storage URL] [--out DIR] [--read-only]
-                               [--port P] [--state-dir DIR]
+                               [--port P] [--state-dir DIR] [--gpu-profile PROFILE.json]
     jouletune report DIR [--storage URL]
 
 Before anything else, `tune` puts back every GPU power limit that a run killed mid-study
@@ -40,6 +40,7 @@ from jouletune.gpu import (
     default_state_dir,
     restore_left_limits,
 )
+from jouletune.profile import load_profile
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
@@ -243,6 +244,11 @@ def _tune_parser() -> argparse.ArgumentParser:
         help=f"port of the local vLLM server (default {ENGINE_PORT})",
     )
     parser.add_argument(
+        "--gpu-profile",
+        type=Path,
+        help="--backend sim: run the simulated GPU with this profile from `jouletune calibrate`",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         help="where each GPU's limit as found is kept while capped, for the next run to "
@@ -297,8 +303,25 @@ def _engine_defaults(args: argparse.Namespace, spec: BenchmarkSpec) -> EngineDef
 def _runner(args: argparse.Namespace, setup: _Setup, store: LimitStore) -> Runner:
     if _backend(args, setup.spec) == "sim":
         # The simulator's GPUs end with its servers: nothing of theirs outlives a crash.
-        return SimRunner(spec=setup.spec, read_only=setup.read_only)
+        _check_gpu_profile(args.gpu_profile, setup.spec)
+        return SimRunner(spec=setup.spec, read_only=setup.read_only, gpu_profile=args.gpu_profile)
+    if args.gpu_profile is not None:
+        raise _UsageError("--gpu-profile is for --backend sim: a real GPU needs no profile")
     return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port, store=store)
+
+
+def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:
+    """Refuse, before any trial, a profile the sim-servers would refuse."""
+    if path is None:
+        return
+    try:
+        profile = load_profile(path)
+    except ValueError as err:
+        raise _UsageError(f"--gpu-profile: {err}") from None
+    if profile.gpu != spec.gpu.type.lower():
+        raise _UsageError(
+            f"--gpu-profile {path} is for {profile.gpu}, the spec's gpu.type is {spec.gpu.type}"
+        )
 
 
 def _finish(setup: _Setup) -> Recommendation:

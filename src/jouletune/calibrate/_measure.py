@@ -1,0 +1,122 @@
+"""Measuring the plan: one `jouletune bench` closed loop per point, each saved as it completes.
+
+Each point runs through the load generator's Python API (`run_bench`, which first waits for
+the drain rule) with per-request detail, under the point's power limit (held with
+`jouletune.gpu.power_limit`, so the limit found is restored afterwards, on an exception and on
+SIGTERM). Its result JSON is written to `points/NAME.json` the moment it is known; a point
+whose file exists is not measured again, so an interrupted calibration resumes where it
+stopped and nothing measured is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from jouletune.calibrate._plan import CalibrationPlan, PlanPoint
+from jouletune.calibrate._target import CalibrationError
+from jouletune.gpu import Gpu, GpuError, power_limit
+from jouletune.loadgen import BenchConfig, BenchError, BenchResult, run_bench
+
+__all__ = ["POINTS_DIR", "bench_config", "measure_plan", "point_path"]
+
+POINTS_DIR = "points"
+# Prompts to draw per stream: enough for the duration at an ITL as short as this (an H100
+# decodes a small model at ~6 ms a token); the bench stops sending at the duration anyway.
+_FASTEST_ITL_S = 0.003
+
+
+def point_path(out_dir: Path, point: PlanPoint) -> Path:
+    """Where a point's bench result is kept."""
+    return out_dir / POINTS_DIR / f"{point.name}.json"
+
+
+def bench_config(plan: CalibrationPlan, point: PlanPoint, *, index: int) -> BenchConfig:
+    """The bench run that measures `point`, the `index`-th of the plan."""
+    per_stream = math.ceil(plan.duration_s / (point.workload.output_len * _FASTEST_ITL_S)) + 2
+    return BenchConfig(
+        base_url=plan.base_url,
+        model=plan.server.served_model,
+        random_input_len=point.workload.input_len,
+        random_output_len=point.workload.output_len,
+        num_prompts=point.concurrency * per_stream,
+        max_concurrency=point.concurrency,
+        seed=plan.seed + index,
+        exporter_urls=list(plan.exporter_urls),
+        duration_s=plan.duration_s,
+        save_detailed=True,  # the replay sends the same requests in the same order
+        validity=plan.validity,
+    )
+
+
+async def measure_plan(
+    plan: CalibrationPlan,
+    out_dir: Path,
+    *,
+    gpus: Sequence[Gpu],
+    log: Callable[[str], None],
+) -> None:
+    """Measure every point of `plan` that has no saved result yet, in plan order.
+
+    Raises:
+        CalibrationError: a point cannot be measured (unreachable server or exporter, a
+            limit that cannot be set, a clock lock); the points before it are saved.
+    """
+    (out_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
+    for index, point in enumerate(plan.points):
+        path = point_path(out_dir, point)
+        if path.exists():
+            log(f"{point.name}: measured before, kept ({path})")
+            continue
+        _check_settings(plan, point, gpus)
+        log(f"{point.name}: measuring ({plan.duration_s:g} s of requests)")
+        result = await _measure_point(plan, point, index, gpus)
+        _write(path, result)
+        log(f"{point.name}: {_summary(result)}")
+
+
+def _check_settings(plan: CalibrationPlan, point: PlanPoint, gpus: Sequence[Gpu]) -> None:
+    if point.changes_gpu and plan.read_only:
+        raise CalibrationError(f"{point.name}: read-only, yet the point changes a GPU setting")
+    if point.sm_clock_mhz is not None:
+        # The hook for SM clock locks (issue 15 item 2): the GPU layer cannot lock clocks yet.
+        raise CalibrationError(
+            f"{point.name}: SM clock locks are not supported yet; remove sm_clock_mhz"
+        )
+    if point.power_limit_w is not None and not gpus:
+        raise CalibrationError(f"{point.name}: no GPU to set the power limit on")
+
+
+async def _measure_point(
+    plan: CalibrationPlan, point: PlanPoint, index: int, gpus: Sequence[Gpu]
+) -> BenchResult:
+    config = bench_config(plan, point, index=index)
+    try:
+        with power_limit(gpus if point.power_limit_w is not None else (), point.power_limit_w):
+            return await run_bench(config)
+    except BenchError as err:
+        raise CalibrationError(f"{point.name}: {err}") from None
+    except (GpuError, ValueError) as err:
+        raise CalibrationError(f"{point.name}: power limit: {err}") from None
+
+
+def _write(path: Path, result: BenchResult) -> None:
+    """Write atomically: a crash mid-write leaves no half file that would count as measured."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(result.model_dump_json(indent=1))
+    os.replace(tmp, path)
+
+
+def _summary(result: BenchResult) -> str:
+    if not result.valid:
+        return f"INVALID ({result.invalid_reason}); kept, left out of the fit"
+    j = result.energy_per_output_token_j
+    itl = result.itl_ms.p50
+    power = result.avg_power_w
+    return (
+        f"{j:.4f} J/token, ITL p50 {itl:.2f} ms, {power:.0f} W"
+        if j is not None and itl is not None and power is not None
+        else "measured"
+    )

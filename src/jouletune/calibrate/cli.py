@@ -1,0 +1,323 @@
+"""`jouletune calibrate`: fit the simulated GPU to a real one from a short measured plan.
+
+    jouletune calibrate --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
+        --out calibration/ [--read-only] [--concurrency 1,8,32,64,128,256] \
+        [--workload 512:256 --workload 1024:128] [--power-limit W ...] [--duration 30]
+    jouletune calibrate --fit-only --out calibration/ [--read-only]
+
+Measures closed loops (`jouletune bench`) on an already running server (vLLM or a
+sim-server) at each concurrency and workload, and, unless `--read-only`, at a few power
+limits (default: 60% and 40% of the GPU's default limit, at concurrency 8 and 64), always
+restoring the limit found. Each point's result is saved to `OUT/points/` as it completes; a
+rerun keeps them and measures the rest. Then it fits the simulator's parameters to the
+points and writes `OUT/profile.json`, which `jouletune sim-server --gpu-profile` and
+`jouletune tune --gpu-profile` take. Tell it the server's engine flags where they differ from
+vLLM's defaults (`--max-num-seqs`, ...): the fit replays the runs on the same settings.
+
+Exit codes: 0 a profile; 1 measuring stopped part-way (what was measured is kept; rerun to
+resume); 2 bad input or nothing to measure against; 130 interrupted (limits restored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from jouletune.calibrate._calibrate import fit_profile, load_measured, sim_setup
+from jouletune.calibrate._measure import measure_plan
+from jouletune.calibrate._plan import (
+    DEFAULT_CAP_CONCURRENCY,
+    DEFAULT_CAP_FRACTIONS,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_WORKLOADS,
+    CalibrationPlan,
+    ServerSettings,
+    Workload,
+    plan_points,
+)
+from jouletune.calibrate._show import parameter_lines, point_lines, summary_lines
+from jouletune.calibrate._target import CalibrationError, Target, open_cap_gpus, probe_target
+from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
+from jouletune.engine import engine_defaults
+from jouletune.gpu import Gpu
+from jouletune.gpu.simulated import GPU_CATALOG, gpu_model
+from jouletune.loadgen import ValidityThresholds
+from jouletune.models import model_arch
+from jouletune.profile import GpuProfile
+from jouletune.sim import DEFAULT_PERF, builtin_parameters
+
+__all__ = ["main"]
+
+_PROG = "jouletune calibrate"
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+PLAN_FILE = "plan.json"
+PROFILE_FILE = "profile.json"
+_CAP_ROUND_W = 5.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def main(argv: list[str]) -> int:
+    """Measure (unless --fit-only), fit, write the profile; see the module docstring."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.fit_only:
+            plan = _read_plan(args.out, model=args.model)
+        else:
+            plan, gpus = _new_plan(args)
+            code = _measure(plan, args.out, gpus)
+            if code != EXIT_OK:
+                return code
+        return _fit(plan, args.out, batch_only=args.read_only or plan.read_only, path=args.profile)
+    except CalibrationError as err:
+        print(f"{_PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # during the fit: the measured points are saved
+        print(f"{_PROG}: interrupted; rerun with --fit-only to fit again", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=_PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--base-url",
+        default=f"http://127.0.0.1:{ENGINE_PORT}",
+        help="the running server, vLLM or a sim-server (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exporter-url",
+        action="append",
+        default=[],
+        dest="exporter_urls",
+        help=f"an energy exporter of the server's GPUs, e.g. http://127.0.0.1:{EXPORTER_PORT}",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for the points and profile")
+    p.add_argument("--profile", type=Path, help=f"profile to write (default: OUT/{PROFILE_FILE})")
+    p.add_argument("--read-only", action="store_true", help="never change a GPU setting")
+    p.add_argument("--fit-only", action="store_true", help="fit OUT's saved points again")
+    p.add_argument(
+        "--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
+        help=f"closed-loop streams (default: {','.join(map(str, DEFAULT_CONCURRENCY))})",
+    )  # fmt: skip
+    p.add_argument(
+        "--workload", type=_workload, action="append", dest="workloads",
+        help="IN:OUT prompt and output tokens, repeatable (default: "
+        + " and ".join(f"{i}:{o}" for i, o in DEFAULT_WORKLOADS) + ")",
+    )  # fmt: skip
+    p.add_argument(
+        "--power-limit", type=float, action="append", default=[], dest="power_limits_w",
+        help="a power limit to measure, W (default: 60%% and 40%% of the GPU's default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cap-concurrency", type=_ints, default=DEFAULT_CAP_CONCURRENCY,
+        help="concurrencies measured under each power limit (default: 8,64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of requests per point (default: 30)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="prompt seed of the first point")
+    p.add_argument(
+        "--check", action="append", default=[], type=_pair, metavar="NAME=VALUE",
+        help="a validity threshold of each point, as `jouletune bench --check`",
+    )  # fmt: skip
+    p.add_argument(
+        "--model",
+        help="what the simulator replays: a catalog name, a directory with config.json or a HF "
+        "id (default: the served model; with --fit-only: the plan's)",
+    )
+    p.add_argument("--gpu", help=f"the GPU's catalog entry: {', '.join(GPU_CATALOG)}")
+    p.add_argument("--max-num-seqs", type=int, help="the server's (default: vLLM's)")
+    p.add_argument("--max-num-batched-tokens", type=int, help="the server's (default: vLLM's)")
+    p.add_argument("--max-model-len", type=int, help="the server's (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="the server's (default: vLLM's)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    return p
+
+
+def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
+    """Probe the server and exporters, then build and save the plan (fails before measuring);
+    also the GPUs its power limits apply to (none when read-only)."""
+    if args.read_only and args.power_limits_w:
+        raise CalibrationError("--read-only never changes a GPU setting; drop --power-limit")
+    target = probe_target(args.base_url, args.exporter_urls)
+    gpu_key = _gpu_key(args.gpu, target)
+    gpus = [] if args.read_only else open_cap_gpus(target)
+    caps = () if args.read_only else tuple(args.power_limits_w) or _default_caps(gpus)
+    workloads = tuple(
+        args.workloads or (Workload(input_len=i, output_len=o) for i, o in DEFAULT_WORKLOADS)
+    )
+    try:
+        plan = CalibrationPlan(
+            base_url=target.base_url,
+            exporter_urls=list(target.exporter_urls),
+            gpu=gpu_key,
+            gpu_name=target.gpu_name,
+            server=_server(args, target, gpu_key),
+            points=plan_points(
+                concurrency=tuple(args.concurrency),
+                workloads=workloads,
+                power_limits_w=caps,
+                cap_concurrency=tuple(args.cap_concurrency),
+            ),
+            duration_s=args.duration,
+            seed=args.seed,
+            read_only=args.read_only,
+            validity=ValidityThresholds.model_validate(dict(args.check)),
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CalibrationError(f"{where}: {first['msg']}") from None
+    sim_setup(plan)  # the model must be one the simulator can replay, before any measuring
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
+    return plan, gpus
+
+
+def _measure(plan: CalibrationPlan, out_dir: Path, gpus: Sequence[Gpu]) -> int:
+    try:
+        asyncio.run(measure_plan(plan, out_dir, gpus=gpus, log=_log))
+    except CalibrationError as err:
+        print(f"{_PROG}: {err}; the points measured so far are kept in {out_dir}: rerun to "
+              "measure the rest, or --fit-only to fit those", file=sys.stderr)  # fmt: skip
+        return EXIT_PARTIAL
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted; power limits restored, rerun to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _fit(plan: CalibrationPlan, out_dir: Path, *, batch_only: bool, path: Path | None) -> int:
+    measured = load_measured(plan, out_dir)
+    _log(f"fitting the simulator to {len(measured)} point(s)")
+    profile = fit_profile(
+        plan,
+        measured,
+        batch_only=batch_only,
+        progress=lambda n, cost: _log(f"  fit: replay {n} of every point, cost {cost:.4g}"),
+    )
+    target = path or out_dir / PROFILE_FILE
+    profile.write(target)
+    _print_profile(profile, target)
+    return EXIT_OK
+
+
+def _print_profile(profile: GpuProfile, path: Path) -> None:
+    built_in = builtin_parameters(gpu_model(profile.gpu), DEFAULT_PERF)
+    name = profile.provenance.gpu_name if profile.provenance else profile.gpu
+    print(f"GPU profile {path}: {profile.gpu} ({name})")
+    print("\n".join(parameter_lines(profile, built_in)))
+    print()
+    print("\n".join(point_lines(profile)))
+    print()
+    print("\n".join(summary_lines(profile)))
+
+
+def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
+    """The saved plan; `model` replaces what the simulator replays (a served directory that
+    exists only on the GPU host, when fitting elsewhere)."""
+    path = out_dir / PLAN_FILE
+    try:
+        plan = CalibrationPlan.model_validate_json(path.read_text())
+    except OSError as err:
+        raise CalibrationError(f"{path}: cannot read the plan: {err.strerror}") from None
+    except ValidationError as err:
+        raise CalibrationError(
+            f"{path}: not a calibration plan: {err.errors()[0]['msg']}"
+        ) from None
+    if model is None:
+        return plan
+    return plan.model_copy(update={"server": plan.server.model_copy(update={"model": model})})
+
+
+def _gpu_key(flag: str | None, target: Target) -> str:
+    if flag is not None:
+        if flag.lower() not in GPU_CATALOG:
+            raise CalibrationError(f"--gpu {flag}: the catalog has {', '.join(GPU_CATALOG)}")
+        return flag.lower()
+    for key, model in GPU_CATALOG.items():
+        if model.name.lower() == target.gpu_name.lower():
+            return key
+    raise CalibrationError(
+        f"the exporter's GPU {target.gpu_name!r} is not in the simulator's catalog; pass --gpu "
+        f"with the nearest of {', '.join(GPU_CATALOG)} (its datasheet figures are the start)"
+    )
+
+
+def _server(args: argparse.Namespace, target: Target, gpu_key: str) -> ServerSettings:
+    """The server's engine settings: the flags, else vLLM's defaults on this GPU."""
+    model = args.model or target.model_root or target.served_model
+    try:
+        arch = model_arch(model)
+    except ValueError as err:
+        raise CalibrationError(
+            f"the simulator cannot model the served model {model!r} ({err}); pass --model with "
+            "a catalog name, a directory holding its config.json, or a Hugging Face id"
+        ) from None
+    gpu = gpu_model(gpu_key)
+    defaults = engine_defaults(gpu_name=gpu.name, gpu_memory_bytes=gpu.memory_bytes)
+    return ServerSettings(
+        model=model,
+        served_model=target.served_model,
+        max_num_seqs=args.max_num_seqs or defaults.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens or defaults.max_num_batched_tokens,
+        max_model_len=args.max_model_len or arch.max_position_embeddings,
+        gpu_memory_utilization=args.gpu_memory_utilization or defaults.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        enable_prefix_caching=args.enable_prefix_caching,
+    )
+
+
+def _default_caps(gpus: Sequence[Gpu]) -> tuple[float, ...]:
+    """60% and 40% of the GPU's default limit, rounded to 5 W, within its range."""
+    rng = gpus[0].power_limit_range()
+    caps = [
+        min(max(round(rng.default_w * f / _CAP_ROUND_W) * _CAP_ROUND_W, rng.min_w), rng.max_w)
+        for f in DEFAULT_CAP_FRACTIONS
+    ]
+    return tuple(dict.fromkeys(c for c in caps if c < rng.default_w))
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,8,32, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _workload(text: str) -> Workload:
+    prompt, _, output = text.partition(":")
+    try:
+        return Workload(input_len=int(prompt), output_len=int(output))
+    except (ValueError, ValidationError):
+        raise argparse.ArgumentTypeError(
+            f"expected IN:OUT token lengths like 512:256 (OUT at least 2), got {text!r}"
+        ) from None
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value.strip()

@@ -1,0 +1,150 @@
+"""`jouletune calibrate` on bad input: one line on stderr and exit 2, before anything runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jouletune.calibrate import (
+    CalibrationError,
+    CalibrationPlan,
+    PlanPoint,
+    ServerSettings,
+    Workload,
+    measure_plan,
+)
+from jouletune.calibrate.cli import main
+from tests.procs import Proc, free_port, jouletune_process
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> None:
+    """`jouletune calibrate ARGV` (in this process) exits 2 with one line naming `words`."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        code = int(exit_.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Proc]:
+    port = free_port()
+    with jouletune_process(
+        ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_path="/health",
+    ) as proc:
+        yield proc
+
+
+def test_an_unreachable_server_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["--base-url", url, "--exporter-url", url, "--out", str(tmp_path)]
+    _one_line_error(capsys, argv, "cannot reach the server", url)
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_without_an_exporter_it_refuses(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["--base-url", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path)]
+    _one_line_error(capsys, argv, "no --exporter-url")
+
+
+def test_an_unreachable_exporter_is_one_line(
+    capsys: pytest.CaptureFixture[str], server: Proc, tmp_path: Path
+) -> None:
+    exporter = f"http://127.0.0.1:{free_port()}"
+    argv = ["--base-url", server.url, "--exporter-url", exporter, "--out", str(tmp_path)]
+    _one_line_error(capsys, argv, "cannot reach the exporter", exporter)
+
+
+def test_the_exporter_must_serve_energy(
+    capsys: pytest.CaptureFixture[str], server: Proc, tmp_path: Path
+) -> None:
+    # The sim-server's own /metrics has vLLM's series, no GPU energy counter.
+    argv = ["--base-url", server.url, "--exporter-url", server.url, "--out", str(tmp_path)]
+    _one_line_error(capsys, argv, "serves no jouletune_gpu_energy_joules_total")
+
+
+def test_a_model_the_simulator_cannot_parse_stops_before_measuring(
+    capsys: pytest.CaptureFixture[str],
+    server: Proc,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an id outside the catalog fails at once
+    port = free_port()
+    with jouletune_process(
+        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_path="/healthz",
+    ) as exporter:
+        argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
+        _one_line_error(capsys, [*argv, "--read-only", "--model", "nobody/none"], "--model")
+    assert not (tmp_path / "points").exists()
+
+
+def test_read_only_refuses_power_limits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["--base-url", url, "--exporter-url", url, "--out", str(tmp_path), "--read-only"]
+    _one_line_error(capsys, [*argv, "--power-limit", "300"], "--read-only", "--power-limit")
+
+
+def test_fit_only_needs_an_earlier_calibration(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _one_line_error(capsys, ["--fit-only", "--out", str(tmp_path)], "cannot read the plan")
+
+
+def test_bad_flags_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _one_line_error(capsys, ["--workload", "512", "--out", str(tmp_path)], "IN:OUT")
+    _one_line_error(capsys, ["--concurrency", "0,8", "--out", str(tmp_path)], "positive")
+
+
+def _plan(*points: PlanPoint, read_only: bool = False) -> CalibrationPlan:
+    server = ServerSettings(
+        model=MODEL,
+        served_model=MODEL,
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        max_model_len=2048,
+        gpu_memory_utilization=0.92,
+    )
+    return CalibrationPlan(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        exporter_urls=[],
+        gpu="h100-80gb",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        server=server,
+        points=list(points),
+        duration_s=1.0,
+        read_only=read_only,
+    )
+
+
+def test_an_sm_clock_lock_is_refused_until_the_gpu_layer_locks_clocks(tmp_path: Path) -> None:
+    point = PlanPoint(
+        concurrency=1, workload=Workload(input_len=8, output_len=8), sm_clock_mhz=1400
+    )
+    with pytest.raises(CalibrationError, match="SM clock locks are not supported yet"):
+        asyncio.run(measure_plan(_plan(point), tmp_path, gpus=[], log=print))
+    assert not (tmp_path / "points" / f"{point.name}.json").exists()
+
+
+def test_read_only_plan_never_measures_a_capped_point(tmp_path: Path) -> None:
+    point = PlanPoint(
+        concurrency=1, workload=Workload(input_len=8, output_len=8), power_limit_w=300
+    )
+    with pytest.raises(CalibrationError, match="read-only"):
+        asyncio.run(measure_plan(_plan(point, read_only=True), tmp_path, gpus=[], log=print))

@@ -1,0 +1,210 @@
+"""`jouletune calibrate` recovers a hidden GPU: a real sim-server runs secretly perturbed
+parameters (`--gpu-profile`), `jouletune exporter --sim` reads its energy, and the calibration,
+a real process measuring over loopback HTTP, must fit parameters whose predictions at points
+it never measured stay within 5% of the hidden GPU's.
+
+The predictions on both sides are the simulator's own, in simulated time, so the comparison
+isolates what the calibration recovered; the measurements it fitted came through the load
+generator like a user's (client, HTTP, exporter, steady-state window).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jouletune.calibrate import ServerSettings, SimSetup, Workload, simulate_closed_loop
+from jouletune.gpu.simulated import gpu_model
+from jouletune.loadgen import BenchResult
+from jouletune.models import model_arch
+from jouletune.profile import GpuProfile, ProfileParameters, load_profile
+from jouletune.sim import DEFAULT_PERF, builtin_parameters
+from tests.procs import free_port, jouletune_process
+from tests.validity import SHORT_RUN
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+SERVER_FLAGS = ["--max-num-seqs", "256", "--max-model-len", "2048"]
+BUILT_IN = builtin_parameters(gpu_model("h100-80gb"), DEFAULT_PERF)
+# The hidden GPU: 15-30% off the built-in H100 on bandwidth, compute, host time, idle and
+# dynamic power.
+HIDDEN = BUILT_IN.model_copy(
+    update={
+        "weight_bw_efficiency": 0.70,
+        "kv_bw_efficiency": 0.65,
+        "gemm_efficiency": 0.75,
+        "host_per_seq_s": 13e-6,
+        "frontend_s": 8e-3,
+        "idle_loaded_w": 150.0,
+        "active_w": 185.0,
+        "tensor_w": 1200.0,
+        "dram_w": 190.0,
+    }
+)
+# Short closed loops (a CI machine measures them in ~40 s): three batch sizes, two context
+# lengths (they separate the per-sequence and the per-context-token decode cost), and one
+# power limit that binds on decode (it separates SM from DRAM power). The long context is
+# decode-heavy, so each window holds whole waves of prefill and a median of decode steps.
+PLAN = [
+    *("--concurrency", "1,8,32"),
+    *("--workload", "64:64", "--workload", "512:128"),
+    *("--duration", "4", "--cap-concurrency", "8"),
+    *SERVER_FLAGS,
+    *SHORT_RUN,
+]
+CAP = ["--power-limit", "280"]
+# Points the calibration never measured: other batch sizes, context lengths, and a cap.
+HELD_OUT = [
+    (4, Workload(input_len=64, output_len=64), None),
+    (16, Workload(input_len=256, output_len=128), None),
+    (24, Workload(input_len=512, output_len=64), None),
+    (2, Workload(input_len=384, output_len=128), None),
+    (16, Workload(input_len=64, output_len=64), 350.0),
+]
+UNCAPPED = [p for p in HELD_OUT if p[2] is None]
+TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A finished calibration against the hidden GPU, with its servers still up."""
+
+    out: Path
+    argv: list[str]
+    stdout: str
+
+
+def _calibrate(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jouletune", "calibrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calibration]:
+    root = tmp_path_factory.mktemp("hidden-gpu")
+    hidden = root / "hidden.json"
+    GpuProfile(
+        gpu="h100-80gb",
+        parameters=HIDDEN,
+        sources=dict.fromkeys(ProfileParameters.model_fields, "built-in"),
+        power_limits_measured=False,
+    ).write(hidden)
+    port, exporter_port = free_port(), free_port()
+    server_args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)]
+    with (
+        jouletune_process(
+            [*server_args, *SERVER_FLAGS, "--gpu-profile", str(hidden)],
+            port=port,
+            health_path="/health",
+        ) as server,
+        jouletune_process(
+            ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(exporter_port)],
+            port=exporter_port,
+            health_path="/healthz",
+        ) as exporter,
+    ):
+        argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(root)]
+        done = _calibrate([*argv, *PLAN, *CAP])
+        assert done.returncode == 0, done.stderr
+        yield Calibration(out=root, argv=argv, stdout=done.stdout)
+
+
+def _setup() -> SimSetup:
+    server = ServerSettings(
+        model=MODEL,
+        served_model=MODEL,
+        max_num_seqs=256,
+        max_num_batched_tokens=8192,
+        max_model_len=2048,
+        gpu_memory_utilization=0.92,
+    )
+    return SimSetup(arch=model_arch(MODEL), gpu=gpu_model("h100-80gb"), server=server)
+
+
+def _worst_errors(
+    params: ProfileParameters, points: list[tuple[int, Workload, float | None]]
+) -> dict[str, float]:
+    """Largest |prediction / hidden GPU's - 1| of J/token and ITL p50 over `points`."""
+    setup, worst = _setup(), {"j_per_output_token": 0.0, "itl_ms_p50": 0.0}
+    for concurrency, workload, cap in points:
+        figures = [
+            simulate_closed_loop(
+                setup,
+                p,
+                concurrency=concurrency,
+                workload=workload,
+                duration_s=8.0,
+                power_limit_w=cap,
+            )
+            for p in (params, HIDDEN)
+        ]
+        predicted, truth = figures
+        assert predicted is not None and truth is not None, "a 8 s closed loop has a window"
+        for name in worst:
+            error = getattr(predicted, name) / getattr(truth, name) - 1
+            worst[name] = max(worst[name], abs(error))
+    return worst
+
+
+def _explain(worst: dict[str, float], profile: GpuProfile) -> str:
+    """What a miss needs for a diagnosis: the errors, the fitted values, each point's fit."""
+    fitted = {name: getattr(profile.parameters, name) for name in profile.fitted()}
+    points = {p.name: {k: round(v, 3) for k, v in p.errors.items()} for p in profile.points}
+    return f"worst {worst}; fitted {fitted}; points {points}"
+
+
+def test_calibration_predicts_unmeasured_points_of_the_hidden_gpu(
+    calibration: Calibration,
+) -> None:
+    profile = load_profile(calibration.out / "profile.json")
+    # The hidden GPU really differs: the built-in parameters miss it by far more than 5%.
+    assert min(_worst_errors(BUILT_IN, HELD_OUT).values()) > 0.10
+    worst = _worst_errors(profile.parameters, HELD_OUT)
+    assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)
+    assert profile.power_limits_measured
+    assert profile.sources["dram_w"] == "fitted"
+    assert profile.sources["idle_loaded_w"] == "measured"
+    assert profile.parameters.idle_loaded_w == pytest.approx(HIDDEN.idle_loaded_w, rel=0.01)
+    assert profile.sources["host_step_s"] == "built-in"
+
+
+def test_every_measured_point_is_kept_with_its_replay(calibration: Calibration) -> None:
+    profile = load_profile(calibration.out / "profile.json")
+    names = {p.name for p in profile.points}
+    assert names == {
+        *(f"c{c}_w{w}" for c in (1, 8, 32) for w in ("64-64", "512-128")),
+        "c8_w64-64_p280w",
+    }
+    for point in profile.points:
+        result = BenchResult.model_validate_json((calibration.out / point.result_file).read_text())
+        assert result.requests, "the replay needs every request's lengths"
+        assert point.predicted is not None
+        assert point.measured.j_per_output_token == result.energy_per_output_token_j
+    assert "fitted" in calibration.stdout and "c8_w64-64_p280w" in calibration.stdout
+
+
+def test_read_only_rerun_keeps_the_points_and_fits_the_batch_sweep_only(
+    calibration: Calibration,
+) -> None:
+    before = sorted((calibration.out / "points").iterdir())
+    profile_path = calibration.out / "read-only.json"
+    done = _calibrate([*calibration.argv, *PLAN, "--read-only", "--profile", str(profile_path)])
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("measured before, kept") == 6
+    assert sorted((calibration.out / "points").iterdir()) == before
+    profile = load_profile(profile_path)
+    assert not profile.power_limits_measured
+    assert profile.provenance is not None and profile.provenance.read_only
+    assert profile.sources["dram_w"] == "built-in"
+    assert "power limits were not measured" in done.stdout
+    # Without caps the SM/DRAM split stays built-in, yet uncapped points still come out right.
+    worst = _worst_errors(profile.parameters, UNCAPPED)
+    assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)
