@@ -6,11 +6,11 @@ A trial pod holds three containers:
   GPUs from `nvidia.com/gpu`, a readiness probe on `/health`, `/dev/shm` as a memory
   emptyDir (vLLM's tensor-parallel workers share tensors through it);
 - `exporter` — `jouletune exporter`, the NVML energy sidecar; when the trial's points carry
-  power caps it also serves its loopback control port, through which the load generator
-  steps the limits (SYS_ADMIN on real GPUs, the one container that has it);
+  power caps or SM clock locks it also serves its loopback control port, through which the
+  load generator steps them (SYS_ADMIN on real GPUs, the one container that has it);
 - `loadgen` — `jouletune operator trial`: waits for the engine, measures the trial's point
-  and its riders (lower caps under the same engine start) with the tuner's `measure_sweep`,
-  and writes each point's figures to its termination message.
+  and its riders (lower caps and clock locks under the same engine start) with the tuner's
+  `measure_sweep`, and writes each point's figures to its termination message.
 
 The engine and the exporter are native sidecars (init containers with `restartPolicy:
 Always`, Kubernetes ≥ 1.29): the pod ends when the load generator ends, and Kubernetes then
@@ -133,10 +133,11 @@ def trial_plan(
     role: Role,
     points: list[Point],
     caps: list[float | None],
+    clocks: list[int | None] | None = None,
     walk: bool,
 ) -> PodPlan:
     """The plan a trial pod runs: trial `number` at `points[0]`, then its riders."""
-    capped = any(p.power_limit_w is not None for p in points)
+    capped = any(not p.unconstrained for p in points)  # a cap or a lock: the control port
     return PodPlan(
         benchmark=f"{ref.namespace}/{ref.name}",
         trial=number,
@@ -144,6 +145,7 @@ def trial_plan(
         points=points,
         walk=walk,
         caps=caps,
+        clocks=clocks or [None],
         spec=spec,
         engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
         exporter_url=f"http://127.0.0.1:{EXPORTER_PORT}",
@@ -271,7 +273,8 @@ def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ]
         if plan.control_url is not None:
-            # Changing a power limit is a privileged NVML call: the one capability it needs.
+            # Changing a power limit or locking a clock is a privileged NVML call: the one
+            # capability it needs.
             security["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
         else:
             security["capabilities"] = {"drop": ["ALL"]}

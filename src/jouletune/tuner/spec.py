@@ -102,7 +102,8 @@ class GpuSpec(_Model):
     type: str = Field("h100-80gb", description="simulator GPU type; a label for real GPUs")
     count: Annotated[int, Field(ge=1, le=16)] = 1
     read_only: bool = Field(
-        False, description="never change a GPU setting: power limits stay as they are"
+        False,
+        description="never change a GPU setting: power limits and SM clocks stay as they are",
     )
 
 
@@ -122,6 +123,11 @@ class SearchSpace(_Model):
     ] = [1]
     power_limit_w: list[Annotated[float, Field(gt=0, le=2000)]] = Field(
         default_factory=list, description="GPU power caps to try; empty keeps the current one"
+    )
+    sm_clock_mhz: list[Annotated[int, Field(ge=100, le=5000)]] = Field(
+        default_factory=list,
+        description="SM clocks to lock the GPUs at, MHz (nvidia-smi -lgc T,T); empty leaves"
+        " them unlocked",
     )
     max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
         default_factory=list, description="empty keeps vLLM's default"
@@ -283,6 +289,11 @@ class BenchmarkSpec(_Model):
             raise ValueError(
                 "searchSpace.powerLimitW must be empty when gpu.readOnly is true: "
                 "read-only mode never changes a GPU's power limit"
+            )
+        if self.gpu.read_only and self.search_space.sm_clock_mhz:
+            raise ValueError(
+                "searchSpace.smClockMhz must be empty when gpu.readOnly is true: "
+                "read-only mode never locks a GPU's clocks"
             )
         return self
 
