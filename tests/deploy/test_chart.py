@@ -23,6 +23,49 @@ from tests.deploy.tools import ALL_ON, CHART, CRD, GRAFANA, RULES, helm_template
 # built-in Kubernetes schemas, so these are checked field by field in the tests below instead.
 _PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 _K8S_VERSION = kubernetes_validate.latest_version()
+# The versions the chart supports: its kubeVersion's lowest (native sidecars) and the newest.
+_K8S_VERSIONS = ["1.29", _K8S_VERSION]
+# Values a cluster with dedicated, tainted nodes and a private registry sets: every field of
+# the operator's pod and of the trial pods' placement.
+_REPRESENTATIVE: dict[str, Any] = {
+    "image": {"repository": "registry.example/jouletune", "tag": "0.1.0"},
+    "imagePullSecrets": [{"name": "registry"}],
+    "operator": {
+        "healthPort": 8080,
+        "metricsPort": 9090,
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "nodeSelector": {"node-role.kubernetes.io/control": "true"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops"}],
+        "affinity": {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 1,
+                        "preference": {
+                            "matchExpressions": [
+                                {"key": "zone", "operator": "In", "values": ["a", "b"]}
+                            ]
+                        },
+                    }
+                ]
+            }
+        },
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/owner": "ml-platform"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    },
+    "trials": {
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    "podSecurityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 20000,
+        "runAsGroup": 20000,
+        "fsGroup": 20000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
 
 
 def _by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -41,20 +84,52 @@ def test_helm_lint_passes_with_defaults_and_everything_on() -> None:
     run([helm, "lint", str(CHART), "--strict", *[a for v in ALL_ON for a in ("--set", v)]])
 
 
+@pytest.mark.parametrize("version", _K8S_VERSIONS)
 @pytest.mark.parametrize(
-    "sets",
-    [[], ALL_ON, [*ALL_ON, "operator.watchNamespaces={team-a,team-b}"]],
-    ids=["defaults", "all-on", "watch-namespaces"],
+    ("sets", "values"),
+    [
+        ([], None),
+        (ALL_ON, None),
+        ([*ALL_ON, "operator.watchNamespaces={team-a,team-b}"], None),
+        (ALL_ON, _REPRESENTATIVE),
+    ],
+    ids=["defaults", "all-on", "watch-namespaces", "representative"],
 )
-def test_every_rendered_manifest_validates_against_kubernetes_schemas(sets: list[str]) -> None:
-    objs = helm_template(sets=sets, include_crds=True)
+def test_every_rendered_manifest_validates_against_kubernetes_schemas(
+    sets: list[str], values: dict[str, Any] | None, version: str
+) -> None:
+    objs = helm_template(sets=sets, values=values, kube_version=version, include_crds=True)
     validated = set()
     for obj in objs:
         if obj["kind"] in _PROMETHEUS_OPERATOR_KINDS:
             continue
-        kubernetes_validate.validate(obj, _K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
         validated.add(obj["kind"])
     assert validated >= {"ServiceAccount", "ClusterRole", "Deployment", "Service", "ConfigMap"}
+
+
+def test_the_operator_pod_takes_every_placement_and_resource_value() -> None:
+    pod = _one(helm_template(values=_REPRESENTATIVE), "Deployment")["spec"]["template"]
+    spec, operator = pod["spec"], _REPRESENTATIVE["operator"]
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert spec[key] == operator[key], key
+    assert spec["imagePullSecrets"] == [{"name": "registry"}]
+    assert spec["securityContext"] == _REPRESENTATIVE["podSecurityContext"]
+    assert pod["metadata"]["annotations"] == operator["podAnnotations"]
+    (container,) = spec["containers"]
+    assert container["resources"] == operator["resources"]
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+
+
+def test_the_chart_needs_kubernetes_1_29_for_native_sidecars() -> None:
+    """Trial pods run native sidecars (on by default from 1.29): an older cluster is refused
+    at install, not when the first trial pod's sidecars fail to start."""
+    proc = run(
+        [tool("helm"), "template", "jt", str(CHART), "--kube-version", "1.28.9"], check=False
+    )
+    assert proc.returncode != 0
+    assert "chart requires kubeVersion: >=1.29.0-0" in proc.stderr
+    assert helm_template(kube_version="1.29.0")
 
 
 def test_schema_validation_rejects_a_misspelt_field() -> None:

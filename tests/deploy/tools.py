@@ -1,10 +1,13 @@
-"""Paths and runners for the real tools: helm, promtool, prometheus, hadolint, chromium."""
+"""Paths and runners for the real tools: helm, kubectl, promtool, prometheus, hadolint, chromium."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +58,46 @@ def helm_template(
     *,
     sets: list[str] | None = None,
     set_strings: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    kube_version: str | None = None,
     include_crds: bool = False,
 ) -> list[dict[str, Any]]:
-    """`helm template` of the chart: the rendered objects, in order."""
+    """`helm template` of the chart: the rendered objects, in order. `values` go in as a
+    values file (`-f`), `kube_version` as the cluster's (`--kube-version`)."""
     args = [tool("helm"), "template", release, str(CHART), "--namespace", namespace]
     for value in sets or []:
         args += ["--set", value]
     for value in set_strings or []:
         args += ["--set-string", value]
+    if kube_version is not None:
+        args += ["--kube-version", kube_version]
     if include_crds:
         args.append("--include-crds")
-    out = run(args).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        if values is not None:
+            yaml.safe_dump(dict(values), file)
+            file.flush()
+            args += ["-f", file.name]
+        out = run(args).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def strategic_merge(obj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`obj` with a strategic-merge `patch` applied as the API server applies it (lists of
+    containers, env, volumes merged by their keys): by the real kubectl, offline
+    (`kubectl patch --local`, which needs no cluster and reads no kubeconfig here).
+
+    Raises:
+        ValueError: kubectl refused the patch (its message, one line).
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as current:
+        json.dump(obj, current)
+        current.flush()
+        args = [tool("kubectl"), "patch", "--local", "-f", current.name]
+        args += ["--type", "strategic", "-p", json.dumps(patch), "-o", "json"]
+        env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": os.devnull}
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    if proc.returncode != 0:
+        raise ValueError(" ".join(proc.stderr.split()) or f"kubectl exited {proc.returncode}")
+    merged: dict[str, Any] = json.loads(proc.stdout)
+    return merged

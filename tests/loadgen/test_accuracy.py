@@ -119,7 +119,8 @@ def test_vllms_default_invocation_gets_the_servers_steady_state(tmp_path: Path) 
             bench_args(
                 s.sim.url,
                 "--exporter-url", s.exporter.url,
-                "--num-prompts", "300",
+                # Enough for a queue of ~6 s at 64 streams: the default checks want 5 s.
+                "--num-prompts", "400",
                 "--request-rate", "inf",
                 "--random-input-len", "256",
                 "--random-output-len", "128",

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jouletune.loadgen import BenchConfig, DatasetError, load_requests
+from jouletune.loadgen import BenchConfig, DatasetError, SampleRequest, load_requests
 from jouletune.loadgen._arrivals import arrival_offsets_s
 from jouletune.tokenizer import WordTokenizer
-from tests.tokenizers import deepseek
+from tests.tokenizers import DEEPSEEK_DIR, deepseek
 
 WORDS = WordTokenizer()
 
@@ -217,6 +219,32 @@ def test_random_prompts_encode_to_exactly_the_requested_length_with_a_real_token
     assert tokenizer.count(words[0].prompt) > 2.5 * 512
 
 
+@pytest.mark.parametrize(
+    ("tokenizer_class", "added"),
+    [("LlamaTokenizerFast", 1), ("GemmaTokenizer", 1), ("PreTrainedTokenizerFast", 0)],
+)
+def test_add_bos_token_counts_only_where_the_tokenizer_class_honours_it(
+    tmp_path: Path, tokenizer_class: str, added: int
+) -> None:
+    """transformers' Llama and Gemma tokenizers add the BOS `add_bos_token` asks for; the
+    generic PreTrainedTokenizerFast ignores the flag (on the H100, vLLM counted 127 tokens for
+    127 prompt tokens of such a tokenizer asking for a BOS)."""
+    from jouletune.tokenizer import load_tokenizer
+
+    source = deepseek()
+    folder = tmp_path / tokenizer_class
+    folder.mkdir()
+    real = DEEPSEEK_DIR
+    (folder / "tokenizer.json").write_bytes((real / "tokenizer.json").read_bytes())
+    config = json.loads((real / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": tokenizer_class})
+    )
+    tokenizer = load_tokenizer(str(folder))
+    assert tokenizer.num_special_tokens == added
+    assert tokenizer.count("hello world") == len(source.encode("hello world")) + added
+
+
 def test_an_unloadable_tokenizer_is_one_line_naming_it(tmp_path: Path) -> None:
     from jouletune.tokenizer import TokenizerError, load_tokenizer
 
@@ -231,3 +259,42 @@ def test_an_unloadable_tokenizer_is_one_line_naming_it(tmp_path: Path) -> None:
         message = str(err.value)
         assert message.startswith(f"tokenizer {name}: ") and reason in message
         assert "\n" not in message
+
+
+class _Recording(list[SampleRequest]):
+    """Prompts that record which thread built (first read) each one."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(
+            SampleRequest(prompt=f"t{i}", prompt_len=1, output_len=1) for i in range(n)
+        )
+        self.threads: dict[int, str] = {}
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, int):
+            self.threads.setdefault(index, threading.current_thread().name)
+        return super().__getitem__(index)
+
+
+def test_prompts_are_built_ahead_in_a_worker_thread() -> None:
+    """The event loop never builds a prompt: a real tokenizer's costs milliseconds, which would
+    space out the sends of streams that finished in one step (seen on the H100)."""
+    from jouletune.loadgen._runner import _Prefetch
+
+    prompts = _Recording(100)
+    sent = [0]
+
+    async def run() -> None:
+        prefetch = _Prefetch(prompts, ahead=10, sent=lambda: sent[0])
+        await prefetch.fill()
+        assert sorted(prompts.threads) == list(range(10))
+        prefetch.start()
+        while sent[0] < 30:
+            sent[0] += 1
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        await prefetch.stop()
+
+    asyncio.run(run())
+    main = threading.main_thread().name
+    assert 40 <= len(prompts.threads) <= 41 and main not in prompts.threads.values()

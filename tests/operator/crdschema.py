@@ -1,7 +1,8 @@
 """Check objects against the CRD's schema the way the API server would, without one.
 
 The OpenAPI v3.0 dialect of a CRD is JSON Schema draft 4 plus `nullable`; this module turns
-`type: X, nullable: true` into `type: [X, null]` and validates with `jsonschema`'s draft 4
+`type: X, nullable: true` into `type: [X, null]` (an int-or-string's `anyOf` gets a null
+option) and validates with `jsonschema`'s draft 4
 validator, applies the schema's defaults like the API server's defaulting, and evaluates the
 `x-kubernetes-validations` transition rules with a real CEL implementation (cel-python).
 """
@@ -48,7 +49,10 @@ def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]
 def _draft4(node: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in node.items() if not k.startswith("x-kubernetes")}
     if out.pop("nullable", False):
-        out["type"] = [out["type"], "null"]
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+        else:  # x-kubernetes-int-or-string: its anyOf of integer and string
+            out["anyOf"] = [*out["anyOf"], {"type": "null"}]
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
     if "properties" in out:

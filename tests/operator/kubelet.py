@@ -6,11 +6,14 @@ number of GPUs and a set of pullable images, and runs each pod's containers. By 
 (process mode) each is a `python -m jouletune ...` process: the engine (`jouletune
 sim-server`), the exporter sidecar and the load generator (`jouletune operator trial`, which
 runs a real bench); the kubelet maps the pod's ports to free loopback ports (every pod has its
-own network namespace on a node; here they share one) and passes the load generator a
-termination-log path of its own. With `docker=True` each container runs with `docker run`
-from the pod's own image, command, args, env, security context and volumes, the containers
-of a pod in one network namespace, probes honoured (tests/operator/dockerrun.py). In both
-modes, like a kubelet it
+own network namespace on a node; here they share one), its emptyDir volumes to directories of
+its own (paths in args and env that lie in one are rewritten), and passes the load generator
+a termination-log path of its own. The node's GPUs are the sim-server's: with
+`sim_node_gpus`, every sim-server is told the node has that many (`--node-gpus`), of which
+its engine uses its tensor parallelism, as a GPU node's NVML shows every GPU of the node.
+With `docker=True` each container runs with `docker run` from the pod's own image, command,
+args, env, security context and volumes, the containers of a pod in one network namespace,
+probes honoured (tests/operator/dockerrun.py). In both modes, like a kubelet it
 
 - starts the native sidecars (init containers with restartPolicy Always) first, in order,
   then the main container, and stops the sidecars once the main container has ended;
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +93,8 @@ class Kubelet:
         namespace: the namespace it serves.
         workdir: where container logs and termination messages go.
         gpus: `nvidia.com/gpu` the node has; pods asking for more stay Unschedulable.
+        sim_node_gpus: simulated GPUs of the node, passed to each sim-server (process mode);
+            None leaves the sim-server its default (as many as its tensor parallelism).
         images: images the node can pull; others end in ImagePullBackOff.
         crash_restarts: restarts of a failing sidecar before CrashLoopBackOff.
         overrides: pod name -> OOM, HANG or CANNED.
@@ -104,6 +110,7 @@ class Kubelet:
     namespace: str
     workdir: Path
     gpus: int = 0
+    sim_node_gpus: int | None = None
     images: set[str] = field(default_factory=set)
     crash_restarts: int = 2
     overrides: dict[str, str] = field(default_factory=dict)
@@ -237,7 +244,7 @@ class _PodRun:
             runtime = DockerPod(pod=self.pod, workdir=logdir, session=self.kubelet.session)
             self.kubelet.pods[self.name] = runtime
         else:
-            runtime = _ProcessPod(pod=self.pod, logdir=logdir)
+            runtime = _ProcessPod(pod=self.pod, logdir=logdir, node_gpus=self.kubelet.sim_node_gpus)
         self.runtime = runtime
         main = spec["containers"][0]
         sidecars = spec.get("initContainers", [])
@@ -343,8 +350,14 @@ class _PodRun:
         self._patch({"status": status})
 
     def _patch(self, body: dict[str, Any]) -> None:
-        if not self._deleted():
+        if self._deleted():
+            return
+        try:
             self.kubelet.api.patch(self.path + "/status", body)
+        except urllib.error.HTTPError as err:
+            # Deleted between the look and the patch: nothing left to report on.
+            if err.code != 404:
+                raise
 
     def _deleted(self) -> bool:
         current = self.kubelet.api.get(self.path)
@@ -380,6 +393,7 @@ class _ProcessPod:
 
     pod: dict[str, Any]
     logdir: Path
+    node_gpus: int | None = None
     procs: dict[str, _Proc] = field(default_factory=dict)
     poll_s: float = POLL_S
 
@@ -387,6 +401,16 @@ class _ProcessPod:
         self.ports = {port: free_port() for port in (ENGINE_PORT, EXPORTER_PORT, CONTROL_PORT)}
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.message_path = self.logdir / "termination-log"
+        self.volumes = self._empty_dirs()
+
+    def _empty_dirs(self) -> dict[str, Path]:
+        """The pod's emptyDir volumes as directories of this pod, by volume name."""
+        dirs = {}
+        for volume in self.pod["spec"].get("volumes", []):
+            if "emptyDir" in volume:
+                dirs[volume["name"]] = self.logdir / "volumes" / volume["name"]
+                dirs[volume["name"]].mkdir(parents=True, exist_ok=True)
+        return dirs
 
     def start(self, spec: Mapping[str, Any], *, main: bool = False) -> None:
         extra = ["--termination-log", str(self.message_path)] if main else None
@@ -422,17 +446,31 @@ class _ProcessPod:
     def _proc(self, container: Mapping[str, Any], extra: list[str] | None) -> _Proc:
         argv = [*container.get("command", []), *container.get("args", []), *(extra or [])]
         assert argv[0] == "jouletune", f"the test kubelet runs only jouletune, not {argv[0]}"
-        argv = [sys.executable, "-m", "jouletune", *_remap_args(argv[1:], self.ports)]
+        if argv[1] == "sim-server" and self.node_gpus is not None:
+            argv += ["--node-gpus", str(self.node_gpus)]
+        paths = self._mounts(container)
+        args = [_remap_path(a, paths) for a in _remap_args(argv[1:], self.ports)]
+        argv = [sys.executable, "-m", "jouletune", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for var in container.get("env", []):
             if "value" in var:
-                env[var["name"]] = _remap_text(var["value"], self.ports)
-            else:
+                env[var["name"]] = _remap_path(_remap_text(var["value"], self.ports), paths)
+            elif "fieldRef" in var["valueFrom"]:
                 field_path = var["valueFrom"]["fieldRef"]["fieldPath"]
                 env[var["name"]] = self.pod["metadata"][field_path.split(".", 1)[1]]
+            else:
+                raise PodError(f"env {var['name']}: the test kubelet resolves only fieldRefs")
         return _Proc(
             name=container["name"], argv=argv, env=env, log=self.logdir / f"{container['name']}.log"
         )
+
+    def _mounts(self, container: Mapping[str, Any]) -> dict[str, str]:
+        """The container's emptyDir mount paths -> this pod's directories."""
+        return {
+            m["mountPath"]: str(self.volumes[m["name"]])
+            for m in container.get("volumeMounts", [])
+            if m["name"] in self.volumes
+        }
 
 
 def _running() -> dict[str, Any]:
@@ -461,6 +499,14 @@ def _remap_args(args: list[str], ports: Mapping[int, int]) -> list[str]:
             arg = str(ports[int(arg)])
         out.append(_remap_text(arg, ports))
     return out
+
+
+def _remap_path(text: str, paths: Mapping[str, str]) -> str:
+    """A path inside one of the container's mounts, as the host sees it."""
+    for mount, host in paths.items():
+        if text == mount or text.startswith(mount + "/"):
+            return host + text[len(mount) :]
+    return text
 
 
 def _remap_text(text: str, ports: Mapping[int, int]) -> str:

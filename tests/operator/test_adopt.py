@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from jouletune.operator._adopt import (
     recommendation_configmap,
 )
 from jouletune.tuner import Point, Recommendation, TrialFigures, artifacts, parse_spec
+from tests.deploy.tools import strategic_merge
 from tests.procs import free_port, jouletune_process, stop, wait_http_ok
 
 SPEC = parse_spec({"model": "org/model", "engine": {"maxModelLen": 2048}})
@@ -176,30 +178,8 @@ def _patch(
 
 
 def _merged(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """`patch` applied as a strategic merge would for what it holds: maps merge, lists of
-    containers and volumes merge by name, volumeMounts by mountPath, env by name."""
-    keys = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
-            "volumeMounts": "mountPath"}  # fmt: skip
-
-    def merge(base: Any, change: Any, key: str | None) -> Any:
-        if isinstance(base, dict) and isinstance(change, dict):
-            out = dict(base)
-            for k, v in change.items():
-                out[k] = merge(base.get(k), v, keys.get(k))
-            return out
-        if isinstance(change, list) and key is not None:
-            out_list = list(base or [])
-            for item in change:
-                at = [i for i, b in enumerate(out_list) if b.get(key) == item.get(key)]
-                if at:
-                    out_list[at[0]] = merge(out_list[at[0]], item, None)
-                else:
-                    out_list.append(item)
-            return out_list
-        return change
-
-    result: dict[str, Any] = merge(deployment, patch, None)
-    return result
+    """`patch` applied as the API server applies it: the real kubectl's strategic merge."""
+    return strategic_merge(deployment, patch)
 
 
 def test_a_power_limit_adds_the_sidecar_that_holds_it_with_the_capability_it_needs() -> None:
@@ -383,3 +363,96 @@ def _post_start(vllm: dict[str, Any], tmp_path: Path, moved: Any, *, listed: str
     env.update({e["name"]: moved(e["value"]) for e in vllm["env"]})
     command = vllm["lifecycle"]["postStart"]["exec"]["command"]
     subprocess.run(command, env=env, check=True, timeout=30)
+
+
+K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+
+
+def _target() -> dict[str, Any]:
+    """A Deployment as users run vLLM: a sidecar, a token, a cache, CPU and memory."""
+    vllm = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.11.0",
+        "args": ["org/model", "--port", "8080", "--max-num-seqs", "512", "--enforce-eager"],
+        "env": [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+        ],
+        "resources": {
+            "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+            "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+        },
+        "volumeMounts": [{"name": "cache", "mountPath": "/root/.cache/huggingface"}],
+    }
+    proxy = {"name": "proxy", "image": "envoyproxy/envoy:v1.31", "ports": [{"containerPort": 80}]}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm", "namespace": "ml"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "containers": [proxy, vllm],
+                    "volumes": [
+                        {"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_patch_applied_with_strategic_merge_gives_the_expected_deployment(
+    version: str,
+) -> None:
+    """Applied by the real kubectl's strategic merge (`kubectl patch --local`), as the API
+    server applies the operator's patch: the other container and every other field untouched;
+    the vLLM container's searched flags and GPUs replaced, its CPU and memory kept; valid for
+    the supported Kubernetes versions."""
+    deployment = _target()
+    rec = recommendation(None, tp=2)
+    patch = deployment_patch(deployment, spec=SPEC, rec=rec, container="vllm", settings=SETTINGS)
+    patched = strategic_merge(deployment, patch)
+    assert rec.artifacts is not None
+    expected = copy.deepcopy(deployment)
+    vllm = expected["spec"]["template"]["spec"]["containers"][1]
+    vllm["args"] = merge_args(vllm["args"], rec.artifacts.vllm_serve_args)
+    for part in ("limits", "requests"):
+        vllm["resources"][part]["nvidia.com/gpu"] = "2"
+    assert patched == expected
+    assert kubernetes_validate.validate(patched, version, strict=True)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_capped_adoption_is_valid_and_keeps_the_users_containers(version: str) -> None:
+    deployment = _target()
+    patch = deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(350.0, tp=2), container="vllm",
+        settings=SETTINGS,
+    )  # fmt: skip
+    patched = strategic_merge(deployment, patch)
+    assert kubernetes_validate.validate(patched, version, strict=True)
+    pod = patched["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["proxy", "vllm"]
+    assert [c["name"] for c in pod["initContainers"]] == [SIDECAR]
+    assert pod["containers"][0] == deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {v["name"] for v in pod["volumes"]} >= {"cache"}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_configmaps_container_patch_applies_to_the_users_deployment(version: str) -> None:
+    """`kubectl patch deployment llm --patch-file container-patch.yaml`, as the ConfigMap
+    offers it (with the model's id first, the args a Deployment's container holds)."""
+    rec = recommendation(None, tp=2)
+    cm = recommendation_configmap(ref=REF, spec=SPEC, rec=rec, container="vllm")
+    assert kubernetes_validate.validate(cm, version, strict=True)
+    patched = strategic_merge(_target(), yaml.safe_load(cm["data"]["container-patch.yaml"]))
+    assert kubernetes_validate.validate(patched, version, strict=True)
+    proxy, vllm = patched["spec"]["template"]["spec"]["containers"]
+    assert proxy == _target()["spec"]["template"]["spec"]["containers"][0]
+    assert vllm["args"] == ["org/model", *json.loads(cm["data"]["vllm-serve-args.json"])]
+    assert vllm["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert vllm["env"] and vllm["volumeMounts"], "what the patch does not name is kept"

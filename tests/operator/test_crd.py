@@ -69,22 +69,31 @@ def test_names_group_and_subresources(crd: dict[str, Any]) -> None:
 
 
 def test_schema_is_structural(crd: dict[str, Any]) -> None:
+    int_or_string = 0
     for path, node in walk(root_schema(crd)):
+        if node.get("x-kubernetes-int-or-string"):
+            # The one node without a type a structural schema allows (Kubernetes' Quantity),
+            # with the one anyOf it allows.
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            assert not _FORBIDDEN - {"anyOf"} & set(node), path
+            int_or_string += 1
+            continue
         assert "type" in node, f"{path or '<root>'} has no type"
         assert not _FORBIDDEN & set(node), f"{path}: {_FORBIDDEN & set(node)}"
         if "properties" in node:
             assert "additionalProperties" not in node, f"{path}: properties and additionalProps"
         if "default" in node:
             assert schema_errors(node, node["default"]) == [], f"{path}: default is invalid"
+    assert int_or_string > 0, "the spec's Kubernetes quantities are int-or-string"
 
 
 def test_every_list_and_string_in_the_spec_is_bounded_for_cel_cost(
     spec_schema: dict[str, Any],
 ) -> None:
     for path, node in walk(spec_schema, ".spec"):
-        if node["type"] == "array":
+        if node.get("type") == "array":
             assert "maxItems" in node, path
-        if node["type"] == "string" and "enum" not in node:
+        if node.get("type") == "string" and "enum" not in node:
             assert "maxLength" in node, path
 
 

@@ -36,7 +36,15 @@ CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
 
 
 def _deployment(name: str, args: list[str]) -> dict[str, Any]:
+    """A vLLM Deployment with a sidecar before the engine: a strategic merge keeps the
+    sidecar, a JSON merge patch (kmock's own) would replace the containers with the patch's."""
     labels = {"app": name}
+    vllm = {
+        "name": "vllm",
+        "image": "vllm/x",
+        "args": args,
+        "resources": {"limits": {"cpu": "8", "memory": "64Gi"}},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -45,7 +53,7 @@ def _deployment(name: str, args: list[str]) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/x", "args": args}]},
+                "spec": {"containers": [{"name": "proxy", "image": "envoy/x"}, vllm]},
             },
         },
     }
@@ -83,7 +91,13 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
             assert resp.status == 200
         metric = op.metrics.get_sample_value
         labels = {"namespace": NAMESPACE, "benchmark": "tiny"}
-        assert metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3
+        # The operator updates its metrics once the status write returns, which may be
+        # after this thread saw the status.
+        wait_for(
+            lambda: metric("jouletune_operator_trials", {**labels, "state": "complete"}) == 3,
+            timeout_s=10,
+            what=f"the operator's metrics to count 3 complete trials ({_failures(status)})",
+        )
         assert metric("jouletune_operator_benchmark_phase", {**labels, "phase": "Succeeded"}) == 1
         best = metric("jouletune_operator_best_energy_per_output_token_joules", labels)
         assert best == pytest.approx(status["bestJPerToken"])
@@ -131,7 +145,9 @@ def test_a_benchmark_runs_to_a_recommendation_and_adopts_it(cluster: Cluster) ->
     assert configmap["metadata"]["ownerReferences"][0]["name"] == "tiny"
     deployment = api.get(f"{DEPLOYMENTS}/llm")
     assert deployment is not None
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    proxy, container = deployment["spec"]["template"]["spec"]["containers"]
+    assert proxy == {"name": "proxy", "image": "envoy/x"}, "the other container is kept"
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}
     seqs = str(best["point"]["maxNumSeqs"])
     assert container["args"][:3] == ["some/model", "--port", "8000"], "kept what was not searched"
     assert container["args"][container["args"].index("--max-num-seqs") + 1] == seqs
@@ -183,7 +199,8 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
     trials = status["trials"]
     assert [t["number"] for t in trials] == list(range(len(trials)))
     # The trial running across the restart was measured once, in the pod started before it.
-    assert trials[running[0]["number"]]["state"] == "complete"
+    across = trials[running[0]["number"]]
+    assert across["state"] == "complete", (across.get("reason"), across.get("failReason"))
     assert sorted(cluster.kubelet.created) == sorted({t["pod"] for t in trials if t.get("pod")})
     assert cluster.kubelet.created
     assert all(len(uids) == 1 for uids in cluster.kubelet.created.values()), (
@@ -210,7 +227,12 @@ def test_an_operator_restarted_mid_study_loses_and_repeats_no_trial(
 # pull, a sim-server that exits on an unknown GPU type and is restarted); an OOM kill and a
 # hang are asked of it.
 FAILURES: dict[str, tuple[dict[str, Any], str | None, str]] = {
-    "unsched": ({"backend": "vllm", "gpu": {"count": 2}}, None, "Unschedulable"),
+    # Two GPUs per trial (its tensor parallelism) on a node of one.
+    "unsched": (
+        {"backend": "vllm", "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}},
+        None,
+        "Unschedulable",
+    ),
     "pull": (
         {"backend": "vllm", "engine": {"image": "registry.invalid/vllm:none"}},
         None,
@@ -232,7 +254,7 @@ def test_failed_trials_carry_their_reason_and_max_failed_trials_fails_the_benchm
     cluster: Cluster,
 ) -> None:
     api = cluster.api
-    cluster.kubelet.gpus = 1  # "unsched" asks for 2 GPUs per trial
+    cluster.kubelet.gpus = 1  # "unsched" asks for 2 GPUs per trial (TP 2)
     for name, (changes, setup, _) in FAILURES.items():
         if setup in (OOM, HANG):
             cluster.kubelet.overrides[f"{name}-trial-0"] = setup
@@ -328,3 +350,40 @@ def test_a_trial_pod_walks_clock_locks_under_one_engine_start(cluster: Cluster) 
     clocks = [t["figures"]["avgSmClockMhz"] for t in status["trials"] if t["pod"] == pod]
     for clock, lock in zip(clocks, (1500, 990), strict=True):
         assert 0.9 * lock <= clock <= lock + 1, (clock, lock)
+
+
+def test_a_trial_with_tp_1_on_a_two_gpu_node_counts_one_gpus_energy(cluster: Cluster) -> None:
+    """The node has two (simulated) GPUs and the exporter sidecar could read both; the
+    engine lists the one it runs on, and the trial counts that GPU's energy only: the
+    pod's power is that one GPU's, not plus the other's idle draw."""
+    cluster.kubelet.sim_node_gpus = 2
+    spec = tiny_spec(
+        gpu={"count": 2},
+        searchSpace={"maxNumSeqs": [8], "tensorParallelSize": [1], "powerLimitW": [400]},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
+        budget={"maxTrials": 2, "parallelTrials": 1, "finalistRepeats": 0},
+    )
+    cluster.api.create(EBM_PATH, benchmark("node", spec))
+    with running_operator(cluster.url):
+        status = wait_phase(cluster.api, "node", {"Succeeded", "Failed"}, timeout_s=60)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    for trial in status["trials"]:
+        assert trial["state"] == "complete" and trial["point"]["tensorParallelSize"] == 1
+        figures = trial["figures"]
+        # Two GPUs counted would add the idle one's ~70 W to the total but not to the most
+        # any one GPU drew.
+        assert figures["avgPowerW"] == pytest.approx(figures["avgPowerPerGpuW"], rel=1e-6)
+    assert cluster.kubelet.created
+    for pod in cluster.kubelet.created:
+        logs = cluster.kubelet.workdir / pod
+        engine_log = (logs / "engine.log").read_text()
+        assert "a node of 2 simulated GPUs; the engine runs on 0 (" in engine_log
+        # What the engine listed in the pod's gpu-list volume, the exporter's --gpus-file.
+        listed = logs / "volumes" / "gpu-list" / "gpus"
+        assert listed.read_text() == "GPU-sim-h100-80gb-0000\n"
+
+
+def _failures(status: dict[str, Any]) -> list[tuple[int, str | None, str | None]]:
+    """Each failed trial's number, reason and one-line cause: what a failing test should say."""
+    failed = [t for t in status.get("trials", []) if t["state"] == "failed"]
+    return [(t["number"], t.get("reason"), t.get("failReason")) for t in failed]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from jouletune.operator import (
     BenchmarkRef,
@@ -19,9 +21,14 @@ from jouletune.operator import (
 )
 from jouletune.operator._pods import benchmark_label, points_of_pod, trial_plan
 from jouletune.operator._wire import ENV_PLAN
-from jouletune.tuner import Point, Role, bench_config, parse_spec
+from jouletune.tuner import Point, Role, SpecError, bench_config, parse_spec
+from tests.deploy.tools import ROOT
 
 REF = BenchmarkRef(namespace="ml", name="llama", uid="1234-abcd")
+# The Kubernetes versions the chart supports: its oldest (charts/jouletune/Chart.yaml
+# kubeVersion) and the newest kubernetes-validate knows.
+K8S_VERSIONS = ["1.29", kubernetes_validate.latest_version()]
+GATED = ROOT / "deploy" / "examples" / "llama-8b-gated-h100.yaml"
 SETTINGS = OperatorConfig(
     trial_image="registry.example/jouletune:1",
     trial_node_selector={"nvidia.com/gpu.present": "true"},
@@ -47,12 +54,13 @@ def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in [*spec["initContainers"], *spec["containers"]]}
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("backend", ["sim", "vllm"])
 @pytest.mark.parametrize("cap", [None, 400.0])
-def test_pods_are_valid_kubernetes_objects(backend: str, cap: float | None) -> None:
+def test_pods_are_valid_kubernetes_objects(backend: str, cap: float | None, version: str) -> None:
     spec = {"backend": backend, "gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}}
     pod = build(spec, Point(tensor_parallel_size=2, max_num_seqs=64, power_limit_w=cap))
-    assert kubernetes_validate.validate(pod, "1.37.0", strict=True)
+    assert kubernetes_validate.validate(pod, version, strict=True)
 
 
 def test_identity_labels_and_owner() -> None:
@@ -201,8 +209,13 @@ def test_sys_admin_only_where_a_real_gpu_cap_is_stepped(
         {"backend": backend}, Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=cap)
     )
     by_name = containers(pod)
-    added = by_name["exporter"]["securityContext"]["capabilities"].get("add", [])
+    security = by_name["exporter"]["securityContext"]
+    added = security["capabilities"].get("add", [])
     assert added == (["SYS_ADMIN"] if privileged else [])
+    # A capability added to a non-root container is lost when it execs (no ambient
+    # capabilities in Kubernetes): the exporter that needs one runs as root, no other does.
+    assert (security.get("runAsUser") == 0) == privileged
+    assert security.get("runAsNonRoot", False) != privileged
     for name in ("engine", "loadgen"):
         caps = by_name[name].get("securityContext", {}).get("capabilities", {})
         assert "SYS_ADMIN" not in caps.get("add", []), name
@@ -311,3 +324,260 @@ def test_a_pod_that_locks_clocks_steps_them_through_the_exporter(backend: str) -
     assert added == (["SYS_ADMIN"] if backend == "vllm" else [])
     assert _plan(pod).clocks == [None, 1410, 990] and _plan(pod).control_url is not None
     assert points_of_pod(pod) == [server, *locked]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def test_a_trial_requests_the_gpus_of_its_tensor_parallelism_not_gpu_count() -> None:
+    spec = {"backend": "vllm", "gpu": {"count": 4}, "searchSpace": {"tensorParallelSize": [1, 2]}}
+    for tp in (1, 2):
+        engine = containers(build(spec, Point(tensor_parallel_size=tp, max_num_seqs=8)))["engine"]
+        gpus = {"nvidia.com/gpu": str(tp)}
+        assert engine["resources"] == {"limits": gpus, "requests": gpus}
+        args = engine["args"]
+        assert args[args.index("--tensor-parallel-size") + 1] == str(tp)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_gated_model_example_renders_a_pod_with_token_cache_shm_resources_placement(
+    version: str,
+) -> None:
+    """The must-hold of issue 13: deploy/examples/llama-8b-gated-h100.yaml as a trial pod."""
+    spec = yaml.safe_load(GATED.read_text())["spec"]
+    pod = build(spec, Point(tensor_parallel_size=1, max_num_seqs=64))
+    assert kubernetes_validate.validate(pod, version, strict=True)
+    by_name = containers(pod)
+    engine, loadgen = by_name["engine"], by_name["loadgen"]
+    token = {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    for container in (engine, loadgen):  # both fetch from the hub: weights, tokenizer
+        env = _env(container)
+        assert env["HF_TOKEN"] == token and env["HUGGING_FACE_HUB_TOKEN"] == token
+        assert env["HF_HOME"] == "/models"
+        assert "HF_HUB_OFFLINE" not in env
+    assert "HF_TOKEN" not in _env(by_name["exporter"]), "the token goes where it is used"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "hf-cache"}
+    assert _mounts(engine)["/models"] == {"name": "model-cache", "mountPath": "/models"}
+    assert _mounts(loadgen)["/models"]["readOnly"] is True
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert _mounts(engine)["/dev/shm"]["name"] == "dshm"
+    assert engine["resources"] == {
+        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "1"},
+    }
+    placement = pod["spec"]
+    # The operator's own node selector (the chart's trials.nodeSelector) and the spec's.
+    assert placement["nodeSelector"] == {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+    }
+    assert placement["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ], "the spec's toleration equals the operator's: listed once"
+    preferred = placement["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred[0]["weight"] == 50
+
+
+def _commented_manifests(path: Path) -> list[dict[str, Any]]:
+    """The manifests an example's header comment shows (indented `#      apiVersion:` ...)."""
+    blocks: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#      apiVersion:"):
+            blocks.append([])
+        elif not line.startswith("#      "):
+            if blocks and blocks[-1] and blocks[-1][-1] != "":
+                blocks[-1].append("")  # the block ended
+            continue
+        if blocks and (not blocks[-1] or blocks[-1][-1] != ""):
+            blocks[-1].append(line[1:])
+    return [yaml.safe_load(textwrap.dedent("\n".join(b))) for b in blocks]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_gated_examples_secret_and_claim_are_valid_and_the_ones_it_names(
+    version: str,
+) -> None:
+    secret, claim = _commented_manifests(GATED)
+    for manifest in (secret, claim):
+        assert kubernetes_validate.validate(manifest, version, strict=True)
+    source = parse_spec(yaml.safe_load(GATED.read_text())["spec"]).model_source
+    assert source.token_secret is not None and source.cache is not None
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == source.token_secret.name
+    assert source.token_secret.key in secret["stringData"]
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert source.cache.persistent_volume_claim == {"claimName": claim["metadata"]["name"]}
+
+
+def test_every_pod_setting_reaches_the_pod() -> None:
+    spec = {
+        "backend": "vllm",
+        "pod": {
+            "engineEnv": [
+                {"name": "NCCL_DEBUG", "value": "INFO"},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            ],
+            "shmSize": "16Gi",
+            "nodeSelector": {"nvidia.com/gpu.present": "yes", "pool": "gpu"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml"}],
+            "runtimeClassName": "nvidia",
+            "priorityClassName": "batch-low",
+            "imagePullSecrets": [{"name": "registry"}],
+        },
+        "modelSource": {"cache": {"hostPath": {"path": "/var/cache/hf", "type": "Directory"}}},
+    }
+    pod = build(spec, Point(tensor_parallel_size=1, max_num_seqs=8))
+    for version in K8S_VERSIONS:
+        assert kubernetes_validate.validate(pod, version, strict=True)
+    placement = pod["spec"]
+    assert placement["nodeSelector"] == {"nvidia.com/gpu.present": "yes", "pool": "gpu"}, (
+        "the spec's value wins over the operator's default"
+    )
+    assert [t["key"] for t in placement["tolerations"]] == ["nvidia.com/gpu", "dedicated"]
+    assert placement["runtimeClassName"] == "nvidia"
+    assert placement["priorityClassName"] == "batch-low"
+    assert placement["imagePullSecrets"] == [{"name": "registry"}]
+    volumes = {v["name"]: v for v in placement["volumes"]}
+    assert volumes["model-cache"]["hostPath"] == {"path": "/var/cache/hf", "type": "Directory"}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"] == "16Gi"
+    engine = containers(pod)["engine"]
+    names = [e["name"] for e in engine["env"]]
+    assert names[-2:] == ["NCCL_DEBUG", "NODE"], "the spec's env comes last, so it wins"
+    assert "resources" in engine and "cpu" not in engine["resources"]["limits"]
+
+
+def test_a_pre_staged_model_is_served_offline_under_the_models_id() -> None:
+    spec = {
+        "backend": "vllm",
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "modelSource": {
+            "cache": {"persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+            "path": "/models/llama-3.1-8b-instruct",
+        },
+        "engine": {"args": ["--enforce-eager"]},
+    }
+    pod = build(spec, Point(tensor_parallel_size=1, max_num_seqs=8))
+    engine, loadgen = containers(pod)["engine"], containers(pod)["loadgen"]
+    args = engine["args"]
+    assert args[0] == "/models/llama-3.1-8b-instruct"
+    # The load generator asks for the model's id; its tokenizer is the directory's.
+    assert args[-2:] == ["--served-model-name", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert "--enforce-eager" in args
+    for container in (engine, loadgen):
+        assert _env(container)["HF_HUB_OFFLINE"] == "1"
+        assert "/models" in _mounts(container)
+    assert kubernetes_validate.validate(pod, "1.29", strict=True)
+
+
+def _restricted_violations(pod: dict[str, Any]) -> set[str]:
+    """What the restricted Pod Security Standard (kubernetes.io/docs/concepts/security/
+    pod-security-standards) refuses in `pod`: its volume types, privilege escalation,
+    capabilities, non-root and seccomp rules, as `container: rule` lines."""
+    spec = pod["spec"]
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"}
+    allowed |= {"persistentVolumeClaim", "projected", "secret"}
+    found = {
+        f"volume {v['name']}: {kind}"
+        for v in spec.get("volumes", [])
+        for kind in set(v) - {"name"} - allowed
+    }
+    pod_security = spec.get("securityContext", {})
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        security = c.get("securityContext", {})
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.add(f"{c['name']}: allowPrivilegeEscalation")
+        caps = security.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.add(f"{c['name']}: capabilities")
+        non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+        if non_root is not True or security.get("runAsUser", pod_security.get("runAsUser")) == 0:
+            found.add(f"{c['name']}: runAsNonRoot")
+        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.add(f"{c['name']}: seccompProfile")
+    return found
+
+
+def test_what_the_restricted_pod_security_standard_refuses_is_only_what_vllm_needs() -> None:
+    """A simulator pod passes the restricted standard; a vLLM pod fails it only where the
+    vLLM image runs as root with its capabilities, where power caps need SYS_ADMIN, and
+    where the model cache is a hostPath, and where a pod that caps keeps the limits it found
+    in the node's state directory, a hostPath, so a crashed exporter's successor restores
+    them (docs/operator.md, "Pod security")."""
+    point = Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=400.0)
+    assert _restricted_violations(build({"backend": "sim"}, point)) == set()
+    vllm = build({"backend": "vllm"}, Point(tensor_parallel_size=1, max_num_seqs=8))
+    assert _restricted_violations(vllm) == {"engine: capabilities", "engine: runAsNonRoot"}
+    capped = build({"backend": "vllm"}, point)
+    assert _restricted_violations(capped) == {
+        "engine: capabilities",
+        "engine: runAsNonRoot",
+        "exporter: capabilities",
+        "exporter: runAsNonRoot",
+        "volume jouletune-state: hostPath",
+    }
+    on_host = {"backend": "vllm", "modelSource": {"cache": {"hostPath": {"path": "/hf"}}}}
+    assert "volume model-cache: hostPath" in _restricted_violations(build(on_host, point))
+
+
+@pytest.mark.parametrize(
+    ("pod", "line"),
+    [
+        (
+            {"tolerations": [{"key": "x", "operater": "Exists"}]},
+            "spec.pod.tolerations.0: Additional properties are not allowed ('operater' was",
+        ),
+        (
+            {"engineResources": {"limits": {"memory": "8 GB"}}},
+            "spec.pod.engineResources.limits.memory: '8 GB' is not a Kubernetes quantity",
+        ),
+        (
+            {"engineResources": {"limits": {"nvidia.com/gpu": 2}}},
+            "spec.pod.engineResources: limits.nvidia.com/gpu is set by the operator",
+        ),
+        ({"shmSize": "lots"}, "spec.pod.shmSize: 'lots' is not a Kubernetes quantity"),
+        ({"priorityClassName": "Low"}, "spec.pod.priorityClassName: 'Low' is not a Kubernetes"),
+        (
+            {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}},
+            "spec.pod.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution: "
+            "'nodeSelectorTerms' is a required property",
+        ),
+    ],
+)
+def test_bad_pod_settings_are_one_line_naming_the_field(pod: dict[str, Any], line: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec({"backend": "vllm", "pod": pod})
+    (message,) = str(raised.value).splitlines()
+    assert message.startswith(line), message
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ({"cache": {}}, "spec.modelSource.cache: give exactly one of persistentVolumeClaim"),
+        ({"tokenSecret": {"name": "HF"}}, "spec.modelSource.tokenSecret.name: 'HF' is not"),
+        ({"path": "models/x"}, "spec.modelSource.path: must be an absolute, normalised"),
+        ({"path": "/weights/x"}, "spec: modelSource.path /weights/x is not on modelSource.cache"),
+        (
+            {"cache": {"hostPath": {"path": "/hf", "tpye": "Directory"}}},
+            "spec.modelSource.cache.hostPath: Additional properties are not allowed ('tpye'",
+        ),
+    ],
+)
+def test_bad_model_sources_are_one_line_naming_the_field(source: dict[str, Any], line: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_spec({"backend": "vllm", "modelSource": source})
+    (message,) = str(raised.value).splitlines()
+    assert message.startswith(line), message
+
+
+def test_a_pre_staged_path_needs_the_real_engine() -> None:
+    with pytest.raises(SpecError, match=r"modelSource\.path needs backend vllm"):
+        parse_spec({"backend": "sim", "modelSource": {"path": "/models/x"}})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from jouletune.operator._schema import MAX_ITEMS, MAX_LENGTH, SchemaError, to_structural
+from jouletune.tuner._kube import QUANTITY_PATTERN, KubeType
 
 
 class Inner(BaseModel):
@@ -59,6 +60,40 @@ def test_a_real_union_has_no_structural_form() -> None:
 
 
 def test_an_unknown_keyword_is_refused_with_its_path() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string", "oneOf": []}}}
-    with pytest.raises(SchemaError, match=r"^\.a: unsupported schema keywords \['oneOf'\]"):
+    schema = {"type": "object", "properties": {"a": {"type": "string", "allOf": []}}}
+    with pytest.raises(SchemaError, match=r"^\.a: unsupported schema keywords \['allOf'\]"):
+        to_structural(schema)
+
+
+class Pod(BaseModel):
+    """Kubernetes types inside a model, as the spec's `pod` section holds them."""
+
+    model_config = ConfigDict(extra="forbid")
+    resources: Annotated[dict[str, Any], KubeType("ResourceRequirements")] = Field(
+        default_factory=dict
+    )
+    affinity: Annotated[dict[str, Any], KubeType("Affinity")] | None = None
+
+
+def test_kubernetes_types_become_nullable_fields_and_int_or_string_quantities() -> None:
+    props = to_structural(Pod.model_json_schema(), bounded=True)["properties"]
+    resources = props["resources"]
+    assert resources["type"] == "object" and "nullable" not in resources
+    assert resources["default"] == {}, "the field's own default, like any section's"
+    quantity = resources["properties"]["limits"]["additionalProperties"]
+    assert quantity["x-kubernetes-int-or-string"] is True and "type" not in quantity
+    assert quantity["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert quantity["pattern"] == QUANTITY_PATTERN
+    node = props["affinity"]["properties"]["nodeAffinity"]
+    # Optional Kubernetes fields may be null; nested objects get no `default: {}`, which the
+    # API server would otherwise fill in (an empty nodeAffinity term is not a valid one).
+    assert node["type"] == "object" and node["nullable"] is True and "default" not in node
+
+
+def test_a_oneof_that_is_not_int_or_string_is_refused() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"oneOf": [{"type": "string"}, {"type": "boolean"}]}},
+    }
+    with pytest.raises(SchemaError, match=r"^\.a: only int-or-string oneOfs"):
         to_structural(schema)

@@ -51,6 +51,9 @@ ProgressCallback = Callable[[int, int], None]
 """Called as `progress(done, total)` each time a measured request ends."""
 
 _CONNECT_TIMEOUT_S = 10.0
+# Prompts built ahead of the requests: twice the concurrency, at least this many.
+_PREFETCH_MIN = 64
+_PREFETCH_POLL_S = 0.01
 # Prometheus samples this long before the run are read too, so the window's start has a
 # reading before it even at a 30-60 s scrape interval.
 _PROMETHEUS_LOOKBACK_S = 120.0
@@ -279,12 +282,19 @@ async def _measure(
     behind the concurrency cap when there is one (vLLM's semaphore)."""
     measured = requests[: config.num_prompts]
     dispatch = _Dispatch(session=session, config=config, server=server, progress=progress)
+    ahead = min(len(measured), max(_PREFETCH_MIN, 2 * (config.max_concurrency or len(measured))))
+    prefetch = _Prefetch(measured, ahead=ahead, sent=lambda: len(dispatch.records))
+    await prefetch.fill()
     unix_offset_s = _unix_offset_s()
     dispatch.start()
-    if config.closed_loop:
-        await dispatch.closed_loop(measured)
-    else:
-        await dispatch.open_loop(measured)
+    prefetch.start()
+    try:
+        if config.closed_loop:
+            await dispatch.closed_loop(measured)
+        else:
+            await dispatch.open_loop(measured)
+    finally:
+        await prefetch.stop()
     return MeasuredRun(
         records=dispatch.records,
         t0_s=dispatch.t0_s,
@@ -293,6 +303,53 @@ async def _measure(
         requested_prompt_tokens={r.index: requests[r.index].prompt_len for r in dispatch.records},
         tokenizer=tokenizer_name,
     )
+
+
+class _Prefetch:
+    """Builds prompts ahead of the requests, in a worker thread.
+
+    A prompt of the model's own tokenizer costs a decode/re-encode loop (~4 ms for 512 tokens):
+    built on the event loop when a stream needs its next request, the streams that finish in
+    one engine step would send one after another, a few ms apart, and the run would settle into
+    staggered waves that vLLM's own client (which builds every prompt first) never sees.
+    """
+
+    def __init__(
+        self, requests: Sequence[SampleRequest], *, ahead: int, sent: Callable[[], int]
+    ) -> None:
+        self._requests = requests
+        self._ahead = ahead
+        self._sent = sent
+        self._next = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def fill(self) -> None:
+        """Build the first `ahead` prompts (before the clock starts)."""
+        await asyncio.to_thread(self._build_to, self._ahead)
+
+    def start(self) -> None:
+        """Keep `ahead` prompts built beyond those sent, until `stop()`."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """End the prefetching (a build in progress finishes in its thread)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while self._next < len(self._requests):
+            target = min(len(self._requests), self._sent() + self._ahead)
+            if self._next < target:
+                await asyncio.to_thread(self._build_to, target)
+            else:
+                await asyncio.sleep(_PREFETCH_POLL_S)
+
+    def _build_to(self, end: int) -> None:
+        while self._next < end:
+            self._requests[self._next]  # built and cached by the lazy sequence
+            self._next += 1
 
 
 class _Dispatch:

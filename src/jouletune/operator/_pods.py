@@ -3,11 +3,15 @@
 A trial pod holds three containers:
 
 - `engine` — vLLM with the trial's arguments (or `jouletune sim-server` for `backend: sim`),
-  GPUs from `nvidia.com/gpu`, a readiness probe on `/health`, `/dev/shm` as a memory
-  emptyDir (vLLM's tensor-parallel workers share tensors through it);
-- `exporter` — `jouletune exporter`, the NVML energy sidecar; when the trial's points carry
-  power caps or SM clock locks it also serves its loopback control port, through which the
-  load generator steps them (SYS_ADMIN on real GPUs, the one container that has it);
+  exactly `tensorParallelSize` GPUs from `nvidia.com/gpu`, a readiness probe on `/health`,
+  `/dev/shm` as a memory emptyDir of `spec.pod.shmSize` (vLLM's tensor-parallel workers
+  share tensors through it), the model's token, cache volume or pre-staged directory
+  (`spec.modelSource`), and `spec.pod`'s resources and environment; it lists the GPUs it
+  holds for the exporter;
+- `exporter` — `jouletune exporter`, the energy sidecar, exporting only the engine's GPUs;
+  when the trial's points carry power caps or SM clock locks it also serves its loopback
+  control port, through which the load generator steps them (SYS_ADMIN on real GPUs, the one
+  container that has it);
 - `loadgen` — `jouletune operator trial`: waits for the engine, measures the trial's point
   and its riders (lower caps and clock locks under the same engine start) with the tuner's
   `measure_sweep`, and writes each point's figures to its termination message.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jouletune.contract import CRD_GROUP as GROUP
@@ -34,7 +38,14 @@ from jouletune.operator._config import OperatorConfig
 from jouletune.operator._holder import hold_limits, state_volume
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
 from jouletune.tuner import Point, Role, serve_args
-from jouletune.tuner.spec import Backend, BenchmarkSpec
+from jouletune.tuner.spec import (
+    GPU_RESOURCE,
+    MODEL_CACHE_DIR,
+    Backend,
+    BenchmarkSpec,
+    ModelSource,
+    PodSettings,
+)
 
 __all__ = [
     "ANNOTATION_CONFIG",
@@ -63,6 +74,10 @@ CONTROL_PORT = 9401
 # The chart's PodMonitor scrapes the port names.
 ENGINE_PORT_NAME = "http"
 EXPORTER_PORT_NAME = "metrics"
+Env = dict[str, Any]
+Mount = dict[str, Any]
+SHM_VOLUME = "dshm"
+MODEL_CACHE_VOLUME = "model-cache"
 # The device plugin hands GPUs to the engine container; the exporter sidecar sees the whole
 # node, so the engine writes its GPUs' UUIDs to a shared volume and the exporter reads only
 # (and caps only) those. nvidia-smi first, the device plugin's variable if nvidia-smi fails;
@@ -165,16 +180,14 @@ def build_trial_pod(
         # operator's timeout (which also covers time spent Pending).
         "activeDeadlineSeconds": int(trial_deadline_s(spec, len(plan.points), settings)),
         "terminationGracePeriodSeconds": 30,
+        # The restricted Pod Security Standard asks for a seccomp profile; the container
+        # runtime's default one is what Docker and most clusters apply anyway.
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "initContainers": [_engine(spec, plan.points[0], settings), _exporter(plan, settings)],
         "containers": [_loadgen(plan, settings)],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": _volumes(spec),
+        **_placement(spec.pod, settings),
     }
-    if spec.backend is not Backend.SIM:
-        pod_spec["volumes"].append({"name": GPU_LIST_VOLUME, "emptyDir": {}})
-    if settings.trial_node_selector:
-        pod_spec["nodeSelector"] = dict(settings.trial_node_selector)
-    if settings.trial_tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in settings.trial_tolerations]
     points = [p.model_dump(mode="json", by_alias=True) for p in plan.points]
     if plan.control_url is not None and spec.backend is not Backend.SIM:
         _hold_limits(pod_spec)
@@ -216,8 +229,41 @@ def trial_deadline_s(spec: BenchmarkSpec, points: int, settings: OperatorConfig)
     )
 
 
+def _volumes(spec: BenchmarkSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": spec.pod.shm_size}},
+        {"name": GPU_LIST_VOLUME, "emptyDir": {}},
+    ]
+    cache = spec.model_source.cache
+    if cache is not None:
+        volumes.append({"name": MODEL_CACHE_VOLUME, **cache.volume_source()})
+    return volumes
+
+
+def _placement(pod: PodSettings, settings: OperatorConfig) -> dict[str, Any]:
+    """Where the pod may run: the operator's defaults (the chart's `trials.*`), then the
+    spec's (its node selector wins key by key; tolerations add up)."""
+    out: dict[str, Any] = {}
+    selector = {**settings.trial_node_selector, **pod.node_selector}
+    if selector:
+        out["nodeSelector"] = selector
+    tolerations = [dict(t) for t in settings.trial_tolerations]
+    tolerations += [dict(t) for t in pod.tolerations if t not in tolerations]
+    if tolerations:
+        out["tolerations"] = tolerations
+    if pod.affinity:
+        out["affinity"] = dict(pod.affinity)
+    if pod.runtime_class_name:
+        out["runtimeClassName"] = pod.runtime_class_name
+    if pod.priority_class_name:
+        out["priorityClassName"] = pod.priority_class_name
+    if pod.image_pull_secrets:
+        out["imagePullSecrets"] = [dict(s) for s in pod.image_pull_secrets]
+    return out
+
+
 def _engine(spec: BenchmarkSpec, point: Point, settings: OperatorConfig) -> dict[str, Any]:
-    serve = serve_args(point, spec, host="0.0.0.0", port=ENGINE_PORT).argv()
+    env, mounts = _model_access(spec.model_source, read_only=False)
     container: dict[str, Any] = {
         "name": CONTAINER_ENGINE,
         "restartPolicy": "Always",
@@ -227,58 +273,105 @@ def _engine(spec: BenchmarkSpec, point: Point, settings: OperatorConfig) -> dict
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "env": [*env, *spec.pod.engine_env],
+        "volumeMounts": [
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR},
+            *mounts,
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    resources = dict(spec.pod.engine_resources)
     if spec.backend is Backend.SIM:
         container["image"] = settings.trial_image
         container["imagePullPolicy"] = settings.image_pull_policy
         container["command"] = ["jouletune", "sim-server"]
         # The sim-server takes vLLM's flags (and ignores those it does not model) plus the
-        # simulated GPU's type; its tensor parallelism sets how many GPUs it simulates.
-        container["args"] = [*serve, "--gpu", spec.gpu.type]
+        # simulated GPU's type; it runs on `tensorParallelSize` simulated GPUs and lists
+        # them where the exporter waits for them, as the vLLM engine's script does.
+        serve = serve_args(point, spec, host="0.0.0.0", port=ENGINE_PORT).argv()
+        container["args"] = [*serve, "--gpu", spec.gpu.type, "--gpu-list-file", GPU_LIST_FILE]
+        container["securityContext"] = _unprivileged()
     else:
         container["image"] = spec.engine.image
         container["imagePullPolicy"] = settings.image_pull_policy
         container["command"] = ["/bin/sh", "-c", ENGINE_SCRIPT, "engine"]
-        container["args"] = serve
-        container["env"] = [{"name": ENV_GPU_LIST, "value": GPU_LIST_FILE}]
-        container["volumeMounts"].append({"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR})
-        gpus = {"nvidia.com/gpu": str(spec.gpu.count)}
-        container["resources"] = {"limits": gpus, "requests": gpus}
+        container["args"] = _vllm_argv(spec, point)
+        container["env"].insert(0, {"name": ENV_GPU_LIST, "value": GPU_LIST_FILE})
+        # The vLLM image runs as root and needs its capabilities (CUDA, NCCL); it never
+        # needs to gain more.
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
+        # Exactly the GPUs the engine shards the model over: the device plugin gives the
+        # container these, the engine lists them, and the exporter counts only those.
+        gpus = {GPU_RESOURCE: str(point.tensor_parallel_size)}
+        resources["limits"] = {**(resources.get("limits") or {}), **gpus}
+        resources["requests"] = {**(resources.get("requests") or {}), **gpus}
+    if resources:
+        container["resources"] = resources
     return container
+
+
+def _vllm_argv(spec: BenchmarkSpec, point: Point) -> list[str]:
+    """`vllm serve`'s arguments; weights already in place are served under the model's id,
+    the name the load generator asks for (and the recommendation names)."""
+    serve = serve_args(point, spec, host="0.0.0.0", port=ENGINE_PORT)
+    path = spec.model_source.path
+    if path is not None:
+        serve = replace(serve, model=path, extra=(*serve.extra, "--served-model-name", spec.model))
+    return serve.argv()
+
+
+def _model_access(source: ModelSource, *, read_only: bool) -> tuple[list[Env], list[Mount]]:
+    """Environment and mounts that reach the model: the hub token, the cache, offline mode."""
+    env: list[Env] = []
+    mounts: list[Mount] = []
+    if source.token_secret is not None:
+        ref = {"name": source.token_secret.name, "key": source.token_secret.key}
+        # HF_TOKEN for huggingface_hub; older releases (and vLLM's docs) read the other name.
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            env.append({"name": name, "valueFrom": {"secretKeyRef": dict(ref)}})
+    if source.cache is not None:
+        env.append({"name": "HF_HOME", "value": MODEL_CACHE_DIR})
+        mount: Mount = {"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE_DIR}
+        if read_only:
+            mount["readOnly"] = True
+        mounts.append(mount)
+    if source.path is not None:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    return env, mounts
 
 
 def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
     spec = plan.spec
-    args = ["--port", str(EXPORTER_PORT)]
+    # Both backends list the engine's GPUs in GPU_LIST_FILE; the exporter exports, and
+    # caps, only those (the node, and so NVML or the sim-server, may have more).
+    args = ["--port", str(EXPORTER_PORT), "--gpus-file", GPU_LIST_FILE]
     if plan.control_url is not None:
         args += ["--control-port", str(CONTROL_PORT)]
-    env: list[dict[str, Any]] = [
+    env: list[Env] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
-    mounts: list[dict[str, Any]] = []
+    security = _unprivileged()
     if spec.backend is Backend.SIM:
         args += ["--sim", f"http://127.0.0.1:{ENGINE_PORT}"]
-        security["capabilities"] = {"drop": ["ALL"]}
     else:
         # NVML's utility capability only, on every GPU of the node; it exports and caps
         # those the engine lists (see GPU_LIST_FILE and docs/operator.md).
-        args += ["--gpus-file", GPU_LIST_FILE]
-        mounts.append({"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR, "readOnly": True})
         env += [
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ]
         if plan.control_url is not None:
             # Changing a power limit or locking a clock is a privileged NVML call: the one
-            # capability it needs.
-            security["capabilities"] = {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
-        else:
-            security["capabilities"] = {"drop": ["ALL"]}
-    container: dict[str, Any] = {
+            # capability it needs. Added capabilities are effective for uid 0 only (Kubernetes
+            # sets no ambient capabilities; a non-root process loses them at exec), hence root.
+            security = {
+                "allowPrivilegeEscalation": False,
+                "runAsUser": 0,
+                "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]},
+            }
+    return {
         "name": CONTAINER_EXPORTER,
         "image": settings.trial_image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -289,25 +382,36 @@ def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
         "ports": [{"name": EXPORTER_PORT_NAME, "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": EXPORTER_PORT}},
         "securityContext": security,
+        "volumeMounts": [{"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR, "readOnly": True}],
+    }
+
+
+def _loadgen(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
+    # The load generator loads the model's tokenizer: with the token for a gated model, from
+    # the engine's cache (read-only) or the pre-staged directory.
+    env, mounts = _model_access(plan.spec.model_source, read_only=True)
+    container: dict[str, Any] = {
+        "name": CONTAINER_LOADGEN,
+        "image": settings.trial_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["jouletune", "operator", "trial"],
+        "env": [{"name": ENV_PLAN, "value": dumps_plan(plan)}, *env],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "securityContext": _unprivileged(),
     }
     if mounts:
         container["volumeMounts"] = mounts
     return container
 
 
-def _loadgen(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
+def _unprivileged() -> dict[str, Any]:
+    """The security context of a container of jouletune's image (uid 10001): what the
+    restricted Pod Security Standard asks of it (the pod adds the seccomp profile)."""
     return {
-        "name": CONTAINER_LOADGEN,
-        "image": settings.trial_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["jouletune", "operator", "trial"],
-        "env": [{"name": ENV_PLAN, "value": dumps_plan(plan)}],
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "File",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
     }
 
 

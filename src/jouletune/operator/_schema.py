@@ -5,6 +5,11 @@ there are no `$ref`s, and only a subset of OpenAPI v3.0 keywords is allowed. Pyd
 JSON Schema 2020-12, so this module inlines `$defs`, turns `anyOf [X, null]` into
 `nullable: true`, `const` into a one-value `enum`, numeric `exclusiveMinimum` into the v3.0
 boolean form, and drops what Kubernetes refuses (titles, `additionalProperties: false`).
+
+The Kubernetes types the spec passes through (`jouletune.tuner._kube`) arrive in
+kubernetes-validate's dialect: `type: [X, "null"]` becomes `nullable: true`, and a
+`Quantity`'s `oneOf` of a string and a number becomes `x-kubernetes-int-or-string`, the one
+way a structural schema may allow two types.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ _KEPT = frozenset(
         "maxItems",
         "pattern",
         "format",
+        # Only as _fold_int_or_string writes them (pydantic's anyOf is folded before).
+        "anyOf",
+        "x-kubernetes-int-or-string",
     }
 )
 # Dropped on purpose: `title` (noise in `kubectl explain`), `additionalProperties: false`
@@ -55,6 +63,7 @@ _HANDLED = frozenset(
         "exclusiveMinimum",
         "exclusiveMaximum",
         "nullable",
+        "oneOf",
     }
 )
 
@@ -80,6 +89,8 @@ def _convert(
 ) -> dict[str, Any]:
     node = _resolve(node, defs)
     node = _fold_nullable(node, defs)
+    node = _fold_type_list(node, path)
+    node = _fold_int_or_string(node, path)
     unknown = set(node) - _KEPT - _DROPPED - _HANDLED
     if unknown:
         raise SchemaError(f"{path or '<root>'}: unsupported schema keywords {sorted(unknown)}")
@@ -116,7 +127,7 @@ def _convert(
         out["items"] = _convert(node["items"], defs, path=f"{path}[]", bounded=bounded)
     if bounded:
         _cost_bounds(out)
-    if "type" not in out:
+    if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         raise SchemaError(f"{path or '<root>'}: no type (a structural schema needs one)")
     return out
 
@@ -151,6 +162,40 @@ def _fold_nullable(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[
     return merged
 
 
+def _fold_type_list(node: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """`type: [X, "null"]` (kubernetes-validate's optional fields) → X with `nullable: true`."""
+    types = node.get("type")
+    if not isinstance(types, list):
+        return node
+    kept = [t for t in types if t != "null"]
+    if len(kept) != 1:
+        raise SchemaError(f"{path or '<root>'}: no structural form for types {types}")
+    merged = {**node, "type": kept[0]}
+    if "null" in types:
+        merged["nullable"] = True
+    return merged
+
+
+def _fold_int_or_string(node: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """A `oneOf` of a string and a number or integer (Kubernetes' Quantity and IntOrString)
+    → `x-kubernetes-int-or-string`, with the string's pattern."""
+    options = node.get("oneOf")
+    if options is None:
+        return node
+    types = {_fold_type_list(o, path).get("type"): o for o in options}
+    numeric = {"number", "integer"} & set(types)
+    if len(options) != 2 or "string" not in types or not numeric:
+        raise SchemaError(f"{path or '<root>'}: only int-or-string oneOfs, got {options}")
+    merged = {k: v for k, v in node.items() if k != "oneOf"}
+    merged["x-kubernetes-int-or-string"] = True
+    merged["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "pattern" in types["string"]:
+        merged["pattern"] = types["string"]["pattern"]
+    if any("null" in (o.get("type") or []) for o in options):
+        merged["nullable"] = True
+    return merged
+
+
 def _exclusive_bounds(node: Mapping[str, Any], out: dict[str, Any]) -> None:
     """JSON Schema's numeric exclusive bounds → OpenAPI v3.0's `minimum` + boolean flag."""
     for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -165,7 +210,7 @@ def _exclusive_bounds(node: Mapping[str, Any], out: dict[str, Any]) -> None:
 
 def _order(node: dict[str, Any]) -> dict[str, Any]:
     """`type` and `description` first, then the rest: easier to read in the YAML."""
-    first = [k for k in ("type", "description") if k in node]
+    first = [k for k in ("type", "description", "x-kubernetes-int-or-string") if k in node]
     out = {k: node[k] for k in first} | {k: v for k, v in node.items() if k not in first}
     for key in ("properties",):
         if key in out:

@@ -96,7 +96,6 @@ class _Loop:
             prompt_tokens=self.input_len,
             max_tokens=self.output_len,
             arrival_s=t_s,
-            ready_s=t_s + self.engine.config.perf.frontend_s,
             listener=client,
         )
         req.token_times_s = []
@@ -139,7 +138,7 @@ def run_closed_loop(
         if step is None:
             nxt = engine.next_ready_s()
             assert nxt is not None, "closed loop ran dry"
-            t_s = nxt
+            t_s = max(t_s, nxt)
             continue
         now[0] = step.end_s
         engine.finish_step(step)
@@ -306,13 +305,16 @@ class ClosedLoopReplay:
             step = self.engine.begin_step(t_s)
             if step is None:
                 nxt = self.engine.next_ready_s()
-                assert nxt is not None, "work left but nothing pending"
-                t_s = nxt
+                if nxt is None:  # only the last tokens were left to write
+                    assert not self.engine.has_work(), "work left but nothing pending"
+                    break
+                t_s = max(t_s, nxt)
                 continue
             self._clock_s = step.end_s
             self.engine.finish_step(step)
             t_s = step.end_s
-        self._clock_s = t_s
+        # The run ends with its last chunk written, which may follow the last step.
+        self._clock_s = max([t_s] + [r.last_token_s for _, r in self._sent if r.output_tokens])
         return [
             TracedRequest(
                 index=i,
@@ -336,7 +338,6 @@ class ClosedLoopReplay:
             prompt_tokens=spec.prompt_tokens,
             max_tokens=spec.max_tokens,
             arrival_s=t_s,
-            ready_s=t_s + self.engine.config.perf.frontend_s,
             listener=stream,
             block_hashes=spec.block_hashes,
         )

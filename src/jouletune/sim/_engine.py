@@ -9,6 +9,17 @@ preempted and recomputed later) and prices it on every TP rank's `SimulatedGpu`;
 token per decode, finished requests freed. The live server (`_server.py`) sleeps until each
 step's end on the wall clock; `benchmarks/sim_calibration.py` jumps a virtual clock instead.
 Both get the same timings.
+
+Two things stand between the clients and the scheduler, as in vLLM 0.24:
+
+* the API-server process (`_frontend.ApiServer`): a request reaches the scheduler only after
+  the API server's one event loop took it in, and a step's tokens reach the clients only after
+  that loop wrote the step's chunks; everything in progress on the loop shares it (processor
+  sharing), so taking requests in slows with every running stream's chunks and the other
+  way round;
+* asynchronous scheduling (vLLM 0.24's default): the engine core schedules step k+1 while
+  step k runs, so a step that follows another without a gap was scheduled when its
+  predecessor started and admits only the requests that had reached the scheduler by then.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from jouletune.gpu.simulated import SimulatedGpu, StepOutcome
+from jouletune.sim._frontend import ApiServer
 from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 from jouletune.sim._perf import BatchShape, kv_cache_tokens, step_work
 from jouletune.sim._work import (
@@ -40,6 +52,9 @@ TRUTH_RETENTION_S = 6 * 3600.0
 # Prune in bulk: deleting from the front of an array is O(n).
 _PRUNE_BATCH = 4096
 
+# One step's output on its way through the API server: (request, finished) per token.
+Output = list[tuple[SimRequest, bool]]
+
 
 class Engine:
     """vLLM V1's scheduling and the step-time/power model, driven by a clock the caller owns.
@@ -49,6 +64,7 @@ class Engine:
         gpus: one `SimulatedGpu` per TP rank.
         on_step: called with every finished step (metrics, histograms).
         on_request_done: called with every finished or aborted request (metrics, truth).
+        on_deliver: called with every step's tokens when they reach the clients (metrics).
     """
 
     def __init__(
@@ -58,12 +74,28 @@ class Engine:
         gpus: Sequence[SimulatedGpu],
         on_step: Callable[[Step], None] | None = None,
         on_request_done: Callable[[SimRequest], None] | None = None,
+        on_deliver: Callable[[Output, float], None] | None = None,
     ) -> None:
         assert len(gpus) == config.tensor_parallel_size, "one SimulatedGpu per TP rank"
         self.config = config
         self.gpus = list(gpus)
         self._on_step = on_step
         self._on_request_done = on_request_done
+        self._on_deliver = on_deliver
+        perf = config.perf
+        # One event loop per API-server process (`--api-server-count`); requests are dealt
+        # to them in turn, and each writes the chunks of its own requests.
+        self.api_servers: list[ApiServer[SimRequest, Output]] = [
+            ApiServer(
+                request_s=perf.api_request_s,
+                chunk_s=perf.api_chunk_s,
+                latency_s=perf.frontend_s,
+                on_ready=self._reached_scheduler,
+                on_output=self._deliver,
+            )
+            for _ in range(config.api_server_count)
+        ]
+        self._dealt = 0
         self.kv_tokens = kv_cache_tokens(
             arch=config.arch,
             gpu=config.gpu,
@@ -75,7 +107,7 @@ class Engine:
         self.pool = BlockPool(
             num_blocks=self.num_blocks, enable_caching=config.enable_prefix_caching
         )
-        self.pending: list[SimRequest] = []  # arrived, not yet through the API server
+        self.pending: list[SimRequest] = []  # through the API server, not yet at the scheduler
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.stats = EngineStats()
@@ -85,12 +117,21 @@ class Engine:
         self._emitted = 0
         self.records: list[RequestRecord] = []
         self._record_times_s = array("d")
+        # The last step: when it started and ended (asynchronous scheduling).
+        self._last_start_s = -math.inf
+        self._last_end_s = -math.inf
 
     # --- requests -------------------------------------------------------------------------
 
     def add(self, req: SimRequest) -> None:
-        """Accept `req`; it reaches the scheduler at `req.ready_s`."""
-        self.pending.append(req)
+        """`req` arrives at the API server at `req.arrival_s`.
+
+        The API server takes it in as the model's clock passes (`begin_step`, `finish_step`,
+        `advance_frontend`, `next_ready_s`); it reaches the scheduler at `req.ready_s`.
+        """
+        req.api_server = self._dealt % len(self.api_servers)
+        self._dealt += 1
+        self.api_servers[req.api_server].submit(req, req.arrival_s)
 
     def abort(self, req: SimRequest, t_s: float) -> None:
         """Drop `req` (its client went away) and free its KV blocks."""
@@ -105,12 +146,49 @@ class Engine:
         self._finish(req, "abort", t_s)
 
     def has_work(self) -> bool:
-        """True while any request is pending, waiting or running."""
-        return bool(self.pending or self.waiting or self.running)
+        """True while any request or token is in the API server, pending, waiting or running."""
+        return bool(self.pending or self.waiting or self.running or any(map(len, self.api_servers)))
 
-    def next_ready_s(self) -> float | None:
-        """When the earliest pending request reaches the scheduler (None if none pending)."""
+    def next_ready_s(self, now_s: float | None = None) -> float | None:
+        """When the earliest pending request reaches the scheduler (None if none pending).
+
+        The caller asks when no step runs. On a virtual clock (`now_s` None) the API server
+        then serves its work event by event until a request is through it: no step output
+        can arrive before that any more, and the clients' next requests come from its own
+        deliveries. On the wall clock it serves up to `now_s` only, since a client may still
+        send a request that shares the loop with the work in progress.
+        """
+        if now_s is not None:
+            self.advance_frontend(now_s)
+        else:
+            while not self.pending and (event_s := self.next_frontend_event_s()) is not None:
+                self.advance_frontend(event_s)
         return min((r.ready_s for r in self.pending), default=None)
+
+    def advance_frontend(self, now_s: float) -> None:
+        """Let the API servers serve up to `now_s`: write finished chunks, hand off requests.
+
+        Several servers are served event by event in time order, so tokens are delivered in
+        time order (a delivery may make a client send its next request to another server).
+        """
+        if len(self.api_servers) == 1:
+            self.api_servers[0].advance(now_s)
+            return
+        while (event_s := self.next_frontend_event_s()) is not None and event_s <= now_s:
+            for api in self.api_servers:
+                if api.next_event_s() == event_s:
+                    api.advance(event_s)
+                    break
+
+    def next_frontend_event_s(self) -> float | None:
+        """When an API server next finishes something, if nothing arrives first."""
+        return min(
+            (t for api in self.api_servers if (t := api.next_event_s()) is not None), default=None
+        )
+
+    def requests_in_api_server(self) -> int:
+        """Requests that arrived and are not yet through an API server."""
+        return sum(api.requests() for api in self.api_servers)
 
     def can_schedule(self) -> bool:
         """True when a step would have something to run."""
@@ -119,9 +197,20 @@ class Engine:
     # --- steps ----------------------------------------------------------------------------
 
     def begin_step(self, start_s: float) -> Step | None:
-        """Schedule a batch at `start_s` and price it on the GPUs; None when nothing can run."""
-        self._admit_pending(start_s)
+        """Schedule a batch at `start_s` and price it on the GPUs; None when nothing can run.
+
+        A step that starts where the last one ended was scheduled (asynchronous scheduling)
+        when the last one started: it admits the requests that had reached the scheduler by
+        then. If that leaves nothing to run, vLLM's engine core waits for the last step and
+        schedules again; so does the model, at `start_s`.
+        """
+        self.advance_frontend(start_s)
+        decided_s = self._last_start_s if start_s <= self._last_end_s else start_s
+        self._admit_pending(decided_s)
         scheduled, newly = self._schedule(start_s)
+        if not scheduled and decided_s < start_s:
+            self._admit_pending(start_s)
+            scheduled, newly = self._schedule(start_s)
         if not scheduled:
             return None
         batch = _batch_shape(scheduled)
@@ -143,6 +232,8 @@ class Engine:
                     capped=outcome.capped,
                 )
             gpu.record_step(outcome, work, start_s=start_s)
+        self._last_start_s = start_s
+        self._last_end_s = start_s + slowest.duration_s
         return Step(
             start_s=start_s,
             end_s=start_s + slowest.duration_s,
@@ -153,9 +244,10 @@ class Engine:
         )
 
     def finish_step(self, step: Step) -> None:
-        """Apply `step` at its end: emit tokens, finish requests, free their blocks."""
+        """Apply `step` at its end: count tokens, free finished requests' blocks, and hand
+        the step's tokens to the API server, which writes them to the clients."""
         t_s = step.end_s
-        emitted = 0
+        output: Output = []
         for req, n_new in step.scheduled:
             if req.finish_reason is not None:  # aborted while the step ran
                 continue
@@ -164,24 +256,24 @@ class Engine:
             if was_prefilling and req.prefilling:
                 continue  # a prefill chunk that does not finish the prompt emits nothing
             if req.output_tokens == 0:
-                req.first_token_s = t_s
                 self.stats.prompt_tokens += req.prompt_tokens
             req.output_tokens += 1
-            req.prev_token_s = req.last_token_s
-            req.last_token_s = t_s
-            emitted += 1
-            if req.listener is not None:
-                req.listener.on_tokens(req, 1, t_s)
-            if req.output_tokens >= req.max_tokens:
+            done = req.output_tokens >= req.max_tokens
+            output.append((req, done))
+            if done:
                 self.running.remove(req)
                 self._free(req)
-                self._finish(req, "length", t_s)
-        self.stats.generation_tokens += emitted
+                req.finish_reason = "length"
+        self.stats.generation_tokens += len(output)
         self.stats.steps += 1
-        self._emitted += emitted
-        self._emit_times_s.append(t_s)
-        self._emit_cum.append(self._emitted)
-        self._prune(t_s - TRUTH_RETENTION_S)
+        step.emitted = [req for req, _ in output]
+        if len(self.api_servers) == 1:
+            self.api_servers[0].output(output, len(output), t_s)
+        else:
+            for i, api in enumerate(self.api_servers):
+                own = [item for item in output if item[0].api_server == i]
+                api.output(own, len(own), t_s)
+        self.advance_frontend(t_s)
         if self._on_step is not None:
             self._on_step(step)
 
@@ -218,6 +310,34 @@ class Engine:
         if cut > _PRUNE_BATCH:
             del self._record_times_s[:cut]
             del self.records[:cut]
+
+    def _reached_scheduler(self, req: SimRequest, ready_s: float) -> None:
+        if req.finish_reason == "abort":
+            return  # its client went away while the API server held it
+        req.ready_s = ready_s
+        self.pending.append(req)
+
+    def _deliver(self, output: Output, t_s: float) -> None:
+        """The chunks of one step reach the clients at `t_s`: the tokens' times."""
+        delivered = 0
+        for req, done in output:
+            if req.finish_reason == "abort":
+                continue
+            delivered += 1
+            if math.isnan(req.first_token_s):
+                req.first_token_s = t_s
+            req.prev_token_s = req.last_token_s
+            req.last_token_s = t_s
+            if req.listener is not None:
+                req.listener.on_tokens(req, 1, t_s)
+            if done:
+                self._finish(req, "length", t_s)
+        self._emitted += delivered
+        self._emit_times_s.append(t_s)
+        self._emit_cum.append(self._emitted)
+        self._prune(t_s - TRUTH_RETENTION_S)
+        if self._on_deliver is not None:
+            self._on_deliver(output, t_s)
 
     def _admit_pending(self, now_s: float) -> None:
         if not self.pending:

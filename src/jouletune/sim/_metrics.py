@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -76,7 +76,7 @@ class _EngineCollector(Collector):
             "Number of requests in model execution batches.",
             len(engine.running),
         )
-        waiting = len(engine.waiting) + len(engine.pending)
+        waiting = len(engine.waiting) + len(engine.pending) + engine.requests_in_api_server()
         yield self._gauge(
             "vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting
         )
@@ -332,22 +332,23 @@ class VllmMetrics:
         )
 
     def on_step(self, step: Step, *, flops_per_gpu: float, bytes_per_gpu: float) -> None:
-        """Account one finished engine step: its tokens, first tokens and inter-token gaps."""
+        """Account one finished engine step: its work and the tokens it emitted."""
         self._collector.flops_per_gpu += flops_per_gpu
         self._collector.read_bytes_per_gpu += bytes_per_gpu
-        emitted_prompt = 0
-        generated = 0
-        for req, _ in step.scheduled:
-            if req.last_token_s != step.end_s:
-                continue  # a prefill chunk that emitted nothing, or aborted
-            generated += 1
-            if req.output_tokens == 1:
-                emitted_prompt += req.prompt_tokens
-                self.ttft.observe(req.first_token_s - req.arrival_s)
+        emitted_prompt = sum(r.prompt_tokens for r in step.emitted if r.output_tokens == 1)
+        self.iteration_tokens.observe(emitted_prompt + len(step.emitted))
+
+    def on_deliver(self, output: Sequence[tuple[SimRequest, bool]], t_s: float) -> None:
+        """A step's tokens reached the clients at `t_s`: first-token and inter-token times,
+        as vLLM's API server observes them when it processes the step's output."""
+        for req, _ in output:
+            if req.finish_reason == "abort":
+                continue
+            if req.first_token_s == t_s:
+                self.ttft.observe(t_s - req.arrival_s)
             else:
                 # vLLM observes one gap per new token, from the request's previous token.
-                self.itl.observe(req.last_token_s - req.prev_token_s)
-        self.iteration_tokens.observe(emitted_prompt + generated)
+                self.itl.observe(t_s - req.prev_token_s)
 
     def on_request_added(self, *, max_tokens: int, n: int = 1) -> None:
         """A request was accepted with these sampling parameters."""

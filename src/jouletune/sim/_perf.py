@@ -49,8 +49,13 @@ class PerfConstants:
         attention_efficiency: achieved fraction of peak bf16 flops in attention.
         host_step_s: per-step host time the GPU waits on (scheduler, launch), seconds.
         host_per_seq_s: per-sequence host time per step (sampling, output handling), seconds.
-        frontend_s: API-server time between a request's arrival and the engine seeing it
-            (HTTP, tokenization, IPC), seconds.
+        frontend_s: fixed delay of a request's way from the client to the scheduler and of
+            its first token's way back that does not occupy the API server's event loop
+            (network, IPC, process wake-ups), seconds.
+        api_request_s: API-server event-loop time to take in one request (HTTP parsing,
+            validation, tokenization, hand-off to the engine core), seconds.
+        api_chunk_s: API-server event-loop time per streamed chunk, i.e. per running request
+            per engine step (detokenizing, building the SSE chunk, writing it), seconds.
         activation_reserve_bytes: memory vLLM's profiling run keeps for activations, CUDA
             graphs and the non-torch allocator per GPU, bytes (not available to the KV cache).
     """
@@ -62,6 +67,8 @@ class PerfConstants:
     host_step_s: float
     host_per_seq_s: float
     frontend_s: float
+    api_request_s: float
+    api_chunk_s: float
     activation_reserve_bytes: float
 
 
@@ -70,6 +77,8 @@ class PerfConstants:
 # separate the per-sequence cost from the per-context-token cost; see docs/simulator.md.
 # gemm_efficiency refitted with the H100 power model's tensor_w: capped prefill steps were 5-14%
 # too slow at too high a clock (ITL p99, SM clock, the matmul power check).
+# frontend_s, api_request_s and api_chunk_s (the API-server model, sim/_frontend.py) fitted on
+# the first 12-point sweep of benchmarks/results/h100-vllm by benchmarks/sim_frontend_fit.py.
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
@@ -77,7 +86,9 @@ DEFAULT_PERF = PerfConstants(
     attention_efficiency=0.683,
     host_step_s=1.16e-3,
     host_per_seq_s=10e-6,
-    frontend_s=6.19e-3,
+    frontend_s=8.2e-3,
+    api_request_s=1.8e-3,
+    api_chunk_s=48e-6,
     activation_reserve_bytes=1.8913e9,
 )
 

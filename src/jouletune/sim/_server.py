@@ -72,7 +72,11 @@ class SimServer:
         self.node_gpus = sorted([*self.gpus, *idle_gpus], key=lambda g: g.index)
         self.registry = CollectorRegistry()
         self.engine = Engine(
-            config=config, gpus=self.gpus, on_step=self._on_step, on_request_done=self._on_done
+            config=config,
+            gpus=self.gpus,
+            on_step=self._on_step,
+            on_request_done=self._on_done,
+            on_deliver=self._on_deliver,
         )
         self.metrics = VllmMetrics(
             registry=self.registry,
@@ -81,7 +85,8 @@ class SimServer:
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
         )
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the engine loop: a request may be schedulable
+        self._api_wake = asyncio.Event()  # the API-server model: new work arrived
         self._broken: list[SimRequest] = []
         self._created = int(time.time())
         self.lag_events = 0
@@ -106,20 +111,41 @@ class SimServer:
         return app
 
     async def _engine_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._run_engine(), name="sim-engine")
+        tasks = [
+            asyncio.create_task(self._run_engine(), name="sim-engine"),
+            asyncio.create_task(self._run_frontend(), name="sim-api-server"),
+        ]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # --- engine loop ----------------------------------------------------------------------
+
+    async def _run_frontend(self) -> None:
+        """Write chunks and hand requests to the engine as the modelled API server finishes
+        them: wake at its next completion, or when new work arrives."""
+        engine = self.engine
+        while True:
+            engine.advance_frontend(time.time())
+            if engine.pending:
+                self._wake.set()
+            next_s = engine.next_frontend_event_s()
+            self._api_wake.clear()
+            if next_s is None:
+                await self._api_wake.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._api_wake.wait(), max(0.0, next_s - time.time()))
 
     async def _run_engine(self) -> None:
         engine = self.engine
         free_s = time.time()  # when the engine finished its last step (model clock)
         while True:
             if not engine.can_schedule():
-                ready_s = engine.next_ready_s()
+                ready_s = engine.next_ready_s(time.time())
                 if ready_s is None:
                     self._wake.clear()
                     await self._wake.wait()
@@ -144,6 +170,7 @@ class SimServer:
                 continue
             await _sleep_until(step.end_s)
             engine.finish_step(step)
+            self._api_wake.set()  # the step's output is new work for the API server
             free_s = step.end_s
             self._abort_broken(step.end_s)
 
@@ -170,6 +197,9 @@ class SimServer:
 
     def _on_done(self, req: SimRequest) -> None:
         self.metrics.on_request_done(req)
+
+    def _on_deliver(self, output: Sequence[tuple[SimRequest, bool]], t_s: float) -> None:
+        self.metrics.on_deliver(output, t_s)
 
     # --- OpenAI API -----------------------------------------------------------------------
 
@@ -209,7 +239,6 @@ class SimServer:
             prompt_tokens=parsed.prompt_tokens,
             max_tokens=parsed.max_tokens,
             arrival_s=arrival_s,
-            ready_s=arrival_s + self.config.perf.frontend_s,
             listener=stream,
             block_hashes=parsed.block_hashes,
         )
@@ -223,7 +252,7 @@ class SimServer:
             stream.attach(request.transport)
         self.metrics.on_request_added(max_tokens=parsed.max_tokens)
         self.engine.add(req)
-        self._wake.set()
+        self._api_wake.set()
         try:
             await stream.done
         except asyncio.CancelledError:

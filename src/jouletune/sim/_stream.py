@@ -58,19 +58,21 @@ class SseStream(StepListener):
             )
         self._model_json = mdl
         self._created = created
+        self._sent = 0  # tokens written: the engine may be steps ahead of the API server
 
     def attach(self, transport: asyncio.Transport) -> None:
         """Write chunks to `transport` (after the response headers went out)."""
         self._transport = transport
 
     def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
-        text = _TOKEN_TEXTS[req.output_tokens % len(_TOKEN_TEXTS)]
+        self._sent += count
+        text = _TOKEN_TEXTS[self._sent % len(_TOKEN_TEXTS)]
         if not self.stream:
             self.parts.append(text)
             return
-        last = req.output_tokens >= req.max_tokens
+        last = self._sent >= req.max_tokens
         payload = self._head + text + (self._tail % (b'"length"' if last else b"null"))
-        if self.chat and req.output_tokens == 1:
+        if self.chat and self._sent == 1:
             payload = self._role_chunk() + payload
         self._write(payload)
 

@@ -27,12 +27,15 @@ class EngineConfig:
     perf: PerfConstants
     # vLLM 0.24 serves with automatic prefix caching on unless --no-enable-prefix-caching.
     enable_prefix_caching: bool = True
+    # API-server processes (--api-server-count; vLLM's default with one engine: 1).
+    api_server_count: int = 1
 
 
 class SimRequest:
     """One request inside the engine; times are on the engine's clock (unix seconds)."""
 
     __slots__ = (
+        "api_server",
         "arrival_s",
         "block_hashes",
         "blocks",
@@ -61,7 +64,7 @@ class SimRequest:
         prompt_tokens: int,
         max_tokens: int,
         arrival_s: float,
-        ready_s: float,
+        ready_s: float = math.nan,
         listener: StepListener | None = None,
         block_hashes: tuple[int, ...] = (),
     ) -> None:
@@ -69,7 +72,8 @@ class SimRequest:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.arrival_s = arrival_s
-        self.ready_s = ready_s
+        self.ready_s = ready_s  # set by the API-server model when it hands the request on
+        self.api_server = 0  # which API-server process took it in
         self.listener = listener
         self.computed = 0  # tokens whose KV is in the cache (prompt, then outputs)
         self.output_tokens = 0
@@ -130,6 +134,8 @@ class Step:
     batch: BatchShape
     outcome: StepOutcome
     newly_scheduled: list[SimRequest] = field(default_factory=list)
+    # Requests that emitted a token in this step (set when the step finishes).
+    emitted: list[SimRequest] = field(default_factory=list)
 
 
 class EngineStats:

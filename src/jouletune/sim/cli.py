@@ -3,8 +3,8 @@
     jouletune sim-server [MODEL] [--model MODEL] [--host H] [--port P]
         [--max-num-seqs N] [--tensor-parallel-size TP] [--max-num-batched-tokens T]
         [--max-model-len L] [--served-model-name NAME] [--gpu-memory-utilization U]
-        [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
-        [--node-gpus N]
+        [--api-server-count N] [--gpu h100-80gb] [--power-limit W] [--tokenizer HF_ID_OR_DIR]
+        [--node-gpus N] [--gpu-list-file PATH]
         [any other vllm serve flag, ignored]
 
 Takes `vllm serve`'s flags so a tuner can pass one argument list to real vLLM and to the
@@ -22,13 +22,16 @@ The engine runs on `--tensor-parallel-size` simulated GPUs. `--node-gpus N` simu
 with more: the engine takes the first of those CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES
 leave visible, as vLLM would (`jouletune.gpu.VisibleDevices`; without them, the first ones),
 the others idle, and `/sim/gpus` serves them all, as NVML shows a whole node. Without
-`--node-gpus` the node is the engine's GPUs and the variables do not apply.
+`--node-gpus` the node is the engine's GPUs and the variables do not apply. `--gpu-list-file
+PATH` writes the UUIDs of the engine's GPUs there before serving, as a trial pod's vLLM engine
+container does for its exporter sidecar (`jouletune exporter --gpus-file`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -65,6 +68,8 @@ class SimServerArgs:
     enable_prefix_caching: bool | None = None
     tokenizer: str | None = None
     node_gpus: int | None = None
+    api_server_count: int = 1
+    gpu_list_file: str | None = None
     ignored: tuple[str, ...] = ()
 
 
@@ -103,6 +108,12 @@ def _parser() -> _Parser:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="API-server processes sharing the requests (vLLM's default with one engine: 1)",
+    )
+    p.add_argument(
         "--tokenizer",
         default=None,
         help="HF id, directory or tokenizer.json counting prompt tokens (default: words)",
@@ -114,6 +125,12 @@ def _parser() -> _Parser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="reuse cached KV blocks of shared prompt prefixes (vLLM's default: on)",
+    )
+    p.add_argument(
+        "--gpu-list-file",
+        default=None,
+        metavar="PATH",
+        help="write the UUIDs of the engine's GPUs to PATH before serving",
     )
     return p
 
@@ -150,6 +167,8 @@ def parse_args(argv: list[str]) -> SimServerArgs:
         enable_prefix_caching=ns.enable_prefix_caching,
         tokenizer=ns.tokenizer,
         node_gpus=ns.node_gpus,
+        api_server_count=ns.api_server_count,
+        gpu_list_file=ns.gpu_list_file,
         ignored=tuple(ignored),
     )
 
@@ -181,6 +200,8 @@ def build_config(args: SimServerArgs) -> EngineConfig:
     max_batched = args.max_num_batched_tokens or defaults.max_num_batched_tokens
     if max_num_seqs < 1:
         raise ValueError(f"--max-num-seqs must be positive, got {max_num_seqs}")
+    if args.api_server_count < 1:
+        raise ValueError(f"--api-server-count must be positive, got {args.api_server_count}")
     if max_model_len < 1 or max_model_len > arch.max_position_embeddings:
         raise ValueError(
             f"--max-model-len {max_model_len} is outside 1-{arch.max_position_embeddings} "
@@ -212,6 +233,7 @@ def build_config(args: SimServerArgs) -> EngineConfig:
             if args.enable_prefix_caching is None
             else args.enable_prefix_caching
         ),
+        api_server_count=args.api_server_count,
     )
 
 
@@ -296,6 +318,12 @@ def _serve(
     from jouletune.sim._engine import Engine
     from jouletune.sim._server import SimServer
 
+    if args.gpu_list_file is not None:
+        try:
+            _write_gpu_list(args.gpu_list_file, gpus)
+        except OSError as err:
+            print(f"jouletune sim-server: error: --gpu-list-file: {err}", file=sys.stderr)
+            return 1
     server = SimServer(
         config=config,
         served_model_name=args.served_model_name,
@@ -328,3 +356,11 @@ def _serve(
         )
         return 1
     return 0
+
+
+def _write_gpu_list(path: str, gpus: list[SimulatedGpu]) -> None:
+    """The engine's GPUs, one UUID a line; renamed into place, so a reader never sees half."""
+    partial = f"{path}.tmp"
+    with open(partial, "w") as f:
+        f.writelines(f"{gpu.uuid}\n" for gpu in gpus)
+    os.replace(partial, path)

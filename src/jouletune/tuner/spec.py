@@ -13,20 +13,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from jouletune.engine import IMAGE
 from jouletune.loadgen import EnergySource, ValidityThresholds
+from jouletune.tuner._kube import KubeTypeError
+from jouletune.tuner._podspec import (
+    GPU_RESOURCE,
+    MODEL_CACHE_DIR,
+    ModelCache,
+    ModelSource,
+    PodSettings,
+    SecretKeyRef,
+)
+from jouletune.tuner._specbase import SPEC_MODEL_CONFIG
 
 __all__ = [
+    "GPU_RESOURCE",
+    "MODEL_CACHE_DIR",
     "AdoptSpec",
     "Backend",
     "BaselineSpec",
@@ -36,7 +40,11 @@ __all__ = [
     "EngineSpec",
     "GpuSpec",
     "LatencyMetric",
+    "ModelCache",
+    "ModelSource",
+    "PodSettings",
     "SearchSpace",
+    "SecretKeyRef",
     "SloSpec",
     "SpecError",
     "WorkloadSpec",
@@ -50,9 +58,7 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = SPEC_MODEL_CONFIG
 
 
 class Backend(StrEnum):
@@ -97,10 +103,14 @@ class EngineSpec(_Model):
 
 
 class GpuSpec(_Model):
-    """The GPUs one trial gets."""
+    """The GPUs a trial may use."""
 
     type: str = Field("h100-80gb", description="simulator GPU type; a label for real GPUs")
-    count: Annotated[int, Field(ge=1, le=16)] = 1
+    count: Annotated[int, Field(ge=1, le=16)] = Field(
+        1,
+        description="the most GPUs one trial may use (bounds tensorParallelSize); a trial pod"
+        " requests exactly its point's tensorParallelSize",
+    )
     read_only: bool = Field(
         False,
         description="never change a GPU setting: power limits and SM clocks stay as they are",
@@ -275,6 +285,14 @@ class BenchmarkSpec(_Model):
     seed: int = 0
     storage: str | None = Field(None, description="Optuna storage URL; default: SQLite in out dir")
     adopt: AdoptSpec = Field(default_factory=AdoptSpec)
+    model_source: ModelSource = Field(
+        default_factory=ModelSource,
+        description="the operator only: where trial pods get the weights (token, cache, path)",
+    )
+    pod: PodSettings = Field(
+        default_factory=PodSettings,
+        description="the operator only: resources and placement of trial pods",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkSpec:
@@ -295,15 +313,37 @@ class BenchmarkSpec(_Model):
                 "searchSpace.smClockMhz must be empty when gpu.readOnly is true: "
                 "read-only mode never locks a GPU's clocks"
             )
+        self._model_path_is_servable()
         return self
+
+    def _model_path_is_servable(self) -> None:
+        source = self.model_source
+        if source.path is None:
+            return
+        if self.backend is Backend.SIM:
+            raise ValueError(
+                "modelSource.path needs backend vllm: the simulator serves catalog models by id"
+            )
+        if not source.path_on_cache() and self.workload.tokenizer is None:
+            raise ValueError(
+                f"modelSource.path {source.path} is not on modelSource.cache (mounted at "
+                f"{MODEL_CACHE_DIR}), so the load generator cannot read the model's tokenizer:"
+                " set workload.tokenizer"
+            )
 
 
 def _format_errors(err: ValidationError, prefix: str) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join([prefix, *(str(p) for p in e["loc"])]) if e["loc"] else prefix
+        loc = list(e["loc"])
+        message = str(e["msg"]).removeprefix("Value error, ")
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, KubeTypeError):
+            # A Kubernetes type's error says where inside the value: extend the path.
+            loc, message = [*loc, *cause.path], cause.message
+        path = ".".join([prefix, *(str(p) for p in loc)]) if loc else prefix
         # A validator's ValueError arrives as "Value error, <its message>": keep the message.
-        lines.append(f"{path}: {str(e['msg']).removeprefix('Value error, ')}")
+        lines.append(f"{path}: {message}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,198 @@
+"""How requests reach the scheduler: vLLM's API-server loop (processor sharing between taking
+in requests and writing every stream's chunks) and asynchronous scheduling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from jouletune.gpu.simulated import SimulatedGpu, gpu_model
+from jouletune.models import model_arch
+from jouletune.sim import DEFAULT_PERF, Engine, EngineConfig, SimRequest
+from jouletune.sim._engine import Step, StepListener
+from jouletune.sim._frontend import ApiServer
+
+REQUEST_S = 1.5e-3
+CHUNK_S = 50e-6
+LATENCY_S = 10e-3
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.ready: dict[str, float] = {}
+        self.out: dict[str, float] = {}
+
+    def api(self) -> ApiServer[str, str]:
+        return ApiServer(
+            request_s=REQUEST_S,
+            chunk_s=CHUNK_S,
+            latency_s=LATENCY_S,
+            on_ready=self.ready.__setitem__,
+            on_output=self.out.__setitem__,
+        )
+
+
+def test_an_idle_api_server_takes_a_request_in_and_writes_a_step_at_their_own_cost() -> None:
+    log = _Log()
+    api = log.api()
+    api.submit("r", 1.0)
+    api.output("step", 100, 2.0)
+    api.advance(10.0)
+    # the request: its own loop time, then the fixed way to the engine core
+    assert log.ready["r"] == pytest.approx(1.0 + REQUEST_S + LATENCY_S)
+    # a step's 100 chunks: 100 chunk times of the loop
+    assert log.out["step"] == pytest.approx(2.0 + 100 * CHUNK_S)
+    assert api.work_s == pytest.approx(REQUEST_S + 100 * CHUNK_S)
+    assert len(api) == 0 and api.next_event_s() is None
+
+
+def test_the_loop_is_shared_so_a_request_waits_for_every_streams_chunks() -> None:
+    log = _Log()
+    api = log.api()
+    # 255 streams' chunks and one new request arrive together: 256 jobs share the loop
+    api.output("step", 255, 0.0)
+    api.submit("r", 0.0)
+    api.advance(1.0)
+    # each chunk needs 50 us: all 256 jobs get it after 256 x 50 us, the chunks are done
+    assert log.out["step"] == pytest.approx(256 * CHUNK_S)
+    # the request then has the loop alone: the work is conserved, it ends with all of it
+    assert log.ready["r"] == pytest.approx(255 * CHUNK_S + REQUEST_S + LATENCY_S)
+
+
+def test_a_burst_of_requests_is_taken_in_together_not_one_after_another() -> None:
+    log = _Log()
+    api = log.api()
+    for i in range(8):
+        api.submit(f"r{i}", 0.0)
+    api.advance(1.0)
+    # processor sharing: 8 equal jobs that arrive together finish together
+    assert list(log.ready.values()) == pytest.approx([8 * REQUEST_S + LATENCY_S] * 8)
+
+
+def test_work_is_served_only_up_to_the_horizon() -> None:
+    log = _Log()
+    api = log.api()
+    api.submit("early", 0.0)
+    api.submit("late", 5.0)
+    api.advance(1.0)
+    assert set(log.ready) == {"early"}
+    assert api.requests() == 1 and api.next_event_s() == 5.0
+    api.advance(6.0)
+    assert set(log.ready) == {"early", "late"}
+
+
+def _config(*, servers: int = 1, **perf: float) -> EngineConfig:
+    return EngineConfig(
+        arch=model_arch("meta-llama/Llama-3.1-8B-Instruct"),
+        gpu=gpu_model("h100-80gb"),
+        tensor_parallel_size=1,
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        max_model_len=4096,
+        gpu_memory_utilization=0.92,
+        perf=replace(DEFAULT_PERF, **perf),
+        api_server_count=servers,
+    )
+
+
+class _Times(StepListener):
+    def __init__(self) -> None:
+        self.first: dict[str, float] = {}
+
+    def on_tokens(self, req: SimRequest, count: int, t_s: float) -> None:
+        self.first.setdefault(req.request_id, t_s)
+
+
+def _engine(config: EngineConfig, streams: int, times: _Times) -> Engine:
+    """An engine with `streams` requests of 512 prompt tokens that arrive at 0 and then
+    decode for a long time."""
+    engine = Engine(
+        config=config, gpus=[SimulatedGpu(model=config.gpu, index=0, clock=lambda: 0.0)]
+    )
+    for i in range(streams):
+        engine.add(
+            SimRequest(
+                request_id=f"s{i}", prompt_tokens=512, max_tokens=1500, arrival_s=0.0,
+                listener=times,
+            )
+        )  # fmt: skip
+    return engine
+
+
+def _run_until(engine: Engine, done: Callable[[], bool], *, limit: int = 100_000) -> list[Step]:
+    steps: list[Step] = []
+    t_s = 0.0
+    while not done() and len(steps) < limit:
+        step = engine.begin_step(t_s)
+        if step is None:
+            ready_s = engine.next_ready_s()  # an idle engine: the API server catches up
+            if ready_s is None:
+                break
+            t_s = max(t_s, ready_s)
+            continue
+        engine.finish_step(step)
+        steps.append(step)
+        t_s = step.end_s
+    return steps
+
+
+def _probe(streams: int, *, servers: int = 1, **perf: float) -> tuple[float, list[Step]]:
+    """TTFT of one 64-token request sent 5 s into a run of `streams` decoding streams (their
+    prompts are all prefilled by then), and the steps up to its first token."""
+    engine = _engine(_config(servers=servers, **perf), streams, times := _Times())
+    probe = SimRequest(
+        request_id="probe", prompt_tokens=64, max_tokens=1, arrival_s=5.0, listener=times
+    )
+    engine.add(probe)
+    steps = _run_until(engine, lambda: "probe" in times.first)
+    return times.first["probe"] - probe.arrival_s, steps
+
+
+def test_alone_a_request_pays_the_loops_intake_the_way_in_one_step_and_one_chunk() -> None:
+    ttft, steps = _probe(0)
+    perf = DEFAULT_PERF
+    prefill = steps[-1]
+    assert ttft == pytest.approx(
+        perf.api_request_s + perf.frontend_s + (prefill.end_s - prefill.start_s) + perf.api_chunk_s
+    )
+
+
+def test_ttft_grows_with_the_number_of_running_streams() -> None:
+    ttft = {n: _probe(n)[0] for n in (0, 32, 128, 256)}
+    assert ttft[0] < ttft[32] < ttft[128] < ttft[256]
+    # Among n streams the first token leaves the loop with the n other chunks of its step.
+    for n in (32, 128, 256):
+        assert ttft[n] - ttft[0] > n * DEFAULT_PERF.api_chunk_s
+
+
+def test_the_api_servers_share_of_ttft_grows_with_the_streams_it_writes_for() -> None:
+    without = {n: _probe(n, api_request_s=0.0, api_chunk_s=0.0)[0] for n in (32, 256)}
+    with_costs = {n: _probe(n)[0] for n in (32, 256)}
+    assert with_costs[256] - without[256] > with_costs[32] - without[32] > 0
+
+
+def test_more_api_server_processes_share_the_streams_between_them() -> None:
+    # --api-server-count 4: each loop takes in and writes for a quarter of the streams
+    assert _probe(256, servers=4)[0] < _probe(256)[0]
+
+
+def test_a_request_reaching_the_scheduler_mid_step_waits_for_the_step_after_next() -> None:
+    # No API-server cost: the request is at the scheduler the instant it arrives.
+    config = _config(api_request_s=0.0, api_chunk_s=0.0, frontend_s=0.0)
+    engine = _engine(config, 64, times := _Times())
+    steps = _run_until(engine, lambda: False, limit=10)  # 64 streams decoding back to back
+    running = engine.begin_step(steps[-1].end_s)  # step k, in flight
+    assert running is not None
+    probe = SimRequest(
+        request_id="probe", prompt_tokens=64, max_tokens=1,
+        arrival_s=(running.start_s + running.end_s) / 2, listener=times,
+    )  # fmt: skip
+    engine.add(probe)
+    engine.finish_step(running)
+    following = engine.begin_step(running.end_s)  # step k+1: scheduled when step k started
+    assert following is not None and probe not in following.newly_scheduled
+    engine.finish_step(following)
+    after = engine.begin_step(following.end_s)  # step k+2: scheduled when step k+1 started
+    assert after is not None and probe in after.newly_scheduled
