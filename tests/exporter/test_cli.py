@@ -18,7 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jouletune.contract import GPU_ENERGY, GPU_METRICS
-from jouletune.gpu import EXPORTER_GPUS_PATH, open_remote_gpus, open_sim_gpus, power_limit
+from jouletune.gpu import (
+    EXPORTER_GPUS_PATH,
+    clock_lock,
+    open_remote_gpus,
+    open_sim_gpus,
+    power_limit,
+)
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
 from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process, stop
@@ -392,3 +398,103 @@ def test_control_port_steps_limits_on_loopback_and_the_exporter_restores_them() 
             assert exporter.popen.wait(10) == 0
         after = [g.sample().power_limit_w for g in sim_gpus]
     assert stepped == [300.0, 700.0] and back == [700.0, 700.0] and after == [700.0, 700.0]
+
+
+def _locks(sim_url: str) -> list[int | None]:
+    """Each sim-server GPU's SM clock lock (the simulator serves it; NVML cannot)."""
+    return [g["sm_clock_lock_mhz"] for g in json.loads(_get(sim_url + "/sim/gpus")[1])["gpus"]]
+
+
+def _put(url: str, body: object) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_control_port_steps_clock_locks_on_loopback_and_the_exporter_resets_them() -> None:
+    sim_port, port, control_port = free_port(), free_port(), free_port()
+    control = f"http://127.0.0.1:{control_port}"
+    with jouletune_process(
+        _sim_args(sim_port, "--tensor-parallel-size", "2"), port=sim_port, health_path="/sim/gpus"
+    ) as sim:
+        exporter_args = _exporter_args(port, "--sim", sim.url, "--control-port", str(control_port))
+        with jouletune_process(exporter_args, port=port, health_path="/healthz") as exporter:
+            gpus = open_remote_gpus(control, path=EXPORTER_GPUS_PATH)
+            assert gpus[0].sm_clock_range().max_mhz == 1980
+            with clock_lock(gpus[:1], 1200):
+                stepped = _locks(sim.url)
+                clock_hz = _scrape(exporter.url)[("jouletune_gpu_sm_clock_hertz", "0")][0]
+            back = _locks(sim.url)
+            gpus[1].set_sm_clock_lock_mhz(990)  # left locked: the exporter must undo it
+            left = _locks(sim.url)
+            lock_path = f"{control}/gpus/0/sm-clock-lock"
+            bad_body = _put(lock_path, {"mhz": 1200.5})
+            outside = _put(lock_path, {"mhz": 100})
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+        after = _locks(sim.url)
+    assert stepped == [1200, None] and clock_hz <= 1200e6
+    assert back == [None, None] and left == [None, 990] and after == [None, None]
+    assert bad_body[0] == 400 and "whole number" in bad_body[1]
+    assert outside[0] == 409 and "100 MHz is outside GPU 0" in outside[1]
+
+
+def test_lock_flag_holds_the_clock_while_running_and_resets_it_on_sigterm(
+    state_dir: Path,
+) -> None:
+    sim_port, port = free_port(), free_port()
+    with jouletune_process(_sim_args(sim_port), port=sim_port, health_path="/sim/gpus") as sim:
+        (gpu,) = open_sim_gpus(sim.url)
+        exporter_args = _exporter_args(port, "--sim", sim.url, "--lock-sm-clock-mhz", "1410")
+        with jouletune_process(exporter_args, port=port, health_path="/healthz") as exporter:
+            held = _locks(sim.url)
+            clock_hz = _scrape(exporter.url)[("jouletune_gpu_sm_clock_hertz", "0")][0]
+            (path,) = state_dir.glob("*.json")
+            record = json.loads(path.read_text())
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+        after = _locks(sim.url)
+    assert (held, clock_hz, after) == ([1410], 1410e6, [None])
+    assert path.name.endswith(".sm-clock-lock.json")
+    assert (record["uuid"], record["setting"]) == (gpu.uuid, "sm_clock_lock")
+    assert record["pid"] == exporter.popen.pid
+    assert list(state_dir.iterdir()) == []
+
+
+def test_after_sigkill_the_next_exporter_resets_the_lock_first_and_says_so(
+    tmp_path: Path,
+) -> None:
+    sim_port, port = free_port(), free_port()
+    state = ["--state-dir", str(tmp_path / "state")]
+    with jouletune_process(_sim_args(sim_port), port=sim_port, health_path="/sim/gpus") as sim:
+        (gpu,) = open_sim_gpus(sim.url)
+        held = _exporter_args(port, "--sim", sim.url, "--lock-sm-clock-mhz", "1410", *state)
+        with jouletune_process(held, port=port, health_path="/healthz") as killed:
+            killed.popen.send_signal(signal.SIGKILL)
+            assert killed.popen.wait(10) == -signal.SIGKILL
+        left = _locks(sim.url)  # the GPU (the sim-server) outlived the exporter
+        again = _exporter_args(port, "--sim", sim.url, "--lock-sm-clock-mhz", "990", *state)
+        with jouletune_process(again, port=port, health_path="/healthz") as exporter:
+            relocked = _locks(sim.url)
+            exporter.popen.send_signal(signal.SIGTERM)
+            assert exporter.popen.wait(10) == 0
+            log = exporter.log()
+        after = _locks(sim.url)
+    assert (left, relocked, after) == ([1410], [990], [None])
+    said = (
+        f"reset GPU 0 ({gpu.uuid}) SM clock lock, left locked by jouletune pid "
+        f"{killed.popen.pid} on host {socket.gethostname()}"
+    )
+    assert said in log
+    assert log.index(said) < log.index("holding the SM clock locked at 990 MHz"), "reset first"
+    assert list((tmp_path / "state").glob("*.json")) == []
+
+
+@pytest.mark.parametrize("value", ["fast", "0", "1200.5"])
+def test_a_bad_lock_flag_exits_2_with_the_reason(value: str) -> None:
+    result = _run(_exporter_args(free_port(), "--lock-sm-clock-mhz", value))
+    assert result.returncode == 2
+    assert "--lock-sm-clock-mhz" in result.stderr and "MHz" in result.stderr

@@ -1,8 +1,8 @@
 """A small real HTTP server that speaks the sim-server's GPU endpoints, for tests.
 
 It stands in for `jouletune sim-server` where a test needs GPUs over HTTP and control over
-their answers: `GET /sim/gpus`, `PUT /sim/gpus/{index}/power-limit`. It runs aiohttp on
-127.0.0.1 in a background thread.
+their answers: `GET /sim/gpus`, `PUT /sim/gpus/{index}/power-limit` and
+`PUT /sim/gpus/{index}/sm-clock-lock`. It runs aiohttp on 127.0.0.1 in a background thread.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class FakeSimState:
     range_w: tuple[float, float, float] | None = (200.0, 700.0, 700.0)
     fail_status: int | None = None  # answer every GPU request with this HTTP status
     puts: list[tuple[int, float]] = field(default_factory=list)
+    locks_mhz: list[int | None] = field(default_factory=list)
+    lock_puts: list[tuple[int, int | None]] = field(default_factory=list)
     gets: int = 0
     energy_j: float = 1000.0
     last_read_s: float = field(default_factory=time.time)
@@ -37,6 +39,8 @@ class FakeSimState:
     def __post_init__(self) -> None:
         if not self.limits_w:
             self.limits_w = [700.0] * self.num_gpus
+        if not self.locks_mhz:
+            self.locks_mhz = [None] * self.num_gpus
 
     def gpu_json(self, index: int) -> dict[str, Any]:
         now = time.time()
@@ -50,7 +54,7 @@ class FakeSimState:
             "energy_j": self.energy_j,
             "power_w": self.power_w,
             "power_limit_w": self.limits_w[index],
-            "sm_clock_hz": 1.98e9,
+            "sm_clock_hz": (self.locks_mhz[index] or 1980) * 1e6,
             "utilization_ratio": 0.5,
             "memory_used_bytes": 1 << 30,
             "memory_total_bytes": 80 << 30,
@@ -60,6 +64,7 @@ class FakeSimState:
         if self.range_w is not None:
             lo, hi, default = self.range_w
             entry["power_limit_range"] = {"min_w": lo, "max_w": hi, "default_w": default}
+            entry["sm_clock_range"] = {"min_mhz": 345, "max_mhz": 1980}
         return entry
 
 
@@ -79,9 +84,19 @@ def _app(state: FakeSimState) -> web.Application:
         state.limits_w[index] = watts
         return web.json_response(state.gpu_json(index))
 
+    async def put_lock(request: web.Request) -> web.Response:
+        index = int(request.match_info["index"])
+        mhz = (await request.json())["mhz"]
+        if state.fail_status is not None:
+            return web.Response(status=state.fail_status, text="fake failure")
+        state.lock_puts.append((index, mhz))
+        state.locks_mhz[index] = mhz
+        return web.json_response(state.gpu_json(index))
+
     app = web.Application()
     app.router.add_get("/sim/gpus", get_gpus)
     app.router.add_put("/sim/gpus/{index}/power-limit", put_limit)
+    app.router.add_put("/sim/gpus/{index}/sm-clock-lock", put_lock)
     return app
 
 

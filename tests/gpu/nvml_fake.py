@@ -40,6 +40,9 @@ def fake_nvml(num_gpus: int = 2) -> Iterator[Any]:
         nvml.nvmlDeviceGetPowerManagementLimitConstraints.return_value = (200_000, 700_000)
         nvml.nvmlDeviceGetPowerManagementDefaultLimit.return_value = 700_000
         nvml.nvmlDeviceGetClockInfo.return_value = 1980  # MHz
+        # An H100 SXM: one HBM3 clock, graphics clocks 1980 down to 345 MHz in 15 MHz steps.
+        nvml.nvmlDeviceGetSupportedMemoryClocks.return_value = [2619]
+        nvml.nvmlDeviceGetSupportedGraphicsClocks.return_value = list(range(1980, 344, -15))
         nvml.nvmlDeviceGetUtilizationRates.return_value = SimpleNamespace(gpu=87, memory=40)
         nvml.nvmlDeviceGetTemperature.return_value = 45
         nvml.nvmlSystemGetDriverVersion.return_value = "580.159.04"

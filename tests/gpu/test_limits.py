@@ -1,4 +1,5 @@
-"""power_limit(): validates, writes only changes, and restores on exit, exception and SIGTERM."""
+"""power_limit() and clock_lock(): validate, write only changes, and restore on exit, exception
+and SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from jouletune.gpu import GpuError, GpuSample, PowerLimitRange, power_limit
+from jouletune.gpu import (
+    GpuError,
+    GpuSample,
+    PowerLimitRange,
+    SmClockRange,
+    clock_lock,
+    held_clock_locks,
+    power_limit,
+)
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeGpu:
-    """An in-memory Gpu whose limit writes are recorded."""
+    """An in-memory Gpu whose limit and lock writes are recorded."""
 
     def __init__(self, index: int, limit_w: float = 700.0, fail_writes: bool = False) -> None:
         self.index = index
@@ -26,6 +35,8 @@ class FakeGpu:
         self.name = "Fake"
         self.limit_w = limit_w
         self.writes: list[float] = []
+        self.lock_mhz: int | None = None
+        self.lock_writes: list[int | None] = []
         self.fail_writes = fail_writes
 
     def sample(self) -> GpuSample:
@@ -43,6 +54,15 @@ class FakeGpu:
             raise GpuError(f"GPU {self.index} refused")
         self.writes.append(watts)
         self.limit_w = watts
+
+    def sm_clock_range(self) -> SmClockRange:
+        return SmClockRange(min_mhz=345, max_mhz=1980)
+
+    def set_sm_clock_lock_mhz(self, mhz: int | None) -> None:
+        if self.fail_writes and mhz is None:
+            raise GpuError(f"GPU {self.index} refused to reset its clocks")
+        self.lock_writes.append(mhz)
+        self.lock_mhz = mhz
 
 
 def test_none_changes_nothing() -> None:
@@ -177,3 +197,77 @@ def test_sigterm_in_a_real_process_restores_sim_server_limits() -> None:
     assert proc.returncode == -signal.SIGTERM
     assert state.limits_w == [700.0, 450.0]
     assert state.puts == [(0, 300.0), (1, 300.0), (1, 450.0), (0, 700.0)]
+
+
+# --- clock_lock(): the same guarantees for SM clock locks ------------------------------------
+
+
+def test_a_lock_holds_for_the_block_and_is_reset_after() -> None:
+    gpus = [FakeGpu(0), FakeGpu(1)]
+    with clock_lock(gpus, 1410):
+        assert [g.lock_mhz for g in gpus] == [1410, 1410]
+    assert [g.lock_writes for g in gpus] == [[1410, None], [1410, None]]
+    with clock_lock(gpus, None):
+        pass
+    assert [g.lock_writes for g in gpus] == [[1410, None], [1410, None]], "None changes nothing"
+
+
+def test_a_lock_is_reset_on_exception_and_refused_out_of_range() -> None:
+    gpu = FakeGpu(0)
+    with pytest.raises(KeyError), clock_lock([gpu], 1200):
+        raise KeyError("boom")
+    assert gpu.lock_writes == [1200, None]
+    bad = pytest.raises(ValueError, match=r"2100 MHz is outside GPU 0 \(Fake\)'s .* 345-1980 MHz")
+    with bad, clock_lock([gpu], 2100):
+        pass
+    assert gpu.lock_writes == [1200, None], "nothing written"
+
+
+def test_locks_step_without_rewrites_and_reset_once() -> None:
+    gpu = FakeGpu(0)
+    with held_clock_locks() as locks:
+        locks.apply([gpu], 1410)
+        locks.apply([gpu], 1410)  # the lock it holds: not written again
+        locks.apply([gpu], 1200)
+        locks.apply([gpu], None)  # back as found: reset
+        locks.apply([gpu], 990)
+    assert gpu.lock_writes == [1410, 1200, None, 990, None]
+
+
+def test_every_lock_is_reset_even_when_one_reset_fails() -> None:
+    failing, good = FakeGpu(0, fail_writes=True), FakeGpu(1)
+    refused = pytest.raises(GpuError, match="GPU 0 refused to reset")
+    with refused, clock_lock([failing, good], 1200):
+        pass
+    assert good.lock_mhz is None and failing.lock_mhz == 1200
+
+
+def test_a_cap_and_a_lock_nest_and_each_is_put_back() -> None:
+    gpu = FakeGpu(0)
+    with power_limit([gpu], 400), clock_lock([gpu], 1200):
+        assert (gpu.limit_w, gpu.lock_mhz) == (400.0, 1200)
+    assert (gpu.limit_w, gpu.lock_mhz) == (700.0, None)
+
+
+_LOCK_CHILD = """
+    import signal, sys
+    from jouletune.gpu import clock_lock, open_sim_gpus, power_limit
+    gpus = open_sim_gpus(sys.argv[1])
+    with power_limit(gpus, 300), clock_lock(gpus, 1200):
+        print("capped", flush=True)
+        signal.pause()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_in_a_real_process_resets_locks_and_restores_limits() -> None:
+    state = FakeSimState(num_gpus=2)
+    with fake_sim_server(state) as url:
+        proc = _run_until_capped(_LOCK_CHILD, url)
+        assert state.locks_mhz == [1200, 1200] and state.limits_w == [300.0, 300.0]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    assert state.locks_mhz == [None, None] and state.limits_w == [700.0, 700.0]
+    # The inner block (the lock) is undone first, then the cap, each GPU in reverse order.
+    assert state.lock_puts == [(0, 1200), (1, 1200), (1, None), (0, None)]

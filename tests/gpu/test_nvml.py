@@ -1,9 +1,11 @@
-"""NvmlGpu against a fake pynvml: unit conversion, error mapping, degraded GPUs."""
+"""NvmlGpu against a fake pynvml: unit conversion, error mapping, degraded GPUs, clock locks."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pynvml
 import pytest
@@ -11,8 +13,11 @@ import pytest
 from jouletune.gpu import (
     GpuError,
     GpuPermissionError,
+    LimitStore,
     NvmlUnavailableError,
     PowerLimitRange,
+    SmClockRange,
+    clock_lock,
     nvml_versions,
     open_nvml_gpus,
     power_limit,
@@ -206,3 +211,80 @@ def test_sample_all_reads_several_nvml_gpus_in_parallel() -> None:
         nvml.nvmlDeviceGetTotalEnergyConsumption.side_effect = energy_mj
         samples = sample_all(gpus)
     assert [(s.index, s.energy_j) for s in samples] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
+# --- SM clock locks ---------------------------------------------------------------------------
+
+
+def test_a_clock_lock_pins_min_and_max_at_t_and_none_resets_it() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([1])[0]
+        gpu.set_sm_clock_lock_mhz(1410)
+        gpu.set_sm_clock_lock_mhz(None)
+    nvml.nvmlDeviceSetGpuLockedClocks.assert_called_once_with("handle1", 1410, 1410)
+    nvml.nvmlDeviceResetGpuLockedClocks.assert_called_once_with("handle1")
+
+
+def test_the_clock_range_spans_every_memory_clocks_graphics_clocks_read_once() -> None:
+    per_memory_clock = {2619: [1980, 1500, 1005], 1593: [1200, 210]}
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceGetSupportedMemoryClocks.return_value = list(per_memory_clock)
+        nvml.nvmlDeviceGetSupportedGraphicsClocks.side_effect = lambda handle, mem_mhz: (
+            per_memory_clock[mem_mhz]
+        )
+        gpu = open_nvml_gpus([0])[0]
+        first, second = gpu.sm_clock_range(), gpu.sm_clock_range()
+    assert first == second == SmClockRange(min_mhz=210, max_mhz=1980)
+    assert nvml.nvmlDeviceGetSupportedMemoryClocks.call_count == 1
+
+
+def test_a_gpu_without_supported_clocks_says_it_cannot_be_locked() -> None:
+    with fake_nvml() as nvml:
+        nvml.nvmlDeviceGetSupportedGraphicsClocks.return_value = []
+        gpu = open_nvml_gpus([0])[0]
+        with pytest.raises(GpuError, match=r"^GPU 0 \(NVIDIA H100 80GB HBM3\) lists no supported"):
+            gpu.sm_clock_range()
+        nvml.nvmlDeviceGetSupportedMemoryClocks.side_effect = nvml_error(
+            pynvml.NVML_ERROR_NOT_SUPPORTED
+        )
+        with pytest.raises(GpuError, match="reading GPU 1's supported clocks") as err:
+            open_nvml_gpus([1])[0].sm_clock_range()
+    assert "\n" not in str(err.value)
+
+
+def test_locking_without_permission_says_root_or_cap_sys_admin() -> None:
+    with fake_nvml() as nvml:
+        gpu = open_nvml_gpus([0])[0]
+        nvml.nvmlDeviceSetGpuLockedClocks.side_effect = nvml_error(pynvml.NVML_ERROR_NO_PERMISSION)
+        with pytest.raises(GpuPermissionError, match=r"locking GPU 0's SM clock at 1200 MHz"):
+            gpu.set_sm_clock_lock_mhz(1200)
+
+
+def test_clock_lock_on_nvml_records_then_locks_then_resets_and_forgets(tmp_path: Path) -> None:
+    store = LimitStore(tmp_path)
+    with fake_nvml() as nvml:
+        gpus = open_nvml_gpus()
+        order: list[str] = []
+        nvml.nvmlDeviceSetGpuLockedClocks.side_effect = lambda h, lo, hi: order.append(
+            f"lock {h} with {len(list(tmp_path.glob('*.json')))} records"
+        )
+        with clock_lock(gpus, 1200, store=store):
+            records = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
+        resets = [c.args for c in nvml.nvmlDeviceResetGpuLockedClocks.call_args_list]
+    # Each GPU's record is on disk before its lock; resets go in reverse order.
+    assert order == ["lock handle0 with 1 records", "lock handle1 with 2 records"]
+    assert resets == [("handle1",), ("handle0",)]
+    record = records["GPU-handle0.sm-clock-lock.json"]
+    assert (record["setting"], record["original_w"]) == ("sm_clock_lock", None)
+    assert (record["found_sm_clock_mhz"], record["max_sm_clock_mhz"]) == (1980.0, 1980)
+    assert list(tmp_path.glob("*.json")) == []
+
+
+def test_a_lock_outside_the_supported_clocks_is_refused_before_any_write() -> None:
+    with fake_nvml() as nvml:
+        gpus = open_nvml_gpus()
+        too_low = pytest.raises(ValueError, match=r"300 MHz is outside GPU 0 .* 345-1980 MHz")
+        with too_low, clock_lock(gpus, 300):
+            pass
+    nvml.nvmlDeviceSetGpuLockedClocks.assert_not_called()
+    nvml.nvmlDeviceResetGpuLockedClocks.assert_not_called()

@@ -1,6 +1,6 @@
-"""Limits as found on disk: written before the first change, deleted once restored, and
-restored first by the next run when a process died holding a cap (real processes, GPUs over
-loopback HTTP)."""
+"""Limits as found, and clock locks, on disk: written before the first change, deleted once
+restored, and restored first by the next run when a process died holding a cap or a lock
+(real processes, GPUs over loopback HTTP)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from jouletune.gpu import (
     GpuError,
     LimitStore,
     PowerLimits,
+    clock_lock,
     default_state_dir,
     held_power_limits,
     open_sim_gpus,
@@ -238,3 +240,102 @@ def test_default_state_dir_without_variables() -> None:
         else Path.home() / ".local" / "state" / "jouletune"
     )
     assert default_state_dir({}) == expected
+
+
+# --- SM clock locks: a record that jouletune locked the GPU ------------------------------------
+
+# A process that locks GPU 0's SM clock (and caps GPU 1) through a store, and waits.
+_LOCKER = """
+import sys
+from pathlib import Path
+from jouletune.gpu import LimitStore, held_clock_locks, held_power_limits, open_sim_gpus
+url, state_dir = sys.argv[1], sys.argv[2]
+gpus = open_sim_gpus(url)
+store = LimitStore(Path(state_dir))
+with held_power_limits(store=store) as limits, held_clock_locks(store=store) as locks:
+    locks.apply(gpus[:1], 1200)
+    limits.apply(gpus[1:], 400.0)
+    print("capped", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _killed_locker(url: str, state_dir: Path) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, url, str(state_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "capped\n"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.pid
+
+
+def test_a_lock_is_on_disk_while_held_and_gone_after(tmp_path: Path) -> None:
+    state = FakeSimState(num_gpus=1)
+    store = LimitStore(tmp_path)
+    with fake_sim_server(state) as url, clock_lock(open_sim_gpus(url), 1410, store=store):
+        (path,) = _files(tmp_path)
+        record = json.loads(path.read_text())
+    assert path.name.startswith("GPU-fake-0@") and path.name.endswith(".sm-clock-lock.json")
+    assert record["setting"] == "sm_clock_lock" and record["original_w"] is None
+    # What was read first: the clock and the highest supported clock, for the reader.
+    assert (record["found_sm_clock_mhz"], record["max_sm_clock_mhz"]) == (1980.0, 1980)
+    assert state.lock_puts == [(0, 1410), (0, None)]
+    assert _files(tmp_path) == []
+
+
+def test_after_sigkill_the_next_run_resets_the_lock_and_restores_the_cap_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = FakeSimState(num_gpus=2)
+    store = LimitStore(tmp_path)
+    with fake_sim_server(state) as url:
+        pid = _killed_locker(url, tmp_path)
+        assert state.locks_mhz == [1200, None] and state.limits_w == [700.0, 400.0]
+        assert len(_files(tmp_path)) == 2
+        with caplog.at_level("WARNING"):
+            restored = restore_left_limits(store)
+    assert state.locks_mhz == [None, None] and state.limits_w == [700.0, 700.0]
+    assert sorted(r.record.setting for r in restored) == ["power_limit", "sm_clock_lock"]
+    who = f"jouletune pid {pid} on host {socket.gethostname()}"
+    assert f"reset GPU 0 (GPU-fake-0) SM clock lock, left locked by {who}" in caplog.text
+    assert "restored GPU 1 (GPU-fake-1) power limit to 700 W from 400 W" in caplog.text
+    assert _files(tmp_path) == []
+
+
+def test_locking_a_gpu_a_dead_run_left_locked_resets_it_first(tmp_path: Path) -> None:
+    state = FakeSimState(num_gpus=2)
+    store = LimitStore(tmp_path)
+    with fake_sim_server(state) as url:
+        _killed_locker(url, tmp_path)
+        gpus = open_sim_gpus(url)
+        before = len(state.lock_puts)
+        with clock_lock(gpus[:1], 990, store=store):
+            (mine,) = [json.loads(p.read_text()) for p in _files(tmp_path) if "sm-clock" in p.name]
+        # The power file of GPU 1 belongs to GPU 1: a lock of GPU 0 leaves it for later.
+        assert [p.name.startswith("GPU-fake-1@") for p in _files(tmp_path)] == [True]
+    assert state.lock_puts[before:] == [(0, None), (0, 990), (0, None)]
+    assert mine["pid"] == os.getpid()
+
+
+def test_a_power_limit_file_written_before_clock_locks_existed_still_restores(
+    tmp_path: Path,
+) -> None:
+    state = FakeSimState(num_gpus=1, limits_w=[300.0])
+    store = LimitStore(tmp_path)
+    with fake_sim_server(state) as url:
+        old: dict[str, Any] = {  # a file jouletune wrote before it knew clock locks
+            "uuid": "GPU-fake-0", "address": f"{url}/sim/gpus", "index": 0,
+            "name": "Simulated H100", "original_w": 650.0, "pid": 1, "host": "gone",
+            "boot_id": None, "pid_start_ticks": None, "written_unix_s": 0.0,
+        }  # fmt: skip
+        store.path(old["address"], "GPU-fake-0").write_text(json.dumps(old))
+        (restored,) = restore_left_limits(store)
+    assert restored.record.setting == "power_limit" and state.limits_w == [650.0]
+    assert _files(tmp_path) == []

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ import pytest
 import yaml
 
 from jouletune.engine import merge_args
-from jouletune.gpu import open_sim_gpus
 from jouletune.operator import BenchmarkRef, OperatorConfig
 from jouletune.operator._adopt import (
     ANNOTATION_POWER_LIMIT,
+    ANNOTATION_SM_CLOCK,
     SIDECAR,
     AdoptionError,
     deployment_patch,
@@ -34,8 +35,8 @@ REF = BenchmarkRef(namespace="ml", name="b", uid="u-1")
 SETTINGS = OperatorConfig(trial_image="registry.example/jouletune:1")
 
 
-def recommendation(cap: float | None, tp: int = 1) -> Recommendation:
-    point = Point(tensor_parallel_size=tp, max_num_seqs=64, power_limit_w=cap)
+def recommendation(cap: float | None, tp: int = 1, lock: int | None = None) -> Recommendation:
+    point = Point(tensor_parallel_size=tp, max_num_seqs=64, power_limit_w=cap, sm_clock_mhz=lock)
     summary = {
         "point": point,
         "label": point.label(),
@@ -167,10 +168,13 @@ def _deployment(**vllm: Any) -> dict[str, Any]:
     }
 
 
-def _patch(deployment: dict[str, Any], cap: float | None) -> dict[str, Any]:
+def _patch(
+    deployment: dict[str, Any], cap: float | None, lock: int | None = None
+) -> dict[str, Any]:
     return deployment_patch(
-        deployment, spec=SPEC, rec=recommendation(cap), container="vllm", settings=SETTINGS
-    )
+        deployment, spec=SPEC, rec=recommendation(cap, lock=lock), container="vllm",
+        settings=SETTINGS,
+    )  # fmt: skip
 
 
 def _merged(deployment: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +191,8 @@ def test_a_power_limit_adds_the_sidecar_that_holds_it_with_the_capability_it_nee
     assert sidecar["command"] == ["jouletune", "exporter"]
     args = sidecar["args"]
     assert args[args.index("--power-limit-w") + 1] == "350"
+    assert "--lock-sm-clock-mhz" not in args, "no lock recommended, none held"
+    assert ANNOTATION_SM_CLOCK not in json.dumps(patch)
     assert args[args.index("--state-dir") + 1] == "/var/lib/jouletune"
     listed = args[args.index("--gpus-file") + 1]
     security = sidecar["securityContext"]
@@ -234,22 +240,60 @@ def test_a_later_recommendation_without_a_limit_removes_the_sidecar() -> None:
     assert again["spec"]["template"]["spec"]["initContainers"][0]["name"] == SIDECAR
 
 
+def test_a_recommended_lock_is_held_by_the_sidecar_only_when_recommended() -> None:
+    cm = recommendation_configmap(
+        ref=REF, spec=SPEC, rec=recommendation(None, lock=1410), container="vllm"
+    )
+    assert (cm["data"]["sm-clock-mhz"], cm["data"]["power-limit-w"]) == ("1410", "")
+    assert cm["data"]["sm-clock-lock-command"] == "sudo nvidia-smi -i 0 -lgc 1410,1410"
+    patch = _patch(_deployment(), None, lock=1410)
+    template = patch["spec"]["template"]
+    (sidecar,) = template["spec"]["initContainers"]
+    args = sidecar["args"]
+    assert args[args.index("--lock-sm-clock-mhz") + 1] == "1410"
+    assert "--power-limit-w" not in args, "no cap recommended, none held"
+    assert sidecar["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    assert template["metadata"]["annotations"] == {ANNOTATION_SM_CLOCK: "1410"}
+    both = _patch(_deployment(), 350.0, lock=1410)["spec"]["template"]
+    (both_sidecar,) = both["spec"]["initContainers"]
+    assert {"--power-limit-w", "--lock-sm-clock-mhz"} <= set(both_sidecar["args"])
+    adopted = _merged(_deployment(), _patch(_deployment(), 350.0, lock=1410))
+    assert kubernetes_validate.validate(adopted, "1.37.0", strict=True)
+    # A later cap alone drops the lock's flag (the args list is replaced) and its annotation.
+    capped = _patch(adopted, 300.0)["spec"]["template"]
+    assert capped["metadata"]["annotations"] == {
+        ANNOTATION_POWER_LIMIT: "300",
+        ANNOTATION_SM_CLOCK: None,
+    }
+    assert "--lock-sm-clock-mhz" not in capped["spec"]["initContainers"][0]["args"]
+    # And a later recommendation with neither removes the sidecar and both annotations.
+    gone = _patch(adopted, None)["spec"]["template"]
+    assert gone["metadata"]["annotations"] == {
+        ANNOTATION_POWER_LIMIT: None,
+        ANNOTATION_SM_CLOCK: None,
+    }
+    assert gone["spec"]["initContainers"] == [{"name": SIDECAR, "$patch": "delete"}]
+
+
 def test_a_poststart_hook_of_the_users_own_refuses_the_limit_by_name() -> None:
     hook = {"postStart": {"exec": {"command": ["touch", "/tmp/up"]}}}
     with pytest.raises(AdoptionError, match=r"postStart hook of its own; holding the 350 W") as err:
         _patch(_deployment(lifecycle=hook), 350.0)
     assert err.value.reason == "PowerLimitNotHeld"
+    with pytest.raises(AdoptionError, match=r"holding the 1410 MHz clock lock needs one"):
+        _patch(_deployment(lifecycle=hook), None, lock=1410)
     assert "initContainers" not in json.dumps(_patch(_deployment(lifecycle=hook), None))
 
 
-def test_the_sidecar_holds_the_limit_on_the_containers_gpu_and_restores_it_on_sigterm(
-    tmp_path: Path,
+@pytest.mark.parametrize(("cap", "lock"), [(350.0, None), (None, 1410), (350.0, 1410)])
+def test_the_sidecar_holds_the_settings_on_the_containers_gpu_and_restores_them_on_sigterm(
+    tmp_path: Path, cap: float | None, lock: int | None
 ) -> None:
     """The adopted pod's two halves as real processes on a simulated two-GPU node: the vLLM
     container's postStart hook (a real shell, nvidia-smi stubbed to list the one GPU the
     device plugin gave it) and the sidecar's own command line (paths moved under tmp_path,
     `--sim` for NVML)."""
-    pod = _patch(_deployment(), 350.0)["spec"]["template"]["spec"]
+    pod = _patch(_deployment(), cap, lock=lock)["spec"]["template"]["spec"]
     (vllm,) = pod["containers"]
     (sidecar,) = pod["initContainers"]
     paths = {
@@ -267,7 +311,6 @@ def test_the_sidecar_holds_the_limit_on_the_containers_gpu_and_restores_it_on_si
     sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1",
                 "--port", str(sim_port), "--node-gpus", "2"]  # fmt: skip
     with jouletune_process(sim_args, port=sim_port, health_path="/sim/gpus") as sim:
-        gpus = open_sim_gpus(sim.url)
         args = [moved(a) for a in sidecar["args"]]
         args[args.index("--port") + 1] = str(port)
         env = {**os.environ, **{e["name"]: e["value"] for e in sidecar["env"] if "value" in e}}
@@ -281,17 +324,32 @@ def test_the_sidecar_holds_the_limit_on_the_containers_gpu_and_restores_it_on_si
         try:
             _post_start(vllm, tmp_path, moved, listed="GPU-sim-h100-80gb-0001")
             wait_http_ok(f"http://127.0.0.1:{port}/healthz")
-            held = [g.sample().power_limit_w for g in gpus]
-            (record,) = [json.loads(p.read_text()) for p in (tmp_path / "state").glob("*.json")]
+            held = _settings(sim.url)
+            records = {
+                p.name.split(".", 1)[1]: json.loads(p.read_text())
+                for p in (tmp_path / "state").glob("*.json")
+            }
             holder.send_signal(signal.SIGTERM)  # the pod ends
             assert holder.wait(10) == 0
         finally:
             stop(holder)
-        after = [g.sample().power_limit_w for g in gpus]
-    assert held == [700.0, 350.0], "only the GPU the container holds"
-    assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
-    assert after == [700.0, 700.0]
+        after = _settings(sim.url)
+    # Only the GPU the container holds; the other GPU is left as it was.
+    assert held == [(700.0, None), (cap or 700.0, lock)]
+    uuids = {r["uuid"] for r in records.values()}
+    assert uuids == {"GPU-sim-h100-80gb-0001"}
+    expected = {"power_limit"} if cap is not None else set()
+    expected |= {"sm_clock_lock"} if lock is not None else set()
+    assert {r["setting"] for r in records.values()} == expected
+    assert after == [(700.0, None), (700.0, None)]
     assert list((tmp_path / "state").glob("*.json")) == []
+
+
+def _settings(sim_url: str) -> list[tuple[float, int | None]]:
+    """Each simulated GPU's (power limit, SM clock lock)."""
+    with urllib.request.urlopen(sim_url + "/sim/gpus", timeout=5) as resp:
+        gpus = json.loads(resp.read())["gpus"]
+    return [(g["power_limit_w"], g["sm_clock_lock_mhz"]) for g in gpus]
 
 
 def _post_start(vllm: dict[str, Any], tmp_path: Path, moved: Any, *, listed: str) -> None:

@@ -322,6 +322,36 @@ def test_a_trial_pod_sweeps_three_power_limits_under_one_engine_start(cluster: C
     assert measured == [500.0, 400.0, 300.0]
 
 
+def test_a_trial_pod_walks_clock_locks_under_one_engine_start(cluster: Cluster) -> None:
+    """After the baseline's pod, the walk locks the clock uncapped: one pod measures 1,500
+    then 990 MHz (its rider), locking the sim's GPU through the exporter's control port and
+    resetting it after each measurement."""
+    spec = tiny_spec(
+        searchSpace={"maxNumSeqs": [8], "powerLimitW": [], "smClockMhz": [1500, 990]},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
+        budget={"maxTrials": 3, "parallelTrials": 1, "trialTimeoutS": 60, "finalistRepeats": 0},
+    )
+    cluster.api.create(EBM_PATH, benchmark("clocks", spec))
+    with running_operator(cluster.url):
+        status = wait_phase(cluster.api, "clocks", {"Succeeded", "Failed"}, timeout_s=60)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    by_pod: dict[str, list[int | None]] = {}
+    for trial in status["trials"]:
+        assert trial["state"] == "complete", trial
+        by_pod.setdefault(trial["pod"], []).append(trial["point"].get("smClockMhz"))
+    swept = {pod: clocks for pod, clocks in by_pod.items() if len(clocks) > 1}
+    assert list(swept.values()) == [[1500, 990]], by_pod
+    (pod,) = swept
+    engine_log = (cluster.kubelet.workdir / pod / "engine.log").read_text()
+    assert engine_log.count("listening on http") == 1
+    locks = [line.split("SM clock ")[1] for line in engine_log.splitlines() if "SM clock " in line]
+    assert locks == ["locked at 1500 MHz", "lock reset", "locked at 990 MHz", "lock reset"]
+    # Each measurement ran at its lock: the GPU's mean clock, as the trial's figure says.
+    clocks = [t["figures"]["avgSmClockMhz"] for t in status["trials"] if t["pod"] == pod]
+    for clock, lock in zip(clocks, (1500, 990), strict=True):
+        assert 0.9 * lock <= clock <= lock + 1, (clock, lock)
+
+
 def test_a_trial_with_tp_1_on_a_two_gpu_node_counts_one_gpus_energy(cluster: Cluster) -> None:
     """The node has two (simulated) GPUs and the exporter sidecar could read both; the
     engine lists the one it runs on, and the trial counts that GPU's energy only: the

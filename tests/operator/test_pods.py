@@ -308,6 +308,24 @@ def test_an_exporter_stepping_real_caps_keeps_the_limits_as_found_on_the_node(
         assert exporter["securityContext"].get("runAsUser") is None
 
 
+@pytest.mark.parametrize("backend", ["vllm", "sim"])
+def test_a_pod_that_locks_clocks_steps_them_through_the_exporter(backend: str) -> None:
+    server = Point(tensor_parallel_size=1, max_num_seqs=8)
+    locked = [server.model_copy(update={"sm_clock_mhz": c}) for c in (1410, 990)]
+    plan = trial_plan(
+        ref=REF, spec=parse_spec({"backend": backend}), number=7, role=Role.SEARCH,
+        points=[server, *locked], caps=[None], clocks=[None, 1410, 990], walk=True,
+    )  # fmt: skip
+    pod = build_trial_pod(ref=REF, plan=plan, settings=SETTINGS)
+    assert kubernetes_validate.validate(pod, "1.37.0", strict=True)
+    exporter = containers(pod)["exporter"]
+    assert "--control-port" in exporter["args"], "locks go through the control port too"
+    added = exporter["securityContext"]["capabilities"].get("add", [])
+    assert added == (["SYS_ADMIN"] if backend == "vllm" else [])
+    assert _plan(pod).clocks == [None, 1410, 990] and _plan(pod).control_url is not None
+    assert points_of_pod(pod) == [server, *locked]
+
+
 def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 

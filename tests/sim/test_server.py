@@ -276,6 +276,25 @@ def test_power_limit_changes_at_run_time_and_slows_prefill(server: Proc) -> None
     assert _put(server, "/sim/gpus/3/power-limit", {"watts": 300})[0] == 404
 
 
+def test_a_clock_lock_changes_at_run_time_slows_prefill_and_is_undone(server: Proc) -> None:
+    free_s = _prefill_ttft_s(server, "t5")
+    status, entry = _put(server, "/sim/gpus/0/sm-clock-lock", {"mhz": 990})
+    assert status == 200 and entry["sm_clock_lock_mhz"] == 990
+    assert entry["sm_clock_range"] == {"min_mhz": 345, "max_mhz": 1980}
+    try:
+        (gpu,) = _get(server, "/sim/gpus")["gpus"]
+        assert gpu["sm_clock_lock_mhz"] == 990 and gpu["sm_clock_hz"] <= 990e6
+        locked_s = _prefill_ttft_s(server, "t6")
+    finally:
+        status, entry = _put(server, "/sim/gpus/0/sm-clock-lock", {"mhz": None})
+    assert status == 200 and entry["sm_clock_lock_mhz"] is None
+    # A prefill step is compute-bound: half the clock, about twice its time.
+    assert locked_s > 1.3 * free_s
+    for bad in ({"mhz": 100}, {"mhz": 1200.5}, {"mhz": "1200"}, {"hz": 1}):
+        assert _put(server, "/sim/gpus/0/sm-clock-lock", bad)[0] == 400, bad
+    assert _put(server, "/sim/gpus/3/sm-clock-lock", {"mhz": 1200})[0] == 404
+
+
 def _metric(server: Proc, name: str, **labels: str) -> float:
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
         fams = _families(resp.read().decode())

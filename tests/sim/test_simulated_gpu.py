@@ -1,4 +1,5 @@
-"""The simulated GPU (`jouletune.gpu.simulated`): power cap, clock throttling, exact energy."""
+"""The simulated GPU (`jouletune.gpu.simulated`): power cap, clock lock, clock throttling,
+exact energy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 from jouletune.gpu import Gpu, GpuError
 from jouletune.gpu.simulated import GPU_CATALOG, KernelWork, SimulatedGpu, gpu_model, plan_step
 from jouletune.models import model_arch
-from jouletune.sim import DEFAULT_PERF, BatchShape, step_work
+from jouletune.sim import (
+    DEFAULT_PERF,
+    BatchShape,
+    ClosedLoopResult,
+    EngineConfig,
+    run_closed_loop,
+    step_work,
+)
 
 H100 = gpu_model("h100-80gb")
 LLAMA_8B = model_arch("meta-llama/Llama-3.1-8B-Instruct")
@@ -150,3 +158,89 @@ def test_sample_averages_power_over_the_last_second() -> None:
     busy = gpu.sample()
     assert busy.power_w > idle.power_w + 100
     assert busy.utilization_ratio is not None and busy.utilization_ratio > 0.8
+
+
+# --- SM clock locks: one power/clock model for both knobs -------------------------------------
+
+
+def test_a_lock_runs_the_step_at_the_lock_and_a_binding_cap_below_it() -> None:
+    idle = H100.idle_loaded_w
+    prefill = _prefill()
+    locked = plan_step(H100, prefill, limit_w=700.0, idle_w=idle, lock_hz=1200e6)
+    capped = plan_step(H100, prefill, limit_w=700.0, idle_w=idle)
+    # Uncapped, a full prefill would draw over 700 W, so the cap brings it to ~1,380 MHz; a
+    # lock below that wins, a lock above it is overridden by the cap (min of the two).
+    assert capped.capped and 1200e6 < capped.sm_clock_hz < H100.max_sm_clock_hz
+    assert locked.sm_clock_hz == 1200e6 and not locked.capped
+    above = plan_step(H100, prefill, limit_w=700.0, idle_w=idle, lock_hz=1800e6)
+    assert above.capped and above.power_w <= 700.0 + 1e-6
+    assert above.sm_clock_hz == pytest.approx(capped.sm_clock_hz, abs=1e6)  # the search's step
+    deep = plan_step(H100, prefill, limit_w=300.0, idle_w=idle, lock_hz=1200e6)
+    assert deep.capped and deep.sm_clock_hz < 1200e6 and deep.power_w <= 300.0 + 1e-6
+
+
+def test_a_lock_barely_slows_memory_bound_decode_and_cuts_its_power() -> None:
+    idle = H100.idle_loaded_w
+    for work, slowdown in ((_decode(1), 1.01), (_prefill(), 1.3)):
+        free = plan_step(H100, work, limit_w=10_000.0, idle_w=idle)
+        locked = plan_step(H100, work, limit_w=10_000.0, idle_w=idle, lock_hz=990e6)
+        ratio = locked.duration_s / free.duration_s
+        assert locked.power_w < free.power_w
+        if slowdown < 1.1:  # decode: the weights stream at DRAM speed whatever the clock
+            assert ratio < slowdown
+        else:  # prefill: compute-bound, stretched by the clock ratio
+            assert ratio > slowdown
+
+
+def test_the_lock_is_in_range_reported_and_undone() -> None:
+    clock = _Clock()
+    gpu = SimulatedGpu(model=H100, index=0, clock=clock)
+    rng = gpu.sm_clock_range()
+    assert (rng.min_mhz, rng.max_mhz) == (345, 1980)
+    for bad in (300, 2000):
+        with pytest.raises(GpuError, match=rf"SM clock {bad} MHz is outside .* 345-1980 MHz"):
+            gpu.set_sm_clock_lock_mhz(bad)
+    gpu.set_sm_clock_lock_mhz(1410)
+    locks = [gpu.sm_clock_lock_mhz]
+    assert gpu.sample().sm_clock_hz == 1410e6, "an idle GPU shows its lock at once"
+    gpu.set_loaded(True, at_s=clock.t_s)
+    outcome = gpu.run_step(_decode(), start_s=clock.t_s)
+    assert outcome.sm_clock_hz == 1410e6
+    gpu.set_sm_clock_lock_mhz(None)
+    locks.append(gpu.sm_clock_lock_mhz)
+    assert locks == [1410, None]
+    clock.t_s += 1.0
+    assert gpu.run_step(_decode(), start_s=clock.t_s).sm_clock_hz == H100.max_sm_clock_hz
+
+
+def _closed_loop(
+    concurrency: int, *, power_limit_w: float | None = None, sm_clock_lock_mhz: int | None = None
+) -> ClosedLoopResult:
+    config = EngineConfig(
+        arch=LLAMA_8B, gpu=H100, tensor_parallel_size=1, perf=DEFAULT_PERF, max_num_seqs=256,
+        max_model_len=2048, max_num_batched_tokens=8192, gpu_memory_utilization=0.92,
+    )  # fmt: skip
+    return run_closed_loop(
+        config, concurrency=concurrency, input_len=512, output_len=256, window_s=10.0,
+        power_limit_w=power_limit_w, sm_clock_lock_mhz=sm_clock_lock_mhz,
+    )  # fmt: skip
+
+
+def test_at_low_batch_a_cap_never_binds_and_saves_nothing_while_a_lock_saves() -> None:
+    """arXiv 2605.11999's finding, qualitatively: single-stream decode draws far below a 500 W
+    limit, so the cap saves nothing; a 1,200 MHz lock lowers every step's clock and, decode
+    being memory-bound, costs almost no inter-token latency (the figures are predictions)."""
+    free = _closed_loop(1)
+    capped = _closed_loop(1, power_limit_w=500.0)
+    locked = _closed_loop(1, sm_clock_lock_mhz=1200)
+    assert free.power_w < 500.0 * 0.95, "the draw stays far below the cap"
+    cap_saving = 1 - capped.j_per_output_token / free.j_per_output_token
+    lock_saving = 1 - locked.j_per_output_token / free.j_per_output_token
+    assert abs(cap_saving) < 0.01
+    assert lock_saving > 0.25
+    assert locked.sm_clock_mhz_mean == pytest.approx(1200, abs=1)
+    assert locked.itl_ms_p50 < free.itl_ms_p50 * 1.01
+    # At a large batch the same cap binds and saves too: which knob pays depends on the load.
+    busy, busy_capped = _closed_loop(128), _closed_loop(128, power_limit_w=500.0)
+    assert busy.power_w > 600.0
+    assert 1 - busy_capped.j_per_output_token / busy.j_per_output_token > 0.15

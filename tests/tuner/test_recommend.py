@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 
 from jouletune.tuner import (
     Phase,
+    Point,
+    Provenance,
     Role,
     Study,
+    TrialFigures,
+    TrialRecord,
+    TrialState,
     default_storage_url,
     front,
     open_storage,
@@ -25,6 +31,8 @@ from jouletune.tuner import (
     summarize_points,
     write_report,
 )
+from jouletune.tuner._plot import plot_label
+from jouletune.tuner._provenance import PREDICTED_CLOCK_CAVEAT, ProvenanceKind
 from tests.tuner.synthetic import measured
 
 SPEC: dict[str, Any] = {
@@ -123,3 +131,40 @@ def test_report_files(tmp_path: Path) -> None:
     assert inlined is not None and base64.b64decode(inlined.group(1)) == png
     assert "src='http" not in page and 'src="http' not in page  # self-contained
     assert rec.artifacts is not None and rec.artifacts.vllm_serve_command in page
+
+
+def _trial(number: int, point: Point, j: float, provenance: Provenance) -> TrialRecord:
+    figures = TrialFigures(energy_per_output_token_j=j, latency_ms={"tpot_p90": 10.0})
+    return TrialRecord(
+        number=number, role=Role.BASELINE if point.unconstrained else Role.SEARCH,
+        state=TrialState.COMPLETE, point=point, figures=figures, feasible=True, server_run="s",
+        provenance=provenance,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["predicted", "measured"])
+def test_a_recommended_lock_comes_with_its_command_report_and_a_predicted_caveat(
+    kind: ProvenanceKind,
+) -> None:
+    provenance = Provenance(kind=kind, gpu="h100-80gb", engine="vLLM", jouletune_version="0.1")
+    server = Point(tensor_parallel_size=2, max_num_seqs=64)
+    locked = server.model_copy(update={"sm_clock_mhz": 1200})
+    records = [_trial(0, server, 0.10, provenance), _trial(1, locked, 0.07, provenance)]
+    spec = parse_spec({"gpu": {"count": 2}, "searchSpace": {"tensorParallelSize": [2]}})
+    rec = recommend(spec=spec, records=records, finalists=[server, locked], done=True)
+    assert rec.recommended is not None and rec.recommended.point == locked
+    assert rec.recommended.label == "tp2 seqs64 uncapped 1200MHz"
+    art = rec.artifacts
+    assert art is not None and art.power_limit_command is None
+    assert (art.sm_clock_mhz, art.sm_clock_lock_command) == (
+        1200,
+        "sudo nvidia-smi -i 0,1 -lgc 1200,1200",
+    )
+    assert rec.cap_report is None
+    assert rec.clock_report is not None and rec.clock_report.saving_pct == pytest.approx(30.0)
+    if kind == "predicted":
+        assert rec.caveats == [PREDICTED_CLOCK_CAVEAT]
+        assert "prediction, not a measurement" in rec.summary()
+    else:
+        assert rec.caveats == [], "a measured lock needs no caveat"
+    assert plot_label(locked) == "tp 2 · seqs 64 · no cap · 1200 MHz"

@@ -23,6 +23,12 @@ from jouletune.tuner import Point, SpecError, bench_config, load_spec, parse_spe
             "spec: searchSpace.powerLimitW must be empty when gpu.readOnly is true",
         ),
         (
+            {"gpu": {"readOnly": True}, "searchSpace": {"smClockMhz": [1410]}},
+            "spec: searchSpace.smClockMhz must be empty when gpu.readOnly is true: "
+            "read-only mode never locks a GPU's clocks",
+        ),
+        ({"searchSpace": {"smClockMhz": [1410.5]}}, "spec.searchSpace.smClockMhz.0: Input"),
+        (
             {"gpu": {"count": 1}, "searchSpace": {"tensorParallelSize": [1, 2]}},
             "spec: searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
         ),
@@ -75,6 +81,11 @@ def test_energy_benchmark_document_and_bare_spec(tmp_path: Path) -> None:
             ["--read-only"],
             "--read-only: searchSpace.powerLimitW [300.0]",
         ),
+        (
+            "spec: {searchSpace: {smClockMhz: [1410, 990]}}\n",
+            ["--read-only"],
+            "--read-only: searchSpace.smClockMhz [1410, 990] asks for SM clock locks",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
@@ -102,6 +113,32 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "study.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        (
+            "{smClockMhz: [3000]}",
+            "searchSpace.smClockMhz [3000] outside GPU 0 (NVIDIA H100 80GB HBM3)'s supported "
+            "clocks 345-1980 MHz",
+        ),
+        ("{powerLimitW: [900]}", "searchSpace.powerLimitW [900.0] outside GPU 0"),
+    ],
+)
+def test_sim_settings_outside_the_simulated_gpu_are_refused_before_any_trial(
+    tmp_path: Path, space: str, expected: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"spec: {{searchSpace: {space}}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jouletune", "tune", str(config), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("jouletune tune: ") and expected in line
+    assert not (tmp_path / "o" / "servers").exists(), "no server was started"
 
 
 def test_cli_unreachable_storage_fails_before_any_trial(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from jouletune.tuner import (
     open_storage,
     parse_spec,
 )
-from jouletune.tuner._boundary import brackets_closed
+from jouletune.tuner._boundary import brackets_closed, gpu_ladders, next_gpu_step
 from tests.tuner.synthetic import figures, measured
 
 SPACE: dict[str, Any] = {
@@ -269,3 +269,86 @@ def test_unusable_storage_is_one_clear_error(url: str, reason: str) -> None:
         open_storage(url)
     assert "\n" not in str(info.value)
     assert "secret" not in str(info.value)
+
+
+# --- SM clock locks: a second ladder under the same server ----------------------------------
+
+CLOCKS: dict[str, Any] = {
+    "searchSpace": {"maxNumSeqs": [8], "powerLimitW": [600, 400], "smClockMhz": [1950, 1500, 990]},
+    "baseline": {"serveArgs": ["--max-num-seqs", "8"]},
+    "slos": [],
+}
+
+
+def test_clock_locks_are_walked_after_the_caps_under_the_same_server(tmp_path: Path) -> None:
+    # seqs 8 draws ~464 W at 1,980 MHz: the 600 W cap would not bind (skipped), 400 W does;
+    # then the clocks, uncapped: 1,950 MHz is within 5% of the clock it ran at (skipped), so
+    # 1,500, then 990, while each lock still pays.
+    study = _open(tmp_path, _spec(**CLOCKS, budget={"maxTrials": 4, "finalistRepeats": 0}))
+    plans = _run(study)
+    steps = [(p.point.power_limit_w, p.point.sm_clock_mhz) for p in plans]
+    assert steps == [(None, None), (400.0, None), (None, 1500), (None, 990)]
+    assert {p.point.server for p in plans} == {plans[0].point.server}, "one server throughout"
+    energy = {r.point: r.energy_per_output_token_j or 0.0 for r in study.measured()}
+    server = plans[0].point
+    locked = [energy[server.model_copy(update={"sm_clock_mhz": c})] for c in (990, 1500)]
+    assert locked[0] < locked[1] < energy[server]
+
+
+def test_a_lock_that_stops_paying_ends_the_clock_walk(tmp_path: Path) -> None:
+    def flat_below_1500(point: Point) -> TrialOutcome:
+        found = figures(point)
+        if point.sm_clock_mhz == 990:  # a lock past the knee: more joules, not fewer
+            found = found.model_copy(update={"energy_per_output_token_j": 10.0})
+        return TrialOutcome(figures=found)
+
+    spec = _spec(
+        searchSpace={"maxNumSeqs": [8], "smClockMhz": [1500, 990, 600]},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
+        slos=[],
+        budget={"maxTrials": 3, "finalistRepeats": 0},
+    )
+    study = _open(tmp_path, spec)
+    clocks = []
+    while (plan := study.ask()) is not None and plan.role is not Role.FINALIST:
+        clocks.append(plan.point.sm_clock_mhz)
+        study.tell(plan, flat_below_1500(plan.point))
+    assert clocks == [None, 1500, 990]
+    # 990 did not pay: from there the walk is done (600 is not its next step).
+    records = study.records()
+    assert next_gpu_step(records[-1], records, gpu_ladders([None], [None, 1500, 990, 600])) is None
+
+
+def test_riders_walk_the_caps_then_the_clocks_and_the_grid_takes_every_pair(
+    tmp_path: Path,
+) -> None:
+    study = _open(tmp_path, _spec(**CLOCKS, budget={"maxTrials": 20, "finalistRepeats": 0}))
+    baseline = study.ask()
+    assert baseline is not None
+    study.tell(baseline, measured(baseline.point))
+    plan = study.ask()
+    assert plan is not None and plan.point.power_limit_w == 400.0
+    riders = study.riders(plan, limit=10)
+    # Below 400 W no cap is left: the clock ladder follows, uncapped, from its top.
+    assert [(p.power_limit_w, p.sm_clock_mhz) for p in riders] == [
+        (None, 1950),
+        (None, 1500),
+        (None, 990),
+    ]
+    (tmp_path / "grid").mkdir()
+    grid = _open(tmp_path / "grid", _spec(**CLOCKS, sampler="grid", budget={"maxTrials": 20}))
+    first = grid.ask()
+    assert first is not None
+    grid.tell(first, measured(first.point))
+    plan = grid.ask()
+    assert plan is not None
+    pairs = [(p.power_limit_w, p.sm_clock_mhz) for p in grid.riders(plan, limit=20)]
+    assert len(pairs) == grid.grid.size() - 2 and (400.0, 990) in pairs
+
+
+def test_read_only_collapses_the_clock_axis_too(tmp_path: Path) -> None:
+    spec = _spec(searchSpace={"maxNumSeqs": [8, 64], "smClockMhz": [1500]})
+    storage = open_storage(default_storage_url(tmp_path))
+    study = Study.open(spec=spec, name="ro", storage=storage, read_only=True)
+    assert list(study.grid.sm_clocks_mhz) == [None]
+    assert {p.point.sm_clock_mhz for p in _run(study)} == {None}

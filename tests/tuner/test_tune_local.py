@@ -1,6 +1,7 @@
 """`jouletune tune --backend local` as a real process on a simulated two-GPU node: the GPU the
-engine uses (CUDA_VISIBLE_DEVICES=1) is the one counted and capped, and after a SIGKILL
-mid-study the next run restores its original limit before anything else, and says so.
+engine uses (CUDA_VISIBLE_DEVICES=1) is the one counted, capped and clock-locked, and after a
+SIGKILL mid-study the next run restores its original limit, or resets its lock, before
+anything else, and says so.
 
 The engine is `jouletune sim-server --node-gpus 2` (vLLM's flags; it places its engine as CUDA
 would), and its `/sim/gpus` stands in for the node's NVML (JOULETUNE_SIM_GPUS_URL). A real
@@ -21,13 +22,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jouletune.gpu import LimitRecord, LimitStore
+import pytest
+
+from jouletune.gpu import GpuSetting, LimitRecord, LimitStore
 from tests.poll import wait_for
 from tests.procs import free_port
-from tests.tuner.tune_procs import power_limits_set, server_logs, start_tune
+from tests.tuner.tune_procs import clock_locks_set, power_limits_set, server_logs, start_tune
 
 SPEC = """\
 apiVersion: jouletune.io/v1alpha1
@@ -56,14 +61,42 @@ def _env(tmp: Path) -> dict[str, str]:
     }
 
 
-def _limits(url: str) -> list[float]:
+def _gpus(url: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{url}/sim/gpus", timeout=5) as resp:
-        return [g["power_limit_w"] for g in json.loads(resp.read())["gpus"]]
+        gpus: list[dict[str, Any]] = json.loads(resp.read())["gpus"]
+    return gpus
 
 
-def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path: Path) -> None:
+def _limits(url: str) -> list[float]:
+    return [g["power_limit_w"] for g in _gpus(url)]
+
+
+def _locks(url: str) -> list[int | None]:
+    """Each GPU's SM clock lock, as the simulator serves it (NVML could not)."""
+    return [g["sm_clock_lock_mhz"] for g in _gpus(url)]
+
+
+@dataclass
+class _Killed:
+    """A tune SIGKILLed while a GPU setting was changed, and the run after it."""
+
+    pid: int
+    url: str
+    record_path: Path
+    record: dict[str, Any]
+    left: list[Any]  # the setting of each GPU once the tune was dead
+    restored: list[Any]  # ... once the next run had started its study
+    first_line: str
+    output: str
+
+
+def _kill_mid_study_and_rerun(
+    tmp_path: Path, spec: str, *, changed: Callable[[Path], bool], read: Callable[[str], list[Any]]
+) -> _Killed:
+    """Run a local-backend tune, SIGKILL it once `changed(server log)`, read the setting left
+    on the node's GPUs with `read(url)`, then start the next run and read it again."""
     config = tmp_path / "local.yaml"
-    config.write_text(SPEC)
+    config.write_text(spec)
     state = tmp_path / "state"
     port = free_port()
     env = _env(tmp_path)
@@ -72,23 +105,18 @@ def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path:
     orphan: int | None = None
     try:
         wait_for(
-            lambda: any(power_limits_set(log) for log in server_logs(tmp_path / "out")),
+            lambda: any(changed(log) for log in server_logs(tmp_path / "out")),
             timeout_s=90,
             proc=proc,
-            what="a power cap",
+            what="a GPU setting changed",
         )
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
         orphan = int((tmp_path / "sim.pid").read_text())
         url = f"http://127.0.0.1:{port}"
-        left = _limits(url)
+        left = read(url)
         (record_path,) = state.glob("*.json")
         record = json.loads(record_path.read_text())
-        # The cap went to the engine's GPU (1) only, and it outlived the killed tune.
-        assert left[0] == 700.0 and left[1] in (400.0, 300.0)
-        assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
-        assert record["pid"] == proc.pid and record["host"] == socket.gethostname()
-
         # The next run (on another port: the old server still holds that one) restores first.
         again, again_log = start_tune(
             config, tmp_path / "out2", *common, "--port", str(free_port()), env=env
@@ -100,7 +128,7 @@ def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path:
                 proc=again,
                 what="the second run to start its study",
             )
-            restored = _limits(url)
+            restored = read(url)
         finally:
             again.send_signal(signal.SIGTERM)
             again.wait(60)
@@ -110,15 +138,50 @@ def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path:
             proc.wait()
         if orphan is not None:
             _stop(orphan)
-    first_line = again_log.read_text().splitlines()[0]
-    assert first_line == (
+    output = log_path.read_text() + again_log.read_text()
+    return _Killed(
+        pid=proc.pid, url=url, record_path=record_path, record=record, left=left,
+        restored=restored, first_line=again_log.read_text().splitlines()[0], output=output,
+    )  # fmt: skip
+
+
+def test_after_sigkill_mid_study_the_next_run_restores_the_limit_first(tmp_path: Path) -> None:
+    run = _kill_mid_study_and_rerun(
+        tmp_path, SPEC, changed=lambda log: bool(power_limits_set(log)), read=_limits
+    )
+    left, record = run.left, run.record
+    # The cap went to the engine's GPU (1) only, and it outlived the killed tune.
+    assert left[0] == 700.0 and left[1] in (400.0, 300.0)
+    assert (record["uuid"], record["original_w"]) == ("GPU-sim-h100-80gb-0001", 700.0)
+    assert record["pid"] == run.pid and record["host"] == socket.gethostname()
+    assert run.first_line == (
         f"jouletune tune: restored GPU 1 (GPU-sim-h100-80gb-0001) power limit to 700 W from "
-        f"{left[1]:g} W, left changed by jouletune pid {proc.pid} on host "
+        f"{left[1]:g} W, left changed by jouletune pid {run.pid} on host "
         f"{socket.gethostname()} ({_written(record)})"
     )
-    assert restored == [700.0, 700.0]
-    assert not record_path.exists()
-    assert "Traceback" not in log_path.read_text() + again_log.read_text()
+    assert run.restored == [700.0, 700.0]
+    assert not run.record_path.exists()
+    assert "Traceback" not in run.output
+
+
+def test_after_sigkill_with_a_clock_locked_the_next_run_resets_it_first(tmp_path: Path) -> None:
+    spec = SPEC.replace("powerLimitW: [400, 300]", "smClockMhz: [1500, 990]")
+    run = _kill_mid_study_and_rerun(
+        tmp_path, spec, changed=lambda log: any(clock_locks_set(log)), read=_locks
+    )
+    # The lock went to the engine's GPU (1) only, and it outlived the killed tune.
+    assert run.left[0] is None and run.left[1] in (1500, 990)
+    record = run.record
+    assert run.record_path.name.endswith(".sm-clock-lock.json")
+    assert (record["uuid"], record["setting"]) == ("GPU-sim-h100-80gb-0001", "sm_clock_lock")
+    assert record["pid"] == run.pid and record["max_sm_clock_mhz"] == 1980
+    assert run.first_line == (
+        f"jouletune tune: reset GPU 1 (GPU-sim-h100-80gb-0001) SM clock lock, left locked by "
+        f"jouletune pid {run.pid} on host {socket.gethostname()} ({_written(record)})"
+    )
+    assert run.restored == [None, None]
+    assert not run.record_path.exists()
+    assert "Traceback" not in run.output
 
 
 def _written(record: dict[str, Any]) -> str:
@@ -147,17 +210,28 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_read_only_refuses_to_measure_on_a_limit_a_killed_run_left(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "undo"),
+    [
+        (GpuSetting.POWER_LIMIT, "restore its 700 W limit"),
+        (GpuSetting.SM_CLOCK_LOCK, "reset its SM clock lock"),
+    ],
+)
+def test_read_only_refuses_to_measure_on_a_setting_a_killed_run_left(
+    tmp_path: Path, setting: GpuSetting, undo: str
+) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
                           capture_output=True, text=True)  # fmt: skip
     record = LimitRecord(
         uuid="GPU-sim-h100-80gb-0000", address="http://127.0.0.1:1/sim/gpus", index=0,
-        name="NVIDIA H100 80GB HBM3", original_w=700.0, pid=int(dead.stdout),
-        host=socket.gethostname(), boot_id=None, pid_start_ticks=None, written_unix_s=time.time(),
+        name="NVIDIA H100 80GB HBM3", setting=setting,
+        original_w=700.0 if setting is GpuSetting.POWER_LIMIT else None,
+        pid=int(dead.stdout), host=socket.gethostname(), boot_id=None, pid_start_ticks=None,
+        written_unix_s=time.time(),
     )  # fmt: skip
     store = LimitStore(tmp_path / "state")
     store.directory.mkdir()
-    left = store.path(record.address, record.uuid)
+    left = store.path(record.address, record.uuid, setting)
     left.write_text(json.dumps(record.to_json()))
     config = tmp_path / "local.yaml"
     config.write_text(SPEC.replace("powerLimitW: [400, 300]", "powerLimitW: []"))
@@ -169,6 +243,6 @@ def test_read_only_refuses_to_measure_on_a_limit_a_killed_run_left(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"jouletune tune: GPU 0 (GPU-sim-h100-80gb-0000) was left changed by {record.writer()} "
-        f"({left}); rerun without --read-only to restore its 700 W limit first"
+        f"({left}); rerun without --read-only to {undo} first"
     )
     assert left.exists() and not (tmp_path / "out").exists(), "nothing touched, nothing run"

@@ -16,6 +16,7 @@ from jouletune.tuner._process import port_busy
 from tests.poll import wait_for
 from tests.procs import free_port, jouletune_process
 from tests.tuner.tune_procs import (
+    clock_locks_set,
     power_limits_set,
     run_tune,
     server_logs,
@@ -260,3 +261,50 @@ def test_report_rebuilds_the_files_from_the_study(
     )  # fmt: skip
     assert empty.returncode == 2
     assert empty.stderr.startswith("jouletune report: ") and "Traceback" not in empty.stderr
+
+
+CLOCK_SPEC = """\
+apiVersion: jouletune.io/v1alpha1
+kind: EnergyBenchmark
+metadata: {name: clocks}
+spec:
+  model: meta-llama/Llama-3.1-8B-Instruct
+  engine: {maxModelLen: 512, startupTimeoutS: 60}
+  searchSpace: {maxNumSeqs: [8], smClockMhz: [1500, 990]}
+  baseline: {serveArgs: [--max-num-seqs, "8"]}
+  workload: {inputLen: 64, outputLen: 16, maxConcurrency: 8, numPrompts: 200, durationS: 1.5}
+  slos: [{metric: tpot_p90, maxMs: 1000}]
+  budget: {maxTrials: 3, finalistRepeats: 0, trialTimeoutS: 60}
+  validity: {minWindowS: 0.2, minWindowOutputTokens: 20, minEnergySamples: 4,
+             maxSmClockDrift: 0.5}
+"""
+
+
+def test_a_tune_over_clock_locks_measures_each_under_one_server_and_resets_it(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "clocks.yaml"
+    config.write_text(CLOCK_SPEC)
+    out = tmp_path / "out"
+    code, output = run_tune(config, out)
+    assert code == 0, output
+    assert "Traceback" not in output
+    (log,) = server_logs(out)  # one server start for the three points
+    # Each lock set for its trial and reset after it, before the next one.
+    assert clock_locks_set(log) == [1500, None, 990, None]
+    with (out / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["sm_clock_mhz"] for row in rows] == ["", "1500", "990"]
+    for row in rows[1:]:  # the GPU ran at its lock (prefill steps under 700 W a little below)
+        lock_mhz, ran_mhz = float(row["sm_clock_mhz"]), float(row["avg_sm_clock_mhz"])
+        assert 0.95 * lock_mhz <= ran_mhz <= lock_mhz + 1
+    rec = json.loads((out / "recommendation.json").read_text())
+    lock = rec["recommended"]["point"]["sm_clock_mhz"]
+    assert lock in (1500, 990), "on the simulator, decode at a locked clock costs fewer joules"
+    assert rec["artifacts"]["sm_clock_lock_command"] == f"sudo nvidia-smi -i 0 -lgc {lock},{lock}"
+    # A predicted saving says so, and is reported against the same server unlocked.
+    assert any("SM-clock-lock saving is the simulator's prediction" in c for c in rec["caveats"])
+    report = rec["clock_report"]
+    assert report["same_server_start"] and report["bound"] and report["unlocked_trials"] == [0]
+    assert report["sentence"] in output
+    assert "predicted by jouletune's simulator" in output

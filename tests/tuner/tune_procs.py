@@ -79,6 +79,12 @@ def power_limits_set(log: Path) -> list[float]:
     return [float(w) for w in re.findall(r"power limit set to ([\d.]+) W", log.read_text())]
 
 
+def clock_locks_set(log: Path) -> list[int | None]:
+    """Every SM clock lock the sim-server was asked to set (None: a reset), in order."""
+    found = re.findall(r"SM clock (?:locked at (\d+) MHz|lock reset)", log.read_text())
+    return [int(mhz) if mhz else None for mhz in found]
+
+
 def server_port(log: Path) -> int:
     """The port a server was started on (the command line opens its log)."""
     match = re.search(r"--port (\d+)", log.read_text().splitlines()[0])

@@ -1,17 +1,21 @@
-"""The exporter's control port: the GPU API on loopback, so power limits can be stepped.
+"""The exporter's control port: the GPU API on loopback, so power limits and SM clock locks
+can be stepped.
 
-In a trial pod only the exporter sidecar holds the capability to change power limits; the
-load generator measures several limits under one engine start by asking it, on
+In a trial pod only the exporter sidecar holds the capability to change GPU settings; the
+load generator measures several limits and locks under one engine start by asking it, on
 `127.0.0.1:--control-port`, with the same API the sim-server serves for its GPUs
 (`jouletune.gpu.open_remote_gpus(url, path=EXPORTER_GPUS_PATH)` is its client):
 
-- `GET /gpus` → `{"gpus": [sample with "power_limit_range", ...]}`
+- `GET /gpus` → `{"gpus": [sample with "power_limit_range" and "sm_clock_range", ...]}`
 - `PUT /gpus/{index}/power-limit` with `{"watts": W}` caps that GPU; `{"watts": null}` puts it
   back to its limit as found.
+- `PUT /gpus/{index}/sm-clock-lock` with `{"mhz": T}` locks its SM clock at T; `{"mhz": null}`
+  resets the lock.
 
-Every change goes through the exporter's `PowerLimits`, so the exporter restores each GPU's
-original limit when it stops, whatever its clients did. The port binds loopback only: the
-metrics port is reachable from the cluster network, and no one outside the pod may cap its GPUs.
+Every change goes through the exporter's `PowerLimits` and `ClockLocks`, so the exporter
+restores each GPU's original limit and resets each lock when it stops, whatever its clients
+did. The port binds loopback only: the metrics port is reachable from the cluster network,
+and no one outside the pod may change its GPUs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from jouletune.exporter._source import GpuSource
-from jouletune.gpu import EXPORTER_GPUS_PATH, Gpu, GpuError, PowerLimits, gpu_entry
+from jouletune.gpu import EXPORTER_GPUS_PATH, ClockLocks, Gpu, GpuError, PowerLimits, gpu_entry
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -34,14 +38,18 @@ __all__ = ["CONTROL_HOST", "make_control_app"]
 
 CONTROL_HOST = "127.0.0.1"
 _LIMIT_PATH = re.compile(rf"^{EXPORTER_GPUS_PATH}/(\d+)/power-limit$")
+_LOCK_PATH = re.compile(rf"^{EXPORTER_GPUS_PATH}/(\d+)/sm-clock-lock$")
 _MAX_BODY_BYTES = 1024
 
 _log = logging.getLogger(__name__)
 
 
-def make_control_app(*, source: GpuSource, limits: PowerLimits) -> WSGIApplication:
-    """The control port's WSGI app over the exported GPUs; changes go through `limits`."""
-    lock = threading.Lock()  # one change at a time: PowerLimits remembers originals
+def make_control_app(
+    *, source: GpuSource, limits: PowerLimits, locks: ClockLocks
+) -> WSGIApplication:
+    """The control port's WSGI app over the exported GPUs; changes go through `limits` and
+    `locks`."""
+    lock = threading.Lock()  # one change at a time: the holders remember originals
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
@@ -55,6 +63,14 @@ def make_control_app(*, source: GpuSource, limits: PowerLimits) -> WSGIApplicati
                 with lock:
                     limits.apply([gpu], watts)
                 _log.info("GPU %d power limit %s", gpu.index, _said(watts))
+                return _json(start_response, "200 OK", gpu_entry(gpu))
+            match = _LOCK_PATH.match(path)
+            if match and method == "PUT":
+                gpu = _gpu(source, int(match.group(1)))
+                mhz = _mhz(environ)
+                with lock:
+                    locks.apply([gpu], mhz)
+                _log.info("GPU %d SM clock %s", gpu.index, _locked(mhz))
                 return _json(start_response, "200 OK", gpu_entry(gpu))
         except _BadRequest as err:
             return _json(start_response, err.status, {"error": str(err)})
@@ -83,11 +99,14 @@ def _gpu(source: GpuSource, index: int) -> Gpu:
     return gpu
 
 
+def _body(environ: WSGIEnvironment) -> Any:
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    return json.loads(environ["wsgi.input"].read(min(size, _MAX_BODY_BYTES)) or b"{}")
+
+
 def _watts(environ: WSGIEnvironment) -> float | None:
     try:
-        size = int(environ.get("CONTENT_LENGTH") or 0)
-        body = json.loads(environ["wsgi.input"].read(min(size, _MAX_BODY_BYTES)) or b"{}")
-        raw = body["watts"]
+        raw = _body(environ)["watts"]
         watts = None if raw is None else float(raw)
     except (ValueError, KeyError, TypeError):
         raise _BadRequest(
@@ -98,8 +117,25 @@ def _watts(environ: WSGIEnvironment) -> float | None:
     return watts
 
 
+def _mhz(environ: WSGIEnvironment) -> int | None:
+    try:
+        raw = _body(environ)["mhz"]
+        mhz = None if raw is None else int(raw)
+        if raw is not None and mhz != raw:  # 1200.5, "1200": not a whole number of MHz
+            raise ValueError(raw)
+    except (ValueError, KeyError, TypeError):
+        raise _BadRequest(
+            "400 Bad Request", 'expected a JSON body {"mhz": <whole number or null>}'
+        ) from None
+    return mhz
+
+
 def _said(watts: float | None) -> str:
     return "back to its limit as found" if watts is None else f"set to {watts:g} W"
+
+
+def _locked(mhz: int | None) -> str:
+    return "lock reset" if mhz is None else f"locked at {mhz} MHz"
 
 
 def _json(start_response: StartResponse, status: str, data: Any) -> Iterable[bytes]:

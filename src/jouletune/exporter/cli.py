@@ -2,8 +2,8 @@
 
     jouletune exporter [--port 9400] [--host 0.0.0.0] [--sim URL]
                        [--gpus 0,1 | --gpus GPU-…,GPU-… | --gpus-file PATH] [--power-limit-w W]
-                       [--control-port 9401] [--state-dir DIR] [--format jouletune|dcgm]
-                       [--collect-interval-s S]
+                       [--lock-sm-clock-mhz T] [--control-port 9401] [--state-dir DIR]
+                       [--format jouletune|dcgm] [--collect-interval-s S]
 
 NVML by default; `--sim URL` serves a `jouletune sim-server`'s GPUs instead. Without a
 selection it exports the GPUs CUDA would see here (all, unless CUDA_VISIBLE_DEVICES or
@@ -12,14 +12,17 @@ GPUs by index or UUID; `--gpus-file` waits for a file that lists them (in a tria
 engine container writes the UUIDs of the GPUs the device plugin gave it, since the sidecar
 sees the whole node). With
 `--power-limit-w`, the exporter holds that cap on its GPUs while it runs and restores each
-GPU's previous limit when it stops: in a trial pod, and beside an adopted Deployment, it is
-the one container that needs the capability to change limits. `--control-port` serves the
-GPU API on 127.0.0.1 so the load generator can step limits through the exporter
-(`_control`); the exporter restores every GPU's original limit when it stops.
+GPU's previous limit when it stops; with `--lock-sm-clock-mhz T` it holds their SM clocks
+locked at T (`nvidia-smi -lgc T,T`) and resets the locks when it stops. In a trial pod, and
+beside an adopted Deployment, it is the one container that needs the capability to change
+GPU settings. `--control-port` serves the GPU API on 127.0.0.1 so the load generator can step
+limits and locks through the exporter (`_control`); the exporter restores every GPU's
+original limit and resets every lock when it stops.
 
-An exporter that may change limits (either flag) writes each GPU's limit as found to
-`--state-dir` before changing it; at start it restores, first, the limits a killed
-predecessor left there for its GPUs, and logs each (`jouletune.gpu.restore_left_limits`).
+An exporter that may change GPU settings (any of those flags) writes each GPU's setting as
+found to `--state-dir` before changing it; at start it restores, first, the limits and locks
+a killed predecessor left there for its GPUs, and logs each
+(`jouletune.gpu.restore_left_limits`).
 In a pod, the `pod` and `namespace` labels come from POD_NAME and POD_NAMESPACE (the
 downward API). `--format dcgm` serves the same reads under NVIDIA dcgm-exporter's names,
 units and labels (`_dcgm`), the host label from NODE_NAME or the hostname; with
@@ -52,6 +55,7 @@ from jouletune.exporter._server import ExporterServer, make_app, registry_app, t
 from jouletune.exporter._source import GpuSource
 from jouletune.gpu import (
     STATE_DIR_ENV,
+    ClockLocks,
     Gpu,
     GpuError,
     GpuSelector,
@@ -61,6 +65,7 @@ from jouletune.gpu import (
     PowerLimits,
     VisibleDevices,
     default_state_dir,
+    held_clock_locks,
     held_power_limits,
     nvml_versions,
     open_nvml_gpus,
@@ -106,9 +111,10 @@ def main(argv: list[str]) -> int:
         return _fail(f"cannot listen on {args.host}:{args.port}: {err.strerror}", _EXIT_FAILURE)
     _log.info("serving http://%s:%d/metrics and /healthz", args.host, server.port)
     try:
-        with held_power_limits(store=store) as limits:
+        with held_power_limits(store=store) as limits, held_clock_locks(store=store) as locks:
             _hold(limits, source.opened(), args.power_limit_w)
-            control = _control_server(args.control_port, source, limits)
+            _hold_lock(locks, source.opened(), args.lock_sm_clock_mhz)
+            control = _control_server(args.control_port, source, limits, locks)
             try:
                 _serve_until_signal(server)
             finally:
@@ -171,7 +177,11 @@ def _open(source: GpuSource, store: LimitStore, *, sim: bool, changes_limits: bo
 
 
 def _changes_limits(args: argparse.Namespace) -> bool:
-    return args.power_limit_w is not None or args.control_port is not None
+    return (
+        args.power_limit_w is not None
+        or args.lock_sm_clock_mhz is not None
+        or args.control_port is not None
+    )
 
 
 def _hold(limits: PowerLimits, gpus: Sequence[Gpu], watts: float | None) -> None:
@@ -187,17 +197,32 @@ def _hold(limits: PowerLimits, gpus: Sequence[Gpu], watts: float | None) -> None
     _log.info("holding a %g W power limit on %d GPU(s)", watts, len(gpus))
 
 
+def _hold_lock(locks: ClockLocks, gpus: Sequence[Gpu], mhz: int | None) -> None:
+    """With `mhz`, lock the exported GPUs' SM clocks now (held until the exporter stops)."""
+    if mhz is None:
+        return
+    try:
+        if not gpus:
+            raise GpuError("no GPU could be opened")
+        locks.apply(gpus, mhz)
+    except (GpuError, ValueError) as err:
+        raise GpuError(f"cannot hold an SM clock lock at {mhz} MHz: {err}") from None
+    _log.info("holding the SM clock locked at %d MHz on %d GPU(s)", mhz, len(gpus))
+
+
 def _control_server(
-    port: int | None, source: GpuSource, limits: PowerLimits
+    port: int | None, source: GpuSource, limits: PowerLimits, locks: ClockLocks
 ) -> ExporterServer | None:
     """Start the loopback control port in a thread, if asked for."""
     if port is None:
         return None
     control = ExporterServer(
-        app=make_control_app(source=source, limits=limits), host=CONTROL_HOST, port=port
+        app=make_control_app(source=source, limits=limits, locks=locks),
+        host=CONTROL_HOST,
+        port=port,
     )
     threading.Thread(target=control.serve_forever, name="control", daemon=True).start()
-    _log.info("power-limit control on http://%s:%d/gpus", CONTROL_HOST, control.port)
+    _log.info("GPU settings control on http://%s:%d/gpus", CONTROL_HOST, control.port)
     return control
 
 
@@ -237,6 +262,13 @@ def _parser() -> argparse.ArgumentParser:
         help="hold this power cap on the exported GPUs while running; restored on exit",
     )
     parser.add_argument(
+        "--lock-sm-clock-mhz",
+        type=_mhz_arg,
+        metavar="T",
+        help="hold the exported GPUs' SM clocks locked at T MHz while running (as "
+        "nvidia-smi -lgc T,T); reset on exit",
+    )
+    parser.add_argument(
         "--format",
         choices=("jouletune", "dcgm"),
         default="jouletune",
@@ -254,17 +286,29 @@ def _parser() -> argparse.ArgumentParser:
         "--control-port",
         type=port_arg,
         metavar="PORT",
-        help="serve the GPU power-limit API on 127.0.0.1:PORT (limits restored on exit)",
+        help="serve the GPU settings API (power limits, SM clock locks) on 127.0.0.1:PORT"
+        " (restored on exit)",
     )
     parser.add_argument(
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="where each GPU's limit as found is kept while changed, for the next run to "
+        help="where each GPU's setting as found is kept while changed, for the next run to "
         f"restore after a crash (default: ${STATE_DIR_ENV}, $XDG_STATE_HOME/jouletune, "
         "/var/lib/jouletune as root, else ~/.local/state/jouletune)",
     )
     return parser
+
+
+def _mhz_arg(text: str) -> int:
+    """`--lock-sm-clock-mhz`: a whole, positive number of MHz."""
+    try:
+        mhz = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of MHz, got {text!r}") from None
+    if mhz <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MHz, got {mhz}")
+    return mhz
 
 
 def _selection(text: str) -> list[GpuSelector]:

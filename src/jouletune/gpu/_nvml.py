@@ -2,6 +2,12 @@
 
 NVML's units are converted here, once: mJ → J, mW → W, MHz → Hz, percent → ratio. Every
 `pynvml.NVMLError` leaves this module as a `GpuError` subclass (see `_translate`).
+
+SM clock locks: `nvmlDeviceSetGpuLockedClocks(handle, T, T)` pins the clock at T (as
+`nvidia-smi -lgc T,T`) and `nvmlDeviceResetGpuLockedClocks` removes the lock. NVML has no call
+that reads an active lock back, so a lock jouletune set is known only from jouletune's own
+record of it (`ClockLocks`, `LimitStore`), and undoing it means resetting: a lock someone
+else set before jouletune ran is not seen, and is removed by that reset.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import pynvml
 
 from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableError
 from jouletune.gpu._select import GpuSelector, resolve_selection
-from jouletune.gpu._types import GpuSample, PowerLimitRange
+from jouletune.gpu._types import GpuSample, PowerLimitRange, SmClockRange
 
 __all__ = ["NvmlGpu", "nvml_versions", "open_nvml_gpus"]
 
@@ -154,6 +160,7 @@ class NvmlGpu:
             self._has = self._probe_features()
         except _NVMLError as err:
             _translate(err, where)
+        self._clock_range: SmClockRange | None = None  # read once, on first use
         self._integrator: _PowerIntegrator | None = None
         if not self._has["energy"]:
             if not self._has["power"]:
@@ -239,6 +246,45 @@ class NvmlGpu:
             pynvml.nvmlDeviceSetPowerManagementLimit,
             self._handle,
             round(watts * 1000),
+        )
+
+    def sm_clock_range(self) -> SmClockRange:
+        """The lowest and highest graphics clock NVML lists for any of this GPU's memory
+        clocks: the clocks `nvmlDeviceSetGpuLockedClocks` accepts."""
+        if self._clock_range is None:
+            where = f"reading GPU {self._index}'s supported clocks"
+            memory = _call(where, pynvml.nvmlDeviceGetSupportedMemoryClocks, self._handle)
+            clocks = {
+                int(mhz)
+                for mem_mhz in memory
+                for mhz in _call(
+                    where, pynvml.nvmlDeviceGetSupportedGraphicsClocks, self._handle, mem_mhz
+                )
+            }
+            if not clocks:
+                raise GpuError(
+                    f"GPU {self._index} ({self._name}) lists no supported graphics clocks: "
+                    "its SM clock cannot be locked"
+                )
+            self._clock_range = SmClockRange(min_mhz=min(clocks), max_mhz=max(clocks))
+        return self._clock_range
+
+    def set_sm_clock_lock_mhz(self, mhz: int | None) -> None:
+        """Lock the SM clock at `mhz` (min = max), or reset the lock (None); needs root or
+        CAP_SYS_ADMIN. Use `clock_lock()`."""
+        if mhz is None:
+            _call(
+                f"resetting GPU {self._index}'s locked clocks",
+                pynvml.nvmlDeviceResetGpuLockedClocks,
+                self._handle,
+            )
+            return
+        _call(
+            f"locking GPU {self._index}'s SM clock at {mhz} MHz",
+            pynvml.nvmlDeviceSetGpuLockedClocks,
+            self._handle,
+            mhz,
+            mhz,
         )
 
     def close(self) -> None:

@@ -4,13 +4,16 @@ Two servers speak it: the sim-server (its simulated GPUs under `/sim/gpus`) and 
 exporter's loopback control port (`jouletune exporter --control-port`, the GPUs it exports
 under `/gpus`; in a trial pod the exporter is the one container allowed to change limits).
 `GET <prefix>` → `{"gpus": [GpuSample JSON, ...]}` (each entry may also carry
-`"power_limit_range": {"min_w", "max_w", "default_w"}`); `PUT <prefix>/{index}/power-limit`
-with `{"watts": W}` caps one GPU. One GET returns every GPU, so `sample_all()` (in
-`_sampling.py`) reads all GPUs of one server with a single request.
+`"power_limit_range": {"min_w", "max_w", "default_w"}` and `"sm_clock_range": {"min_mhz",
+"max_mhz"}`); `PUT <prefix>/{index}/power-limit` with `{"watts": W}` caps one GPU, and
+`PUT <prefix>/{index}/sm-clock-lock` with `{"mhz": T}` locks its SM clock at T (`{"mhz":
+null}` removes the lock). One GET returns every GPU, so `sample_all()` (in `_sampling.py`)
+reads all GPUs of one server with a single request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -19,12 +22,13 @@ from typing import Any
 
 from jouletune.gpu._errors import GpuError
 from jouletune.gpu._select import GpuSelector, resolve_selection
-from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange, SmClockRange
 
 __all__ = [
     "EXPORTER_GPUS_PATH",
     "SIM_GPUS_PATH",
     "RemoteGpu",
+    "ServedGpu",
     "gpu_entry",
     "open_remote_gpus",
     "open_sim_gpus",
@@ -38,10 +42,18 @@ _DEFAULT_TIMEOUT_S = 5.0
 
 
 def gpu_entry(gpu: Gpu) -> dict[str, Any]:
-    """What a GPU server serves for `gpu`: a fresh sample and its power-limit range."""
+    """What a GPU server serves for `gpu`: a fresh sample, its power-limit range and, where
+    it has one, its SM clock range."""
     entry = gpu.sample().to_json()
     entry["power_limit_range"] = gpu.power_limit_range().to_json()
+    # A GPU whose clocks cannot be locked still serves its readings.
+    with contextlib.suppress(GpuError):
+        entry["sm_clock_range"] = gpu.sm_clock_range().to_json()
     return entry
+
+
+# One GPU as a server serves it: its sample, its power-limit range and its SM clock range.
+ServedGpu = tuple[GpuSample, PowerLimitRange | None, SmClockRange | None]
 
 
 class _Client:
@@ -62,21 +74,23 @@ class _Client:
         """`sim-server URL` or `GPU server URL`, for messages."""
         return f"{self._what} {self.url}"
 
-    def read(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
-        """Every GPU of the server, by index, with its power-limit range when the server
-        reports one."""
+    def read(self) -> dict[int, ServedGpu]:
+        """Every GPU of the server, by index, with its power-limit and SM clock ranges when
+        the server reports them."""
         body = self._request("GET", self._path)
         entries = body.get("gpus") if isinstance(body, dict) else None
         if not isinstance(entries, list):
             where = f"{self._what} {self.url}{self._path}"
             raise GpuError(f"{where} did not return {{'gpus': [...]}}")
-        out: dict[int, tuple[GpuSample, PowerLimitRange | None]] = {}
+        out: dict[int, ServedGpu] = {}
         try:
             for entry in entries:
                 raw_range = entry.get("power_limit_range")
                 limits = None if raw_range is None else PowerLimitRange.from_json(raw_range)
+                raw_clocks = entry.get("sm_clock_range")
+                clocks = None if raw_clocks is None else SmClockRange.from_json(raw_clocks)
                 sample = GpuSample.from_json(entry)
-                out[sample.index] = (sample, limits)
+                out[sample.index] = (sample, limits, clocks)
         except (ValueError, AttributeError) as err:
             where = f"{self._what} {self.url}{self._path}"
             raise GpuError(f"{where} sent a bad GPU entry: {err}") from None
@@ -85,6 +99,10 @@ class _Client:
     def put_power_limit(self, index: int, watts: float) -> None:
         """Ask the server to cap GPU `index` at `watts`."""
         self._request("PUT", f"{self._path}/{index}/power-limit", {"watts": watts})
+
+    def put_sm_clock_lock(self, index: int, mhz: int | None) -> None:
+        """Ask the server to lock GPU `index`'s SM clock at `mhz` (None: remove the lock)."""
+        self._request("PUT", f"{self._path}/{index}/sm-clock-lock", {"mhz": mhz})
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
@@ -119,12 +137,14 @@ class RemoteGpu:
         uuid: str,
         name: str,
         limits: PowerLimitRange | None,
+        clocks: SmClockRange | None = None,
     ) -> None:
         self._client = client
         self._index = index
         self._uuid = uuid
         self._name = name
         self._limits = limits
+        self._clocks = clocks
 
     def __repr__(self) -> str:
         return f"RemoteGpu(url={self._client.url!r}, index={self._index}, name={self._name!r})"
@@ -159,7 +179,7 @@ class RemoteGpu:
         """Read this GPU now (one GET of all the server's GPUs; `sample_all` shares it)."""
         return self.pick(self._client.read())
 
-    def read_server(self) -> dict[int, tuple[GpuSample, PowerLimitRange | None]]:
+    def read_server(self) -> dict[int, ServedGpu]:
         """One GET of every GPU of this GPU's server, for `sample_all` to share."""
         return self._client.read()
 
@@ -168,7 +188,7 @@ class RemoteGpu:
         """Equal for GPUs opened together from one server (they share one client)."""
         return id(self._client)
 
-    def pick(self, found: dict[int, tuple[GpuSample, PowerLimitRange | None]]) -> GpuSample:
+    def pick(self, found: dict[int, ServedGpu]) -> GpuSample:
         """This GPU's sample out of a `read_server()` result."""
         return _pick(found, self._index, self._client.url)[0]
 
@@ -181,6 +201,16 @@ class RemoteGpu:
     def set_power_limit_w(self, watts: float) -> None:
         """Cap this GPU; use `power_limit()`, which validates and restores."""
         self._client.put_power_limit(self._index, watts)
+
+    def sm_clock_range(self) -> SmClockRange:
+        """The SM clock range the server reported for this GPU when it was opened."""
+        if self._clocks is None:
+            raise GpuError(f"{self._client.url} reports no sm_clock_range for GPU {self._index}")
+        return self._clocks
+
+    def set_sm_clock_lock_mhz(self, mhz: int | None) -> None:
+        """Lock this GPU's SM clock (None: remove the lock); use `clock_lock()`."""
+        self._client.put_sm_clock_lock(self._index, mhz)
 
 
 def open_sim_gpus(
@@ -208,7 +238,7 @@ def open_remote_gpus(
     """
     client = _Client(url=url, path=path, timeout_s=timeout_s)
     found = client.read()
-    uuids = {i: sample.uuid for i, (sample, _) in found.items()}
+    uuids = {i: entry[0].uuid for i, entry in found.items()}
     chosen = resolve_selection(selection, uuids, client.describe())
     return [
         RemoteGpu(
@@ -217,14 +247,13 @@ def open_remote_gpus(
             uuid=found[i][0].uuid,
             name=found[i][0].name,
             limits=found[i][1],
+            clocks=found[i][2],
         )
         for i in chosen
     ]
 
 
-def _pick(
-    found: dict[int, tuple[GpuSample, PowerLimitRange | None]], index: int, url: str
-) -> tuple[GpuSample, PowerLimitRange | None]:
+def _pick(found: dict[int, ServedGpu], index: int, url: str) -> ServedGpu:
     try:
         return found[index]
     except KeyError:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from jouletune.gpu._nvml import NvmlGpu
-from jouletune.gpu._remote import RemoteGpu
-from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange
+from jouletune.gpu._remote import RemoteGpu, ServedGpu
+from jouletune.gpu._types import Gpu, GpuSample
 
 __all__ = ["sample_all"]
 
@@ -34,7 +34,7 @@ def sample_all(gpus: Sequence[Gpu]) -> list[GpuSample]:
             nvml, _executor().map(_sample, [g for _, g in nvml]), strict=True
         ):
             samples[i] = sample
-    servers: dict[int, dict[int, tuple[GpuSample, PowerLimitRange | None]]] = {}
+    servers: dict[int, dict[int, ServedGpu]] = {}
     for i, gpu in enumerate(gpus):
         if i in samples:
             continue

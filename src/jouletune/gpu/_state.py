@@ -1,12 +1,20 @@
-"""Power limits as first found, kept on disk until they are back, so a crash cannot hide them.
+"""GPU settings as first found, kept on disk until they are back, so a crash cannot hide them.
 
-`PowerLimits` puts every limit back when its block ends, on an exception and on SIGTERM; not
-after SIGKILL, the OOM killer or a power cut. So before it first changes a GPU's limit it
-writes the limit as found to a state file (`LimitStore.save`: one file per GPU, named by its
-UUID, written to a temporary file and renamed into place, with the writer's pid, host and
-time), and deletes the file once the limit is back. A run that finds a file restores that
-limit before anything else (`restore_left_limits`) and says so: the cap a crashed run left is
-never taken for "the limit as found".
+`PowerLimits` and `ClockLocks` put every setting back when their block ends, on an exception
+and on SIGTERM; not after SIGKILL, the OOM killer or a power cut. So before one first changes
+a GPU's setting it writes the setting as found to a state file (`LimitStore.save`: one file
+per GPU and setting, named by the GPU's UUID, written to a temporary file and renamed into
+place, with the writer's pid, host and time), and deletes the file once the setting is back.
+A run that finds a file restores that setting before anything else (`restore_left_limits`)
+and says so: the cap or lock a crashed run left is never taken for "the setting as found".
+
+The two settings (`GpuSetting`):
+
+- `power_limit`: the file holds the limit as found (`original_w`); restoring writes it back.
+- `sm_clock_lock`: NVML cannot read an active clock lock back, so "as found" is "not locked
+  by jouletune" and the file is the record that jouletune locked it, with the SM clock and
+  the highest supported clock read before (`found_sm_clock_mhz`, `max_sm_clock_mhz`, for
+  the reader); restoring resets the lock (`nvmlDeviceResetGpuLockedClocks`).
 
 Where: `--state-dir`, else `$JOULETUNE_STATE_DIR`, else `$XDG_STATE_HOME/jouletune`, else
 `/var/lib/jouletune` for root, else `~/.local/state/jouletune` (`default_state_dir`). In a pod
@@ -29,6 +37,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,7 @@ from jouletune.gpu._types import Gpu
 
 __all__ = [
     "STATE_DIR_ENV",
+    "GpuSetting",
     "LimitRecord",
     "LimitStore",
     "Restored",
@@ -83,17 +93,38 @@ def gpu_address(gpu: Gpu) -> str | None:
     return None
 
 
+class GpuSetting(StrEnum):
+    """A GPU setting jouletune changes, always restores, and keeps on disk while changed."""
+
+    POWER_LIMIT = "power_limit"
+    SM_CLOCK_LOCK = "sm_clock_lock"
+
+    @property
+    def noun(self) -> str:
+        """`power limit` or `SM clock lock`, for messages."""
+        return "power limit" if self is GpuSetting.POWER_LIMIT else "SM clock lock"
+
+    @property
+    def file_suffix(self) -> str:
+        """How a state file of this setting ends; power-limit files keep the name they had
+        before clock locks existed, so a file an older jouletune left is still restored."""
+        return _SUFFIX if self is GpuSetting.POWER_LIMIT else f".sm-clock-lock{_SUFFIX}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class LimitRecord:
-    """One GPU's power limit as found, written before jouletune first changed it.
+    """One GPU setting as found, written before jouletune first changed it.
 
     Attributes:
         uuid: the GPU's UUID (the key: indices differ between containers).
         address: where the GPU lives (`nvml`, or a GPU API's URL).
         index: the GPU's index where it was changed, for messages.
         name: the GPU's model name, for messages.
-        original_w: the limit as found, watts; what a later run restores.
-        pid: the process that changed the limit.
+        setting: which setting this record is about.
+        original_w: a power-limit record's limit as found, watts; what a later run restores.
+        found_sm_clock_mhz: a clock-lock record's SM clock when jouletune first locked it.
+        max_sm_clock_mhz: a clock-lock record's highest supported SM clock.
+        pid: the process that changed the setting.
         host: that process's host name (a pod's name in a pod).
         boot_id: the kernel's boot id then (Linux), so a reused pid after a reboot is not
             taken for the writer.
@@ -106,12 +137,19 @@ class LimitRecord:
     address: str
     index: int
     name: str
-    original_w: float
+    setting: GpuSetting = GpuSetting.POWER_LIMIT
+    original_w: float | None = None
+    found_sm_clock_mhz: float | None = None
+    max_sm_clock_mhz: int | None = None
     pid: int
     host: str
     boot_id: str | None
     pid_start_ticks: int | None
     written_unix_s: float
+
+    def __post_init__(self) -> None:
+        if self.setting is GpuSetting.POWER_LIMIT and self.original_w is None:
+            raise ValueError("lacks field 'original_w'")
 
     def to_json(self) -> dict[str, Any]:
         """The file's content."""
@@ -126,7 +164,11 @@ class LimitRecord:
                 address=str(data["address"]),
                 index=int(data["index"]),
                 name=str(data["name"]),
-                original_w=float(data["original_w"]),
+                # Files written before clock locks existed have no setting: power limits.
+                setting=GpuSetting(data.get("setting", GpuSetting.POWER_LIMIT)),
+                original_w=_opt_float(data.get("original_w")),
+                found_sm_clock_mhz=_opt_float(data.get("found_sm_clock_mhz")),
+                max_sm_clock_mhz=_opt_int(data.get("max_sm_clock_mhz")),
                 pid=int(data["pid"]),
                 host=str(data["host"]),
                 boot_id=None if data.get("boot_id") is None else str(data["boot_id"]),
@@ -137,6 +179,13 @@ class LimitRecord:
             raise ValueError(f"lacks field {err.args[0]!r}") from None
         except (TypeError, ValueError) as err:
             raise ValueError(f"has a malformed field: {err}") from None
+
+    def undo(self) -> str:
+        """What restoring this record does, for messages: `restore its 700 W limit` or
+        `reset its SM clock lock`."""
+        if self.setting is GpuSetting.SM_CLOCK_LOCK:
+            return "reset its SM clock lock"
+        return f"restore its {self.original_w:g} W limit"
 
     def writer(self) -> str:
         """`jouletune pid 12 on host h (2026-01-02 03:04:05 UTC)`, for messages."""
@@ -162,14 +211,18 @@ class LimitRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class Restored:
-    """A limit put back from a record: the GPU was at `left_w` (None: unreadable)."""
+    """A setting put back from a record: a power limit the GPU had at `left_w` (None:
+    unreadable, or a clock lock, which NVML cannot read back)."""
 
     record: LimitRecord
     left_w: float | None
 
     def message(self) -> str:
-        """One line naming the GPU, the watts and who left it."""
+        """One line naming the GPU, what was put back and who left it."""
         rec = self.record
+        if rec.setting is GpuSetting.SM_CLOCK_LOCK:
+            where = f"GPU {rec.index} ({rec.uuid})"
+            return f"reset {where} SM clock lock, left locked by {rec.writer()}"
         left = "" if self.left_w is None else f" from {self.left_w:g} W"
         return (
             f"restored GPU {rec.index} ({rec.uuid}) power limit to {rec.original_w:g} W{left}, "
@@ -190,14 +243,15 @@ class LimitStore:
     def __repr__(self) -> str:
         return f"LimitStore({str(self.directory)!r})"
 
-    def path(self, address: str, uuid: str) -> Path:
-        """The file of the GPU `uuid` at `address`."""
+    def path(self, address: str, uuid: str, setting: GpuSetting = GpuSetting.POWER_LIMIT) -> Path:
+        """The file of `setting` of the GPU `uuid` at `address`."""
         # Simulated GPUs repeat their UUIDs between servers: the server's URL tells them apart.
         where = "" if address == NVML_ADDRESS else "@" + urllib.parse.quote(address, safe="")
-        return self.directory / (urllib.parse.quote(uuid, safe="-_.") + where + _SUFFIX)
+        name = urllib.parse.quote(uuid, safe="-_.") + where + setting.file_suffix
+        return self.directory / name
 
-    def find(self, gpu: Gpu) -> LimitRecord | None:
-        """The record of `gpu`, if a file holds one.
+    def find(self, gpu: Gpu, setting: GpuSetting = GpuSetting.POWER_LIMIT) -> LimitRecord | None:
+        """The record of `gpu`'s `setting`, if a file holds one.
 
         Raises:
             GpuError: the file exists but cannot be read.
@@ -205,16 +259,25 @@ class LimitStore:
         address = gpu_address(gpu)
         if address is None:
             return None
-        return self._read(self.path(address, gpu.uuid))
+        return self._read(self.path(address, gpu.uuid, setting))
 
-    def owned_here(self, gpu: Gpu) -> bool:
-        """True when this process wrote `gpu`'s file and has not restored the GPU yet."""
+    def owned_here(self, gpu: Gpu, setting: GpuSetting = GpuSetting.POWER_LIMIT) -> bool:
+        """True when this process wrote the file of `gpu`'s `setting` and has not restored
+        it yet."""
         address = gpu_address(gpu)
         with _OURS_LOCK:
-            return address is not None and self.path(address, gpu.uuid) in _OURS
+            return address is not None and self.path(address, gpu.uuid, setting) in _OURS
 
-    def save(self, gpu: Gpu, original_w: float) -> bool:
-        """Write `gpu`'s limit as found, atomically; False for a GPU without an address.
+    def save(
+        self,
+        gpu: Gpu,
+        *,
+        setting: GpuSetting = GpuSetting.POWER_LIMIT,
+        original_w: float | None = None,
+        found_sm_clock_mhz: float | None = None,
+        max_sm_clock_mhz: int | None = None,
+    ) -> bool:
+        """Write `gpu`'s `setting` as found, atomically; False for a GPU without an address.
 
         Raises:
             GpuError: the file cannot be written (then nothing may be changed).
@@ -222,13 +285,16 @@ class LimitStore:
         address = gpu_address(gpu)
         if address is None:
             return False
-        path = self.path(address, gpu.uuid)
+        path = self.path(address, gpu.uuid, setting)
         record = LimitRecord(
             uuid=gpu.uuid,
             address=address,
             index=gpu.index,
             name=gpu.name,
+            setting=setting,
             original_w=original_w,
+            found_sm_clock_mhz=found_sm_clock_mhz,
+            max_sm_clock_mhz=max_sm_clock_mhz,
             pid=os.getpid(),
             host=socket.gethostname(),
             boot_id=_boot_id(),
@@ -238,20 +304,21 @@ class LimitStore:
         try:
             _write_atomically(path, json.dumps(record.to_json(), indent=2) + "\n")
         except OSError as err:
+            left = "capped" if setting is GpuSetting.POWER_LIMIT else "with its SM clock locked"
             raise GpuError(
-                f"cannot write the power-limit state file {path} ({err.strerror or err}): "
-                f"without it a crash could leave GPU {gpu.index} capped; pass a writable "
-                f"--state-dir or set {STATE_DIR_ENV}"
+                f"cannot write the {setting.noun.replace(' ', '-')} state file {path} "
+                f"({err.strerror or err}): without it a crash could leave GPU {gpu.index} "
+                f"{left}; pass a writable --state-dir or set {STATE_DIR_ENV}"
             ) from None
         with _OURS_LOCK:
             _OURS.add(path)
         return True
 
-    def drop(self, gpu: Gpu) -> None:
-        """Delete `gpu`'s file (its limit is back); a file already gone is fine."""
+    def drop(self, gpu: Gpu, setting: GpuSetting = GpuSetting.POWER_LIMIT) -> None:
+        """Delete the file of `gpu`'s `setting` (it is back); a file already gone is fine."""
         address = gpu_address(gpu)
         if address is not None:
-            self.forget(self.path(address, gpu.uuid))
+            self.forget(self.path(address, gpu.uuid, setting))
 
     def records(self) -> list[tuple[Path, LimitRecord | None]]:
         """Every file of the directory with its record (None: unreadable), oldest first."""
@@ -274,13 +341,14 @@ class LimitStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as err:
-            raise GpuError(f"cannot read power-limit state file {path}: {err.strerror}") from None
+            raise GpuError(f"cannot read GPU state file {path}: {err.strerror}") from None
         try:
             return LimitRecord.from_json(json.loads(text))
         except (ValueError, AttributeError) as err:
             raise GpuError(
-                f"power-limit state file {path} is unreadable ({err}); check the GPU's limit "
-                "(nvidia-smi -q -d POWER), then delete the file"
+                f"GPU state file {path} is unreadable ({err}); check the GPU's power limit "
+                "(nvidia-smi -q -d POWER) and clocks (nvidia-smi -q -d CLOCK; nvidia-smi -rgc "
+                "resets a lock), then delete the file"
             ) from None
 
     def forget(self, path: Path) -> None:
@@ -291,11 +359,12 @@ class LimitStore:
         try:
             path.unlink(missing_ok=True)
         except OSError as err:
-            _log.warning("could not delete power-limit state file %s: %s", path, err.strerror)
+            _log.warning("could not delete GPU state file %s: %s", path, err.strerror)
 
 
 def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) -> list[Restored]:
-    """Put back every limit a dead run recorded in `store`, delete its file, say so (log).
+    """Put back every setting (power limit, clock lock) a dead run recorded in `store`,
+    delete its file, say so (log).
 
     With `gpus`, only the records of those GPUs (an exporter in a pod: the node's state
     directory also holds other pods' GPUs, whose holders it cannot see). Without, every
@@ -304,11 +373,16 @@ def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) ->
     simulated GPU went with it).
 
     Raises:
-        GpuError: one of `gpus` is held by a live jouletune, or a limit could not be put back
-            (its file is kept for the next run).
+        GpuError: one of `gpus` is held by a live jouletune, or a setting could not be put
+            back (its file is kept for the next run).
     """
     if gpus is not None:
-        return [r for gpu in gpus if (r := _restore_one(store, gpu, strict=True)) is not None]
+        return [
+            restored
+            for gpu in gpus
+            for setting in GpuSetting
+            if (restored := _restore_one(store, gpu, setting, strict=True)) is not None
+        ]
     done: list[Restored] = []
     for path, record in store.records():
         if record is None or _kept_for_its_holder(record, path):
@@ -317,7 +391,7 @@ def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) ->
         if gpu is None:
             continue
         try:
-            if restored := _restore_one(store, gpu, strict=False):
+            if restored := _restore_one(store, gpu, record.setting, strict=False):
                 done.append(restored)
         finally:
             if isinstance(gpu, NvmlGpu):
@@ -325,46 +399,59 @@ def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) ->
     return done
 
 
-def take_over(store: LimitStore, gpu: Gpu) -> float | None:
-    """Before changing `gpu`: the limit as found per a dead run's record (restored now), or
-    None when there is no record.
+def take_over(store: LimitStore, gpu: Gpu, setting: GpuSetting) -> LimitRecord | None:
+    """Before changing `gpu`'s `setting`: a dead run's record of it (the setting is put back
+    now), or None when there is no record.
 
     Raises:
-        GpuError: a live process holds the GPU, or the record's limit cannot be put back.
+        GpuError: a live process holds the GPU, or the record's setting cannot be put back.
     """
-    restored = _restore_one(store, gpu, strict=True)
-    return None if restored is None else restored.record.original_w
+    restored = _restore_one(store, gpu, setting, strict=True)
+    return None if restored is None else restored.record
 
 
-def _restore_one(store: LimitStore, gpu: Gpu, *, strict: bool) -> Restored | None:
-    record = store.find(gpu)
-    if record is None or store.owned_here(gpu):
+def _restore_one(
+    store: LimitStore, gpu: Gpu, setting: GpuSetting, *, strict: bool
+) -> Restored | None:
+    record = store.find(gpu, setting)
+    if record is None or store.owned_here(gpu, setting):
         return None
     if record.holder_alive():
         message = (
-            f"GPU {gpu.index} ({gpu.uuid}) power limit is held by a running "
+            f"GPU {gpu.index} ({gpu.uuid}) {setting.noun} is held by a running "
             f"{record.writer()}: stop it first"
         )
         if strict:
             raise GpuError(message)
         _log.warning("%s; its record is left alone", message)
         return None
-    try:
-        left_w = gpu.sample().power_limit_w
-    except GpuError:
-        left_w = None
-    gpu.set_power_limit_w(record.original_w)  # raises GpuError: the file stays for next time
+    left_w = None
+    if setting is GpuSetting.POWER_LIMIT:
+        try:
+            left_w = gpu.sample().power_limit_w
+        except GpuError:
+            left_w = None
+    _put_back(gpu, record)  # raises GpuError: the file stays for next time
     restored = Restored(record=record, left_w=left_w)
     _log.warning("%s", restored.message())
-    store.drop(gpu)
+    store.drop(gpu, setting)
     return restored
+
+
+def _put_back(gpu: Gpu, record: LimitRecord) -> None:
+    """Undo what the record's writer changed: its limit as found, or no clock lock."""
+    if record.setting is GpuSetting.SM_CLOCK_LOCK:
+        gpu.set_sm_clock_lock_mhz(None)
+        return
+    assert record.original_w is not None, "a power-limit record has its limit"
+    gpu.set_power_limit_w(record.original_w)
 
 
 def _kept_for_its_holder(record: LimitRecord, path: Path) -> bool:
     if not record.holder_alive():
         return False
     _log.warning(
-        "power-limit state file %s: GPU %s is held by a running %s; left alone",
+        "GPU state file %s: GPU %s is held by a running %s; left alone",
         path,
         record.uuid,
         record.writer(),
@@ -446,3 +533,7 @@ def _mtime(path: Path) -> float:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

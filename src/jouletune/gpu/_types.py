@@ -2,7 +2,9 @@
 
 `GpuSample` is one read of one GPU in SI units (J, W, Hz, bytes, °C); NVML's own units (mJ, mW,
 MHz) never leave `_nvml.py`. Its JSON form (`to_json` / `from_json`) is what the sim-server's
-`GET /sim/gpus` returns, so both sides of that HTTP contract use one definition.
+`GET /sim/gpus` returns, so both sides of that HTTP contract use one definition. The one
+exception is a clock lock's setting, in whole MHz: NVML takes locks in MHz and H100 clocks
+move in 15 MHz steps, so a lock is a whole number of MHz everywhere (`nvidia-smi -lgc` too).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Gpu", "GpuSample", "PowerLimitRange"]
+__all__ = ["Gpu", "GpuSample", "PowerLimitRange", "SmClockRange"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,13 +121,40 @@ class PowerLimitRange:
             raise ValueError(f"power-limit range is malformed: {err}") from None
 
 
+@dataclass(frozen=True, kw_only=True)
+class SmClockRange:
+    """The SM clocks a GPU can be locked at, in MHz: `min_mhz <= lock <= max_mhz` (NVML's
+    supported graphics clocks, lowest and highest)."""
+
+    min_mhz: int
+    max_mhz: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_mhz <= self.max_mhz:
+            raise ValueError(f"inconsistent SM clock range: {self.min_mhz=} {self.max_mhz=}")
+
+    def to_json(self) -> dict[str, int]:
+        """This range as `{"min_mhz", "max_mhz"}`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SmClockRange:
+        """Build a range from `to_json`'s form; raises ValueError when it is malformed."""
+        try:
+            return cls(min_mhz=int(data["min_mhz"]), max_mhz=int(data["max_mhz"]))
+        except KeyError as err:
+            raise ValueError(f"SM clock range lacks field {err.args[0]!r}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"SM clock range is malformed: {err}") from None
+
+
 @runtime_checkable
 class Gpu(Protocol):
-    """One GPU jouletune can read and whose power limit it can change.
+    """One GPU jouletune can read and whose power limit and SM clock lock it can change.
 
     Implementations: `NvmlGpu` (a real GPU), `RemoteGpu` (a sim-server's GPU over HTTP) and
     the simulator's in-process `SimulatedGpu`. Change limits only through `power_limit()`,
-    which restores them.
+    and locks only through `clock_lock()`, which restore them.
     """
 
     @property
@@ -153,6 +182,15 @@ class Gpu(Protocol):
 
     def set_power_limit_w(self, watts: float) -> None:
         """Set the power limit; callers use `power_limit()`, which validates and restores."""
+        ...
+
+    def sm_clock_range(self) -> SmClockRange:
+        """The SM clocks this GPU can be locked at."""
+        ...
+
+    def set_sm_clock_lock_mhz(self, mhz: int | None) -> None:
+        """Lock the SM clock at `mhz` (min = max = `mhz`, as `nvidia-smi -lgc T,T`); None
+        removes the lock. Callers use `clock_lock()`, which validates and restores."""
         ...
 
 

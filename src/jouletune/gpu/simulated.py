@@ -4,9 +4,19 @@ in `_catalog.py`).
 
 The sim-server's engine hands each step's work (`KernelWork`: bytes moved, flops, and the
 roofline time of each kernel group) to every TP rank's `SimulatedGpu.run_step`. The GPU picks
-the highest SM clock whose power fits under its power limit, which sets the step's duration,
-and records the step as one constant-power segment. Between steps the GPU draws its idle
-power. The energy counter is the exact integral of that piecewise-constant power, so energy
+the highest SM clock whose power fits under its power limit, and no higher than its SM clock
+lock when it has one, which sets the step's duration, and records the step as one
+constant-power segment. Between steps the GPU draws its idle power.
+
+Both knobs act through the clock, in one model: a step runs at min(lock, the highest clock
+whose power fits the limit). A power limit lowers the clock only when the step would draw
+more than the limit; a lock holds it at T whatever the step draws. So at a low batch, where a
+decode step draws far below any usual limit, a cap changes nothing while a lock still lowers
+the clock; and since memory-bound kernel groups take as long at any clock, such steps barely
+slow down while the s³ term of their power falls. Idle power does not depend on the lock:
+the model's idle powers are constants and no measurement of idle power under a lock exists,
+so a lock is credited nothing for idle time (a lock only changes the clock an idle GPU
+reports). The energy counter is the exact integral of that piecewise-constant power, so energy
 between any two instants is known to float precision (`energy_between`).
 
 Power model (constants and their sources in docs/simulator.md):
@@ -38,7 +48,7 @@ from jouletune.gpu._catalog import (
     gpu_model,
 )
 from jouletune.gpu._errors import GpuError
-from jouletune.gpu._types import GpuSample, PowerLimitRange
+from jouletune.gpu._types import GpuSample, PowerLimitRange, SmClockRange
 
 __all__ = [
     "GPU_CATALOG",
@@ -166,6 +176,7 @@ class SimulatedGpu:
         self._limit_w = model.power_limits.default_w
         self._memory_used_bytes = memory_used_bytes
         self._loaded = False
+        self._lock_hz: float | None = None
         self._clock_hz = model.max_sm_clock_hz
         start = clock()
         # Energy is exact: committed up to `_t_s`; from there the GPU idles until the next
@@ -209,7 +220,7 @@ class SimulatedGpu:
             energy_j=self.energy_at(now),
             power_w=power_w,
             power_limit_w=self._limit_w,
-            sm_clock_hz=self._clock_hz,
+            sm_clock_hz=self._clock_hz if now < self._t_s else self._idle_clock_hz(),
             utilization_ratio=min(max(util, 0.0), 1.0),
             memory_used_bytes=self._memory_used_bytes if self._loaded else 0,
             memory_total_bytes=self.model.memory_bytes,
@@ -220,6 +231,10 @@ class SimulatedGpu:
     def power_limit_range(self) -> PowerLimitRange:
         """The power limits this GPU accepts."""
         return self.model.power_limits
+
+    def _idle_clock_hz(self) -> float:
+        # A lock set while the GPU idles shows at once; a running step keeps its own clock.
+        return min(self._clock_hz, self.top_clock_hz)
 
     def _temperature_c(self, now: float) -> float:
         # Not calibrated: a thermal resistance over the power of the last tens of seconds, so
@@ -244,7 +259,42 @@ class SimulatedGpu:
             )
         self._limit_w = float(watts)
 
+    def sm_clock_range(self) -> SmClockRange:
+        """The SM clocks this GPU can be locked at: the model's lowest to highest clock."""
+        return SmClockRange(
+            min_mhz=round(self.model.min_sm_clock_hz / 1e6),
+            max_mhz=round(self.model.max_sm_clock_hz / 1e6),
+        )
+
+    def set_sm_clock_lock_mhz(self, mhz: int | None) -> None:
+        """Lock the SM clock at `mhz` (None: unlock); it applies from the next step on.
+
+        Raises:
+            GpuError: `mhz` is outside `sm_clock_range()` (NVML's INVALID_ARGUMENT).
+        """
+        if mhz is None:
+            self._lock_hz = None
+            return
+        rng = self.sm_clock_range()
+        if not rng.min_mhz <= mhz <= rng.max_mhz:
+            raise GpuError(
+                f"SM clock {mhz} MHz is outside {self.model.name}'s supported clocks "
+                f"{rng.min_mhz}-{rng.max_mhz} MHz"
+            )
+        self._lock_hz = mhz * 1e6
+
     # --- the simulator's side ---------------------------------------------------------------
+
+    @property
+    def sm_clock_lock_mhz(self) -> int | None:
+        """The SM clock lock in force, MHz; None when unlocked."""
+        return None if self._lock_hz is None else round(self._lock_hz / 1e6)
+
+    @property
+    def top_clock_hz(self) -> float:
+        """The highest clock a step may run at: the lock, or the model's maximum."""
+        f_max = self.model.max_sm_clock_hz
+        return f_max if self._lock_hz is None else min(self._lock_hz, f_max)
 
     @property
     def power_limit_w(self) -> float:
@@ -264,8 +314,9 @@ class SimulatedGpu:
         self._history.append(self._t_s, self._energy_j, self._busy_s, self.idle_power_w, 0.0)
 
     def plan_step(self, work: KernelWork) -> StepOutcome:
-        """The duration, power and clock of `work` under the current power limit (pure)."""
-        return plan_step(self.model, work, self._limit_w, self.idle_power_w)
+        """The duration, power and clock of `work` under the current power limit and clock
+        lock (pure)."""
+        return plan_step(self.model, work, self._limit_w, self.idle_power_w, lock_hz=self._lock_hz)
 
     def run_step(self, work: KernelWork, *, start_s: float) -> StepOutcome:
         """Run `work` starting at `start_s` (not before the previous step's end); record it."""
@@ -312,17 +363,29 @@ class SimulatedGpu:
         if t_s > self._t_s:
             self._energy_j += self.idle_power_w * (t_s - self._t_s)
             self._t_s = t_s
-            self._clock_hz = self.model.max_sm_clock_hz
+            self._clock_hz = self.top_clock_hz
 
 
-def plan_step(model: GpuModel, work: KernelWork, limit_w: float, idle_w: float) -> StepOutcome:
-    """Run `work` at the highest clock whose average power fits under `limit_w`.
+def plan_step(
+    model: GpuModel,
+    work: KernelWork,
+    limit_w: float,
+    idle_w: float,
+    *,
+    lock_hz: float | None = None,
+) -> StepOutcome:
+    """Run `work` at the highest clock, no higher than `lock_hz` (an SM clock lock), whose
+    average power fits under `limit_w`.
 
+    A lock pins the clock (`nvidia-smi -lgc T,T`), but a power limit still wins: a step that
+    would draw more than the limit at the lock runs at the lower clock that fits, as a real
+    GPU's power brake overrides locked clocks. `capped` says the limit lowered the clock.
     When even the lowest clock draws too much (a very low cap on memory-bound work), the
     step is stretched until its average power equals the cap: the memory system then idles
     part of the time, as a throttled GPU's does.
     """
     f_max = model.max_sm_clock_hz
+    f_top = f_max if lock_hz is None else min(lock_hz, f_max)
 
     def at(clock_hz: float) -> tuple[float, float]:
         s = clock_hz / f_max
@@ -337,10 +400,10 @@ def plan_step(model: GpuModel, work: KernelWork, limit_w: float, idle_w: float) 
         )
         return duration_s, idle_w + dyn_j / duration_s
 
-    duration_s, power_w = at(f_max)
+    duration_s, power_w = at(f_top)
     if power_w <= limit_w:
-        return StepOutcome(duration_s=duration_s, power_w=power_w, sm_clock_hz=f_max, capped=False)
-    lo, hi = model.min_sm_clock_hz, f_max
+        return StepOutcome(duration_s=duration_s, power_w=power_w, sm_clock_hz=f_top, capped=False)
+    lo, hi = model.min_sm_clock_hz, f_top
     duration_s, power_w = at(lo)
     if power_w > limit_w:
         dyn_j = (power_w - idle_w) * duration_s

@@ -1,22 +1,25 @@
 """The end of a study, and adoption: the recommendation as a ready manifest, and optionally
 patched into a Deployment.
 
-Always: a ConfigMap `<benchmark>-recommendation` with the `vllm serve` flags, the power limit
-and a strategic-merge patch for a vLLM container. With `spec.adopt.mode: Apply` and a
-`targetRef`, the operator applies that patch to the Deployment: the container's args keep
-everything the benchmark did not search and get the recommended values of what it did
+Always: a ConfigMap `<benchmark>-recommendation` with the `vllm serve` flags, the power limit,
+the SM clock lock and a strategic-merge patch for a vLLM container. With `spec.adopt.mode:
+Apply` and a `targetRef`, the operator applies that patch to the Deployment: the container's
+args keep everything the benchmark did not search and get the recommended values of what it did
 (`jouletune.engine.merge_args`).
 
-A recommended GPU power limit is applied and held for real: the patch adds `jouletune
-exporter --power-limit-w W` as a native sidecar (an init container with `restartPolicy:
-Always`, Kubernetes >= 1.29), the one container with the privileges to change limits
-(`_holder.py`), only when there is a limit. It caps the GPUs the vLLM container holds, which
-that container lists at start (a postStart hook running the trial engine's own script,
-`GPU_LIST_SCRIPT`, into a shared emptyDir), holds the cap while the pod runs, and restores
-each GPU's original limit when the pod ends (SIGTERM); a killed sidecar's limits are restored
-by the next one on the node (the hostPath state directory). Adopting a recommendation
-without a limit removes a sidecar an earlier adoption added. The limit is also written
-beside the args and as a pod-template annotation.
+A recommended GPU power limit or SM clock lock is applied and held for real: the patch adds
+`jouletune exporter --power-limit-w W --lock-sm-clock-mhz T` (each flag only when recommended)
+as a native sidecar (an init container with `restartPolicy: Always`, Kubernetes >= 1.29), the
+one container with the privileges to change GPU settings (`_holder.py`), only when there is
+a limit or a lock. It caps and locks the GPUs the vLLM container holds, which that container
+lists at start (a postStart hook running the trial engine's own script, `GPU_LIST_SCRIPT`,
+into a shared emptyDir), holds them while the pod runs, and restores each GPU's original
+limit and resets its lock when the pod ends (SIGTERM); a killed sidecar's settings are
+restored by the next one on the node (the hostPath state directory). Adopting a
+recommendation with neither removes a sidecar an earlier adoption added. The limit and the
+lock are also written beside the args and as pod-template annotations. The sidecar keeps the
+name `jouletune-power-limit` it had before it held locks too, so earlier adoptions are found
+and replaced by name.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -49,6 +53,7 @@ from jouletune.tuner import BenchmarkSpec, Recommendation
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
+    "ANNOTATION_SM_CLOCK",
     "SIDECAR",
     "AdoptionError",
     "conclude",
@@ -59,6 +64,7 @@ __all__ = [
 ]
 
 ANNOTATION_POWER_LIMIT = f"{GROUP}/power-limit-w"
+ANNOTATION_SM_CLOCK = f"{GROUP}/sm-clock-mhz"
 SIDECAR = "jouletune-power-limit"
 _GPU = "nvidia.com/gpu"
 _GPU_LIST_VOLUME = "jouletune-gpu-list"
@@ -177,10 +183,11 @@ async def _apply(
 def recommendation_configmap(
     *, ref: BenchmarkRef, spec: BenchmarkSpec, rec: Recommendation, container: str
 ) -> dict[str, Any]:
-    """The ConfigMap holding the recommended args, power limit and container patch."""
+    """The ConfigMap holding the recommended args, power limit, clock lock and container
+    patch."""
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     args = rec.artifacts.vllm_serve_args
-    cap = rec.artifacts.power_limit_w
+    cap, lock = rec.artifacts.power_limit_w, rec.artifacts.sm_clock_mhz
     gpus = rec.recommended.point.tensor_parallel_size
     patch = _container_patch(container, [spec.model, *args], gpus)
     data = {
@@ -189,6 +196,8 @@ def recommendation_configmap(
         "vllm-serve-command": rec.artifacts.vllm_serve_command,
         "power-limit-w": "" if cap is None else f"{cap:g}",
         "power-limit-command": rec.artifacts.power_limit_command or "",
+        "sm-clock-mhz": "" if lock is None else str(lock),
+        "sm-clock-lock-command": rec.artifacts.sm_clock_lock_command or "",
         "container-patch.yaml": yaml.safe_dump(patch, sort_keys=False),
         "summary": rec.message,
     }
@@ -227,49 +236,82 @@ def deployment_patch(
     settings: OperatorConfig,
 ) -> dict[str, Any]:
     """A strategic-merge patch giving `container` the recommended args (and GPUs) and, with a
-    power limit, the sidecar that holds it (see the module docstring).
+    power limit or a clock lock, the sidecar that holds them (see the module docstring).
 
     Raises:
         AdoptionError: the Deployment has no container of that name (`ContainerNotFound`), or
-            it has a postStart hook of its own where the limit needs one (`PowerLimitNotHeld`).
+            it has a postStart hook of its own where the limit or lock needs one
+            (`PowerLimitNotHeld`).
     """
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     current = _container(deployment, container)
     args = merge_args(current.get("args") or [spec.model], rec.artifacts.vllm_serve_args)
     patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
-    cap = rec.artifacts.power_limit_w
-    if cap is not None:
-        _add_holder(patch, current, cap, settings)
+    held = _Held(watts=rec.artifacts.power_limit_w, mhz=rec.artifacts.sm_clock_mhz)
+    if held.watts is not None or held.mhz is not None:
+        _add_holder(patch, current, held, settings, annotated=_annotations(deployment))
     elif any(c.get("name") == SIDECAR for c in _pod_spec(deployment).get("initContainers") or []):
-        _remove_holder(patch, current)
+        _remove_holder(patch, current, annotated=_annotations(deployment))
     return patch
 
 
+@dataclass(frozen=True)
+class _Held:
+    """The GPU settings a sidecar holds: a power limit (W) and an SM clock lock (MHz)."""
+
+    watts: float | None
+    mhz: int | None
+
+    def said(self) -> str:
+        """`the 350 W power limit and the 1410 MHz clock lock`, for messages."""
+        parts = [] if self.watts is None else [f"the {self.watts:g} W power limit"]
+        parts += [] if self.mhz is None else [f"the {self.mhz} MHz clock lock"]
+        return " and ".join(parts)
+
+    def annotations(self, annotated: Mapping[str, str]) -> dict[str, str | None]:
+        """The pod-template annotations: each setting held, and a deletion (None) for one an
+        earlier adoption wrote that is no longer held."""
+        values = {
+            ANNOTATION_POWER_LIMIT: None if self.watts is None else f"{self.watts:g}",
+            ANNOTATION_SM_CLOCK: None if self.mhz is None else str(self.mhz),
+        }
+        return {k: v for k, v in values.items() if v is not None or k in annotated}
+
+
 def _add_holder(
-    patch: dict[str, Any], current: Mapping[str, Any], watts: float, settings: OperatorConfig
+    patch: dict[str, Any],
+    current: Mapping[str, Any],
+    held: _Held,
+    settings: OperatorConfig,
+    *,
+    annotated: Mapping[str, str],
 ) -> None:
-    """The sidecar holding `watts`, and the vLLM container listing its GPUs for it."""
+    """The sidecar holding the limit and lock, and the vLLM container listing its GPUs."""
     hook = (current.get("lifecycle") or {}).get("postStart")
     if hook is not None and hook != _list_gpus_hook():
         raise AdoptionError(
             "PowerLimitNotHeld",
-            f"container {current.get('name')!r} has a postStart hook of its own; holding the "
-            f"{watts:g} W power limit needs one to learn the container's GPUs",
+            f"container {current.get('name')!r} has a postStart hook of its own; holding "
+            f"{held.said()} needs one to learn the container's GPUs",
         )
     template = patch["spec"]["template"]
-    template["metadata"] = {"annotations": {ANNOTATION_POWER_LIMIT: f"{watts:g}"}}
+    template["metadata"] = {"annotations": held.annotations(annotated)}
     pod = template["spec"]
     (target,) = pod["containers"]
     target["env"] = [{"name": ENV_GPU_LIST, "value": GPU_LIST_FILE}]
     target["volumeMounts"] = [{"name": _GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR}]
     target["lifecycle"] = {"postStart": _list_gpus_hook()}
-    pod["initContainers"] = [power_limit_sidecar(watts, settings)]
+    pod["initContainers"] = [power_limit_sidecar(held.watts, settings, sm_clock_mhz=held.mhz)]
     pod["volumes"] = [{"name": _GPU_LIST_VOLUME, "emptyDir": {}}, state_volume()]
 
 
-def _remove_holder(patch: dict[str, Any], current: Mapping[str, Any]) -> None:
+def _remove_holder(
+    patch: dict[str, Any], current: Mapping[str, Any], *, annotated: Mapping[str, str]
+) -> None:
     """Strategic-merge directives that take out what `_add_holder` put in."""
-    patch["spec"]["template"]["metadata"] = {"annotations": {ANNOTATION_POWER_LIMIT: None}}
+    gone = _Held(watts=None, mhz=None).annotations(annotated)
+    # A sidecar left by an adoption without either annotation still loses its limit one.
+    patch["spec"]["template"]["metadata"] = {"annotations": gone or {ANNOTATION_POWER_LIMIT: None}}
     pod = patch["spec"]["template"]["spec"]
     pod["initContainers"] = [{"name": SIDECAR, "$patch": "delete"}]
     pod["volumes"] = [{"name": n, "$patch": "delete"} for n in (_GPU_LIST_VOLUME, STATE_VOLUME)]
@@ -280,9 +322,14 @@ def _remove_holder(patch: dict[str, Any], current: Mapping[str, Any]) -> None:
         target["lifecycle"] = {"postStart": None}
 
 
-def power_limit_sidecar(watts: float, settings: OperatorConfig) -> dict[str, Any]:
-    """`jouletune exporter` holding `watts` on the GPUs the vLLM container lists, restoring
-    their limits when the pod ends; it also exports their energy on the exporter's port."""
+def power_limit_sidecar(
+    watts: float | None, settings: OperatorConfig, *, sm_clock_mhz: int | None = None
+) -> dict[str, Any]:
+    """`jouletune exporter` holding `watts` and an SM clock lock at `sm_clock_mhz` (each when
+    given) on the GPUs the vLLM container lists, restoring their limits and resetting their
+    locks when the pod ends; it also exports their energy on the exporter's port."""
+    holds = [] if watts is None else ["--power-limit-w", f"{watts:g}"]
+    holds += [] if sm_clock_mhz is None else ["--lock-sm-clock-mhz", str(sm_clock_mhz)]
     container: dict[str, Any] = {
         "name": SIDECAR,
         "image": settings.trial_image,
@@ -293,7 +340,7 @@ def power_limit_sidecar(watts: float, settings: OperatorConfig) -> dict[str, Any
             "--port", str(EXPORTER_PORT),
             "--gpus-file", GPU_LIST_FILE,
             "--gpus-file-timeout-s", str(_GPUS_FILE_TIMEOUT_S),
-            "--power-limit-w", f"{watts:g}",
+            *holds,
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -315,6 +362,13 @@ def power_limit_sidecar(watts: float, settings: OperatorConfig) -> dict[str, Any
 def _list_gpus_hook() -> dict[str, Any]:
     """The vLLM container's postStart: list its GPUs' UUIDs for the sidecar (or stop it)."""
     return {"exec": {"command": ["/bin/sh", "-c", GPU_LIST_SCRIPT]}}
+
+
+def _annotations(deployment: Mapping[str, Any]) -> Mapping[str, str]:
+    """The Deployment's pod-template annotations."""
+    template = deployment.get("spec", {}).get("template", {})
+    annotations: Mapping[str, str] = (template.get("metadata") or {}).get("annotations") or {}
+    return annotations
 
 
 def _pod_spec(deployment: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -329,6 +329,7 @@ class BenchmarkLoop:
                     role=record.role,
                     points=[record.point, *riders],
                     caps=list(study.grid.power_limits_w),
+                    clocks=list(study.grid.sm_clocks_mhz),
                     walk=study.walks(),
                 ),
                 settings=self._ctx.config,

@@ -1,14 +1,17 @@
-"""What a pod's exporter needs to change GPU power limits on a real node, in one place: the
-trial pod's exporter (it steps caps for the load generator) and the sidecar adoption adds to
-a Deployment (it holds the recommended cap) both get it from here.
+"""What a pod's exporter needs to change GPU power limits and SM clock locks on a real node,
+in one place: the trial pod's exporter (it steps caps and locks for the load generator) and
+the sidecar adoption adds to a Deployment (it holds the recommended cap and lock) both get it
+from here.
 
-- Privileges: `nvmlDeviceSetPowerManagementLimit` needs root with CAP_SYS_ADMIN. Kubernetes
-  sets no ambient capabilities, so an added capability is effective for uid 0 only: the
-  container runs as root, with every other capability dropped and no privilege escalation.
-- A node-local state directory (a hostPath): the exporter writes each GPU's limit as found
-  there before changing it (`jouletune.gpu.LimitStore`), so that when a container is
-  SIGKILLed or OOM-killed, or its pod is lost, the next exporter on the node restores the
-  limit before anything else, instead of taking the cap for the limit as found.
+- Privileges: `nvmlDeviceSetPowerManagementLimit` and `nvmlDeviceSetGpuLockedClocks` need
+  root with CAP_SYS_ADMIN. Kubernetes sets no ambient capabilities, so an added capability is
+  effective for uid 0 only: the container runs as root, with every other capability dropped
+  and no privilege escalation.
+- A node-local state directory (a hostPath): the exporter writes each GPU's limit as found,
+  and a record of each lock, there before changing it (`jouletune.gpu.LimitStore`), so that
+  when a container is SIGKILLed or OOM-killed, or its pod is lost, the next exporter on the
+  node restores the limit and resets the lock before anything else, instead of taking the
+  cap or lock for the GPU as found.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ A trial pod holds three containers:
   (`spec.modelSource`), and `spec.pod`'s resources and environment; it lists the GPUs it
   holds for the exporter;
 - `exporter` — `jouletune exporter`, the energy sidecar, exporting only the engine's GPUs;
-  when the trial's points carry power caps it also serves its loopback control port,
-  through which the load generator steps the limits (SYS_ADMIN on real GPUs, the one
+  when the trial's points carry power caps or SM clock locks it also serves its loopback
+  control port, through which the load generator steps them (SYS_ADMIN on real GPUs, the one
   container that has it);
 - `loadgen` — `jouletune operator trial`: waits for the engine, measures the trial's point
-  and its riders (lower caps under the same engine start) with the tuner's `measure_sweep`,
-  and writes each point's figures to its termination message.
+  and its riders (lower caps and clock locks under the same engine start) with the tuner's
+  `measure_sweep`, and writes each point's figures to its termination message.
 
 The engine and the exporter are native sidecars (init containers with `restartPolicy:
 Always`, Kubernetes ≥ 1.29): the pod ends when the load generator ends, and Kubernetes then
@@ -148,10 +148,11 @@ def trial_plan(
     role: Role,
     points: list[Point],
     caps: list[float | None],
+    clocks: list[int | None] | None = None,
     walk: bool,
 ) -> PodPlan:
     """The plan a trial pod runs: trial `number` at `points[0]`, then its riders."""
-    capped = any(p.power_limit_w is not None for p in points)
+    capped = any(not p.unconstrained for p in points)  # a cap or a lock: the control port
     return PodPlan(
         benchmark=f"{ref.namespace}/{ref.name}",
         trial=number,
@@ -159,6 +160,7 @@ def trial_plan(
         points=points,
         walk=walk,
         caps=caps,
+        clocks=clocks or [None],
         spec=spec,
         engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
         exporter_url=f"http://127.0.0.1:{EXPORTER_PORT}",
@@ -361,9 +363,9 @@ def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
         ]
         if plan.control_url is not None:
-            # Changing a power limit is a privileged NVML call: the one capability it needs.
-            # Added capabilities are effective for uid 0 only (Kubernetes sets no ambient
-            # capabilities; a non-root process loses them at exec), hence root here.
+            # Changing a power limit or locking a clock is a privileged NVML call: the one
+            # capability it needs. Added capabilities are effective for uid 0 only (Kubernetes
+            # sets no ambient capabilities; a non-root process loses them at exec), hence root.
             security = {
                 "allowPrivilegeEscalation": False,
                 "runAsUser": 0,

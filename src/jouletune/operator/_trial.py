@@ -2,11 +2,11 @@
 
 Reads its `PodPlan` from `JOULETUNE_TRIAL`, waits until the engine answers `/health`, then
 measures the plan's point and its riders with the tuner's `measure_sweep` (the procedure the
-CLI's runners use), stepping power limits through the exporter sidecar's loopback control
-port (only the exporter may change them), and writes a `PodResult` to the termination
-message. The exit code is 0 when the points were measured (each point's verdict, figures or
-a reason, is in the message) and 1 when nothing could be; either way the message says what
-happened, so the operator never has to read logs.
+CLI's runners use), stepping power limits and SM clock locks through the exporter sidecar's
+loopback control port (only the exporter may change them), and writes a `PodResult` to the
+termination message. The exit code is 0 when the points were measured (each point's verdict,
+figures or a reason, is in the message) and 1 when nothing could be; either way the message
+says what happened, so the operator never has to read logs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,13 @@ async def run_trial(plan: PodPlan) -> PodResult:
         return PodResult.failure("PowerLimitFailed", str(err))
     target = Target(base_url=plan.engine_url, exporter_urls=[plan.exporter_url], gpus=gpus)
     done = await measure_sweep(
-        target, plan.points, spec=spec, number=plan.trial, caps=plan.caps, walk=plan.walk
+        target,
+        plan.points,
+        spec=spec,
+        number=plan.trial,
+        caps=plan.caps,
+        clocks=plan.clocks,
+        walk=plan.walk,
     )
     return PodResult(ok=True, trials=[PodTrial.of(point, outcome) for point, outcome in done])
 

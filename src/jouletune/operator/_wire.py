@@ -51,6 +51,10 @@ def _as_found() -> list[float | None]:
     return [None]
 
 
+def _unlocked() -> list[int | None]:
+    return [None]
+
+
 class PodPlan(_Model):
     """Everything the load generator container needs, rendered by the operator.
 
@@ -58,14 +62,16 @@ class PodPlan(_Model):
         benchmark: `namespace/name` of the EnergyBenchmark, for logs.
         trial: the trial number of the first point (the plan the study asked for).
         role: why that trial runs.
-        points: the plan's point, then its riders (same server, lower caps), in order.
-        walk: stop the riders where the CLI's power walk would; False measures them all.
+        points: the plan's point, then its riders (same server, lower caps or clock locks),
+            in order.
+        walk: stop the riders where the CLI's walk would; False measures them all.
         caps: the search's power limits, None (as found) first, then downwards.
+        clocks: the search's SM clock locks, None (unlocked) first, then downwards.
         spec: the benchmark's spec (workload, SLOs, timeouts).
         engine_url: the engine in the same pod.
         exporter_url: the exporter sidecar's metrics.
-        control_url: the exporter's loopback control port, which changes power limits;
-            None when no point has a cap.
+        control_url: the exporter's loopback control port, which changes power limits and
+            clock locks; None when no point has a cap or a lock.
     """
 
     benchmark: str
@@ -74,6 +80,7 @@ class PodPlan(_Model):
     points: Annotated[list[Point], Field(min_length=1)]
     walk: bool = True
     caps: list[float | None] = Field(default_factory=_as_found)
+    clocks: list[int | None] = Field(default_factory=_unlocked)
     spec: BenchmarkSpec
     engine_url: str
     exporter_url: str

@@ -110,8 +110,11 @@ def run_closed_loop(
     output_len: int,
     window_s: float = 25.0,
     power_limit_w: float | None = None,
+    sm_clock_lock_mhz: int | None = None,
 ) -> ClosedLoopResult:
-    """Drive `config`'s engine with `concurrency` closed-loop clients in simulated time."""
+    """Drive `config`'s engine with `concurrency` closed-loop clients in simulated time,
+    each GPU under `power_limit_w` (None: its default) and its SM clock locked at
+    `sm_clock_lock_mhz` (None: unlocked)."""
     now = [_T0_S]
     gpus = [
         SimulatedGpu(model=config.gpu, index=i, clock=lambda: now[0])
@@ -121,6 +124,7 @@ def run_closed_loop(
         gpu.set_loaded(True, at_s=_T0_S)
         if power_limit_w is not None:
             gpu.set_power_limit_w(power_limit_w)
+        gpu.set_sm_clock_lock_mhz(sm_clock_lock_mhz)
     steps: list[Step] = []
     engine = Engine(config=config, gpus=gpus, on_step=steps.append)
     loop = _Loop(engine, input_len=input_len, output_len=output_len)

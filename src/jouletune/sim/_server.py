@@ -105,6 +105,7 @@ class SimServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/sim/gpus", self._get_gpus)
         app.router.add_put("/sim/gpus/{index}/power-limit", self._put_power_limit)
+        app.router.add_put("/sim/gpus/{index}/sm-clock-lock", self._put_sm_clock_lock)
         app.router.add_get("/sim/truth", self._truth)
         app.cleanup_ctx.append(self._engine_ctx)
         return app
@@ -336,15 +337,21 @@ class SimServer:
     async def _get_gpus(self, request: web.Request) -> web.Response:
         return web.json_response({"gpus": [self._gpu_json(g) for g in self.node_gpus]})
 
-    async def _put_power_limit(self, request: web.Request) -> web.Response:
+    def _node_gpu(self, request: web.Request) -> SimulatedGpu | web.Response:
+        """The GPU the request's path names, or the 404 answer."""
         try:
-            index = int(request.match_info["index"])
-            gpu = self.node_gpus[index]
+            return self.node_gpus[int(request.match_info["index"])]
         except (ValueError, IndexError):
             return _error(
                 404,
                 f"no GPU {request.match_info['index']!r}; this server has {len(self.node_gpus)}",
             )
+
+    async def _put_power_limit(self, request: web.Request) -> web.Response:
+        gpu = self._node_gpu(request)
+        if isinstance(gpu, web.Response):
+            return gpu
+        index = gpu.index
         try:
             body = await request.json()
             watts = float(body["watts"])
@@ -355,6 +362,27 @@ class SimServer:
             return _error(400, f"power limit {watts:g} W is outside {rng.min_w:g}-{rng.max_w:g} W")
         gpu.set_power_limit_w(watts)
         _log.info("GPU %d power limit set to %g W", index, watts)
+        return web.json_response(self._gpu_json(gpu))
+
+    async def _put_sm_clock_lock(self, request: web.Request) -> web.Response:
+        gpu = self._node_gpu(request)
+        if isinstance(gpu, web.Response):
+            return gpu
+        try:
+            raw = (await request.json())["mhz"]
+            mhz = None if raw is None else int(raw)
+            if raw is not None and mhz != raw:
+                raise ValueError(raw)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _error(400, 'expected a JSON body {"mhz": <whole number or null>}')
+        rng = gpu.sm_clock_range()
+        if mhz is not None and not rng.min_mhz <= mhz <= rng.max_mhz:
+            return _error(400, f"SM clock {mhz} MHz is outside {rng.min_mhz}-{rng.max_mhz} MHz")
+        gpu.set_sm_clock_lock_mhz(mhz)
+        if mhz is None:
+            _log.info("GPU %d SM clock lock reset", gpu.index)
+        else:
+            _log.info("GPU %d SM clock locked at %d MHz", gpu.index, mhz)
         return web.json_response(self._gpu_json(gpu))
 
     async def _truth(self, request: web.Request) -> web.Response:
@@ -398,7 +426,9 @@ class SimServer:
         )
 
     def _gpu_json(self, gpu: SimulatedGpu) -> dict[str, Any]:
-        return gpu_entry(gpu)
+        # The simulator knows its lock, which NVML cannot read back: served beside the entry
+        # for tests and curious readers, never relied on by jouletune's own clients.
+        return {**gpu_entry(gpu), "sm_clock_lock_mhz": gpu.sm_clock_lock_mhz}
 
 
 async def _sleep_until(t_s: float) -> None:

@@ -73,6 +73,8 @@ class TrialFigures(BaseModel):
         batch_fill: avg_batch_size / the server's max_num_seqs.
         gpu_utilization: mean fraction of the window a kernel ran.
         sm_clock_ratio: mean SM clock / the GPU's maximum.
+        avg_sm_clock_mhz: the highest of the GPUs' mean SM clocks over the window, MHz (a
+            lock binds per GPU, so this is what to compare with it).
         idle_energy_share: the window's energy spent with no request in flight.
         floor_distance: J/output-token over the physical floor (jouletune.loadgen's diagnosis).
         completed: requests that finished.
@@ -93,6 +95,7 @@ class TrialFigures(BaseModel):
     batch_fill: Annotated[float | None, Show("fill", ".0%")] = None
     gpu_utilization: Annotated[float | None, Show("util", ".0%")] = None
     sm_clock_ratio: Annotated[float | None, Show("clock", ".0%")] = None
+    avg_sm_clock_mhz: Annotated[float | None, Show("MHz", ".0f")] = None
     idle_energy_share: Annotated[float | None, Show("idle E", ".0%")] = None
     floor_distance: Annotated[float | None, Show("x floor", ".2f")] = None
     completed: Annotated[int, Show("requests", "d")] = 0
@@ -124,6 +127,7 @@ class TrialFigures(BaseModel):
             if (value := _finite(_statistic(result, metric))) is not None
         }
         per_gpu = [g.avg_power_w for g in result.gpus]
+        clocks_hz = [g.sm_clock.mean for g in result.gpus if g.sm_clock is not None]
         total_w = _finite(result.avg_power_w)
         d = result.diagnosis
         return cls(
@@ -137,6 +141,7 @@ class TrialFigures(BaseModel):
             batch_fill=_finite(d.batch_fill) if d else None,
             gpu_utilization=_finite(d.gpu_utilization) if d else None,
             sm_clock_ratio=_finite(d.sm_clock_ratio) if d else None,
+            avg_sm_clock_mhz=_finite(max(clocks_hz) / 1e6) if clocks_hz else None,
             idle_energy_share=_finite(d.idle_energy_share) if d else None,
             floor_distance=_finite(d.floor_distance) if d else None,
             completed=result.completed,

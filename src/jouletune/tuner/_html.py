@@ -150,14 +150,25 @@ def _tag(provenance: Provenance | None) -> str:
 
 
 def _caveats(rec: Recommendation) -> str:
-    """The caveats, and the published evidence beside a predicted power-cap saving."""
+    """The caveats, and the published evidence beside a predicted power-cap or clock-lock
+    saving."""
     if not rec.caveats:
         return ""
     e = html.escape
     evidence = "".join(f"<li>{e(item)}</li>" for item in CAP_EVIDENCE)
     items = "".join(f"<p>{e(c)}</p>" for c in rec.caveats)
+    point = rec.recommended.point if rec.recommended else None
+    settings = [
+        name
+        for name, value in (
+            ("power cap", point and point.power_limit_w),
+            ("clock lock", point and point.sm_clock_mhz),
+        )
+        if value
+    ]
+    what = " and ".join(settings) or "setting"
     return (
-        "<div class='caveat' id='caveats'><strong>Before adopting the power cap."
+        f"<div class='caveat' id='caveats'><strong>Before adopting the {what}."
         f"</strong>{items}<p>Published evidence:</p><ul>{evidence}</ul></div>"
     )
 
@@ -185,6 +196,7 @@ def _adopt(rec: Recommendation) -> str:
             "<h2>Adopt it</h2>",
             f"<pre>{e(rec.artifacts.vllm_serve_command)}</pre>",
             f"<pre>{e(rec.artifacts.power_limit_command or '# no power cap')}</pre>",
+            f"<pre>{e(rec.artifacts.sm_clock_lock_command or '# no clock lock')}</pre>",
             f"<pre>{e(container)}</pre>",
         ]
     )

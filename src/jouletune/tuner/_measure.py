@@ -1,11 +1,12 @@
 """Measuring points on a running server: the one procedure the CLI and the trial pods share.
 
 It starts nothing. Given a server, its exporters and the GPUs a cap applies to, it measures
-one point: cap the GPUs (restored afterwards), run the bench (which first waits for the drain
-rule), and turn the result into `TrialFigures`, all under the trial's timeout. The CLI's
-runners call `measure_point` for each plan; a trial pod calls `measure_sweep` for its plan and
-the riders the study gave it, so it sweeps power limits under one engine start as the CLI's
-power walk does, and stops where the walk would.
+one point: cap the GPUs and lock their SM clocks as the point says (both restored
+afterwards), run the bench (which first waits for the drain rule), and turn the result into
+`TrialFigures`, all under the trial's timeout. The CLI's runners call `measure_point` for each
+plan; a trial pod calls `measure_sweep` for its plan and the riders the study gave it, so it
+sweeps power limits and clock locks under one engine start as the CLI's walk does, and stops
+where the walk would.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jouletune.gpu import Gpu, GpuError, LimitStore, power_limit, sample_all
-from jouletune.tuner._boundary import next_power_step
+from jouletune.gpu import Gpu, GpuError, LimitStore, clock_lock, power_limit, sample_all
+from jouletune.tuner._boundary import gpu_ladders, next_gpu_step
 from jouletune.tuner._figures import InvalidMeasurementError, TrialFigures
 from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import Provenance
@@ -44,15 +45,15 @@ class Target:
         base_url: the engine's OpenAI-compatible API.
         exporter_urls: the energy exporters of the engine's GPUs (none when the spec reads
             energy from Prometheus).
-        gpus: the GPUs a point's power limit applies to; empty when limits never change
-            (read-only).
+        gpus: the GPUs a point's power limit and clock lock apply to; empty when GPU
+            settings never change (read-only).
         energy_gpus: UUIDs of the GPUs the engine uses, whose energy counts (all the
             exporters serve when empty).
         lost: says why the server is gone (one line), or None while it runs; lets a failed
             measurement name the real cause.
-        limit_store: where each GPU's limit as found is written while it is capped, for the
-            next run to restore after a crash; None where the GPUs' owner keeps it (the
-            exporter's control port in a pod) or they end with the run (the simulator's).
+        limit_store: where each GPU's settings as found are written while they are changed,
+            for the next run to restore after a crash; None where the GPUs' owner keeps them
+            (the exporter's control port in a pod) or they end with the run (the simulator's).
     """
 
     base_url: str
@@ -118,7 +119,7 @@ async def measure_point(
     seed_offset: int,
     trial_dir: Path | None = None,
 ) -> TrialOutcome:
-    """Measure `point` on `target`: its cap held for the bench and restored after.
+    """Measure `point` on `target`: its cap and clock lock held for the bench, restored after.
 
     Never raises for a failed measurement: the outcome carries the reason. With `trial_dir`,
     the bench's full result is written there as `result.json`.
@@ -134,10 +135,14 @@ async def measure_point(
         exporter_urls=target.exporter_urls,
         energy_gpus=target.energy_gpus,
     )
-    gpus = target.gpus if point.power_limit_w is not None else ()
+    gpus = () if point.unconstrained else target.gpus
+    store = target.limit_store
     limit_w: float | None = None
     try:
-        with power_limit(gpus, point.power_limit_w, store=target.limit_store):
+        with (
+            power_limit(gpus, point.power_limit_w, store=store),
+            clock_lock(gpus, point.sm_clock_mhz, store=store),
+        ):
             limit_w = sample_all(gpus)[0].power_limit_w if gpus else None
             # asyncio.timeout, not wait_for: the bench runs in this task, so a Ctrl-C (a
             # cancellation) reaches it directly; Python 3.11's wait_for can drop a
@@ -180,15 +185,17 @@ async def measure_sweep(
     spec: BenchmarkSpec,
     number: int,
     caps: Sequence[float | None],
+    clocks: Sequence[int | None] = (None,),
     walk: bool,
 ) -> list[tuple[Point, TrialOutcome]]:
     """Measure `points` (a plan's point, then its riders, all under one server) in order.
 
-    With `walk`, after each measurement the next point is the cap the CLI's power walk would
-    measure next (`next_power_step`) if it is among the riders; the sweep ends where the walk
-    would end. Without, every point is measured (the grid). `caps` are the search's limits
-    from None (as found) down.
+    With `walk`, after each measurement the next point is the cap or clock lock the CLI's walk
+    would measure next (`next_gpu_step`) if it is among the riders; the sweep ends where the
+    walk would end. Without, every point is measured (the grid). `caps` and `clocks` are the
+    search's limits and locks, each from None (as found) down.
     """
+    ladders = gpu_ladders(caps, clocks)
     done: list[tuple[Point, TrialOutcome]] = []
     records: list[TrialRecord] = []
     todo = list(points)
@@ -204,9 +211,8 @@ async def measure_sweep(
             ).finished(outcome, slos=spec.slos, objective=spec.objective)
         )
         if walk and todo:
-            cap = next_power_step(records[-1], records, caps)
-            left = [p.power_limit_w for p in todo]
-            todo = todo[left.index(cap) :] if cap in left else []
+            step = next_gpu_step(records[-1], records, ladders)
+            todo = todo[todo.index(step) :] if step in todo else []
     return done
 
 

@@ -117,4 +117,9 @@ def fingerprint(spec: BenchmarkSpec, *, read_only: bool, baseline: Point) -> str
     )
     keep["read_only"] = read_only
     keep["baseline"] = baseline.model_dump(mode="json")
+    # Studies stored before clock locks existed keep their fingerprint while none is searched.
+    if not keep["search_space"]["sm_clock_mhz"]:
+        del keep["search_space"]["sm_clock_mhz"]
+    if baseline.sm_clock_mhz is None:
+        del keep["baseline"]["sm_clock_mhz"]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

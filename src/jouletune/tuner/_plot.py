@@ -67,14 +67,17 @@ class PlotPoint:
 
 
 def plot_label(point: Point) -> str:
-    """A point's configuration as a plot names it, e.g. `seqs 64 · 300 W`; the tensor
-    parallelism only where it is not 1."""
+    """A point's configuration as a plot names it, e.g. `seqs 64 · 300 W` or `seqs 64 · no
+    cap · 1410 MHz`; the tensor parallelism only where it is not 1, the clock only where it
+    is locked."""
     parts = [f"tp {point.tensor_parallel_size}"] if point.tensor_parallel_size > 1 else []
     parts.append(f"seqs {point.max_num_seqs}")
     if point.max_num_batched_tokens is not None:
         parts.append(f"mbt {point.max_num_batched_tokens}")
     cap = point.power_limit_w
     parts.append("no cap" if cap is None else f"{cap:g} W")
+    if point.sm_clock_mhz is not None:
+        parts.append(f"{point.sm_clock_mhz} MHz")
     return " · ".join(parts)
 
 

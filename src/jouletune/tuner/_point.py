@@ -26,6 +26,8 @@ class Point(BaseModel):
         max_num_batched_tokens: most tokens in one engine step; None keeps vLLM's default.
         power_limit_w: per-GPU power cap, watts; None leaves the GPU's limit as found (the
             baseline's "no cap", and the only value in read-only mode).
+        sm_clock_mhz: the SM clock every GPU is locked at (`nvidia-smi -lgc T,T`), MHz; None
+            leaves the clocks unlocked (the baseline's, and the only value in read-only mode).
     """
 
     model_config = ConfigDict(
@@ -33,13 +35,16 @@ class Point(BaseModel):
     )
 
     # Settings that change under a running server; every other field needs a restart.
-    GPU_SETTINGS: ClassVar[frozenset[str]] = frozenset({"power_limit_w"})
+    GPU_SETTINGS: ClassVar[frozenset[str]] = frozenset({"power_limit_w", "sm_clock_mhz"})
 
     tensor_parallel_size: Annotated[int, Field(ge=1)]
     max_num_seqs: Annotated[int, Field(ge=1)]
     max_num_batched_tokens: Annotated[int, Field(ge=1)] | None = None
     power_limit_w: Annotated[float, Field(gt=0)] | None = Field(
         None, description="per-GPU cap, W; null leaves the limit as found"
+    )
+    sm_clock_mhz: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="SM clock locked at, MHz (nvidia-smi -lgc T,T); null: unlocked"
     )
 
     @property
@@ -57,10 +62,16 @@ class Point(BaseModel):
         """The point whose Optuna parameters are `params`."""
         return cls.model_validate(params)
 
+    @property
+    def unconstrained(self) -> bool:
+        """True when every GPU setting is left as found (no cap, no clock lock)."""
+        return self == self.server
+
     def label(self) -> str:
-        """Short human form, e.g. `tp1 seqs64 400W`."""
+        """Short human form, e.g. `tp1 seqs64 400W` or `tp1 seqs64 uncapped 1410MHz`."""
         cap = "uncapped" if self.power_limit_w is None else f"{self.power_limit_w:g}W"
-        return f"{self.server_label()} {cap}"
+        lock = "" if self.sm_clock_mhz is None else f" {self.sm_clock_mhz}MHz"
+        return f"{self.server_label()} {cap}{lock}"
 
     def server_label(self) -> str:
         """The server configuration's short form, e.g. `tp1 seqs64`."""
@@ -70,7 +81,9 @@ class Point(BaseModel):
         return text
 
     def run_order(self) -> tuple[Any, ...]:
-        """Sort key for the fewest server starts: server by server, caps from high to low."""
+        """Sort key for the fewest server starts: server by server, caps from high to low,
+        then clock locks from high to low."""
         cap = -math.inf if self.power_limit_w is None else -self.power_limit_w
+        lock = -math.inf if self.sm_clock_mhz is None else -self.sm_clock_mhz
         mbt = self.max_num_batched_tokens
-        return (self.tensor_parallel_size, self.max_num_seqs, mbt is not None, mbt or 0, cap)
+        return (self.tensor_parallel_size, self.max_num_seqs, mbt is not None, mbt or 0, cap, lock)

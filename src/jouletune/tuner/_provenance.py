@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CAP_EVIDENCE",
     "PREDICTED_CAP_CAVEAT",
+    "PREDICTED_CLOCK_CAVEAT",
     "SIMULATED_DRIVER",
     "Provenance",
     "ProvenanceKind",
@@ -61,6 +62,17 @@ PREDICTED_CAP_CAVEAT = (
     "Published H200 results differ: caps cut throughput to 0.61-0.81 of 700 W (MLPerf "
     "Inference v4.1), or never bound in low-batch decode (arXiv 2605.11999). Measure the cap "
     "on the GPU (`jouletune tune --backend local`) before adopting it."
+)
+# The same for an SM clock lock: the model's saving rests on dynamic power going as the cube of
+# the clock and on memory-bound kernels not slowing down as it drops, neither of which was
+# measured under a lock.
+PREDICTED_CLOCK_CAVEAT = (
+    "The SM-clock-lock saving is the simulator's prediction, not a measurement: its power model "
+    "(clocked logic drawing power as the cube of the clock, memory-bound kernels as fast at "
+    "any clock) is fitted to H100 runs at full clock, and no calibrated profile of this GPU "
+    "under a clock lock was used. The one published measurement, arXiv 2605.11999 on H200 "
+    "decode, saw locking SM clocks save up to 32% of decode energy. Measure the lock on the "
+    "GPU (`jouletune tune --backend local`) before adopting it."
 )
 
 

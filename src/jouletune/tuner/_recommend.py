@@ -15,11 +15,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from jouletune.tuner._capreport import CapReport, cap_report
+from jouletune.tuner._capreport import CapReport, ClockReport, cap_report, clock_report
 from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
-from jouletune.tuner._provenance import PREDICTED_CAP_CAVEAT, Provenance, common_provenance
+from jouletune.tuner._provenance import (
+    PREDICTED_CAP_CAVEAT,
+    PREDICTED_CLOCK_CAVEAT,
+    Provenance,
+    common_provenance,
+)
 from jouletune.tuner._records import Role, TrialRecord, TrialState
 from jouletune.tuner._space import serve_args
 from jouletune.tuner.spec import BenchmarkSpec
@@ -103,6 +108,10 @@ class Artifacts(_Model):
     vllm_serve_command: str
     power_limit_w: float | None = None
     power_limit_command: str | None = None
+    sm_clock_mhz: int | None = Field(None, description="the SM clock to lock the GPUs at, MHz")
+    sm_clock_lock_command: str | None = Field(
+        None, description="`nvidia-smi -lgc T,T`; `nvidia-smi -rgc` undoes it"
+    )
     kubernetes_container: ContainerPatch
 
 
@@ -130,6 +139,9 @@ class Recommendation(_Model):
     latency_cost_pct: float | None = None
     cap_report: CapReport | None = Field(
         None, description="the recommended cap against the same configuration uncapped"
+    )
+    clock_report: ClockReport | None = Field(
+        None, description="the recommended clock lock against the same configuration unlocked"
     )
     artifacts: Artifacts | None = None
     finalists: list[PointSummary] = Field(default_factory=list)
@@ -222,6 +234,7 @@ def recommend(
         latency_cost_ms=cost_ms,
         latency_cost_pct=cost_pct,
         cap_report=cap_report(records, best.point, objective=spec.objective),
+        clock_report=clock_report(records, best.point, objective=spec.objective),
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
@@ -231,9 +244,10 @@ def recommend(
 
 
 def artifacts(point: Point, spec: BenchmarkSpec) -> Artifacts:
-    """The `vllm serve` command line, the power-limit command and a Kubernetes container."""
+    """The `vllm serve` command line, the power-limit and clock-lock commands and a Kubernetes
+    container."""
     args = serve_args(point, spec)
-    cap = point.power_limit_w
+    cap, lock = point.power_limit_w, point.sm_clock_mhz
     gpus = ",".join(str(i) for i in range(point.tensor_parallel_size))
     count = {_GPU_RESOURCE: str(point.tensor_parallel_size)}
     return Artifacts(
@@ -241,6 +255,10 @@ def artifacts(point: Point, spec: BenchmarkSpec) -> Artifacts:
         vllm_serve_command=args.shell(),
         power_limit_w=cap,
         power_limit_command=None if cap is None else f"sudo nvidia-smi -i {gpus} -pl {cap:g}",
+        sm_clock_mhz=lock,
+        sm_clock_lock_command=(
+            None if lock is None else f"sudo nvidia-smi -i {gpus} -lgc {lock},{lock}"
+        ),
         kubernetes_container=ContainerPatch(
             name="vllm",
             image=spec.engine.image,
@@ -272,12 +290,16 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
 
 
 def _caveats(best: PointSummary, provenance: Provenance | None) -> list[str]:
-    """A power cap's saving from the simulator is a prediction: until a calibrated profile
-    of the GPU under a cap exists, say so, with the published evidence."""
-    capped = best.point.power_limit_w is not None
-    return (
-        [PREDICTED_CAP_CAVEAT] if capped and provenance is not None and provenance.predicted else []
-    )
+    """A power cap's or clock lock's saving from the simulator is a prediction: until a
+    calibrated profile of the GPU under them exists, say so, with the published evidence."""
+    if provenance is None or not provenance.predicted:
+        return []
+    caveats = []
+    if best.point.power_limit_w is not None:
+        caveats.append(PREDICTED_CAP_CAVEAT)
+    if best.point.sm_clock_mhz is not None:
+        caveats.append(PREDICTED_CLOCK_CAVEAT)
+    return caveats
 
 
 def _against_baseline(

@@ -6,18 +6,19 @@ A runner starts a server for a point's server configuration (`runner.server(poin
 consecutive plans share its configuration.
 
 * `SimRunner`: `jouletune sim-server` plus `jouletune exporter --sim` on this machine; power
-  limits through the sim's GPUs; with a GPU profile (`jouletune calibrate`) the sim-servers
-  run its parameters (`--gpu-profile`).
+  limits and clock locks through the sim's GPUs; with a GPU profile (`jouletune calibrate`)
+  the sim-servers run its parameters (`--gpu-profile`).
 * `LocalRunner`: a real `vllm serve` on this host's GPUs plus `jouletune exporter` (NVML);
-  power limits only when not read-only. The engine inherits this process's environment, so
-  it runs on the first TP of the GPUs CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES leave
-  visible: those (`VisibleDevices.engine_gpus`, by UUID) are the GPUs the exporter counts,
-  the caps apply to and whose memory is watched. Each limit as found is on disk while capped
-  (`LimitStore`), for the next run to restore after a crash. `JOULETUNE_VLLM_CMD` replaces
-  `vllm serve` (CI puts `jouletune sim-server` there: same flags; see `jouletune.engine`),
-  `JOULETUNE_EXPORTER_CMD` the exporter, and `JOULETUNE_SIM_GPUS_URL` NVML: the sim-server
-  whose GPUs stand in for the host's (`{server_url}` is the one the runner started, e.g.
-  `jouletune sim-server --node-gpus 2`, a simulated two-GPU node).
+  power limits and clock locks only when not read-only. The engine inherits this process's
+  environment, so it runs on the first TP of the GPUs CUDA_VISIBLE_DEVICES and
+  NVIDIA_VISIBLE_DEVICES leave visible: those (`VisibleDevices.engine_gpus`, by UUID) are the
+  GPUs the exporter counts, the caps and locks apply to and whose memory is watched. Each
+  limit as found, and each lock, is on disk while changed (`LimitStore`), for the next run to
+  restore after a crash. `JOULETUNE_VLLM_CMD` replaces `vllm serve` (CI puts `jouletune
+  sim-server` there: same flags; see `jouletune.engine`), `JOULETUNE_EXPORTER_CMD` the
+  exporter, and `JOULETUNE_SIM_GPUS_URL` NVML: the sim-server whose GPUs stand in for the
+  host's (`{server_url}` is the one the runner started, e.g. `jouletune sim-server
+  --node-gpus 2`, a simulated two-GPU node).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from jouletune.gpu import (
     open_sim_gpus,
     sample_all,
 )
+from jouletune.gpu.simulated import SimulatedGpu, gpu_model
 from jouletune.tuner._measure import Target, measure_point
 from jouletune.tuner._point import Point
 from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
@@ -94,8 +96,9 @@ class Runner(Protocol):
 
     name: str
 
-    async def preflight(self, caps_w: Sequence[float]) -> None:
-        """Refuse, before any trial, a study this runner cannot serve (raise RunnerError)."""
+    async def preflight(self, caps_w: Sequence[float], clocks_mhz: Sequence[int] = ()) -> None:
+        """Refuse, before any trial, a study this runner cannot serve (raise RunnerError):
+        `caps_w` and `clocks_mhz` are the power limits and SM clock locks it will set."""
         ...
 
     def server(self, config: Point, *, log_dir: Path) -> AbstractAsyncContextManager[TrialServer]:
@@ -155,7 +158,7 @@ class _ProcessRunner:
         self._server_port = server_port
         self._store = store
 
-    async def preflight(self, caps_w: Sequence[float]) -> None:
+    async def preflight(self, caps_w: Sequence[float], clocks_mhz: Sequence[int] = ()) -> None:
         """Nothing to check by default."""
 
     @asynccontextmanager
@@ -234,6 +237,16 @@ class SimRunner(_ProcessRunner):
         # Absolute: the sim-servers run from their own working directory.
         self._gpu_profile = None if gpu_profile is None else gpu_profile.resolve()
 
+    async def preflight(self, caps_w: Sequence[float], clocks_mhz: Sequence[int] = ()) -> None:
+        """Every cap and lock within the simulated GPU's ranges (its servers' GPUs exist only
+        once they run, so the catalog's model is asked)."""
+        try:
+            model = gpu_model(self._spec.gpu.type)
+        except ValueError as err:
+            raise RunnerError(f"gpu.type: {err}") from None
+        sim = SimulatedGpu(model=model, index=0)
+        _check_ranges(sim, caps_w, clocks_mhz)
+
     def _server_argv(self, config: Point, port: int) -> list[str]:
         profile = [] if self._gpu_profile is None else ["--gpu-profile", str(self._gpu_profile)]
         return [
@@ -304,12 +317,12 @@ class LocalRunner(_ProcessRunner):
         self._visible = VisibleDevices.from_env()
         self._nvml: list[Gpu] | None = None
 
-    async def preflight(self, caps_w: Sequence[float]) -> None:
+    async def preflight(self, caps_w: Sequence[float], clocks_mhz: Sequence[int] = ()) -> None:
         """Where NVML answers: the GPUs the largest engine would use must be visible and,
-        with caps to apply, every cap within each one's range and permitted."""
+        with caps or locks to apply, every one within each GPU's range and permitted."""
         if self._sim_gpus_url is not None:
             return  # the stand-in's GPUs exist only once its server runs
-        needs_nvml = bool(caps_w) and not self._read_only
+        needs_nvml = bool(caps_w or clocks_mhz) and not self._read_only
         try:
             host = self._nvml_gpus()
         except RunnerError:
@@ -322,7 +335,7 @@ class LocalRunner(_ProcessRunner):
         except ValueError as err:
             raise RunnerError(str(err)) from None
         if needs_nvml:
-            _check_caps(gpus, caps_w)
+            _check_settings(gpus, caps_w, clocks_mhz)
 
     def _server_argv(self, config: Point, port: int) -> list[str]:
         return [*self._server_command, *self._engine_args(config, port)]
@@ -381,24 +394,46 @@ def _engine_gpus(visible: VisibleDevices, host: Sequence[Gpu], count: int) -> li
     ]
 
 
-def _check_caps(gpus: Sequence[Gpu], caps_w: Sequence[float]) -> None:
-    """Every cap within each GPU's range, and the permission to set it (RunnerError)."""
+def _check_settings(
+    gpus: Sequence[Gpu], caps_w: Sequence[float], clocks_mhz: Sequence[int]
+) -> None:
+    """Every cap and lock within each GPU's range, and the permission to set them
+    (RunnerError)."""
     for gpu in gpus:
-        rng = gpu.power_limit_range()
-        bad = [c for c in caps_w if not rng.min_w <= c <= rng.max_w]
-        if bad:
-            raise RunnerError(
-                f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
-                f"range {rng.min_w:g}-{rng.max_w:g} W"
-            )
+        _check_ranges(gpu, caps_w, clocks_mhz)
         current_w = gpu.sample().power_limit_w
         try:
-            # Writing the limit it already has changes nothing and proves the permission,
-            # so a study without it stops here instead of failing every capped trial.
+            # Writing the limit it already has changes nothing and proves the permission
+            # (locking clocks needs the same: root or CAP_SYS_ADMIN; a lock cannot be probed
+            # without changing the clocks), so a study without it stops here instead of
+            # failing every capped or locked trial.
             if current_w is not None:
                 gpu.set_power_limit_w(current_w)
         except GpuPermissionError as err:
             raise RunnerError(f"{err}; run as root or with --read-only") from None
+
+
+def _check_ranges(gpu: Gpu, caps_w: Sequence[float], clocks_mhz: Sequence[int]) -> None:
+    """Every cap within `gpu`'s power-limit range, every lock within its clocks (RunnerError)."""
+    rng = gpu.power_limit_range()
+    bad = [c for c in caps_w if not rng.min_w <= c <= rng.max_w]
+    if bad:
+        raise RunnerError(
+            f"searchSpace.powerLimitW {bad} outside GPU {gpu.index} ({gpu.name})'s "
+            f"range {rng.min_w:g}-{rng.max_w:g} W"
+        )
+    if not clocks_mhz:
+        return
+    try:
+        clocks = gpu.sm_clock_range()
+    except GpuError as err:
+        raise RunnerError(f"searchSpace.smClockMhz: {err}") from None
+    bad_mhz = [c for c in clocks_mhz if not clocks.min_mhz <= c <= clocks.max_mhz]
+    if bad_mhz:
+        raise RunnerError(
+            f"searchSpace.smClockMhz {bad_mhz} outside GPU {gpu.index} ({gpu.name})'s "
+            f"supported clocks {clocks.min_mhz}-{clocks.max_mhz} MHz"
+        )
 
 
 def _jouletune() -> list[str]:

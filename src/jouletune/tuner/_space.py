@@ -49,12 +49,20 @@ class SearchGrid:
         caps = [] if read_only else sorted(set(space.power_limit_w), reverse=True)
         # None first: "as found" is the highest limit a search can meet, caps go downwards.
         self._power: list[float | None] = [None, *caps]
+        clocks = [] if read_only else sorted(set(space.sm_clock_mhz), reverse=True)
+        # None first: unlocked is the highest clock, locks go downwards.
+        self._clocks: list[int | None] = [None, *clocks]
         self.baseline = baseline
 
     @property
     def power_limits_w(self) -> Sequence[float | None]:
         """Power choices from highest (None: as found) to lowest."""
         return self._power
+
+    @property
+    def sm_clocks_mhz(self) -> Sequence[int | None]:
+        """SM clock choices from highest (None: unlocked) to lowest."""
+        return self._clocks
 
     @property
     def tensor_parallel_sizes(self) -> Sequence[int]:
@@ -78,25 +86,29 @@ class SearchGrid:
             "max_num_seqs": self._seqs,
             "max_num_batched_tokens": self._mbt,
             "power_limit_w": self._power,
+            "sm_clock_mhz": self._clocks,
         }
         assert list(choices) == list(Point.model_fields), "one distribution per Point field"
         return {name: CategoricalDistribution(list(c)) for name, c in choices.items()}
 
     def points(self) -> list[Point]:
         """Every point, grouped by server configuration, each group from the highest limit
-        down: the order that needs the fewest server starts."""
+        down (and under each limit from the highest clock down): the order that needs the
+        fewest server starts."""
         return [
             Point(
                 tensor_parallel_size=tp,
                 max_num_seqs=seqs,
                 max_num_batched_tokens=mbt,
                 power_limit_w=power,
+                sm_clock_mhz=clock,
             )
-            for tp, seqs, mbt, power in itertools.product(
-                self._tp, self._seqs, self._mbt, self._power
+            for tp, seqs, mbt, power, clock in itertools.product(
+                self._tp, self._seqs, self._mbt, self._power, self._clocks
             )
         ]
 
     def size(self) -> int:
         """How many points the space holds."""
-        return len(self._tp) * len(self._seqs) * len(self._mbt) * len(self._power)
+        servers = len(self._tp) * len(self._seqs) * len(self._mbt)
+        return servers * len(self._power) * len(self._clocks)

@@ -9,8 +9,9 @@ goes on where it stopped):
 1. the baseline (vLLM defaults, no cap) is measured first;
 2. a trial interrupted by a crash is measured again;
 3. the SLO boundary search (`_boundary`): bisection over max_num_seqs, then a walk along the
-   boundary, lowering power caps under a running server (no restart) while that pays;
-4. the power step under the latest point's server, once the boundary is bracketed;
+   boundary, lowering power caps, then SM clock locks, under a running server (no restart)
+   while that pays;
+4. the power (or clock) step under the latest point's server, once the boundary is bracketed;
 5. then the sampler explores; a point it proposes again is answered from its first
    measurement instead of being measured twice;
 6. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, and
@@ -31,7 +32,13 @@ from optuna.trial import TrialState as OptunaState
 
 from jouletune.tuner import _optuna
 from jouletune.tuner._baseline import Baseline, resolve_baseline
-from jouletune.tuner._boundary import brackets_closed, next_boundary_point, next_power_step
+from jouletune.tuner._boundary import (
+    brackets_closed,
+    gpu_ladders,
+    next_boundary_point,
+    next_gpu_step,
+    rungs_below,
+)
 from jouletune.tuner._finalists import finalist_points, next_finalist
 from jouletune.tuner._point import Point
 from jouletune.tuner._records import Role, TrialOutcome, TrialPlan, TrialRecord, TrialState
@@ -88,6 +95,7 @@ class Study:
             spec=spec, baseline=self.baseline.point, read_only=read_only or spec.gpu.read_only
         )
         self._read_only = read_only or spec.gpu.read_only
+        self._ladders = gpu_ladders(self._grid.power_limits_w, self._grid.sm_clocks_mhz)
         self._distributions = self._grid.distributions()
         self._study = optuna_study
         self._rng = random.Random(spec.seed)
@@ -216,10 +224,11 @@ class Study:
         """Points a trial pod may measure after `plan` without restarting its server, in order.
 
         What the CLI would measure next under the same server start: for a search trial once
-        the boundary is bracketed, the lower power caps not yet taken, highest first (the pod
-        walks down them as the CLI's power steps do, `measure_sweep`); with `sampler: grid`,
-        the next unmeasured points of its server. At most `limit`, and no more than the
-        budget has left. A rider the pod measured comes back through `tell_extra`.
+        the boundary is bracketed, the lower power caps not yet taken, highest first, then
+        the SM clock locks, highest first (the pod walks down them as the CLI's power and
+        clock steps do, `measure_sweep`); with `sampler: grid`, the next unmeasured points of
+        its server. At most `limit`, and no more than the budget has left. A rider the pod
+        measured comes back through `tell_extra`.
         """
         if plan.role is not Role.SEARCH:
             return []
@@ -228,11 +237,13 @@ class Study:
         if not grid and not brackets_closed(records, self._grid):
             return []
         taken = _taken_points(records)
-        cap = plan.point.power_limit_w
-        below = self._grid.power_limits_w[self._grid.power_limits_w.index(cap) + 1 :]
-        points = [plan.point.model_copy(update={"power_limit_w": c}) for c in below]
+        if grid:
+            server = [p for p in self._grid.points() if p.server == plan.point.server]
+            after = server[server.index(plan.point) + 1 :]
+        else:
+            after = rungs_below(plan.point, self._ladders)
         left = self._spec.budget.max_trials - self._count().measured
-        return [p for p in points if p not in taken][: max(0, min(limit, left))]
+        return [p for p in after if p not in taken][: max(0, min(limit, left))]
 
     def walks(self) -> bool:
         """True when a pod's riders end where the power walk would (`measure_sweep`'s walk);
@@ -276,7 +287,7 @@ class Study:
         if self._spec.sampler == "grid":
             unmeasured = self._unmeasured_points(taken)
             return self._ask_point(unmeasured[0], role=Role.SEARCH) if unmeasured else None
-        step = self._power_step(records) if brackets_closed(records, self._grid) else None
+        step = self._gpu_step(records) if brackets_closed(records, self._grid) else None
         if step is None:
             step = next_boundary_point(records, self._grid)
         if step is not None and step not in taken:
@@ -339,18 +350,16 @@ class Study:
     def _unmeasured_points(self, taken: set[Point]) -> list[Point]:
         return [p for p in self._grid.points() if p not in taken]
 
-    def _power_step(self, records: Sequence[TrialRecord]) -> Point | None:
-        """The next cap under the server of the latest measured search trial, if any is worth
-        measuring: it needs no restart, so it is the cheapest informative measurement."""
+    def _gpu_step(self, records: Sequence[TrialRecord]) -> Point | None:
+        """The next cap or clock lock under the server of the latest measured search trial, if
+        any is worth measuring: it needs no restart, so it is the cheapest informative
+        measurement."""
         finished = [r for r in records if r.measured and r.role is not Role.FINALIST]
         if not finished or finished[-1].state is not TrialState.COMPLETE:
             return None
         latest = finished[-1]
         same_server = [r for r in finished if r.point.server == latest.point.server]
-        cap = next_power_step(latest, same_server, self._grid.power_limits_w)
-        if cap is None:
-            return None
-        return latest.point.model_copy(update={"power_limit_w": cap})
+        return next_gpu_step(latest, same_server, self._ladders)
 
     # --- finalists ----------------------------------------------------------------------
 

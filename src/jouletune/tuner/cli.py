@@ -4,9 +4,10 @@
                                [--port P] [--state-dir DIR] [--gpu-profile PROFILE.json]
     jouletune report DIR [--storage URL]
 
-Before anything else, `tune` puts back every GPU power limit that a run killed mid-study
-(SIGKILL, the OOM killer) left changed, from the limits as found that run wrote to the state
-directory, and says so, one line per GPU (`jouletune.gpu.restore_left_limits`).
+Before anything else, `tune` puts back every GPU power limit and resets every SM clock lock
+that a run killed mid-study (SIGKILL, the OOM killer) left changed, from the settings as
+found that run wrote to the state directory, and says so, one line per GPU and setting
+(`jouletune.gpu.restore_left_limits`).
 
 Exit codes of `tune`: 0 a recommendation; 2 bad input (spec, flags, storage, a runner that
 cannot serve the spec), nothing measured; 3 no measured configuration meets the SLO (the
@@ -93,8 +94,10 @@ def tune_main(argv: list[str]) -> int:
         _restore_left(store, read_only=args.read_only)
         setup = _setup(args)
         runner = _runner(args, setup, store)
-        caps = [c for c in setup.study.grid.power_limits_w if c is not None]
-        asyncio.run(runner.preflight(caps))
+        grid = setup.study.grid
+        caps = [c for c in grid.power_limits_w if c is not None]
+        clocks = [c for c in grid.sm_clocks_mhz if c is not None]
+        asyncio.run(runner.preflight(caps, clocks))
     except (
         _UsageError,
         SpecError,
@@ -127,8 +130,8 @@ def tune_main(argv: list[str]) -> int:
 
 
 def _restore_left(store: LimitStore, *, read_only: bool) -> None:
-    """Put back every limit a killed run left changed (the GPU layer logs each); read-only,
-    refuse to run on one instead: its cap is not the limit as found.
+    """Put back every limit and lock a killed run left changed (the GPU layer logs each);
+    read-only, refuse to run on one instead: its cap or lock is not the GPU as found.
 
     Raises:
         GpuError: a limit could not be put back.
@@ -141,8 +144,7 @@ def _restore_left(store: LimitStore, *, read_only: bool) -> None:
         if record is not None and not record.holder_alive():
             raise _UsageError(
                 f"GPU {record.index} ({record.uuid}) was left changed by {record.writer()} "
-                f"({path}); rerun without --read-only to restore its {record.original_w:g} W "
-                "limit first"
+                f"({path}); rerun without --read-only to {record.undo()} first"
             )
 
 
@@ -211,11 +213,13 @@ def report_main(argv: list[str]) -> int:
 
 
 def _print_answer(rec: Recommendation, out_dir: Path) -> None:
-    """The verdict (measured or predicted, with its caveats), what the cap did by itself, and
-    where the report is."""
+    """The verdict (measured or predicted, with its caveats), what the cap and the clock lock
+    did by themselves, and where the report is."""
     print(rec.summary())
     if rec.cap_report is not None:
         print(rec.cap_report.sentence)
+    if rec.clock_report is not None:
+        print(rec.clock_report.sentence)
     print(f"report: {out_dir / 'report.html'}")
 
 
@@ -235,7 +239,9 @@ def _tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/NAME)")
     parser.add_argument(
-        "--read-only", action="store_true", help="never change a GPU setting (power limits)"
+        "--read-only",
+        action="store_true",
+        help="never change a GPU setting (power limits, SM clock locks)",
     )
     parser.add_argument(
         "--port",
@@ -251,7 +257,7 @@ def _tune_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="where each GPU's limit as found is kept while capped, for the next run to "
+        help="where each GPU's settings as found are kept while changed, for the next run to "
         f"restore after a crash (default: ${STATE_DIR_ENV}, $XDG_STATE_HOME/jouletune, "
         "/var/lib/jouletune as root, else ~/.local/state/jouletune)",
     )
@@ -265,6 +271,11 @@ def _setup(args: argparse.Namespace) -> _Setup:
         raise _UsageError(
             f"--read-only: searchSpace.powerLimitW {spec.search_space.power_limit_w} asks for "
             "power limits, and read-only mode never changes them; remove them or the flag"
+        )
+    if args.read_only and spec.search_space.sm_clock_mhz:
+        raise _UsageError(
+            f"--read-only: searchSpace.smClockMhz {spec.search_space.sm_clock_mhz} asks for "
+            "SM clock locks, and read-only mode never locks clocks; remove them or the flag"
         )
     out_dir: Path = args.out or Path("runs") / name
     storage_url = args.storage or spec.storage

@@ -112,7 +112,8 @@ class GpuSpec(_Model):
         " requests exactly its point's tensorParallelSize",
     )
     read_only: bool = Field(
-        False, description="never change a GPU setting: power limits stay as they are"
+        False,
+        description="never change a GPU setting: power limits and SM clocks stay as they are",
     )
 
 
@@ -132,6 +133,11 @@ class SearchSpace(_Model):
     ] = [1]
     power_limit_w: list[Annotated[float, Field(gt=0, le=2000)]] = Field(
         default_factory=list, description="GPU power caps to try; empty keeps the current one"
+    )
+    sm_clock_mhz: list[Annotated[int, Field(ge=100, le=5000)]] = Field(
+        default_factory=list,
+        description="SM clocks to lock the GPUs at, MHz (nvidia-smi -lgc T,T); empty leaves"
+        " them unlocked",
     )
     max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
         default_factory=list, description="empty keeps vLLM's default"
@@ -301,6 +307,11 @@ class BenchmarkSpec(_Model):
             raise ValueError(
                 "searchSpace.powerLimitW must be empty when gpu.readOnly is true: "
                 "read-only mode never changes a GPU's power limit"
+            )
+        if self.gpu.read_only and self.search_space.sm_clock_mhz:
+            raise ValueError(
+                "searchSpace.smClockMhz must be empty when gpu.readOnly is true: "
+                "read-only mode never locks a GPU's clocks"
             )
         self._model_path_is_servable()
         return self
