@@ -1,20 +1,24 @@
 #!/bin/bash
-# Issue #12 item 5 and issue #14 item 1 on the real H100, read-only: the dummy 8B model with a
-# real 129,280-entry BPE tokenizer (DeepSeek-V3's, from the litellm wheel; retok.py), one vLLM
-# server, and against it
-#   1. `jouletune bench` at 128, 512 and 1536 prompt tokens: what vLLM counted vs what was asked;
-#   2. `jouletune bench` and `vllm bench serve` on the same workload at two concurrencies;
-#   3. `jouletune bench --energy-source dcgm` against `jouletune exporter --format dcgm` (NVML
-#      in dcgm-exporter's names) with an independent NVML energy log beside it.
+# Issues #12, #14 and #15 on the real H100, read-only: the dummy 8B model with a real
+# 129,280-entry BPE tokenizer (DeepSeek-V3's, from the litellm wheel; retok.py), one vLLM
+# server of 256 sequences, and against it the sections SECTIONS names (default: all):
+#   len   `jouletune bench` at 128, 512 and 1536 prompt tokens: what vLLM counted vs asked;
+#   pair  `jouletune bench` and `vllm bench serve` on one workload (512/256) at 16 and 128
+#         streams, each client with its own prompt seed (a seed the other client used would
+#         find its prompts in vLLM's prefix cache);
+#   dcgm  `jouletune bench --energy-source dcgm` against `jouletune exporter --format dcgm`
+#         (NVML in dcgm-exporter's names) with an independent NVML energy log beside it;
+#   calib `jouletune calibrate --read-only`: closed loops at four batch sizes and the fit.
 # Never changes a GPU setting. Needs vLLM staged (shared/vllm-h100/README.md: /tmp/site) and
-# TOKENIZER pointing at a tokenizer.json. Leaves vLLM and the exporter running for the next
-# call (calibrate_session.sh). Usage: tokenizer_session.sh OUT_DIR
+# TOKENIZER pointing at a tokenizer.json. Usage: tokenizer_session.sh OUT_DIR
 set -u
 OUT=$1; mkdir -p "$OUT"
+SECTIONS=${SECTIONS:-len pair dcgm calib}
 TOKENIZER=${TOKENIZER:-.tools/tokenizers/deepseek-v3/tokenizer.json}
 export PYTHONPATH=$PWD/src:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 JT="python3 -m jouletune"
-SEED=11
+SEED=${SEED:-201}
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 python3 /tmp/stage/mk_model.py /tmp/model > /dev/null 2>&1 || python3 .device-whl/mk_model.py /tmp/model
 python3 .device-whl/retok.py /tmp/model "$TOKENIZER"
@@ -22,9 +26,7 @@ setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy
   --max-num-seqs 256 --max-model-len 2048 --port 8000 > "$OUT/vllm.log" 2>&1 < /dev/null &
 echo $! > /tmp/vllm.pid
 setsid $JT exporter --port 9400 --gpus 0 > "$OUT/exporter.log" 2>&1 < /dev/null &
-echo $! > /tmp/exporter.pid
 setsid $JT exporter --port 9401 --gpus 0 --format dcgm > "$OUT/exporter-dcgm.log" 2>&1 < /dev/null &
-echo $! > /tmp/exporter-dcgm.pid
 t0=$(date +%s)
 until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; do
   sleep 2; kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || { echo "vllm died"; tail -30 "$OUT/vllm.log"; exit 1; }
@@ -39,31 +41,43 @@ bench() {  # bench NAME ARGS...: a jouletune bench against the server, read-only
   echo "bench $name exit $? at $(date +%T)"; grep -E "prompt tokens|energy per output|steady" "$OUT/$name.txt"
 }
 
-# 1. prompt lengths counted by vLLM, the model's own tokenizer (the default: /tmp/model's).
-for LEN in 128 512 1536; do
-  bench "len$LEN" --exporter-url http://127.0.0.1:9400 --random-input-len "$LEN" \
-    --random-output-len 64 --max-concurrency 64 --num-prompts 320 --seed $SEED
-done
+if has len; then  # prompt lengths counted by vLLM, the model's own tokenizer (the default)
+  for LEN in 128 512 1536; do
+    bench "len$LEN" --exporter-url http://127.0.0.1:9400 --random-input-len "$LEN" \
+      --random-output-len 32 --max-concurrency 64 --num-prompts 192 --seed $((SEED + LEN)) \
+      --check minWindowS=2
+  done
+fi
 
-# 2. the same workload through both clients, at two concurrencies.
-for C in 16 128; do
-  N=$(( C * 10 ))
-  bench "jouletune_c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
-    --random-output-len 256 --max-concurrency "$C" --num-prompts "$N" --seed $SEED
-  python3 -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url http://127.0.0.1:8000 \
-    --model /tmp/model --dataset-name random --random-input-len 512 --random-output-len 256 \
-    --num-prompts "$N" --max-concurrency "$C" --seed $SEED --ignore-eos --save-result \
-    --result-dir "$OUT" --result-filename "vllm_c$C.json" > "$OUT/vllm_c$C.txt" 2>&1
-  echo "vllm bench serve c$C exit $? at $(date +%T)"; grep -E "Median (TTFT|TPOT)|Output token throughput" "$OUT/vllm_c$C.txt"
-done
+if has pair; then  # the same workload through both clients, each with prompts of its own
+  for C in 16 128; do
+    N=$(( C * 8 ))
+    bench "jouletune_c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
+      --random-output-len 256 --max-concurrency "$C" --num-prompts "$N" --seed $((SEED + C))
+    python3 -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url http://127.0.0.1:8000 \
+      --model /tmp/model --dataset-name random --random-input-len 512 --random-output-len 256 \
+      --num-prompts "$N" --max-concurrency "$C" --seed $((SEED + C + 1)) --ignore-eos --save-result \
+      --result-dir "$OUT" --result-filename "vllm_c$C.json" > "$OUT/vllm_c$C.txt" 2>&1
+    echo "vllm bench serve c$C exit $? at $(date +%T)"; grep -E "Median (TTFT|TPOT)|Output token throughput" "$OUT/vllm_c$C.txt"
+  done
+fi
 
-# 3. energy through dcgm-exporter's names, with an independent NVML log on the same GPU.
-setsid python3 benchmarks/h100_vllm/nvml_energy_log.py "$OUT/nvml_dcgm.csv" 0 > /dev/null 2>&1 < /dev/null &
-echo $! > /tmp/nvlog.pid
-bench dcgm_c128 --exporter-url http://127.0.0.1:9401 --energy-source dcgm --random-input-len 512 \
-  --random-output-len 256 --max-concurrency 128 --num-prompts 100000 --duration 20 --seed $((SEED + 1))
-kill "$(cat /tmp/nvlog.pid)"; rm -f /tmp/nvlog.pid
-gzip -f "$OUT/nvml_dcgm.csv"
+if has dcgm; then  # energy through dcgm-exporter's names, an independent NVML log beside it
+  setsid python3 benchmarks/h100_vllm/nvml_energy_log.py "$OUT/nvml_dcgm.csv" 0 > /dev/null 2>&1 < /dev/null &
+  echo $! > /tmp/nvlog.pid
+  bench dcgm_c128 --exporter-url http://127.0.0.1:9401 --energy-source dcgm --random-input-len 512 \
+    --random-output-len 256 --max-concurrency 128 --num-prompts 100000 --duration 20 --seed $((SEED + 7))
+  kill "$(cat /tmp/nvlog.pid)"; rm -f /tmp/nvlog.pid
+  gzip -f "$OUT/nvml_dcgm.csv"
+fi
+
+if has calib; then  # batch-only calibration: never changes a GPU setting
+  $JT calibrate --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
+    --out "$OUT/calibrate" --read-only --concurrency "${CALIB_C:-1,8,64,256}" --workload 512:256 \
+    --duration "${CALIB_S:-15}" --max-num-seqs 256 --max-model-len 2048 --model /tmp/model \
+    --gpu h100-80gb --seed $((SEED + 500)) > "$OUT/calibrate.txt" 2>&1
+  echo "calibrate exit $? at $(date +%T)"; tail -25 "$OUT/calibrate.txt"
+fi
 
 { nvidia-smi --query-gpu=name,driver_version,power.limit,power.default_limit,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, vllm, tokenizers; print('torch', torch.__version__, 'cuda', torch.version.cuda)
