@@ -30,7 +30,7 @@ class ValidityThresholds(BaseModel):
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
     )
 
-    min_window_s: float = Field(5.0, ge=0, description="steady-state window, seconds")
+    min_window_s: float = Field(3.0, ge=0, description="steady-state window, seconds")
     min_window_output_tokens: int = Field(500, ge=0, description="output tokens in the window")
     min_energy_samples: int = Field(
         20, ge=0, description="fresh energy-counter readings inside the window, per GPU"
