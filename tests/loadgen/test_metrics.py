@@ -127,3 +127,7 @@ def test_latency_covers_the_steady_state_cohort() -> None:
     # With no request sent after the plateau, the statistics fall back to all that ended in it.
     only_burst = compute_metrics([burst], window)
     assert only_burst.latency_requests == 1 and only_burst.ttft_ms.mean == pytest.approx(900)
+    # The run-wide statistics (vLLM's scope, to compare with `vllm bench serve`) keep the
+    # burst: TTFTs 900 and 200 ms, TPOTs 700 and 900 ms.
+    assert m.run_ttft_ms.mean == pytest.approx(550)
+    assert m.run_tpot_ms.p50 == pytest.approx(800)

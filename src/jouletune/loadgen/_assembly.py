@@ -197,6 +197,8 @@ def _assemble(
             input_tokens=metrics.total_input_tokens,
             request_throughput=metrics.run_request_throughput,
             output_token_throughput=metrics.run_output_token_throughput,
+            ttft_ms=_latency(metrics.run_ttft_ms),
+            tpot_ms=_latency(metrics.run_tpot_ms),
         ),
         environment=_environment(server, telemetry),
         checks=parts.checks,

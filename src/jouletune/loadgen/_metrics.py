@@ -77,6 +77,8 @@ class BenchMetrics:
         run_output_tokens: output tokens of every successful request.
         run_request_throughput: completed / run_duration_s, requests/s.
         run_output_token_throughput: run_output_tokens / run_duration_s, tokens/s.
+        run_ttft_ms: TTFT of every successful request, ramp-up included (vLLM's scope).
+        run_tpot_ms: TPOT of every successful request, ramp-up included (vLLM's scope).
         total_input_tokens: `usage.prompt_tokens` summed over successful requests that sent it.
     """
 
@@ -97,6 +99,8 @@ class BenchMetrics:
     run_output_tokens: int
     run_request_throughput: float | None
     run_output_token_throughput: float | None
+    run_ttft_ms: LatencyStats
+    run_tpot_ms: LatencyStats
     total_input_tokens: int
 
 
@@ -113,8 +117,8 @@ def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> 
         completed=len(ok),
         failed=len(records) - len(ok),
         latency_scope="all" if window is None else "window",
-        ttft_ms=LatencyStats.of_seconds([r.ttft_s for r in scoped if r.ttft_s is not None]),
-        tpot_ms=LatencyStats.of_seconds([_tpot_s(r) for r in scoped if r.tokens > 1]),
+        ttft_ms=_ttft(scoped),
+        tpot_ms=_tpot(scoped),
         itl_ms=LatencyStats.of_seconds(_itls_s(scoped)),
         e2el_ms=LatencyStats.of_seconds([r.e2el_s for r in scoped if r.e2el_s is not None]),
         latency_requests=len(scoped),
@@ -129,8 +133,18 @@ def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> 
         run_output_tokens=run_tokens,
         run_request_throughput=len(ok) / run_s if run_s > 0 else None,
         run_output_token_throughput=run_tokens / run_s if run_s > 0 else None,
+        run_ttft_ms=_ttft(ok),
+        run_tpot_ms=_tpot(ok),
         total_input_tokens=sum(r.prompt_tokens or 0 for r in ok),
     )
+
+
+def _ttft(records: Sequence[RequestRecord]) -> LatencyStats:
+    return LatencyStats.of_seconds([r.ttft_s for r in records if r.ttft_s is not None])
+
+
+def _tpot(records: Sequence[RequestRecord]) -> LatencyStats:
+    return LatencyStats.of_seconds([_tpot_s(r) for r in records if r.tokens > 1])
 
 
 def _tpot_s(record: RequestRecord) -> float:

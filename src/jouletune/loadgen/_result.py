@@ -165,12 +165,15 @@ class WorkloadSummary(_Model):
 
 
 class RunSummary(_Model):
-    """The whole run, ramp-up and drain included (vLLM's own throughput figures)."""
+    """The whole run, ramp-up and drain included: the scope of `vllm bench serve`'s figures,
+    to compare with it (the top-level latencies are the steady-state cohort's)."""
 
     output_tokens: int
     input_tokens: int
     request_throughput: float | None
     output_token_throughput: float | None
+    ttft_ms: LatencySummary | None = None
+    tpot_ms: LatencySummary | None = None
 
 
 class RequestDetail(_Model):
