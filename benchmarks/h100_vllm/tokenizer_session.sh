@@ -50,7 +50,7 @@ if has len; then  # prompt lengths counted by vLLM, the model's own tokenizer (t
 fi
 
 if has pair; then  # the same workload through both clients, each with prompts of its own
-  for C in 16 128; do
+  for C in ${PAIR_C:-16 128}; do
     N=$(( C * 8 ))
     bench "jouletune_c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
       --random-output-len 256 --max-concurrency "$C" --num-prompts "$N" --seed $((SEED + C))
