@@ -97,7 +97,7 @@ def _dcgm(out: Path) -> bool:
         f"dcgm path vs NVML log ({out.name}): {result['energy_j']:.1f} J vs {independent:.1f} J "
         f"over {window['duration_s']:.1f} s, {diff:+.2%}"
     )
-    return abs(diff) <= ENERGY_BOUND
+    return bool(abs(diff) <= ENERGY_BOUND)
 
 
 def main() -> int:
