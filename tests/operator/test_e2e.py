@@ -383,6 +383,26 @@ def test_a_trial_with_tp_1_on_a_two_gpu_node_counts_one_gpus_energy(cluster: Clu
         assert listed.read_text() == "GPU-sim-h100-80gb-0000\n"
 
 
+def test_dcgm_energy_without_a_url_comes_from_the_sidecar_in_dcgms_format(
+    cluster: Cluster,
+) -> None:
+    """`energy.source: dcgm` naming no dcgm-exporter: the sidecar serves the simulator's GPUs
+    under dcgm-exporter's names, and the trials read them (in jouletune's names, the bench
+    would find no dcgm series and the trial would fail)."""
+    spec = tiny_spec(
+        energy={"source": "dcgm"},
+        searchSpace={"maxNumSeqs": [8], "powerLimitW": []},
+        baseline={"serveArgs": ["--max-num-seqs", "8"]},
+        budget={"maxTrials": 1, "parallelTrials": 1, "finalistRepeats": 0},
+    )
+    cluster.api.create(EBM_PATH, benchmark("dcgm", spec))
+    with running_operator(cluster.url):
+        status = wait_phase(cluster.api, "dcgm", {"Succeeded", "Failed"}, timeout_s=60)
+    assert status["phase"] == "Succeeded", (status.get("conditions"), _failures(status))
+    (trial,) = status["trials"]
+    assert trial["state"] == "complete" and trial["figures"]["avgPowerW"] > 0, trial
+
+
 def _failures(status: dict[str, Any]) -> list[tuple[int, str | None, str | None]]:
     """Each failed trial's number, reason and one-line cause: what a failing test should say."""
     failed = [t for t in status.get("trials", []) if t["state"] == "failed"]

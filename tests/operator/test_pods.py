@@ -261,6 +261,7 @@ def test_the_load_generator_plan_runs_the_spec_workload() -> None:
     plan = _plan(pod)
     assert plan.trial == 7 and plan.benchmark == "ml/llama" and plan.points == [point]
     assert plan.spec.budget.trial_timeout_s == 120
+    assert plan.exporter_url is not None and plan.gpus_file is None
     bench = bench_config(
         plan.spec,
         point=point,
@@ -525,6 +526,77 @@ def test_what_the_restricted_pod_security_standard_refuses_is_only_what_vllm_nee
     }
     on_host = {"backend": "vllm", "modelSource": {"cache": {"hostPath": {"path": "/hf"}}}}
     assert "volume model-cache: hostPath" in _restricted_violations(build(on_host, point))
+
+
+DCGM_EXPORTER = {"source": "dcgm", "exporterUrl": "http://dcgm-exporter.gpu-operator:9400/metrics"}
+DCGM_PROMETHEUS = {"source": "dcgm", "prometheusUrl": "http://prometheus.monitoring:9090"}
+CLUSTER_ENERGY = pytest.mark.parametrize(
+    "energy", [DCGM_EXPORTER, DCGM_PROMETHEUS], ids=["exporter", "prometheus"]
+)
+GPU_LIST_MOUNT = {"name": "gpu-list", "mountPath": "/var/run/jouletune", "readOnly": True}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@CLUSTER_ENERGY
+def test_a_read_only_pod_on_the_clusters_dcgm_exporter_runs_no_jouletune_sidecar(
+    energy: dict[str, str], version: str
+) -> None:
+    """Nothing to step and the energy from the cluster's dcgm-exporter: no exporter sidecar,
+    so no jouletune container that could need privileges; the load generator reads the
+    engine's GPU list to count only those GPUs' series."""
+    pod = build(
+        {"backend": "vllm", "energy": energy}, Point(tensor_parallel_size=1, max_num_seqs=8)
+    )
+    assert kubernetes_validate.validate(pod, version, strict=True)
+    by_name = containers(pod)
+    assert list(by_name) == ["engine", "loadgen"]
+    assert _mounts(by_name["loadgen"])["/var/run/jouletune"] == GPU_LIST_MOUNT
+    assert _restricted_violations(pod) == {"engine: capabilities", "engine: runAsNonRoot"}
+    plan = _plan(pod)
+    assert plan.exporter_url is None and plan.control_url is None
+    # The file the engine's script writes its GPUs' UUIDs to.
+    assert plan.gpus_file == _env(by_name["engine"])["JOULETUNE_GPU_LIST"]
+
+
+@CLUSTER_ENERGY
+def test_a_pod_that_steps_caps_keeps_the_exporter_to_step_them_but_reads_the_clusters_energy(
+    energy: dict[str, str],
+) -> None:
+    spec = {"backend": "vllm", "energy": energy, "searchSpace": {"powerLimitW": [400]}}
+    pod = build(spec, Point(tensor_parallel_size=1, max_num_seqs=8, power_limit_w=400.0))
+    assert kubernetes_validate.validate(pod, "1.29", strict=True)
+    by_name = containers(pod)
+    assert list(by_name) == ["engine", "exporter", "loadgen"]
+    assert by_name["exporter"]["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    assert _mounts(by_name["loadgen"])["/var/run/jouletune"] == GPU_LIST_MOUNT
+    plan = _plan(pod)
+    assert plan.control_url is not None and plan.gpus_file is not None
+    assert plan.exporter_url is None, "energy from the cluster's exporter, not the sidecar's"
+
+
+def test_dcgm_without_a_url_is_served_by_the_sidecar_in_dcgms_format() -> None:
+    pod = build(
+        {"backend": "vllm", "energy": {"source": "dcgm"}},
+        Point(tensor_parallel_size=1, max_num_seqs=8),
+    )
+    by_name = containers(pod)
+    args = by_name["exporter"]["args"]
+    assert args[args.index("--format") + 1] == "dcgm"
+    plan = _plan(pod)
+    assert plan.exporter_url == "http://127.0.0.1:9400" and plan.gpus_file is None
+    assert "volumeMounts" not in by_name["loadgen"]
+
+
+def test_jouletunes_own_series_read_from_prometheus_keep_the_sidecar_that_serves_them() -> None:
+    energy = {"source": "jouletune", "prometheusUrl": "http://prometheus.monitoring:9090"}
+    pod = build(
+        {"backend": "vllm", "energy": energy}, Point(tensor_parallel_size=1, max_num_seqs=8)
+    )
+    by_name = containers(pod)
+    assert list(by_name) == ["engine", "exporter", "loadgen"]
+    assert "--format" not in by_name["exporter"]["args"]
+    plan = _plan(pod)
+    assert plan.exporter_url is None and plan.gpus_file is not None
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,15 @@ from jouletune.tuner import Point, SpecError, bench_config, load_spec, parse_spe
             {"workload": {"saturate": True, "requestRate": 5}},
             "spec.workload: saturate needs a closed loop: leave requestRate unset",
         ),
+        (
+            {"energy": {"source": "dcgm", "exporterUrl": "http://dcgm:9400/metrics"}},
+            "spec: energy.source dcgm with a URL needs backend vllm: the cluster's exporter "
+            "cannot see the simulator's GPUs",
+        ),
+        (
+            {"energy": {"source": "kepler", "prometheusUrl": "http://prometheus:9090"}},
+            "spec: energy.source kepler with a URL needs backend vllm",
+        ),
     ],
 )
 def test_errors_name_the_field_path(data: dict[str, object], line: str) -> None:

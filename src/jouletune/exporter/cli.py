@@ -71,6 +71,7 @@ from jouletune.gpu import (
     open_nvml_gpus,
     open_sim_gpus,
     parse_selection,
+    read_gpu_list,
     restore_left_limits,
 )
 
@@ -329,24 +330,16 @@ def _wait_for_gpus_file(path: Path | None, timeout_s: float) -> list[GpuSelector
         return None
     deadline = time.monotonic() + timeout_s
     _log.info("waiting for the GPU list in %s", path)
-    while not (text := _read_if_there(path)):
+    while True:
+        try:
+            chosen = read_gpu_list(path)
+        except ValueError as err:
+            raise ValueError(f"--gpus-file {path}: {err}") from None
+        if chosen is not None:
+            return chosen
         if time.monotonic() > deadline:
             raise ValueError(f"--gpus-file {path}: no GPU list after {timeout_s:g} s")
         time.sleep(_GPUS_FILE_POLL_S)
-    try:
-        return parse_selection(text)
-    except ValueError as err:
-        raise ValueError(f"--gpus-file {path}: {err}") from None
-
-
-def _read_if_there(path: Path) -> str:
-    """The file's text without surrounding blanks; "" while it does not exist."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        return ""
-    except OSError as err:
-        raise ValueError(f"--gpus-file {path}: cannot read it: {err.strerror}") from None
 
 
 def _source(

@@ -30,7 +30,7 @@ from jouletune.gpu._remote import (
     open_sim_gpus,
 )
 from jouletune.gpu._sampling import sample_all
-from jouletune.gpu._select import GpuSelector, parse_selection
+from jouletune.gpu._select import GpuSelector, parse_selection, read_gpu_list
 from jouletune.gpu._state import (
     STATE_DIR_ENV,
     GpuSetting,
@@ -77,6 +77,7 @@ __all__ = [
     "open_sim_gpus",
     "parse_selection",
     "power_limit",
+    "read_gpu_list",
     "restore_left_limits",
     "sample_all",
 ]

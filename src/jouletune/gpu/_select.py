@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-__all__ = ["GpuSelector", "parse_selection", "resolve_selection"]
+__all__ = ["GpuSelector", "parse_selection", "read_gpu_list", "resolve_selection"]
 
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -31,6 +32,22 @@ def parse_selection(text: str) -> list[GpuSelector]:
     if any(isinstance(c, int) and c < 0 for c in chosen) or len(set(chosen)) != len(chosen):
         raise ValueError(f"GPU indices must be distinct and >= 0, UUIDs distinct, got {text!r}")
     return chosen
+
+
+def read_gpu_list(path: Path) -> list[GpuSelector] | None:
+    """The GPUs listed in `path` (a trial pod's engine writes its GPUs' UUIDs there and
+    renames the file into place); None while it does not exist or is empty.
+
+    Raises:
+        ValueError: the file cannot be read or lists no GPUs (one line, without the path).
+    """
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ValueError(f"cannot read it: {err.strerror}") from None
+    return parse_selection(text) if text else None
 
 
 def resolve_selection(

@@ -1,20 +1,23 @@
 """Trial pods: one pod measures one configuration.
 
-A trial pod holds three containers:
+A trial pod holds three containers, or two:
 
 - `engine` — vLLM with the trial's arguments (or `jouletune sim-server` for `backend: sim`),
   exactly `tensorParallelSize` GPUs from `nvidia.com/gpu`, a readiness probe on `/health`,
   `/dev/shm` as a memory emptyDir of `spec.pod.shmSize` (vLLM's tensor-parallel workers
   share tensors through it), the model's token, cache volume or pre-staged directory
   (`spec.modelSource`), and `spec.pod`'s resources and environment; it lists the GPUs it
-  holds for the exporter;
+  holds for the exporter (or the load generator);
 - `exporter` — `jouletune exporter`, the energy sidecar, exporting only the engine's GPUs;
   when the trial's points carry power caps or SM clock locks it also serves its loopback
   control port, through which the load generator steps them (SYS_ADMIN on real GPUs, the one
-  container that has it);
+  container that has it). A pod that steps nothing and reads energy from the cluster's
+  dcgm-exporter or Kepler (`spec.energy` names its URL or Prometheus) runs without it;
 - `loadgen` — `jouletune operator trial`: waits for the engine, measures the trial's point
   and its riders (lower caps and clock locks under the same engine start) with the tuner's
-  `measure_sweep`, and writes each point's figures to its termination message.
+  `measure_sweep`, and writes each point's figures to its termination message. When
+  `spec.energy` names where energy is read, it reads the engine's GPU list and counts only
+  those GPUs' series.
 
 The engine and the exporter are native sidecars (init containers with `restartPolicy:
 Always`, Kubernetes ≥ 1.29): the pod ends when the load generator ends, and Kubernetes then
@@ -34,6 +37,7 @@ from jouletune.contract import CRD_GROUP as GROUP
 from jouletune.contract import CRD_KIND as KIND
 from jouletune.contract import CRD_VERSION as VERSION
 from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
+from jouletune.loadgen import EnergySource
 from jouletune.operator._config import OperatorConfig
 from jouletune.operator._holder import hold_limits, state_volume
 from jouletune.operator._wire import ENV_PLAN, PodPlan, dumps_plan
@@ -153,6 +157,7 @@ def trial_plan(
 ) -> PodPlan:
     """The plan a trial pod runs: trial `number` at `points[0]`, then its riders."""
     capped = any(not p.unconstrained for p in points)  # a cap or a lock: the control port
+    external = spec.energy.external
     return PodPlan(
         benchmark=f"{ref.namespace}/{ref.name}",
         trial=number,
@@ -163,8 +168,9 @@ def trial_plan(
         clocks=clocks or [None],
         spec=spec,
         engine_url=f"http://127.0.0.1:{ENGINE_PORT}",
-        exporter_url=f"http://127.0.0.1:{EXPORTER_PORT}",
+        exporter_url=None if external else f"http://127.0.0.1:{EXPORTER_PORT}",
         control_url=f"http://127.0.0.1:{CONTROL_PORT}" if capped else None,
+        gpus_file=GPU_LIST_FILE if external else None,
     )
 
 
@@ -183,7 +189,10 @@ def build_trial_pod(
         # The restricted Pod Security Standard asks for a seccomp profile; the container
         # runtime's default one is what Docker and most clusters apply anyway.
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "initContainers": [_engine(spec, plan.points[0], settings), _exporter(plan, settings)],
+        "initContainers": [
+            _engine(spec, plan.points[0], settings),
+            *([_exporter(plan, settings)] if _needs_exporter(plan) else []),
+        ],
         "containers": [_loadgen(plan, settings)],
         "volumes": _volumes(spec),
         **_placement(spec.pod, settings),
@@ -209,6 +218,18 @@ def build_trial_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _needs_exporter(plan: PodPlan) -> bool:
+    """Whether the pod runs jouletune's exporter sidecar: to step caps and locks (the one
+    container allowed to), to serve the energy (`exporter_url`), or because `spec.energy`
+    reads jouletune's own series, which in a cluster the sidecar is what serves (the chart's
+    PodMonitor scrapes it into Prometheus)."""
+    return (
+        plan.control_url is not None
+        or plan.exporter_url is not None
+        or plan.spec.energy.source is EnergySource.JOULETUNE
+    )
 
 
 def _hold_limits(pod_spec: dict[str, Any]) -> None:
@@ -348,6 +369,9 @@ def _exporter(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
     args = ["--port", str(EXPORTER_PORT), "--gpus-file", GPU_LIST_FILE]
     if plan.control_url is not None:
         args += ["--control-port", str(CONTROL_PORT)]
+    if plan.exporter_url is not None and spec.energy.source is EnergySource.DCGM:
+        # The trial reads dcgm's series and names no dcgm-exporter: this one serves them.
+        args += ["--format", "dcgm"]
     env: list[Env] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -400,6 +424,9 @@ def _loadgen(plan: PodPlan, settings: OperatorConfig) -> dict[str, Any]:
         "terminationMessagePolicy": "File",
         "securityContext": _unprivileged(),
     }
+    if plan.gpus_file is not None:
+        # Energy from the cluster's exporter: only the engine's GPUs count, as it lists them.
+        mounts.append({"name": GPU_LIST_VOLUME, "mountPath": GPU_LIST_DIR, "readOnly": True})
     if mounts:
         container["volumeMounts"] = mounts
     return container

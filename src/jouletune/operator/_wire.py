@@ -69,9 +69,13 @@ class PodPlan(_Model):
         clocks: the search's SM clock locks, None (unlocked) first, then downwards.
         spec: the benchmark's spec (workload, SLOs, timeouts).
         engine_url: the engine in the same pod.
-        exporter_url: the exporter sidecar's metrics.
+        exporter_url: the exporter sidecar's metrics; None when energy is read where
+            `spec.energy` names (the cluster's dcgm-exporter, Kepler or Prometheus).
         control_url: the exporter's loopback control port, which changes power limits and
             clock locks; None when no point has a cap or a lock.
+        gpus_file: where the engine lists the UUIDs of its GPUs, whose energy counts among
+            the node's (or the cluster's) that `spec.energy` serves; None when energy comes
+            from the sidecar, which exports only those already.
     """
 
     benchmark: str
@@ -83,8 +87,9 @@ class PodPlan(_Model):
     clocks: list[int | None] = Field(default_factory=_unlocked)
     spec: BenchmarkSpec
     engine_url: str
-    exporter_url: str
+    exporter_url: str | None = None
     control_url: str | None = None
+    gpus_file: str | None = None
 
 
 class PodTrial(_Model):

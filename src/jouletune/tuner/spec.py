@@ -229,8 +229,10 @@ class EnergySpec(_Model):
     `jouletune` is jouletune's own exporter (the trial pod's sidecar, or the one the CLI
     starts). `dcgm` reads NVIDIA dcgm-exporter's series, `kepler` Kepler's: from `exporterUrl`
     (scraped during the run), from `prometheusUrl` (read back after it, the trial's GPUs
-    picked by UUID or `labels`), or, with neither, from a jouletune exporter the CLI starts in
-    that format (`jouletune exporter --format dcgm`; the simulator's GPUs on a laptop).
+    picked by UUID or `labels`), or, with neither, from a jouletune exporter serving that
+    format (`jouletune exporter --format dcgm`; the simulator's GPUs on a laptop). A trial pod
+    whose energy comes from a named dcgm or Kepler URL and which changes no GPU setting runs
+    without jouletune's exporter sidecar.
     """
 
     source: EnergySource = EnergySource.JOULETUNE
@@ -259,6 +261,12 @@ class EnergySpec(_Model):
         if self.source is EnergySource.KEPLER and not (self.exporter_url or self.prometheus_url):
             raise ValueError("source kepler needs exporterUrl or prometheusUrl")
         return self
+
+    @property
+    def external(self) -> bool:
+        """True when energy is read where the spec names (`exporterUrl`, `prometheusUrl`),
+        not from the exporter jouletune runs beside the engine."""
+        return bool(self.exporter_url or self.prometheus_url)
 
 
 class BenchmarkSpec(_Model):
@@ -314,7 +322,20 @@ class BenchmarkSpec(_Model):
                 "read-only mode never locks a GPU's clocks"
             )
         self._model_path_is_servable()
+        self._energy_sees_the_gpus()
         return self
+
+    def _energy_sees_the_gpus(self) -> None:
+        energy = self.energy
+        if self.backend is not Backend.SIM or energy.source is EnergySource.JOULETUNE:
+            return
+        if energy.external:
+            # The simulator's GPUs live in its process: no dcgm-exporter or Kepler of the
+            # cluster can see them, so their series would never be the trial's.
+            raise ValueError(
+                f"energy.source {energy.source} with a URL needs backend vllm: the "
+                "cluster's exporter cannot see the simulator's GPUs"
+            )
 
     def _model_path_is_servable(self) -> None:
         source = self.model_source
