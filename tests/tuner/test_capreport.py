@@ -46,6 +46,11 @@ def test_a_cap_that_hardly_bound_is_said_to_have_saved_little() -> None:
     report = cap_report(records, CAPPED, objective=TPOT)
     assert report is not None and report.bound is False
     assert "the cap itself saved little" in report.sentence
+    # Bound as briefly but saving 20% (capping only the prefill steps): not "little".
+    records[1] = _record(2, CAPPED, 0.08, run="b", at_cap=0.1)
+    report = cap_report(records, CAPPED, objective=TPOT)
+    assert report is not None and report.bound is False
+    assert report.sentence.endswith("it bound 10% of the window, the steps that draw the most.")
 
 
 def test_without_a_shared_server_start_it_says_so() -> None:

@@ -308,3 +308,29 @@ def test_a_tune_over_clock_locks_measures_each_under_one_server_and_resets_it(
     assert report["same_server_start"] and report["bound"] and report["unlocked_trials"] == [0]
     assert report["sentence"] in output
     assert "predicted by jouletune's simulator" in output
+
+
+def test_energy_read_through_dcgm_exporters_names(tmp_path: Path) -> None:
+    """`--energy-source dcgm` with no exporter named: each server's exporter serves
+    dcgm-exporter's names and units, and every trial's bench read them."""
+    config = write_spec(tmp_path / "tiny.yaml", max_trials=2)
+    out = tmp_path / "out"
+    code, output = run_tune(config, out, "--energy-source", "dcgm")
+    assert code == 0, output
+    exporter_logs = sorted(out.glob("servers/*/exporter.log"))
+    assert exporter_logs and all("--format dcgm" in p.read_text() for p in exporter_logs)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/result.json"))]
+    assert results and all(r["config"]["energy_source"] == "dcgm" for r in results)
+    assert all(r["valid"] and r["energy_j"] > 0 for r in results)
+
+
+def test_an_energy_source_the_spec_cannot_serve_is_one_line_before_any_trial(
+    tmp_path: Path,
+) -> None:
+    config = write_spec(tmp_path / "tiny.yaml")
+    code, output = run_tune(config, tmp_path / "out", "--energy-source", "kepler")
+    assert code == 2
+    (line,) = output.strip().splitlines()
+    assert line.startswith("jouletune tune: --energy-source kepler: spec.energy: ")
+    assert "kepler needs exporterUrl or prometheusUrl" in line
+    assert not (tmp_path / "out" / "trials").exists()

@@ -30,6 +30,8 @@ __all__ = ["CapReport", "ClockReport", "cap_report", "clock_report"]
 
 # The cap binds when the GPU sat at it this much of the window.
 _BOUND = 0.5
+# A saving this large is the cap's even where it bound less than half the window.
+_NOTABLE_SAVING_PCT = 5.0
 
 
 class CapReport(BaseModel):
@@ -211,6 +213,9 @@ def _sentence(
         return text + "; whether it bound was not measured."
     if at_cap >= _BOUND:
         return text + f"; it bound {at_cap:.0%} of the window."
+    if saving >= _NOTABLE_SAVING_PCT:
+        # A cap can bind only in the steps that draw the most (prefill) and still save.
+        return text + f"; it bound {at_cap:.0%} of the window, the steps that draw the most."
     return text + f"; it bound only {at_cap:.0%} of the window, so the cap itself saved little."
 
 

@@ -53,6 +53,7 @@ from jouletune.gpu import (
     sample_all,
 )
 from jouletune.gpu.simulated import SimulatedGpu, gpu_model
+from jouletune.loadgen import EnergySource
 from jouletune.tuner._measure import Target, measure_point
 from jouletune.tuner._point import Point
 from jouletune.tuner._process import ServerProcess, StartError, port_busy, wait_port_free
@@ -114,6 +115,7 @@ class _Running:
     server: ServerProcess
     exporter: ServerProcess
     gpus: list[Gpu]
+    energy_gpus: list[str]
     read_only: bool
     store: LimitStore | None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -124,9 +126,15 @@ class _Running:
     async def measure(self, plan: TrialPlan, *, trial_dir: Path) -> TrialOutcome:
         trial_dir.mkdir(parents=True, exist_ok=True)
         _link(trial_dir / "server.log", self.server.log_path)
+        energy = self.spec.energy
+        named = energy.exporter_url or energy.prometheus_url
+        # The spec's exporter or Prometheus (which see more GPUs than the engine's: picked by
+        # UUID), else the exporter beside the server, which serves only the engine's.
+        exporter = energy.exporter_url if named else self.exporter.url
         target = Target(
             base_url=self.server.url,
-            exporter_urls=[self.exporter.url],
+            exporter_urls=[exporter] if exporter else [],
+            energy_gpus=self.energy_gpus if named else (),
             gpus=() if self.read_only else self.gpus,
             lost=self._lost,
             limit_store=self.store,
@@ -194,6 +202,7 @@ class _ProcessRunner:
                 server=server,
                 exporter=exporter,
                 gpus=[] if self._read_only or gpus is None else gpus,
+                energy_gpus=[] if gpus is None else [g.uuid for g in gpus],
                 read_only=self._read_only,
                 store=self._store,
             )
@@ -207,6 +216,13 @@ class _ProcessRunner:
 
     def _server_argv(self, config: Point, port: int) -> list[str]:
         raise NotImplementedError
+
+    def _format(self) -> list[str]:
+        """The exporter's format: dcgm-exporter's names when the spec reads energy as `dcgm`
+        and names no exporter of its own (the bench then reads what a cluster's would serve)."""
+        energy = self._spec.energy
+        named = energy.exporter_url or energy.prometheus_url
+        return ["--format", "dcgm"] if energy.source is EnergySource.DCGM and not named else []
 
     def _exporter_argv(
         self, config: Point, server_url: str, port: int, gpus: list[Gpu] | None
@@ -265,7 +281,7 @@ class SimRunner(_ProcessRunner):
         # shell's CUDA_VISIBLE_DEVICES (meant for real GPUs) does not narrow them.
         chosen = ",".join(str(i) for i in range(config.tensor_parallel_size))
         exporter = [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port)]
-        return [*exporter, "--sim", server_url, "--gpus", chosen]
+        return [*exporter, "--sim", server_url, "--gpus", chosen, *self._format()]
 
     def _gpus(self, config: Point, server_url: str) -> list[Gpu]:
         return list(open_sim_gpus(server_url, selection=range(config.tensor_parallel_size)))
@@ -348,10 +364,11 @@ class LocalRunner(_ProcessRunner):
         chosen = [] if gpus is None else ["--gpus", ",".join(g.uuid for g in gpus)]
         if self._exporter_command:
             command = [part.replace("{server_url}", server_url) for part in self._exporter_command]
-            return [*command, "--host", _HOST, "--port", str(port), *chosen]
+            return [*command, "--host", _HOST, "--port", str(port), *chosen, *self._format()]
         if gpus is None:
             raise StartError("cannot tell which GPUs the engine uses: NVML does not answer")
-        return [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port), *chosen]
+        exporter = [*_jouletune(), "exporter", "--host", _HOST, "--port", str(port)]
+        return [*exporter, *chosen, *self._format()]
 
     def _gpus(self, config: Point, server_url: str) -> list[Gpu] | None:
         """The GPUs the engine uses; None where neither NVML nor a stand-in answers."""

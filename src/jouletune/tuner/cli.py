@@ -2,6 +2,7 @@
 
     jouletune tune CONFIG.yaml [--backend sim|local] [--storage URL] [--out DIR] [--read-only]
                                [--port P] [--state-dir DIR] [--gpu-profile PROFILE.json]
+                               [--energy-source jouletune|dcgm|kepler]
     jouletune report DIR [--storage URL]
 
 Before anything else, `tune` puts back every GPU power limit and resets every SM clock lock
@@ -41,6 +42,7 @@ from jouletune.gpu import (
     default_state_dir,
     restore_left_limits,
 )
+from jouletune.loadgen import EnergySource
 from jouletune.profile import load_profile
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._loop import run_study
@@ -250,6 +252,13 @@ def _tune_parser() -> argparse.ArgumentParser:
         help=f"port of the local vLLM server (default {ENGINE_PORT})",
     )
     parser.add_argument(
+        "--energy-source",
+        choices=[s.value for s in EnergySource],
+        help="where energy is read, in place of the spec's energy.source: jouletune's "
+        "exporter, or dcgm-exporter's names (served by jouletune's exporter unless the spec "
+        "names energy.exporterUrl or energy.prometheusUrl), or kepler's (needs one of them)",
+    )
+    parser.add_argument(
         "--gpu-profile",
         type=Path,
         help="--backend sim: run the simulated GPU with this profile from `jouletune calibrate`",
@@ -266,6 +275,7 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 def _setup(args: argparse.Namespace) -> _Setup:
     name, spec = load_spec(args.config)
+    spec = _with_energy_source(spec, args.energy_source)
     read_only = bool(args.read_only or spec.gpu.read_only)
     if args.read_only and spec.search_space.power_limit_w:
         raise _UsageError(
@@ -333,6 +343,18 @@ def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:
         raise _UsageError(
             f"--gpu-profile {path} is for {profile.gpu}, the spec's gpu.type is {spec.gpu.type}"
         )
+
+
+def _with_energy_source(spec: BenchmarkSpec, source: str | None) -> BenchmarkSpec:
+    """The spec with `--energy-source` as its `energy.source`, checked as the spec is."""
+    if source is None:
+        return spec
+    raw = spec.model_dump(by_alias=True)
+    raw["energy"]["source"] = source
+    try:
+        return parse_spec(raw)
+    except SpecError as err:
+        raise _UsageError(f"--energy-source {source}: {err}") from None
 
 
 def _finish(setup: _Setup) -> Recommendation:
