@@ -169,7 +169,7 @@ def test_a_failed_trial_shows_its_reasons_and_greyed_figures(tmp_path: Path) -> 
         if plan.number == 1:  # measured, but too short to count
             outcome = TrialOutcome(
                 figures=figures(plan.point),
-                fail_reason="invalid measurement: window_duration: 1.2s, needs at least 5s",
+                fail_reason="invalid measurement: window_duration: 1.2s, needs at least 3s",
                 checks=checks,
                 duration_s=3.0,
             )
@@ -187,7 +187,7 @@ def test_a_failed_trial_shows_its_reasons_and_greyed_figures(tmp_path: Path) -> 
     by_number = {t["number"]: t for t in probe["trials"]}
     failed, fine = by_number[1], by_number[0]
     assert failed["failed"] and failed["checks"] == "1/8 fail: window_duration"
-    assert "fail: window_duration: 1.2s, needs at least 5s" in failed["checksTitle"]
+    assert "fail: window_duration: 1.2s, needs at least 3s" in failed["checksTitle"]
     assert "#1 failed: invalid measurement: window_duration" in failed["details"]["text"]
     assert failed["details"]["height"] > 0
     assert failed["figureColor"] == "rgb(170, 170, 170)" != fine["figureColor"]
