@@ -70,6 +70,12 @@ def test_baseline_first_then_search_then_finalists(tmp_path: Path) -> None:
         assert sum(p.point == point for p in plans if p.role is Role.FINALIST) == 2
     order = [p.point.run_order() for p in plans[first_finalist:]]
     assert order == sorted(order)
+    # A capped finalist's configuration uncapped is measured too, in the same server start
+    # just before it: what the cap report compares the cap against.
+    capped = [p for p in finalists if p.power_limit_w is not None]
+    assert capped, "the search found a capped finalist to check this with"
+    for point in capped:
+        assert point.model_copy(update={"power_limit_w": None}) in finalists
 
 
 def test_search_never_measures_a_point_twice(tmp_path: Path) -> None:

@@ -19,8 +19,14 @@ MAX_FINALISTS = 3
 
 
 def finalist_points(measured: Sequence[TrialRecord], *, baseline: Point) -> list[Point]:
-    """The baseline first, then up to MAX_FINALISTS lowest-energy feasible points of the search;
-    none at all when nothing is feasible (repeats could not change the verdict)."""
+    """The baseline first, then up to MAX_FINALISTS lowest-energy feasible points of the search,
+    then each capped or locked finalist's twin without its cap or lock; none at all when
+    nothing is feasible (repeats could not change the verdict).
+
+    The twins run in the same server start just before their finalist (`Point.run_order`), so
+    the cap and clock reports can tell what the cap or lock saved by itself, against the same
+    engine configuration, however the search reached the point.
+    """
     searched = [r for r in measured if r.role is not Role.FINALIST]
     feasible = [r for r in searched if r.feasible and r.state is TrialState.COMPLETE]
     feasible.sort(key=lambda r: (r.energy_per_output_token_j or math.inf, r.number))
@@ -32,7 +38,17 @@ def finalist_points(measured: Sequence[TrialRecord], *, baseline: Point) -> list
             points.append(record.point)
     if len(points) == 1 or not any(r.role is Role.BASELINE for r in searched):
         return []
-    return points
+    return points + [t for t in dict.fromkeys(_twins(points)) if t not in points]
+
+
+def _twins(points: Sequence[Point]) -> list[Point]:
+    twins = []
+    for point in points:
+        if point.power_limit_w is not None:
+            twins.append(point.model_copy(update={"power_limit_w": None}))
+        if point.sm_clock_mhz is not None:
+            twins.append(point.model_copy(update={"sm_clock_mhz": None}))
+    return twins
 
 
 def next_finalist(

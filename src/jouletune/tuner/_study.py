@@ -14,8 +14,9 @@ goes on where it stopped):
 4. the power (or clock) step under the latest point's server, once the boundary is bracketed;
 5. then the sampler explores; a point it proposes again is answered from its first
    measurement instead of being measured twice;
-6. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, and
-   the baseline, are measured `finalistRepeats` more times.
+6. when the budget is spent, up to `_MAX_FINALISTS` of the lowest-energy feasible points, the
+   baseline, and each capped or locked finalist without its cap or lock (for the cap report),
+   are measured `finalistRepeats` more times.
 `sampler: grid` skips 3-5 and measures every point, server by server.
 """
 
@@ -365,7 +366,8 @@ class Study:
 
     def finalists(self) -> list[Point]:
         """The points re-measured before a recommendation: the baseline first, then up to
-        three lowest-energy feasible points (by their search measurements)."""
+        three lowest-energy feasible points (by their search measurements), then the capped
+        or locked ones' twins without the cap or lock (`finalist_points`)."""
         return finalist_points(self.measured(), baseline=self._grid.baseline)
 
     def _next_finalist(self) -> tuple[Point, int] | None:
