@@ -29,6 +29,7 @@ from jouletune.gpu._remote import (
     open_remote_gpus,
     open_sim_gpus,
 )
+from jouletune.gpu._restore import Restored, restore_left_limits
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._select import GpuSelector, parse_selection, read_gpu_list
 from jouletune.gpu._state import (
@@ -36,9 +37,7 @@ from jouletune.gpu._state import (
     GpuSetting,
     LimitRecord,
     LimitStore,
-    Restored,
     default_state_dir,
-    restore_left_limits,
 )
 from jouletune.gpu._types import Gpu, GpuSample, PowerLimitRange, SmClockRange
 from jouletune.gpu._visible import VisibleDevices

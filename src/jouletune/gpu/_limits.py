@@ -41,7 +41,8 @@ from types import FrameType
 from typing import Any, ClassVar
 
 from jouletune.gpu._errors import GpuError
-from jouletune.gpu._state import GpuSetting, LimitRecord, LimitStore, take_over
+from jouletune.gpu._restore import take_over
+from jouletune.gpu._state import GpuSetting, LimitRecord, LimitStore
 from jouletune.gpu._types import Gpu
 
 __all__ = [

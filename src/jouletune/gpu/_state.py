@@ -5,8 +5,9 @@ and on SIGTERM; not after SIGKILL, the OOM killer or a power cut. So before one 
 a GPU's setting it writes the setting as found to a state file (`LimitStore.save`: one file
 per GPU and setting, named by the GPU's UUID, written to a temporary file and renamed into
 place, with the writer's pid, host and time), and deletes the file once the setting is back.
-A run that finds a file restores that setting before anything else (`restore_left_limits`)
-and says so: the cap or lock a crashed run left is never taken for "the setting as found".
+A run that finds a file restores that setting before anything else (`restore_left_limits`,
+in `_restore`) and says so: the cap or lock a crashed run left is never taken for "the
+setting as found".
 
 The two settings (`GpuSetting`):
 
@@ -35,15 +36,15 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from jouletune.gpu._errors import GpuError
-from jouletune.gpu._nvml import NvmlGpu, open_nvml_gpus
-from jouletune.gpu._remote import RemoteGpu, open_remote_gpus
+from jouletune.gpu._nvml import NvmlGpu
+from jouletune.gpu._remote import RemoteGpu
 from jouletune.gpu._types import Gpu
 
 __all__ = [
@@ -51,11 +52,8 @@ __all__ = [
     "GpuSetting",
     "LimitRecord",
     "LimitStore",
-    "Restored",
     "default_state_dir",
     "gpu_address",
-    "restore_left_limits",
-    "take_over",
 ]
 
 STATE_DIR_ENV = "JOULETUNE_STATE_DIR"
@@ -209,27 +207,6 @@ class LimitRecord:
         return self.pid_start_ticks is None or ticks is None or ticks == self.pid_start_ticks
 
 
-@dataclass(frozen=True, kw_only=True)
-class Restored:
-    """A setting put back from a record: a power limit the GPU had at `left_w` (None:
-    unreadable, or a clock lock, which NVML cannot read back)."""
-
-    record: LimitRecord
-    left_w: float | None
-
-    def message(self) -> str:
-        """One line naming the GPU, what was put back and who left it."""
-        rec = self.record
-        if rec.setting is GpuSetting.SM_CLOCK_LOCK:
-            where = f"GPU {rec.index} ({rec.uuid})"
-            return f"reset {where} SM clock lock, left locked by {rec.writer()}"
-        left = "" if self.left_w is None else f" from {self.left_w:g} W"
-        return (
-            f"restored GPU {rec.index} ({rec.uuid}) power limit to {rec.original_w:g} W{left}, "
-            f"left changed by {rec.writer()}"
-        )
-
-
 class LimitStore:
     """The state files of one directory; see the module docstring.
 
@@ -360,127 +337,6 @@ class LimitStore:
             path.unlink(missing_ok=True)
         except OSError as err:
             _log.warning("could not delete GPU state file %s: %s", path, err.strerror)
-
-
-def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) -> list[Restored]:
-    """Put back every setting (power limit, clock lock) a dead run recorded in `store`,
-    delete its file, say so (log).
-
-    With `gpus`, only the records of those GPUs (an exporter in a pod: the node's state
-    directory also holds other pods' GPUs, whose holders it cannot see). Without, every
-    record of the directory, each GPU found again where it lived; a record whose writer
-    still runs on this host is left alone, and one whose GPU server is gone is dropped (the
-    simulated GPU went with it).
-
-    Raises:
-        GpuError: one of `gpus` is held by a live jouletune, or a setting could not be put
-            back (its file is kept for the next run).
-    """
-    if gpus is not None:
-        return [
-            restored
-            for gpu in gpus
-            for setting in GpuSetting
-            if (restored := _restore_one(store, gpu, setting, strict=True)) is not None
-        ]
-    done: list[Restored] = []
-    for path, record in store.records():
-        if record is None or _kept_for_its_holder(record, path):
-            continue
-        gpu = _reopen(record, path, store)
-        if gpu is None:
-            continue
-        try:
-            if restored := _restore_one(store, gpu, record.setting, strict=False):
-                done.append(restored)
-        finally:
-            if isinstance(gpu, NvmlGpu):
-                gpu.close()
-    return done
-
-
-def take_over(store: LimitStore, gpu: Gpu, setting: GpuSetting) -> LimitRecord | None:
-    """Before changing `gpu`'s `setting`: a dead run's record of it (the setting is put back
-    now), or None when there is no record.
-
-    Raises:
-        GpuError: a live process holds the GPU, or the record's setting cannot be put back.
-    """
-    restored = _restore_one(store, gpu, setting, strict=True)
-    return None if restored is None else restored.record
-
-
-def _restore_one(
-    store: LimitStore, gpu: Gpu, setting: GpuSetting, *, strict: bool
-) -> Restored | None:
-    record = store.find(gpu, setting)
-    if record is None or store.owned_here(gpu, setting):
-        return None
-    if record.holder_alive():
-        message = (
-            f"GPU {gpu.index} ({gpu.uuid}) {setting.noun} is held by a running "
-            f"{record.writer()}: stop it first"
-        )
-        if strict:
-            raise GpuError(message)
-        _log.warning("%s; its record is left alone", message)
-        return None
-    left_w = None
-    if setting is GpuSetting.POWER_LIMIT:
-        try:
-            left_w = gpu.sample().power_limit_w
-        except GpuError:
-            left_w = None
-    _put_back(gpu, record)  # raises GpuError: the file stays for next time
-    restored = Restored(record=record, left_w=left_w)
-    _log.warning("%s", restored.message())
-    store.drop(gpu, setting)
-    return restored
-
-
-def _put_back(gpu: Gpu, record: LimitRecord) -> None:
-    """Undo what the record's writer changed: its limit as found, or no clock lock."""
-    if record.setting is GpuSetting.SM_CLOCK_LOCK:
-        gpu.set_sm_clock_lock_mhz(None)
-        return
-    assert record.original_w is not None, "a power-limit record has its limit"
-    gpu.set_power_limit_w(record.original_w)
-
-
-def _kept_for_its_holder(record: LimitRecord, path: Path) -> bool:
-    if not record.holder_alive():
-        return False
-    _log.warning(
-        "GPU state file %s: GPU %s is held by a running %s; left alone",
-        path,
-        record.uuid,
-        record.writer(),
-    )
-    return True
-
-
-def _reopen(record: LimitRecord, path: Path, store: LimitStore) -> Gpu | None:
-    """The GPU of `record`, opened where it lived; None (with a log line) when it is gone."""
-    try:
-        if record.address == NVML_ADDRESS:
-            return open_nvml_gpus([record.uuid])[0]
-        url = urllib.parse.urlsplit(record.address)
-        base = urllib.parse.urlunsplit((url.scheme, url.netloc, "", "", ""))
-        return open_remote_gpus(base, path=url.path, selection=[record.uuid])[0]
-    except (GpuError, ValueError) as err:
-        if record.address == NVML_ADDRESS:
-            # A real GPU keeps its cap until it is found again: keep the file.
-            _log.error("cannot restore GPU %s from %s yet: %s", record.uuid, path, err)
-            return None
-        _log.warning(
-            "dropping %s: GPU %s at %s is gone (%s), and its simulated limit with it",
-            path,
-            record.uuid,
-            record.address,
-            err,
-        )
-        store.forget(path)
-        return None
 
 
 def _write_atomically(path: Path, text: str) -> None:
