@@ -15,6 +15,7 @@ A trial is a `Point` (what it runs) and `TrialFigures` (what it found), kept in 
 
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline, spec_defaults
 from jouletune.tuner._figures import Column, InvalidMeasurementError, Show, TrialFigures
+from jouletune.tuner._local import LocalRunner
 from jouletune.tuner._measure import Target, bench_config, measure_point, measure_sweep
 from jouletune.tuner._pareto import dominates, pareto_front
 from jouletune.tuner._point import Point
@@ -32,7 +33,7 @@ from jouletune.tuner._recommend import (
 )
 from jouletune.tuner._records import Role, TrialOutcome, TrialPlan, TrialRecord, TrialState
 from jouletune.tuner._report import write_report
-from jouletune.tuner._runners import LocalRunner, Runner, RunnerError, SimRunner, TrialServer
+from jouletune.tuner._runners import Runner, RunnerError, SimRunner, TrialServer
 from jouletune.tuner._space import SearchGrid, serve_args
 from jouletune.tuner._storage import StorageError, default_storage_url, open_storage
 from jouletune.tuner._study import Phase, Study, StudyMismatchError

@@ -45,11 +45,12 @@ from jouletune.gpu import (
 from jouletune.loadgen import EnergySource
 from jouletune.profile import load_profile
 from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
+from jouletune.tuner._local import LocalRunner
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
 from jouletune.tuner._recommend import Recommendation, recommend
 from jouletune.tuner._report import write_report
-from jouletune.tuner._runners import LocalRunner, Runner, RunnerError, SimRunner
+from jouletune.tuner._runners import Runner, RunnerError, SimRunner
 from jouletune.tuner._storage import STUDY_DB, StorageError, default_storage_url, open_storage
 from jouletune.tuner._study import Phase, Study, StudyMismatchError
 from jouletune.tuner.spec import Backend, BenchmarkSpec, SpecError, load_spec, parse_spec
