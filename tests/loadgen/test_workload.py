@@ -279,13 +279,13 @@ class _Recording(list[SampleRequest]):
 def test_prompts_are_built_ahead_in_a_worker_thread() -> None:
     """The event loop never builds a prompt: a real tokenizer's costs milliseconds, which would
     space out the sends of streams that finished in one step (seen on the H100)."""
-    from jouletune.loadgen._runner import _Prefetch
+    from jouletune.loadgen._dispatch import Prefetch
 
     prompts = _Recording(100)
     sent = [0]
 
     async def run() -> None:
-        prefetch = _Prefetch(prompts, ahead=10, sent=lambda: sent[0])
+        prefetch = Prefetch(prompts, ahead=10, sent=lambda: sent[0])
         await prefetch.fill()
         assert sorted(prompts.threads) == list(range(10))
         prefetch.start()

@@ -10,15 +10,13 @@ is cut short.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from time import perf_counter
 
 import aiohttp
 
-from jouletune.loadgen._arrivals import arrival_offsets_s
 from jouletune.loadgen._assembly import MeasuredRun, Telemetry, build_result
 from jouletune.loadgen._client import (
     build_body,
@@ -28,16 +26,15 @@ from jouletune.loadgen._client import (
 )
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
+from jouletune.loadgen._dispatch import Dispatch, Prefetch, ProgressCallback
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._poller import Poller, ScrapeError, scrape_exporter
 from jouletune.loadgen._prometheus import PrometheusSource
-from jouletune.loadgen._records import RequestRecord
 from jouletune.loadgen._result import (
     BenchResult,
 )
 from jouletune.loadgen._server import (
     ServerInfo,
-    is_alive,
     probe_server,
     wait_idle,
     wait_power_settled,
@@ -47,31 +44,12 @@ from jouletune.tokenizer import PromptTokenizer, TokenizerError, load_tokenizer
 
 __all__ = ["ProgressCallback", "run_bench"]
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as `progress(done, total)` each time a measured request ends."""
-
 _CONNECT_TIMEOUT_S = 10.0
 # Prompts built ahead of the requests: twice the concurrency, at least this many.
 _PREFETCH_MIN = 64
-_PREFETCH_POLL_S = 0.01
 # Prometheus samples this long before the run are read too, so the window's start has a
 # reading before it even at a 30-60 s scrape interval.
 _PROMETHEUS_LOOKBACK_S = 120.0
-
-
-class _ServerWatch:
-    """Decides, once, whether a connection failure means the server is gone."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self._session = session
-        self._base_url = base_url
-        self._lock = asyncio.Lock()
-        self.lost: str | None = None
-
-    async def connection_failed(self, error: str) -> None:
-        async with self._lock:
-            if self.lost is None and not await is_alive(self._session, self._base_url):
-                self.lost = error
 
 
 async def run_bench(
@@ -281,9 +259,9 @@ async def _measure(
     the next request when the last ends; open loop on the precomputed arrival times, queued
     behind the concurrency cap when there is one (vLLM's semaphore)."""
     measured = requests[: config.num_prompts]
-    dispatch = _Dispatch(session=session, config=config, server=server, progress=progress)
+    dispatch = Dispatch(session=session, config=config, server=server, progress=progress)
     ahead = min(len(measured), max(_PREFETCH_MIN, 2 * (config.max_concurrency or len(measured))))
-    prefetch = _Prefetch(measured, ahead=ahead, sent=lambda: len(dispatch.records))
+    prefetch = Prefetch(measured, ahead=ahead, sent=lambda: len(dispatch.records))
     await prefetch.fill()
     unix_offset_s = _unix_offset_s()
     dispatch.start()
@@ -303,137 +281,6 @@ async def _measure(
         requested_prompt_tokens={r.index: requests[r.index].prompt_len for r in dispatch.records},
         tokenizer=tokenizer_name,
     )
-
-
-class _Prefetch:
-    """Builds prompts ahead of the requests, in a worker thread.
-
-    A prompt of the model's own tokenizer costs a decode/re-encode loop (~4 ms for 512 tokens):
-    built on the event loop when a stream needs its next request, the streams that finish in
-    one engine step would send one after another, a few ms apart, and the run would settle into
-    staggered waves that vLLM's own client (which builds every prompt first) never sees.
-    """
-
-    def __init__(
-        self, requests: Sequence[SampleRequest], *, ahead: int, sent: Callable[[], int]
-    ) -> None:
-        self._requests = requests
-        self._ahead = ahead
-        self._sent = sent
-        self._next = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def fill(self) -> None:
-        """Build the first `ahead` prompts (before the clock starts)."""
-        await asyncio.to_thread(self._build_to, self._ahead)
-
-    def start(self) -> None:
-        """Keep `ahead` prompts built beyond those sent, until `stop()`."""
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """End the prefetching (a build in progress finishes in its thread)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while self._next < len(self._requests):
-            target = min(len(self._requests), self._sent() + self._ahead)
-            if self._next < target:
-                await asyncio.to_thread(self._build_to, target)
-            else:
-                await asyncio.sleep(_PREFETCH_POLL_S)
-
-    def _build_to(self, end: int) -> None:
-        while self._next < end:
-            self._requests[self._next]  # built and cached by the lazy sequence
-            self._next += 1
-
-
-class _Dispatch:
-    """Sends requests until the workload, the `--duration` or the server runs out."""
-
-    def __init__(
-        self,
-        *,
-        session: aiohttp.ClientSession,
-        config: BenchConfig,
-        server: ServerInfo,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self._session = session
-        self._config = config
-        self._model = server.model
-        self._progress = progress
-        self._headers = request_headers()
-        self.watch = _ServerWatch(session, config.base_url)
-        self.records: list[RequestRecord] = []
-        self.t0_s = perf_counter()
-        self._stop_s = float("inf")
-
-    def start(self) -> None:
-        """Start the clock the arrival times and `--duration` count from."""
-        self.t0_s = perf_counter()
-        if self._config.duration_s is not None:
-            self._stop_s = self.t0_s + self._config.duration_s
-
-    def stopped(self) -> bool:
-        """True once no new request may be sent."""
-        return self.watch.lost is not None or perf_counter() >= self._stop_s
-
-    async def closed_loop(self, measured: Sequence[SampleRequest]) -> None:
-        """`max_concurrency` streams (all requests at once without a cap) share the queue."""
-        queue = iter(enumerate(measured))
-        streams = min(self._config.max_concurrency or len(measured), len(measured))
-
-        async def stream() -> None:
-            for i, req in queue:
-                if self.stopped():
-                    return
-                await self._send(i, req)
-
-        await asyncio.gather(*(stream() for _ in range(streams)))
-
-    async def open_loop(self, measured: Sequence[SampleRequest]) -> None:
-        """One task per arrival, each waiting for a slot under the cap."""
-        cfg = self._config
-        offsets_s = arrival_offsets_s(
-            len(measured), request_rate=cfg.request_rate, burstiness=cfg.burstiness, seed=cfg.seed
-        )
-        limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-
-        async def arrival(i: int, req: SampleRequest) -> None:
-            async with limit if limit is not None else contextlib.nullcontext():
-                if not self.stopped():
-                    await self._send(i, req)
-
-        tasks = []
-        for i, (req, offset_s) in enumerate(zip(measured, offsets_s, strict=True)):
-            # sleep(0) when behind schedule still lets the started requests run.
-            await asyncio.sleep(max(0.0, self.t0_s + offset_s - perf_counter()))
-            if self.stopped():
-                break
-            tasks.append(asyncio.create_task(arrival(i, req)))
-        await asyncio.gather(*tasks)
-
-    async def _send(self, index: int, req: SampleRequest) -> None:
-        cfg = self._config
-        body = build_body(req, model=self._model, chat=cfg.chat, ignore_eos=cfg.ignore_eos)
-        outcome = await stream_request(
-            self._session,
-            cfg.api_url,
-            body,
-            headers=self._headers,
-            index=index,
-            expected_output_len=req.output_len,
-        )
-        self.records.append(outcome.record)
-        if outcome.error_kind == "connection":
-            await self.watch.connection_failed(outcome.record.error or "connection failed")
-        if self._progress is not None:
-            self._progress(len(self.records), cfg.num_prompts)
 
 
 def _unix_offset_s() -> float:
