@@ -40,39 +40,19 @@ from pathlib import Path
 from jouletune import __version__
 from jouletune.calibrate import (
     PlanPoint,
-    ServerSettings,
-    SimSetup,
     Workload,
     replay_run,
     simulate_closed_loop,
 )
 from jouletune.calibrate._observe import Observation
-from jouletune.gpu.simulated import gpu_model
 from jouletune.loadgen import BenchConfig, ValidityThresholds, run_bench
-from jouletune.models import model_arch
 from jouletune.profile import GpuProfile, ProfileFigures, ProfileParameters, load_profile
-from jouletune.sim import DEFAULT_PERF, builtin_parameters
 
 # The repository root, for the tests' process helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, h100_setup
 from tests.procs import free_port, jouletune_process
 
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-SERVER_FLAGS = ["--max-num-seqs", "256", "--max-model-len", "2048"]
-BUILT_IN = builtin_parameters(gpu_model("h100-80gb"), DEFAULT_PERF)
-HIDDEN = BUILT_IN.model_copy(
-    update={
-        "weight_bw_efficiency": 0.70,
-        "kv_bw_efficiency": 0.65,
-        "gemm_efficiency": 0.75,
-        "host_per_seq_s": 13e-6,
-        "frontend_s": 8e-3,
-        "idle_loaded_w": 150.0,
-        "active_w": 185.0,
-        "tensor_w": 1200.0,
-        "dram_w": 190.0,
-    }
-)
 MEASURED_MAX_CONCURRENCY = 64
 # (concurrency, workload, power limit W); the last two lie beyond the measured batch range.
 HELD_OUT = [
@@ -162,15 +142,6 @@ def _run(args: list[str]) -> None:
     print(f"`jouletune {' '.join(args[:2])} ...` took {time.perf_counter() - started:.0f} s")
 
 
-def setup() -> SimSetup:
-    """The simulator the hidden GPU's server runs (same flags)."""
-    server = ServerSettings(
-        model=MODEL, served_model=MODEL, max_num_seqs=256, max_num_batched_tokens=8192,
-        max_model_len=2048, gpu_memory_utilization=0.92,
-    )  # fmt: skip
-    return SimSetup(arch=model_arch(MODEL), gpu=gpu_model("h100-80gb"), server=server)
-
-
 def parameter_table(full: GpuProfile, read_only: GpuProfile) -> None:
     """Print each parameter: hidden, built-in, fitted (full and read-only)."""
     print("\n| parameter | hidden | built-in | calibrated | err | read-only | err |")
@@ -192,7 +163,7 @@ def predicted(
     """The simulator's figures for a held-out point, in simulated time."""
     concurrency, workload, cap = point
     figures = simulate_closed_loop(
-        setup(), params, concurrency=concurrency, workload=workload, duration_s=20.0,
+        h100_setup(), params, concurrency=concurrency, workload=workload, duration_s=20.0,
         power_limit_w=cap,
     )  # fmt: skip
     assert figures is not None, "a 20 s closed loop has a steady state"
@@ -253,7 +224,7 @@ async def live_table(servers: Servers, full: GpuProfile, duration_s: float) -> N
             PlanPoint(concurrency=concurrency, workload=workload), result, result_file=""
         )
         sim = replay_run(
-            setup(), full.parameters, requests=obs.requests, concurrency=obs.concurrency,
+            h100_setup(), full.parameters, requests=obs.requests, concurrency=obs.concurrency,
             duration_s=obs.duration_s, power_limit_w=obs.power_limit_w,
             client_gap_s=obs.client_gap_s,
         )  # fmt: skip

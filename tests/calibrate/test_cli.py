@@ -12,14 +12,12 @@ from jouletune.calibrate import (
     CalibrationError,
     CalibrationPlan,
     PlanPoint,
-    ServerSettings,
     Workload,
     measure_plan,
 )
 from jouletune.calibrate.cli import main
+from tests.calibrate.hidden import MODEL, h100_server
 from tests.procs import Proc, free_port, jouletune_process
-
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> None:
@@ -113,20 +111,12 @@ def test_bad_flags_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 
 
 def _plan(*points: PlanPoint, read_only: bool = False) -> CalibrationPlan:
-    server = ServerSettings(
-        model=MODEL,
-        served_model=MODEL,
-        max_num_seqs=256,
-        max_num_batched_tokens=8192,
-        max_model_len=2048,
-        gpu_memory_utilization=0.92,
-    )
     return CalibrationPlan(
         base_url=f"http://127.0.0.1:{free_port()}",
         exporter_urls=[],
         gpu="h100-80gb",
         gpu_name="NVIDIA H100 80GB HBM3",
-        server=server,
+        server=h100_server(),
         points=list(points),
         duration_s=1.0,
         read_only=read_only,

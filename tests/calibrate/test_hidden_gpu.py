@@ -18,33 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from jouletune.calibrate import ServerSettings, SimSetup, Workload, simulate_closed_loop
-from jouletune.gpu.simulated import gpu_model
+from jouletune.calibrate import Workload, simulate_closed_loop
 from jouletune.loadgen import BenchResult
-from jouletune.models import model_arch
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
-from jouletune.sim import DEFAULT_PERF, builtin_parameters
+from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, h100_setup
 from tests.procs import free_port, jouletune_process
 from tests.validity import SHORT_RUN
 
-MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-SERVER_FLAGS = ["--max-num-seqs", "256", "--max-model-len", "2048"]
-BUILT_IN = builtin_parameters(gpu_model("h100-80gb"), DEFAULT_PERF)
-# The hidden GPU: 15-30% off the built-in H100 on bandwidth, compute, host time, idle and
-# dynamic power.
-HIDDEN = BUILT_IN.model_copy(
-    update={
-        "weight_bw_efficiency": 0.70,
-        "kv_bw_efficiency": 0.65,
-        "gemm_efficiency": 0.75,
-        "host_per_seq_s": 13e-6,
-        "frontend_s": 8e-3,
-        "idle_loaded_w": 150.0,
-        "active_w": 185.0,
-        "tensor_w": 1200.0,
-        "dram_w": 190.0,
-    }
-)
 # Short closed loops (a CI machine measures them in ~40 s): three batch sizes, two context
 # lengths (they separate the per-sequence and the per-context-token decode cost), and one
 # power limit that binds on decode (it separates SM from DRAM power). The long context is
@@ -117,23 +97,11 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calibratio
         yield Calibration(out=root, argv=argv, stdout=done.stdout)
 
 
-def _setup() -> SimSetup:
-    server = ServerSettings(
-        model=MODEL,
-        served_model=MODEL,
-        max_num_seqs=256,
-        max_num_batched_tokens=8192,
-        max_model_len=2048,
-        gpu_memory_utilization=0.92,
-    )
-    return SimSetup(arch=model_arch(MODEL), gpu=gpu_model("h100-80gb"), server=server)
-
-
 def _worst_errors(
     params: ProfileParameters, points: list[tuple[int, Workload, float | None]]
 ) -> dict[str, float]:
     """Largest |prediction / hidden GPU's - 1| of J/token and ITL p50 over `points`."""
-    setup, worst = _setup(), {"j_per_output_token": 0.0, "itl_ms_p50": 0.0}
+    setup, worst = h100_setup(), {"j_per_output_token": 0.0, "itl_ms_p50": 0.0}
     for concurrency, workload, cap in points:
         figures = [
             simulate_closed_loop(
