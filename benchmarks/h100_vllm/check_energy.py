@@ -15,17 +15,22 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 _LIMIT_PCT = 2.0
 
 
-def _nvml_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(path, "rt") as f:
+def logged_window_energy_j(log: Path, result: dict[str, Any]) -> float:
+    """The energy an `nvml_energy_log.py` log (gzip'd CSV) shows over a bench result's
+    window: the counter interpolated at the window's edges."""
+    with gzip.open(log, "rt") as f:
         rows = [(float(r["unix_s"]), float(r["energy_j"])) for r in csv.DictReader(f)]
-    times, energies = zip(*rows, strict=True)
-    return np.asarray(times), np.asarray(energies)
+    times, energies = (np.asarray(col) for col in zip(*rows, strict=True))
+    window = result["window"]
+    edges = np.interp([window["start_unix_s"], window["end_unix_s"]], times, energies)
+    return float(edges[1] - edges[0])
 
 
 def main(results_dir: Path) -> int:
@@ -35,10 +40,7 @@ def main(results_dir: Path) -> int:
     for path in sorted(results_dir.glob("n*_w*.json")):
         result = json.loads(path.read_text())
         max_num_seqs = path.name.split("_")[0]
-        times, energies = _nvml_log(results_dir / f"nvml_{max_num_seqs}.csv.gz")
-        window = result["window"]
-        edges = np.interp([window["start_unix_s"], window["end_unix_s"]], times, energies)
-        independent_j = float(edges[1] - edges[0])
+        independent_j = logged_window_energy_j(results_dir / f"nvml_{max_num_seqs}.csv.gz", result)
         diff_pct = 100.0 * (result["energy_j"] - independent_j) / independent_j
         worst = max(worst, abs(diff_pct))
         print(f"{path.stem:<24}{result['energy_j']:>12.1f}{independent_j:>12.1f}{diff_pct:>+9.2f}")

@@ -18,14 +18,12 @@ in `dcgm-repeat/`). Exit 1 when a bound is missed.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from check_energy import logged_window_energy_j  # this script's folder
 
 DEFAULT = Path(__file__).resolve().parents[1] / "results" / "h100-tokenizer"
 LATENCY_BOUND = 0.03
@@ -86,12 +84,8 @@ def _vllm_between_runs(first: Path, second: Path) -> None:
 
 def _dcgm(out: Path) -> bool:
     result = _load(out / "dcgm_c128.json")
-    with gzip.open(out / "nvml_dcgm.csv.gz", "rt") as f:
-        rows = [(float(r["unix_s"]), float(r["energy_j"])) for r in csv.DictReader(f)]
-    times, energies = (np.asarray(col) for col in zip(*rows, strict=True))
     window = result["window"]
-    edges = np.interp([window["start_unix_s"], window["end_unix_s"]], times, energies)
-    independent = float(edges[1] - edges[0])
+    independent = logged_window_energy_j(out / "nvml_dcgm.csv.gz", result)
     diff = result["energy_j"] / independent - 1
     print(
         f"dcgm path vs NVML log ({out.name}): {result['energy_j']:.1f} J vs {independent:.1f} J "

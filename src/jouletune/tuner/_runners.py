@@ -102,14 +102,13 @@ class _Running:
         trial_dir.mkdir(parents=True, exist_ok=True)
         _link(trial_dir / "server.log", self.server.log_path)
         energy = self.spec.energy
-        named = energy.exporter_url or energy.prometheus_url
         # The spec's exporter or Prometheus (which see more GPUs than the engine's: picked by
         # UUID), else the exporter beside the server, which serves only the engine's.
-        exporter = energy.exporter_url if named else self.exporter.url
+        exporter = energy.exporter_url if energy.external else self.exporter.url
         target = Target(
             base_url=self.server.url,
             exporter_urls=[exporter] if exporter else [],
-            energy_gpus=self.energy_gpus if named else (),
+            energy_gpus=self.energy_gpus if energy.external else (),
             gpus=() if self.read_only else self.gpus,
             lost=self._lost,
             limit_store=self.store,
@@ -196,8 +195,8 @@ class _ProcessRunner:
         """The exporter's format: dcgm-exporter's names when the spec reads energy as `dcgm`
         and names no exporter of its own (the bench then reads what a cluster's would serve)."""
         energy = self._spec.energy
-        named = energy.exporter_url or energy.prometheus_url
-        return ["--format", "dcgm"] if energy.source is EnergySource.DCGM and not named else []
+        dcgm = energy.source is EnergySource.DCGM
+        return ["--format", "dcgm"] if dcgm and not energy.external else []
 
     def _exporter_argv(
         self, config: Point, server_url: str, port: int, gpus: list[Gpu] | None
