@@ -8,9 +8,14 @@
 #         find its prompts in vLLM's prefix cache);
 #   dcgm  `jouletune bench --energy-source dcgm` against `jouletune exporter --format dcgm`
 #         (NVML in dcgm-exporter's names) with an independent NVML energy log beside it;
-#   calib `jouletune calibrate --read-only`: closed loops at four batch sizes and the fit.
+#   calib `jouletune calibrate --read-only`: closed loops at four batch sizes and the fit;
+#   reps  the pair at REPS_C streams REPS times for each --random-range-ratio in REPS_RANGE,
+#         the two clients' order alternating (reps/): how far each client moves between runs;
+#   sweep `jouletune bench` closed loops of C clients, 512/256, 25 s each (sweep/c{C}.json):
+#         the plan benchmarks/h200_prediction.py predicted (its `compare` reads sweep/).
 # Never changes a GPU setting. Needs vLLM staged (shared/vllm-h100/README.md: /tmp/site) and
-# TOKENIZER pointing at a tokenizer.json. Usage: tokenizer_session.sh OUT_DIR
+# TOKENIZER pointing at a tokenizer.json. A server already healthy on :8000 (an earlier run's,
+# still warm) is reused. Usage: tokenizer_session.sh OUT_DIR
 set -u
 OUT=$1; mkdir -p "$OUT"
 SECTIONS=${SECTIONS:-len pair dcgm calib}
@@ -20,16 +25,19 @@ JT="python3 -m jouletune"
 SEED=${SEED:-201}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-python3 /tmp/stage/mk_model.py /tmp/model > /dev/null 2>&1 || python3 .device-whl/mk_model.py /tmp/model
-python3 .device-whl/retok.py /tmp/model "$TOKENIZER"
-setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
-  --max-num-seqs 256 --max-model-len 2048 --port 8000 > "$OUT/vllm.log" 2>&1 < /dev/null &
-echo $! > /tmp/vllm.pid
-setsid $JT exporter --port 9400 --gpus 0 > "$OUT/exporter.log" 2>&1 < /dev/null &
-setsid $JT exporter --port 9401 --gpus 0 --format dcgm > "$OUT/exporter-dcgm.log" 2>&1 < /dev/null &
+healthy() { python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; }
+if ! healthy; then
+  python3 /tmp/stage/mk_model.py /tmp/model > /dev/null 2>&1 || python3 .device-whl/mk_model.py /tmp/model
+  python3 .device-whl/retok.py /tmp/model "$TOKENIZER"
+  setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
+    --max-num-seqs 256 --max-model-len 2048 --port 8000 > /tmp/vllm.log 2>&1 < /dev/null &
+  echo $! > /tmp/vllm.pid
+  setsid $JT exporter --port 9400 --gpus 0 > /tmp/exporter.log 2>&1 < /dev/null &
+  setsid $JT exporter --port 9401 --gpus 0 --format dcgm > /tmp/exporter-dcgm.log 2>&1 < /dev/null &
+fi
 t0=$(date +%s)
-until python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; do
-  sleep 2; kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || { echo "vllm died"; tail -30 "$OUT/vllm.log"; exit 1; }
+until healthy; do
+  sleep 2; kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || { echo "vllm died"; tail -30 /tmp/vllm.log; exit 1; }
   [ $(( $(date +%s) - t0 )) -gt 400 ] && { echo "vllm not healthy in 400 s"; exit 1; }
 done
 echo "vllm healthy after $(( $(date +%s) - t0 )) s"
@@ -49,16 +57,46 @@ if has len; then  # prompt lengths counted by vLLM, the model's own tokenizer (t
   done
 fi
 
-if has pair; then  # the same workload through both clients, each with prompts of its own
-  for C in ${PAIR_C:-16 128}; do
-    N=$(( C * 8 ))
-    bench "jouletune_c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
-      --random-output-len 256 --max-concurrency "$C" --num-prompts "$N" --seed $((SEED + C))
-    python3 -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url http://127.0.0.1:8000 \
-      --model /tmp/model --dataset-name random --random-input-len 512 --random-output-len 256 \
-      --num-prompts "$N" --max-concurrency "$C" --seed $((SEED + C + 1)) --ignore-eos --save-result \
-      --result-dir "$OUT" --result-filename "vllm_c$C.json" > "$OUT/vllm_c$C.txt" 2>&1
-    echo "vllm bench serve c$C exit $? at $(date +%T)"; grep -E "Median (TTFT|TPOT)|Output token throughput" "$OUT/vllm_c$C.txt"
+clients() {  # clients ORDER TAG C SEED RANGE: both clients on one 512/256 workload, ORDER "jv"
+  # or "vj"; each client its own prompt seed (one the other used would hit vLLM's prefix cache)
+  local order=$1 tag=$2 c=$3 seed=$4 range=$5 n=$(( $3 * 8 )) who
+  for who in $(echo "$order" | grep -o .); do
+    if [ "$who" = j ]; then
+      bench "${tag/\%/jouletune}" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
+        --random-output-len 256 --random-range-ratio "$range" --max-concurrency "$c" \
+        --num-prompts "$n" --seed "$seed"
+    else
+      local name=${tag/\%/vllm}
+      python3 -m vllm.entrypoints.cli.main bench serve --backend vllm --base-url http://127.0.0.1:8000 \
+        --model /tmp/model --dataset-name random --random-input-len 512 --random-output-len 256 \
+        --random-range-ratio "$range" --num-prompts "$n" --max-concurrency "$c" --seed $((seed + 1)) \
+        --ignore-eos --save-result --result-dir "$OUT" --result-filename "$name.json" > "$OUT/$name.txt" 2>&1
+      echo "vllm bench serve $name exit $? at $(date +%T)"
+      grep -E "Median (TTFT|TPOT)|Output token throughput" "$OUT/$name.txt"
+    fi
+  done
+}
+
+if has pair; then
+  for C in ${PAIR_C:-16 128}; do clients jv "%_c$C" "$C" $((SEED + C)) 0; done
+fi
+
+if has reps; then  # the order alternates so that a drift over the session favours neither client
+  mkdir -p "$OUT/reps"
+  C=${REPS_C:-128}; k=0
+  for R in ${REPS_RANGE:-0 0.5}; do
+    for i in $(seq 1 "${REPS:-3}"); do
+      order=jv; (( i % 2 )) || order=vj; k=$((k + 1))
+      clients "$order" "reps/%_c${C}_rr${R}_$i" "$C" $((SEED + 1000 + 10 * k)) "$R"
+    done
+  done
+fi
+
+if has sweep; then
+  mkdir -p "$OUT/sweep"
+  for C in ${SWEEP_C:-1 8 32 64 128 256}; do
+    bench "sweep/c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
+      --random-output-len 256 --max-concurrency "$C" --num-prompts 100000 --duration 25 --seed 21
   done
 fi
 
@@ -79,8 +117,8 @@ if has calib; then  # batch-only calibration: never changes a GPU setting
   echo "calibrate exit $? at $(date +%T)"; tail -25 "$OUT/calibrate.txt"
 fi
 
-{ nvidia-smi --query-gpu=name,driver_version,power.limit,power.default_limit,clocks.max.sm --format=csv,noheader
+{ nvidia-smi --query-gpu=name,driver_version,power.limit,power.default_limit,clocks.max.sm,memory.total --format=csv,noheader
   python3 -c "import torch, vllm, tokenizers; print('torch', torch.__version__, 'cuda', torch.version.cuda)
 print('vllm', vllm.__version__); print('tokenizers', tokenizers.__version__)"
 } > "$OUT/versions.txt" 2>&1
-tail -40 "$OUT/vllm.log" > "$OUT/vllm_tail.log"; rm -f "$OUT/vllm.log"
+tail -40 /tmp/vllm.log > "$OUT/vllm_tail.log"
