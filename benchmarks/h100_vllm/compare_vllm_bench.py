@@ -11,7 +11,9 @@ server and workload. Every client figure is compared over the whole run (ramp-up
 included, as vLLM measures it: the result's `run` section); results written before the `run`
 section had latencies compare jouletune's steady-state cohort instead, and say so. A folder
 `repeat-c128/` beside them holds a second pair at 128 streams: how far vLLM's own client moves
-between two runs is the floor under any comparison between clients. Issue #14's: the dcgm
+between two runs is the floor under any comparison between clients; `reps/` holds the pair
+repeated (each client's runs in alternating order, fixed and varied lengths), compared by the
+median over runs of each client's figure. Issue #14's: the dcgm
 path's window energy within 1% of the NVML log's (`dcgm_c128.json`, `nvml_dcgm.csv.gz`, also
 in `dcgm-repeat/`). Exit 1 when a bound is missed.
 """
@@ -19,7 +21,10 @@ in `dcgm-repeat/`). Exit 1 when a bound is missed.
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,10 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _pairs(out: Path, c: int) -> list[tuple[str, float, float]]:
-    jt, vl = _load(out / f"jouletune_c{c}.json"), _load(out / f"vllm_c{c}.json")
+    return _figures(_load(out / f"jouletune_c{c}.json"), _load(out / f"vllm_c{c}.json"))
+
+
+def _figures(jt: dict[str, Any], vl: dict[str, Any]) -> list[tuple[str, float, float]]:
     run = jt["run"]
     scope = "run" if run.get("ttft_ms") else "cohort"
     latency = run if scope == "run" else jt
@@ -82,6 +90,31 @@ def _vllm_between_runs(first: Path, second: Path) -> None:
         print(f"  {key:22} {a[key]:10.2f} {b[key]:10.2f}  {b[key] / a[key] - 1:+.2%}")
 
 
+def _reps(folder: Path) -> bool:
+    """Each workload's repeated pair: every run, then the medians over runs compared."""
+    runs: dict[str, list[list[tuple[str, float, float]]]] = defaultdict(list)
+    for path in sorted(folder.glob("jouletune_*.json")):
+        workload = re.sub(r"_\d+$", "", path.stem.removeprefix("jouletune_"))
+        vllm = folder / path.name.replace("jouletune_", "vllm_", 1)
+        runs[workload].append(_figures(_load(path), _load(vllm)))
+    ok = True
+    for workload, pairs in runs.items():
+        print(f"repeated pair {workload} ({len(pairs)} runs): per run jouletune / vllm")
+        for i, (name, *_) in enumerate(pairs[0]):
+            mine = [p[i][1] for p in pairs]
+            theirs = [p[i][2] for p in pairs]
+            diff = statistics.median(mine) / statistics.median(theirs) - 1
+            ok &= abs(diff) <= LATENCY_BOUND
+            each = "  ".join(f"{m:.1f}/{t:.1f}" for m, t in zip(mine, theirs, strict=True))
+            spread = f"{_spread(mine):.1%} / {_spread(theirs):.1%}"
+            print(f"  {name:22} {each}   medians {diff:+.2%}, spread {spread}")
+    return ok
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1
+
+
 def _dcgm(out: Path) -> bool:
     result = _load(out / "dcgm_c128.json")
     window = result["window"]
@@ -101,6 +134,8 @@ def main() -> int:
     if repeat.is_dir():
         ok &= _clients(repeat, "repeat, ")
         _vllm_between_runs(out, repeat)
+    if (out / "reps").is_dir():
+        ok &= _reps(out / "reps")
     for folder in (out, out / "dcgm-repeat"):
         if (folder / "dcgm_c128.json").is_file():
             ok &= _dcgm(folder)
