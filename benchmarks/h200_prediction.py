@@ -9,9 +9,9 @@ The simulator was fitted to the H100 only. Its H200 entry (`jouletune.gpu.simula
 power coefficients and engine constants. `predict` runs the plan the H200 will run
 (`SECTIONS=sweep benchmarks/h100_vllm/tokenizer_session.sh`, its `sweep/` folder):
 Llama-3.1-8B shape, one `vllm serve` with `--max-num-seqs 256 --max-model-len 2048` (vLLM
-0.24's defaults otherwise), closed loops of C clients at 512 prompt / 256 output tokens. It is committed before the H200 is measured;
-`compare` then reads `jouletune bench` results of the same plan and prints the error of every
-figure, with no refit.
+0.24's defaults otherwise), closed loops of C clients at 512 prompt / 256 output tokens. It
+is committed before the H200 is measured; `compare` then reads `jouletune bench` results of
+the same plan and prints the error of every figure, with no refit.
 """
 
 from __future__ import annotations
