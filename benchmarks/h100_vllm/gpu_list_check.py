@@ -3,7 +3,7 @@
     PYTHONPATH=src python3 benchmarks/h100_vllm/gpu_list_check.py
 
 Runs the engine container's real start script (`ENGINE_SCRIPT`, read from
-`jouletune/operator/_pods.py` without importing the operator) with a stand-in `vllm` on PATH,
+`jouletune/operator/_containers.py` without importing the operator) with a stand-in `vllm` on PATH,
 and `jouletune exporter --gpus-file` beside it, as in a pod; then scrapes the exporter and
 checks it exports exactly the GPUs the script listed, by UUID, from NVML. Changes no GPU
 setting. Exits 0 when they match, 1 when not.
@@ -21,18 +21,34 @@ import urllib.request
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[2]
-_PODS = _ROOT / "src" / "jouletune" / "operator" / "_pods.py"
+_PODS = _ROOT / "src" / "jouletune" / "operator" / "_containers.py"
 # The repository root, for the tests' process helpers.
 sys.path.insert(0, str(_ROOT))
 from tests.procs import free_port  # noqa: E402
 
 
 def engine_script() -> str:
-    """The ENGINE_SCRIPT constant of the operator's pod builder."""
+    """The ENGINE_SCRIPT constant of the operator's pod builder (string constants joined
+    with `+`, read from the source so that the operator's dependencies need not be here)."""
+    strings: dict[str, str] = {}
+
+    def value(node: ast.expr) -> str:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left) + value(node.right)
+        if isinstance(node, ast.Name):
+            return strings[node.id]
+        return str(ast.literal_eval(node))
+
     for node in ast.parse(_PODS.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ENGINE_SCRIPT":
-            return str(ast.literal_eval(node.value))
-    raise SystemExit(f"gpu_list_check: no ENGINE_SCRIPT in {_PODS}")
+        target = getattr(node, "targets", [None])[0]
+        if isinstance(node, ast.Assign) and isinstance(target, ast.Name):
+            try:
+                strings[target.id] = value(node.value)
+            except (ValueError, KeyError):
+                continue  # not a string constant
+    if "ENGINE_SCRIPT" not in strings:
+        raise SystemExit(f"gpu_list_check: no ENGINE_SCRIPT in {_PODS}")
+    return strings["ENGINE_SCRIPT"]
 
 
 def _get(url: str) -> str:

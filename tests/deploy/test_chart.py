@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from jouletune.operator import _containers as containers
 from jouletune.operator import _pods as pods
 from jouletune.operator._rbac import RBAC_RULES
 from tests.deploy.tools import ALL_ON, CHART, CRD, GRAFANA, RULES, helm_template, run, tool
@@ -288,8 +289,8 @@ def test_podmonitor_matches_the_trial_pods_the_operator_builds() -> None:
     monitor = _one(helm_template(sets=ALL_ON), "PodMonitor")
     endpoints = monitor["spec"]["podMetricsEndpoints"]
     assert {e["port"] for e in endpoints} == {
-        pods.EXPORTER_PORT_NAME,
-        pods.ENGINE_PORT_NAME,
+        containers.EXPORTER_PORT_NAME,
+        containers.ENGINE_PORT_NAME,
     }
     assert monitor["spec"]["selector"]["matchExpressions"][0]["key"] == pods.LABEL_BENCHMARK
     meta = {r["sourceLabels"][0]: r["targetLabel"] for e in endpoints for r in e["relabelings"]}

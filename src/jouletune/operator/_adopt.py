@@ -36,17 +36,15 @@ from jouletune.contract import CRD_GROUP as GROUP
 from jouletune.contract import EXPORTER_PORT
 from jouletune.engine import merge_args
 from jouletune.operator._config import OperatorConfig
-from jouletune.operator._holder import STATE_VOLUME, hold_limits, state_volume
-from jouletune.operator._kube import KubeApi
-from jouletune.operator._pods import (
+from jouletune.operator._containers import (
     ENV_GPU_LIST,
     GPU_LIST_DIR,
     GPU_LIST_FILE,
     GPU_LIST_SCRIPT,
-    LABEL_BENCHMARK,
-    BenchmarkRef,
-    benchmark_label,
 )
+from jouletune.operator._holder import STATE_VOLUME, hold_limits, state_volume
+from jouletune.operator._kube import KubeApi
+from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
 from jouletune.operator._status import BenchmarkStatus, Condition, Phase, now_iso
 from jouletune.operator._table import COND_ADOPTED, COND_COMPLETE, COND_PROGRESSING, set_failed
 from jouletune.tuner import BenchmarkSpec, Recommendation

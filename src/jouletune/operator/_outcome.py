@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from jouletune.operator._pods import CONTAINER_ENGINE, CONTAINER_LOADGEN
+from jouletune.operator._containers import CONTAINER_ENGINE, CONTAINER_LOADGEN
 from jouletune.operator._wire import PodResult, ResultError
 
 __all__ = ["PodOutcome", "Timeouts", "classify_pod", "parse_time_s"]
