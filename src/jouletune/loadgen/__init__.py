@@ -14,7 +14,7 @@ Prometheus) interpolated at the window's edges; and validity checks on every mea
 from jouletune.loadgen._checks import CheckResult, ValidityThresholds
 from jouletune.loadgen._config import BenchConfig
 from jouletune.loadgen._dataset import DatasetError, SampleRequest, load_requests
-from jouletune.loadgen._diagnosis import Diagnosis, diagnose, inputs_of
+from jouletune.loadgen._diagnosis import Diagnosis, diagnose
 from jouletune.loadgen._errors import BenchError
 from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
 from jouletune.loadgen._records import RequestRecord, Window
@@ -28,6 +28,7 @@ from jouletune.loadgen._result import (
     Spread,
     WindowResult,
     WorkloadSummary,
+    inputs_of,
 )
 from jouletune.loadgen._runner import ProgressCallback, run_bench
 from jouletune.loadgen._sources import EnergySource

@@ -14,7 +14,7 @@ import aiohttp
 from jouletune import __version__
 from jouletune.loadgen._checks import CheckResult, Evidence, failed, run_checks
 from jouletune.loadgen._config import BenchConfig
-from jouletune.loadgen._diagnosis import diagnose, inputs_of
+from jouletune.loadgen._diagnosis import diagnose
 from jouletune.loadgen._metrics import BenchMetrics, LatencyStats, compute_metrics
 from jouletune.loadgen._records import RequestRecord, Window
 from jouletune.loadgen._result import (
@@ -25,6 +25,7 @@ from jouletune.loadgen._result import (
     RunSummary,
     WindowResult,
     WorkloadSummary,
+    inputs_of,
 )
 from jouletune.loadgen._server import ServerInfo
 from jouletune.loadgen._telemetry import (

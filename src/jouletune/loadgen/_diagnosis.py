@@ -22,17 +22,14 @@ Then one sentence names what held the trial back and the knob that moves it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from jouletune.gpu.simulated import GpuModel, gpu_by_name, gpu_model
 from jouletune.models import ModelArch
 
-if TYPE_CHECKING:
-    from jouletune.loadgen._result import BenchResult
-
-__all__ = ["Diagnosis", "DiagnosisInputs", "diagnose", "floor_flops_per_joule", "inputs_of"]
+__all__ = ["Diagnosis", "DiagnosisInputs", "diagnose", "floor_flops_per_joule"]
 
 _H100 = "NVIDIA H100 80GB HBM3"
 _MEASURED_FLOPS_PER_J = {_H100: 675.38e12 / 698.43}
@@ -105,32 +102,6 @@ class DiagnosisInputs(BaseModel):
     sm_clock_hz: float | None
     cap_bound_fraction: float | None
     power_limit_w: float | None
-
-
-def inputs_of(result: BenchResult) -> DiagnosisInputs:
-    """What the diagnosis reads from a bench result."""
-    gpus = result.gpus
-    utils = [g.utilization for g in gpus if g.utilization is not None]
-    clocks = [g.sm_clock.mean for g in gpus if g.sm_clock is not None]
-    names = [g.model_name for g in gpus] or result.environment.gpu_models
-    return DiagnosisInputs(
-        j_per_output_token=result.energy_per_output_token_j,
-        energy_j=result.energy_j,
-        idle_energy_j=result.idle_energy_j,
-        window_s=result.window.duration_s if result.window else None,
-        window_completed=result.window.completed_requests if result.window else None,
-        batch=result.avg_batch_size,
-        max_num_seqs=result.config.server_max_num_seqs,
-        client_concurrency=result.config.max_concurrency,
-        mean_prompt_tokens=result.workload.mean_prompt_tokens,
-        mean_output_tokens=result.workload.mean_max_tokens or None,
-        gpu_name=names[0] if names else None,
-        num_gpus=max(1, len(gpus)),
-        utilization=sum(utils) / len(utils) if utils else None,
-        sm_clock_hz=sum(clocks) / len(clocks) if clocks else None,
-        cap_bound_fraction=result.power_cap_bound_fraction,
-        power_limit_w=next((g.power_limit_w for g in gpus if g.power_limit_w), None),
-    )
 
 
 def floor_flops_per_joule(gpu: GpuModel) -> tuple[float, str]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jouletune.loadgen._checks import CheckResult
 from jouletune.loadgen._config import BenchConfig
-from jouletune.loadgen._diagnosis import Diagnosis
+from jouletune.loadgen._diagnosis import Diagnosis, DiagnosisInputs
 
 __all__ = [
     "BenchResult",
@@ -29,6 +29,7 @@ __all__ = [
     "Spread",
     "WindowResult",
     "WorkloadSummary",
+    "inputs_of",
 ]
 
 
@@ -268,4 +269,30 @@ class BenchResult(_Model):
     warnings: list[str]
     requests: list[RequestDetail] | None = Field(
         None, description="per-request detail, with `save_detailed` (--save-detailed)"
+    )
+
+
+def inputs_of(result: BenchResult) -> DiagnosisInputs:
+    """What the diagnosis reads from a bench result."""
+    gpus = result.gpus
+    utils = [g.utilization for g in gpus if g.utilization is not None]
+    clocks = [g.sm_clock.mean for g in gpus if g.sm_clock is not None]
+    names = [g.model_name for g in gpus] or result.environment.gpu_models
+    return DiagnosisInputs(
+        j_per_output_token=result.energy_per_output_token_j,
+        energy_j=result.energy_j,
+        idle_energy_j=result.idle_energy_j,
+        window_s=result.window.duration_s if result.window else None,
+        window_completed=result.window.completed_requests if result.window else None,
+        batch=result.avg_batch_size,
+        max_num_seqs=result.config.server_max_num_seqs,
+        client_concurrency=result.config.max_concurrency,
+        mean_prompt_tokens=result.workload.mean_prompt_tokens,
+        mean_output_tokens=result.workload.mean_max_tokens or None,
+        gpu_name=names[0] if names else None,
+        num_gpus=max(1, len(gpus)),
+        utilization=sum(utils) / len(utils) if utils else None,
+        sm_clock_hz=sum(clocks) / len(clocks) if clocks else None,
+        cap_bound_fraction=result.power_cap_bound_fraction,
+        power_limit_w=next((g.power_limit_w for g in gpus if g.power_limit_w), None),
     )
