@@ -186,3 +186,29 @@ def test_saturate_runs_as_many_clients_as_the_trials_batch_bound(
     config = bench_config(spec, point=point, seed_offset=3, base_url="http://x", exporter_urls=[])
     assert config.max_concurrency == clients
     assert config.seed == 10  # each trial draws its own prompts
+
+
+def test_workload_range_ratio_varies_each_trials_prompt_and_output_lengths() -> None:
+    """`workload.rangeRatio` reaches the bench as vLLM's --random-range-ratio: lengths vary."""
+    from jouletune.loadgen import load_requests
+    from jouletune.tokenizer import WordTokenizer
+
+    spec = parse_spec({"workload": {"inputLen": 512, "outputLen": 256, "rangeRatio": 0.5}})
+    point = Point(tensor_parallel_size=1, max_num_seqs=64)
+    config = bench_config(spec, point=point, seed_offset=0, base_url="http://x", exporter_urls=[])
+    assert config.random_range_ratio == 0.5
+    reqs = load_requests(
+        tokenizer=WordTokenizer(),
+        dataset="random",
+        num_prompts=200,
+        seed=config.seed,
+        random_input_len=config.random_input_len,
+        random_output_len=config.random_output_len,
+        random_range_ratio=config.random_range_ratio,
+    )
+    prompts = {r.prompt_len for r in reqs}
+    outputs = {r.output_len for r in reqs}
+    assert min(prompts) >= 256 and max(prompts) <= 768 and len(prompts) > 50
+    assert min(outputs) >= 128 and max(outputs) <= 384 and len(outputs) > 50
+    with pytest.raises(SpecError, match="rangeRatio"):
+        parse_spec({"workload": {"rangeRatio": 1.0}})

@@ -93,6 +93,7 @@ def bench_config(
         dataset_path=workload.dataset_path,
         random_input_len=workload.input_len,
         random_output_len=workload.output_len,
+        random_range_ratio=workload.range_ratio,
         num_prompts=workload.num_prompts,
         request_rate=workload.request_rate,
         burstiness=workload.burstiness,

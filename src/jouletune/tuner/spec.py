@@ -171,6 +171,14 @@ class WorkloadSpec(_Model):
     )
     input_len: Annotated[int, Field(ge=1, le=1_000_000)] = 512
     output_len: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    range_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="random prompt and output lengths vary by ±this ratio (vLLM's"
+        " --random-range-ratio); equal lengths make a closed loop's TTFT depend on how its"
+        " waves line up (docs/measurement.md)",
+    )
     num_prompts: Annotated[int, Field(ge=1)] = 1000
     request_rate: Annotated[float, Field(gt=0)] = math.inf
     burstiness: Annotated[float, Field(gt=0)] = 1.0
