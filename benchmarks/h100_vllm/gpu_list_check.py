@@ -21,14 +21,14 @@ import urllib.request
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[2]
-_PODS = _ROOT / "src" / "jouletune" / "operator" / "_containers.py"
+_CONTAINERS = _ROOT / "src" / "jouletune" / "operator" / "_containers.py"
 # The repository root, for the tests' process helpers.
 sys.path.insert(0, str(_ROOT))
 from tests.procs import free_port  # noqa: E402
 
 
 def engine_script() -> str:
-    """The ENGINE_SCRIPT constant of the operator's pod builder (string constants joined
+    """The ENGINE_SCRIPT constant of the trial pod's engine container (string constants joined
     with `+`, read from the source so that the operator's dependencies need not be here)."""
     strings: dict[str, str] = {}
 
@@ -39,7 +39,7 @@ def engine_script() -> str:
             return strings[node.id]
         return str(ast.literal_eval(node))
 
-    for node in ast.parse(_PODS.read_text()).body:
+    for node in ast.parse(_CONTAINERS.read_text()).body:
         target = getattr(node, "targets", [None])[0]
         if isinstance(node, ast.Assign) and isinstance(target, ast.Name):
             try:
@@ -47,7 +47,7 @@ def engine_script() -> str:
             except (ValueError, KeyError):
                 continue  # not a string constant
     if "ENGINE_SCRIPT" not in strings:
-        raise SystemExit(f"gpu_list_check: no ENGINE_SCRIPT in {_PODS}")
+        raise SystemExit(f"gpu_list_check: no ENGINE_SCRIPT in {_CONTAINERS}")
     return strings["ENGINE_SCRIPT"]
 
 
