@@ -5,9 +5,11 @@
 # with as many clients as max_num_seqs. Never changes a GPU setting.
 # Resumable: points already in $RES are skipped, so a later run on the same warm machine goes on.
 # Usage: campaign.sh "1 8 32" DEADLINE_UNIX_S     (stops starting servers near the deadline)
+# VLLM_ARGS and BENCH_ARGS add flags to every server and bench (e.g. vLLM's iteration log and
+# the bench's per-request detail); RES is where results go.
 set -u
 SEQS=$1; DEADLINE=$2
-RES=/tmp/campaign; mkdir -p "$RES"
+RES=${RES:-/tmp/campaign}; mkdir -p "$RES"
 export PYTHONPATH=$PWD/src:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 JT="python3 -m jouletune"
 WORKLOADS=${WORKLOADS:-"512:256 1024:128"}  # input:output[:seed] (seed 1 by default)
@@ -33,7 +35,7 @@ for N in $SEQS; do
   stop_all
   echo "campaign: starting vllm max_num_seqs=$N at $(date +%T)"
   setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
-    --max-num-seqs "$N" --max-model-len 2048 --port 8000 > "$RES/vllm_n$N.log" 2>&1 < /dev/null &
+    --max-num-seqs "$N" --max-model-len 2048 --port 8000 ${VLLM_ARGS:-} > "$RES/vllm_n$N.log" 2>&1 < /dev/null &
   echo $! > /tmp/vllm.pid
   setsid $JT exporter --port 9400 --gpus 0 > "$RES/exporter.log" 2>&1 < /dev/null & echo $! > /tmp/exporter.pid
   setsid python3 benchmarks/h100_vllm/nvml_energy_log.py "$RES/nvml_n$N.csv" 0 > /dev/null 2>&1 < /dev/null &
@@ -47,10 +49,9 @@ for N in $SEQS; do
   for W in $WORKLOADS; do
     IFS=: read -r IN OUTL SEED <<< "$W"; SEED=${SEED:-1}; F="$RES/n${N}_w${IN}-${OUTL}.json"
     [ -f "$F" ] && continue
-    NP=$(( N * 4 + 8 ))
     $JT bench --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
       --random-input-len "$IN" --random-output-len "$OUTL" --max-concurrency "$N" \
-      --num-prompts 100000 --duration "$DUR" --seed "$SEED" --no-progress \
+      --num-prompts 100000 --duration "$DUR" --seed "$SEED" --no-progress ${BENCH_ARGS:-} \
       --result-filename "$F.tmp" > "$RES/bench_n${N}_w${IN}-${OUTL}.txt" 2>&1
     echo "campaign: N=$N W=$W exit $? at $(date +%T)"; tail -4 "$RES/bench_n${N}_w${IN}-${OUTL}.txt"
     [ -f "$F.tmp" ] && mv "$F.tmp" "$F"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,10 @@ def test_ctrl_c_restores_the_power_limit_and_a_rerun_resumes(
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A study killed with SIGKILL after two trials, then rerun to its end."""
+    """A study killed with SIGKILL after two trials, then rerun to its end. Its finalists are
+    measured three times each, so the saving it reports is a mean of three short windows."""
     tmp = tmp_path_factory.mktemp("killed")
-    config = write_spec(tmp / "tiny.yaml", max_trials=3)
+    config = write_spec(tmp / "tiny.yaml", max_trials=3, repeats=2)
     out = tmp / "out"
     proc, log_path = start_tune(config, out)
     try:
@@ -153,12 +155,15 @@ def _bench_j_per_token(
         with jouletune_process(
             [*exporter_args, "--sim", server.url], port=exporter_port, health_path="/healthz"
         ) as exporter:
-            result = tmp / f"{tag}.json"
-            code, output = _bench(server.url, exporter.url, spec_workload, result)
-            assert code == 0, output
-    data = json.loads(result.read_text())
-    assert data["valid"], data["invalid_reason"]
-    return float(data["energy_per_output_token_j"])
+            readings = []
+            for run in range(3):  # the mean of three windows, as the tune takes its finalists
+                result = tmp / f"{tag}-{run}.json"
+                code, output = _bench(server.url, exporter.url, spec_workload, result)
+                assert code == 0, output
+                data = json.loads(result.read_text())
+                assert data["valid"], data["invalid_reason"]
+                readings.append(float(data["energy_per_output_token_j"]))
+    return statistics.fmean(readings)
 
 
 def _bench(url: str, exporter_url: str, w: dict[str, Any], result: Path) -> tuple[int, str]:
@@ -193,9 +198,10 @@ def test_saving_is_reproduced_by_an_independent_bench(
     recommended = _bench_j_per_token(tmp_path, rec["recommended"]["point"], workload, "recommended")
     baseline = _bench_j_per_token(tmp_path, rec["baseline"]["point"], workload, "baseline")
     saving_pct = 100.0 * (1.0 - recommended / baseline)
-    # Each side is one 1.5 s window per point; on this 2-core machine the two have read up to
-    # 3.6 points apart (a fresh clone: 36.2% reported, 39.8% reproduced) and up to 5.5 under
-    # a second test suite's load, against savings of 35-40%.
+    # Both sides are means of three 1.5 s windows per point. With one window each, the two
+    # read -5.2 to +6.1 points apart on a shared 2-core machine (sd ~4.6 over five runs; with
+    # three, -3.2 to 0.0, sd ~1.2),
+    # against savings of 35-40%: the sim's throughput, and so its J/token, follows CPU load.
     assert abs(saving_pct - rec["saving_pct"]) <= 6.0, (saving_pct, rec["saving_pct"])
 
 
