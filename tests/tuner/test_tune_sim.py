@@ -198,10 +198,10 @@ def test_saving_is_reproduced_by_an_independent_bench(
     recommended = _bench_j_per_token(tmp_path, rec["recommended"]["point"], workload, "recommended")
     baseline = _bench_j_per_token(tmp_path, rec["baseline"]["point"], workload, "baseline")
     saving_pct = 100.0 * (1.0 - recommended / baseline)
-    # Both sides are means of three 1.5 s windows per point. With one window each, the two
-    # read -5.2 to +6.1 points apart on a shared 2-core machine (sd ~4.6 over five runs; with
-    # three, -3.2 to 0.0, sd ~1.2),
-    # against savings of 35-40%: the sim's throughput, and so its J/token, follows CPU load.
+    # Both sides are means of three 1.5 s windows per point, against savings of 35-40%. With
+    # one window each they read -5.2 to +6.1 points apart on a shared 2-core machine (sd ~4.6
+    # over five runs), with three -3.2 to 0.0 (sd ~1.2): the sim's throughput, and so its
+    # J/token, follows CPU load.
     assert abs(saving_pct - rec["saving_pct"]) <= 6.0, (saving_pct, rec["saving_pct"])
 
 
