@@ -3,7 +3,8 @@
 Each `jouletune bench` result took its window energy from `jouletune exporter`'s counter.
 Beside it, `nvml_energy_log.py` logged the same GPU's total-energy counter every 50 ms in a
 separate process. This script interpolates that log at each result's window edges and prints
-both energies and their difference (issue 7: within 2%).
+both energies and their difference (issue 7: within 2%); a result in a subfolder is read
+against the log in its own folder, and one without a log is listed as such.
 
     python benchmarks/h100_vllm/check_energy.py [benchmarks/results/h100-vllm]
 """
@@ -35,15 +36,19 @@ def logged_window_energy_j(log: Path, result: dict[str, Any]) -> float:
 
 def main(results_dir: Path) -> int:
     """Print one line per result; exit 1 if any differs by more than the limit."""
-    print(f"{'point':<24}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
+    print(f"{'point':<30}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
     worst = 0.0
-    for path in sorted(results_dir.glob("n*_w*.json")):
+    for path in sorted(results_dir.glob("**/n*_w*.json")):
         result = json.loads(path.read_text())
-        max_num_seqs = path.name.split("_")[0]
-        independent_j = logged_window_energy_j(results_dir / f"nvml_{max_num_seqs}.csv.gz", result)
+        name = path.relative_to(results_dir).with_suffix("").as_posix()
+        log = path.parent / f"nvml_{path.name.split('_')[0]}.csv.gz"
+        if not log.is_file():  # a rerun without an independent log beside it
+            print(f"{name:<30}{result['energy_j']:>12.1f}{'no log':>12}")
+            continue
+        independent_j = logged_window_energy_j(log, result)
         diff_pct = 100.0 * (result["energy_j"] - independent_j) / independent_j
         worst = max(worst, abs(diff_pct))
-        print(f"{path.stem:<24}{result['energy_j']:>12.1f}{independent_j:>12.1f}{diff_pct:>+9.2f}")
+        print(f"{name:<30}{result['energy_j']:>12.1f}{independent_j:>12.1f}{diff_pct:>+9.2f}")
     print(f"worst |diff| {worst:.2f}% (limit {_LIMIT_PCT}%)")
     return 0 if worst <= _LIMIT_PCT else 1
 
