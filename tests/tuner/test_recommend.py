@@ -32,7 +32,11 @@ from jouletune.tuner import (
     write_report,
 )
 from jouletune.tuner._plot import plot_label
-from jouletune.tuner._provenance import PREDICTED_CLOCK_CAVEAT, ProvenanceKind
+from jouletune.tuner._provenance import (
+    PREDICTED_CLOCK_CAVEAT,
+    PREDICTED_TTFT_CAVEAT,
+    ProvenanceKind,
+)
 from tests.tuner.synthetic import measured
 
 SPEC: dict[str, Any] = {
@@ -134,7 +138,8 @@ def test_report_files(tmp_path: Path) -> None:
 
 
 def _trial(number: int, point: Point, j: float, provenance: Provenance) -> TrialRecord:
-    figures = TrialFigures(energy_per_output_token_j=j, latency_ms={"tpot_p90": 10.0})
+    latency_ms = {"tpot_p90": 10.0, "ttft_p90": 400.0, "e2el_p50": 2000.0}
+    figures = TrialFigures(energy_per_output_token_j=j, latency_ms=latency_ms)
     return TrialRecord(
         number=number, role=Role.BASELINE if point.unconstrained else Role.SEARCH,
         state=TrialState.COMPLETE, point=point, figures=figures, feasible=True, server_run="s",
@@ -168,3 +173,30 @@ def test_a_recommended_lock_comes_with_its_command_report_and_a_predicted_caveat
     else:
         assert rec.caveats == [], "a measured lock needs no caveat"
     assert plot_label(locked) == "tp 2 · seqs 64 · no cap · 1200 MHz"
+
+
+@pytest.mark.parametrize(
+    ("kind", "latency", "caveat"),
+    [
+        ("predicted", {"slos": [{"metric": "ttft_p90", "maxMs": 500}]}, True),
+        ("predicted", {"objective": "ttft_p90"}, True),
+        ("predicted", {"slos": [{"metric": "tpot_p90", "maxMs": 50}]}, False),
+        ("measured", {"slos": [{"metric": "ttft_p90", "maxMs": 500}]}, False),
+    ],
+)
+def test_a_predicted_ttft_the_answer_rests_on_is_labelled(
+    kind: ProvenanceKind, latency: dict[str, Any], caveat: bool, tmp_path: Path
+) -> None:
+    provenance = Provenance(kind=kind, gpu="h100-80gb", engine="vLLM", jouletune_version="0.1")
+    small = Point(tensor_parallel_size=1, max_num_seqs=64)
+    large = small.model_copy(update={"max_num_seqs": 256})
+    records = [_trial(0, small, 0.10, provenance), _trial(1, large, 0.07, provenance)]
+    spec = parse_spec({"searchSpace": {"maxNumSeqs": [64, 256]}, **latency})
+    rec = recommend(spec=spec, records=records, finalists=[small, large], done=True)
+    assert rec.recommended is not None and rec.recommended.point == large
+    assert (PREDICTED_TTFT_CAVEAT in rec.caveats) is caveat
+    assert ("TTFT figures are the simulator's predictions" in rec.summary()) is caveat
+    write_report(tmp_path, spec=spec, name="r", records=records, recommendation=rec)
+    page = (tmp_path / "report.html").read_text()
+    assert ("Before relying on its TTFT." in page) is caveat
+    assert "Published evidence" not in page, "no cap or lock: no cap evidence"

@@ -155,7 +155,6 @@ def _caveats(rec: Recommendation) -> str:
     if not rec.caveats:
         return ""
     e = html.escape
-    evidence = "".join(f"<li>{e(item)}</li>" for item in CAP_EVIDENCE)
     items = "".join(f"<p>{e(c)}</p>" for c in rec.caveats)
     point = rec.recommended.point if rec.recommended else None
     settings = [
@@ -166,10 +165,13 @@ def _caveats(rec: Recommendation) -> str:
         )
         if value
     ]
-    what = " and ".join(settings) or "setting"
+    head = "<div class='caveat' id='caveats'><strong>"
+    if not settings:  # only the TTFT caveat: no cap or lock to weigh evidence against
+        return f"{head}Before relying on its TTFT.</strong>{items}</div>"
+    evidence = "".join(f"<li>{e(item)}</li>" for item in CAP_EVIDENCE)
     return (
-        f"<div class='caveat' id='caveats'><strong>Before adopting the {what}."
-        f"</strong>{items}<p>Published evidence:</p><ul>{evidence}</ul></div>"
+        f"{head}Before adopting the {' and '.join(settings)}.</strong>{items}"
+        f"<p>Published evidence:</p><ul>{evidence}</ul></div>"
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "CAP_EVIDENCE",
     "PREDICTED_CAP_CAVEAT",
     "PREDICTED_CLOCK_CAVEAT",
+    "PREDICTED_TTFT_CAVEAT",
     "SIMULATED_DRIVER",
     "Provenance",
     "ProvenanceKind",
@@ -73,6 +74,16 @@ PREDICTED_CLOCK_CAVEAT = (
     "under a clock lock was used. The one published measurement, arXiv 2605.11999 on H200 "
     "decode, saw locking SM clocks save up to 32% of decode energy. Measure the lock on the "
     "GPU (`jouletune tune --backend local`) before adopting it."
+)
+
+# TTFT is the simulator's weakest figure (docs/validation.md): how a closed loop's returning
+# requests reach the scheduler decides it, and real vLLM itself reads it far apart run to run.
+PREDICTED_TTFT_CAVEAT = (
+    "The TTFT figures are the simulator's predictions, its least accurate: against 30 real "
+    "H100 vLLM points its TTFT p50 is within 25% at 20 and up to 87% high or 55% low at "
+    "8-256 concurrent 1024-token prompts, where two real runs of one configuration read "
+    "1.6x apart (docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend "
+    "local`) before relying on a TTFT bound."
 )
 
 

@@ -22,6 +22,7 @@ from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import (
     PREDICTED_CAP_CAVEAT,
     PREDICTED_CLOCK_CAVEAT,
+    PREDICTED_TTFT_CAVEAT,
     Provenance,
     common_provenance,
 )
@@ -238,7 +239,7 @@ def recommend(
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
-        caveats=_caveats(best, common["provenance"]),
+        caveats=_caveats(best, common["provenance"], spec),
         **common,
     )
 
@@ -289,9 +290,11 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
     )
 
 
-def _caveats(best: PointSummary, provenance: Provenance | None) -> list[str]:
+def _caveats(best: PointSummary, provenance: Provenance | None, spec: BenchmarkSpec) -> list[str]:
     """A power cap's or clock lock's saving from the simulator is a prediction: until a
-    calibrated profile of the GPU under them exists, say so, with the published evidence."""
+    calibrated profile of the GPU under them exists, say so, with the published evidence.
+    So is a TTFT the answer rests on (an SLO or the objective), the simulator's weakest
+    figure."""
     if provenance is None or not provenance.predicted:
         return []
     caveats = []
@@ -299,6 +302,9 @@ def _caveats(best: PointSummary, provenance: Provenance | None) -> list[str]:
         caveats.append(PREDICTED_CAP_CAVEAT)
     if best.point.sm_clock_mhz is not None:
         caveats.append(PREDICTED_CLOCK_CAVEAT)
+    latencies = {spec.objective, *(slo.metric for slo in spec.slos)}
+    if any(metric.value.startswith("ttft") for metric in latencies):
+        caveats.append(PREDICTED_TTFT_CAVEAT)
     return caveats
 
 
