@@ -138,7 +138,7 @@ def test_report_files(tmp_path: Path) -> None:
 
 
 def _trial(number: int, point: Point, j: float, provenance: Provenance) -> TrialRecord:
-    latency_ms = {"tpot_p90": 10.0, "ttft_p90": 400.0, "e2el_p50": 2000.0}
+    latency_ms = {"tpot_p90": 10.0, "ttft_p90": 400.0}
     figures = TrialFigures(energy_per_output_token_j=j, latency_ms=latency_ms)
     return TrialRecord(
         number=number, role=Role.BASELINE if point.unconstrained else Role.SEARCH,

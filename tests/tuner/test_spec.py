@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from jouletune.loadgen import load_requests
+from jouletune.tokenizer import WordTokenizer
 from jouletune.tuner import Point, SpecError, bench_config, load_spec, parse_spec
 
 
@@ -190,9 +192,6 @@ def test_saturate_runs_as_many_clients_as_the_trials_batch_bound(
 
 def test_workload_range_ratio_varies_each_trials_prompt_and_output_lengths() -> None:
     """`workload.rangeRatio` reaches the bench as vLLM's --random-range-ratio: lengths vary."""
-    from jouletune.loadgen import load_requests
-    from jouletune.tokenizer import WordTokenizer
-
     spec = parse_spec({"workload": {"inputLen": 512, "outputLen": 256, "rangeRatio": 0.5}})
     point = Point(tensor_parallel_size=1, max_num_seqs=64)
     config = bench_config(spec, point=point, seed_offset=0, base_url="http://x", exporter_urls=[])
