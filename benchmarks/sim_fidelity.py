@@ -390,8 +390,17 @@ def print_repeats(rows: list[Row], errors: dict[tuple[int, int, int, int, int], 
             print(
                 f"repeated point ({names}): real ITL p50 {itl} ms, TTFT p50 {ttft} ms; sim vs "
                 f"the mean of the runs: J/output-token {e_j:+.1%}, ITL p50 {e_itl:+.1%}, "
-                f"TTFT p50 {e_ttft:+.0%}"
+                f"TTFT p50 {e_ttft:+.0%}; {_ttft_band([p.figures.ttft_ms_p50 for p in points])}"
             )
+
+
+def _ttft_band(runs_ms: list[float]) -> str:
+    """The TTFT p50 predictions within the bound of every run, or why there are none."""
+    bound = _TOLERANCES[_GATED.index("TTFT p50")]
+    low, high = max(runs_ms) * (1 - bound), min(runs_ms) * (1 + bound)
+    if low > high:
+        return f"no one prediction is within {bound:.0%} of every run (the runs differ more)"
+    return f"predictions within {bound:.0%} of every run: {low:.0f}-{high:.0f} ms"
 
 
 def print_latency_table(rows: list[tuple[RealPoint, Figures]]) -> None:
