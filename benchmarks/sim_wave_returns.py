@@ -8,8 +8,8 @@ sending its next request) at the pace it was prefilled. How long the first retur
 to reach the scheduler sets how many requests queue for prefill behind them, and that queue
 stays through the following waves: it is the TTFT of the rest of the run. For each point
 (a name as sim_fidelity.py prints it; default: the 1024/128 runs with per-request detail)
-this prints, real and simulated, requests sent and first tokens per bin, and the TTFT of the
-second wave's first twelve requests in the order they were sent.
+this prints, real and simulated, requests sent and first tokens per bin, how many requests
+the second wave sent in its first second, and the TTFT of its first twelve in sending order.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 import sim_fidelity as fidelity
+
+from jouletune.sim import ClosedLoopReplay
 
 _DEFAULT = [
     "iter-c/n8_w1024-128",
@@ -48,12 +50,22 @@ def second_wave_ttft_ms(pairs: list[tuple[float, float]]) -> list[int]:
     return [round((f - s) * 1e3) for s, f in later[:_FIRST]]
 
 
+def second_wave_burst(pairs: list[tuple[float, float]]) -> int:
+    """Requests sent in the first second of the second wave: the queue it starts with."""
+    sends = sorted(s for s, _ in pairs)
+    start = next(s for s in sends if s > sends[0] + 1.0)
+    return sum(start <= s < start + 1.0 for s in sends)
+
+
 def show(name: str, pairs: list[tuple[float, float]], bin_s: float) -> None:
-    """Print one side's sends and first tokens per bin and its second wave's first TTFTs."""
+    """Print one side's sends and first tokens per bin and how its second wave started."""
     t0 = min(s for s, _ in pairs)
     print(f"  {name} sent per bin        {per_bin([s for s, _ in pairs], t0, bin_s)}")
     print(f"  {name} first tokens per bin {per_bin([f for _, f in pairs], t0, bin_s)}")
-    print(f"  {name} second wave's first TTFTs ms {second_wave_ttft_ms(pairs)}")
+    print(
+        f"  {name} second wave: {second_wave_burst(pairs)} sent in its first second; "
+        f"first TTFTs ms {second_wave_ttft_ms(pairs)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sim_wave_returns: error: no point {name} with per-request detail")
             return 2
         real = [(r["send_unix_s"], r["first_token_unix_s"]) for r in detail if r["success"]]
-        replay = fidelity.ClosedLoopReplay(
-            fidelity._engine_config(point.max_num_seqs, prefix_caching=True)
-        )
+        replay = ClosedLoopReplay(fidelity._engine_config(point.max_num_seqs, prefix_caching=True))
         traced = replay.run(
             fidelity._client_requests(point),
             concurrency=point.concurrency,
