@@ -21,7 +21,9 @@ returning requests can be followed through the server.
 from __future__ import annotations
 
 import argparse
+import bisect
 import gzip
+import itertools
 import json
 import re
 import statistics
@@ -32,7 +34,7 @@ from typing import Any
 
 _LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(\d+\.\d+) \w+ \[[^\]]*\] (.*)$")
 _RECEIVED = re.compile(r"^Received request (cmpl-[0-9a-f]+)-0:")
-_ADDED = re.compile(r"^Added request (cmpl-[0-9a-f]+)-0\.")
+_ADDED = re.compile(r"^Added request (cmpl-[0-9a-f]+)-0(?:-[0-9a-f]+)?\.")
 _STEP = re.compile(
     r"^Iteration\(\d+\): (\d+) context requests, (\d+) context tokens, (\d+) generation requests"
 )
@@ -117,6 +119,27 @@ def print_parts(rows: list[Intake]) -> None:
         print(f"  {name:<32}{_pcts(values)}")
 
 
+def print_pace(rows: list[Intake], steps: list[Step]) -> None:
+    """How fast the API server renders a burst, and how late a step's tokens reach clients.
+
+    Consecutive "Received" stamps under 3 ms apart belong to one burst of arrivals: their
+    spacing is the rendering cost of one prompt when rendering is the bottleneck. A first
+    token's delay is from the log line of the last prefill step before it (the engine core
+    logs a step as its output is processed) to the client having the token.
+    """
+    received = sorted(r.received for r in rows)
+    spacing = [(b - a) for a, b in itertools.pairwise(received) if b - a < 3e-3]
+    prefills = [s.unix_s for s in steps if s.context_tokens > 0]
+    delays = []
+    for r in rows:
+        if r.in_window and (i := bisect.bisect_right(prefills, r.first_token) - 1) >= 0:
+            delays.append(r.first_token - prefills[i])
+    if len(spacing) > 1:
+        print(f"  {'Received spacing within bursts':<32}{_pcts(spacing)}   ({len(spacing)} gaps)")
+    if len(delays) > 1:
+        print(f"  {'prefill step logged -> client':<32}{_pcts(delays)}")
+
+
 def print_timeline(rows: list[Intake], steps: list[Step], bin_s: float) -> None:
     """Counts per bin over the window: sent, rendered, added, prefill tokens, decoding streams."""
     window = [r for r in rows if r.in_window] or rows
@@ -161,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intake_timeline: error: {args.log} names none of {args.result}'s requests")
         return 2
     print_parts(rows)
+    print_pace(rows, steps)
     print_timeline(rows, steps, args.bins_ms / 1e3)
     return 0
 
