@@ -1,5 +1,6 @@
 """How requests reach the scheduler: vLLM's API-server loop (processor sharing between taking
-in requests and writing every stream's chunks) and asynchronous scheduling."""
+in requests and writing every stream's chunks), its renderer thread (one prompt at a time) and
+asynchronous scheduling."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from jouletune.sim._frontend import ApiServer
 REQUEST_S = 1.5e-3
 CHUNK_S = 50e-6
 LATENCY_S = 10e-3
+RENDER_S = 1e-3
 
 
 class _Log:
@@ -29,6 +31,7 @@ class _Log:
             request_s=REQUEST_S,
             chunk_s=CHUNK_S,
             latency_s=LATENCY_S,
+            render_s=lambda _request: RENDER_S,
             on_ready=self.ready.__setitem__,
             on_output=self.out.__setitem__,
         )
@@ -40,8 +43,8 @@ def test_an_idle_api_server_takes_a_request_in_and_writes_a_step_at_their_own_co
     api.submit("r", 1.0)
     api.output("step", 100, 2.0)
     api.advance(10.0)
-    # the request: its own loop time, then the fixed way to the engine core
-    assert log.ready["r"] == pytest.approx(1.0 + REQUEST_S + LATENCY_S)
+    # the request: its own loop time, its rendering, then the fixed way to the engine core
+    assert log.ready["r"] == pytest.approx(1.0 + REQUEST_S + RENDER_S + LATENCY_S)
     # a step's 100 chunks: 100 chunk times of the loop
     assert log.out["step"] == pytest.approx(2.0 + 100 * CHUNK_S)
     assert api.work_s == pytest.approx(REQUEST_S + 100 * CHUNK_S)
@@ -58,17 +61,32 @@ def test_the_loop_is_shared_so_a_request_waits_for_every_streams_chunks() -> Non
     # each chunk needs 50 us: all 256 jobs get it after 256 x 50 us, the chunks are done
     assert log.out["step"] == pytest.approx(256 * CHUNK_S)
     # the request then has the loop alone: the work is conserved, it ends with all of it
-    assert log.ready["r"] == pytest.approx(255 * CHUNK_S + REQUEST_S + LATENCY_S)
+    assert log.ready["r"] == pytest.approx(255 * CHUNK_S + REQUEST_S + RENDER_S + LATENCY_S)
 
 
-def test_a_burst_of_requests_is_taken_in_together_not_one_after_another() -> None:
+def test_a_burst_is_taken_in_together_then_rendered_one_after_another() -> None:
     log = _Log()
     api = log.api()
     for i in range(8):
         api.submit(f"r{i}", 0.0)
     api.advance(1.0)
-    # processor sharing: 8 equal jobs that arrive together finish together
-    assert list(log.ready.values()) == pytest.approx([8 * REQUEST_S + LATENCY_S] * 8)
+    # processor sharing: 8 equal jobs that arrive together leave the loop together; the one
+    # renderer thread then takes them in the order they came, one render time apart
+    loop_done = 8 * REQUEST_S
+    assert [log.ready[f"r{i}"] for i in range(8)] == pytest.approx(
+        [loop_done + (i + 1) * RENDER_S + LATENCY_S for i in range(8)]
+    )
+
+
+def test_the_renderer_is_not_slowed_by_the_loop_and_waits_only_for_its_queue() -> None:
+    log = _Log()
+    api = log.api()
+    api.submit("a", 0.0)
+    api.submit("b", 0.5)  # long after a's rendering: b renders at once
+    api.output("step", 1000, 0.5 + REQUEST_S)  # the loop busy as b's rendering starts
+    api.advance(10.0)
+    assert log.ready["a"] == pytest.approx(REQUEST_S + RENDER_S + LATENCY_S)
+    assert log.ready["b"] == pytest.approx(0.5 + REQUEST_S + RENDER_S + LATENCY_S)
 
 
 def test_work_is_served_only_up_to_the_horizon() -> None:
@@ -150,13 +168,13 @@ def _probe(streams: int, *, servers: int = 1, **perf: float) -> tuple[float, lis
     return times.first["probe"] - probe.arrival_s, steps
 
 
-def test_alone_a_request_pays_the_loops_intake_the_way_in_one_step_and_one_chunk() -> None:
+def test_alone_a_request_pays_intake_rendering_the_way_in_one_step_and_one_chunk() -> None:
     ttft, steps = _probe(0)
     perf = DEFAULT_PERF
     prefill = steps[-1]
-    assert ttft == pytest.approx(
-        perf.api_request_s + perf.frontend_s + (prefill.end_s - prefill.start_s) + perf.api_chunk_s
-    )
+    render_s = perf.render_s_per_token * 64
+    intake_s = perf.api_request_s + render_s + perf.frontend_s
+    assert ttft == pytest.approx(intake_s + (prefill.end_s - prefill.start_s) + perf.api_chunk_s)
 
 
 def test_ttft_grows_with_the_number_of_running_streams() -> None:
@@ -180,7 +198,7 @@ def test_more_api_server_processes_share_the_streams_between_them() -> None:
 
 def test_a_request_reaching_the_scheduler_mid_step_waits_for_the_step_after_next() -> None:
     # No API-server cost: the request is at the scheduler the instant it arrives.
-    config = _config(api_request_s=0.0, api_chunk_s=0.0, frontend_s=0.0)
+    config = _config(api_request_s=0.0, api_chunk_s=0.0, frontend_s=0.0, render_s_per_token=0.0)
     engine = _engine(config, 64, times := _Times())
     steps = _run_until(engine, lambda: False, limit=10)  # 64 streams decoding back to back
     running = engine.begin_step(steps[-1].end_s)  # step k, in flight

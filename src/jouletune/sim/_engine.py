@@ -90,6 +90,7 @@ class Engine:
                 request_s=perf.api_request_s,
                 chunk_s=perf.api_chunk_s,
                 latency_s=perf.frontend_s,
+                render_s=lambda req: perf.render_s_per_token * req.prompt_tokens,
                 on_ready=self._reached_scheduler,
                 on_output=self._deliver,
             )

@@ -56,6 +56,9 @@ class PerfConstants:
             validation, tokenization, hand-off to the engine core), seconds.
         api_chunk_s: API-server event-loop time per streamed chunk, i.e. per running request
             per engine step (detokenizing, building the SSE chunk, writing it), seconds.
+        render_s_per_token: API-server time to render one prompt token, off the event loop,
+            in vLLM's renderer thread, which renders one prompt at a time in arrival order,
+            seconds.
         activation_reserve_bytes: memory vLLM's profiling run keeps for activations, CUDA
             graphs and the non-torch allocator per GPU, bytes (not available to the KV cache).
     """
@@ -69,6 +72,7 @@ class PerfConstants:
     frontend_s: float
     api_request_s: float
     api_chunk_s: float
+    render_s_per_token: float
     activation_reserve_bytes: float
 
 
@@ -79,6 +83,9 @@ class PerfConstants:
 # too slow at too high a clock (ITL p99, SM clock, the matmul power check).
 # frontend_s, api_request_s and api_chunk_s (the API-server model, sim/_frontend.py) fitted on
 # the first 12-point sweep of benchmarks/results/h100-vllm by benchmarks/sim_frontend_fit.py.
+# render_s_per_token measured, not fitted: the real API server renders a burst of 1024-token
+# prompts 1.1 ms apart at 8 to 256 streams (benchmarks/h100_vllm/intake_timeline.py on
+# benchmarks/results/h100-vllm/intake-a and intake-b).
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
@@ -89,6 +96,7 @@ DEFAULT_PERF = PerfConstants(
     frontend_s=8.2e-3,
     api_request_s=1.8e-3,
     api_chunk_s=48e-6,
+    render_s_per_token=1.1e-6,
     activation_reserve_bytes=1.8913e9,
 )
 
