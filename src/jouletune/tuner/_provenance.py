@@ -80,10 +80,10 @@ PREDICTED_CLOCK_CAVEAT = (
 # requests reach the scheduler decides it, and real vLLM itself reads it far apart run to run.
 PREDICTED_TTFT_CAVEAT = (
     "The TTFT figures are the simulator's predictions, its least accurate: against 30 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 20 and up to 87% high or 55% low at "
-    "8-256 concurrent 1024-token prompts, where two real runs of one configuration read "
-    "1.6x apart (docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend "
-    "local`) before relying on a TTFT bound."
+    "H100 vLLM points its TTFT p50 is within 25% at 26 and up to 74% low at 256 concurrent "
+    "1024-token prompts, where four real runs of one configuration read 625 to 2641 ms "
+    "(docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend local`) "
+    "before relying on a TTFT bound."
 )
 
 
