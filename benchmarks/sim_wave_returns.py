@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {p.name: p for p in fidelity.load_points(args.results)}
     for name in args.points:
         point = by_name.get(name)
-        detail = json.loads((args.results / f"{name}.json").read_text()).get("requests")
+        path = args.results / f"{name}.json"
+        detail = json.loads(path.read_text()).get("requests") if path.is_file() else None
         if point is None or not detail:
             print(f"sim_wave_returns: error: no point {name} with per-request detail")
             return 2
