@@ -81,7 +81,7 @@ PREDICTED_CLOCK_CAVEAT = (
 PREDICTED_TTFT_CAVEAT = (
     "The TTFT figures are the simulator's predictions, its least accurate: against 30 real "
     "H100 vLLM points its TTFT p50 is within 25% at 26 and up to 74% low at 256 concurrent "
-    "1024-token prompts, where four real runs of one configuration read 625 to 2641 ms "
+    "1024-token prompts, where six real runs of one configuration read 625 to 2641 ms "
     "(docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend local`) "
     "before relying on a TTFT bound."
 )
