@@ -18,9 +18,11 @@ GPUs' exact integral over that window, so both sides are measured by the same ru
 
 Prints one row per measurement: J/output-token, ITL p50, TTFT p50 and average power, real
 vs simulated, and the error. A point measured more than once (same max_num_seqs, clients,
-lengths and seed, on separate servers) is judged on the mean of its runs, and its runs are
-listed. Exits 1 when J/output-token or ITL p50 misses by more than 10%, or TTFT p50 by more
-than 25%, at any point; 2 on bad input (no results, an unreadable file).
+lengths and seed, on separate servers) is judged on the mean of its runs; its runs are
+listed with the range of TTFT p50 predictions that would be within 25% of every one of them
+(none, where the runs differ by more). Exits 1 when J/output-token or ITL p50 misses by more
+than 10%, or TTFT p50 by more than 25%, at any point; 2 on bad input (no results, an
+unreadable file).
 """
 
 from __future__ import annotations
