@@ -46,6 +46,7 @@ tr.failed td{background:#fafafa}
 tr.details td{text-align:left;color:#8a1c00;font-size:12px;background:#fff8f6}
 td.checks-fail,td.reason{color:#b00020}
 td.checks-pass{color:#2e7d32}
+.wide{overflow-x:auto}td.diagnosis{min-width:24em}
 figure{margin:1em 0}figcaption{font-size:13px;color:#555}
 """
 
@@ -210,10 +211,11 @@ def _latency_metrics(spec: BenchmarkSpec) -> list[LatencyMetric]:
 
 
 def _table(head: Sequence[str], rows: Sequence[str], *, table_id: str = "") -> str:
-    """A table of `head` and rows already rendered as `<tr>...</tr>`."""
+    """A table of `head` and rows already rendered as `<tr>...</tr>`, scrolling sideways
+    where it is wider than the page (the trials' diagnosis sentences stay readable)."""
     first = "<tr>" + "".join(_Cell(h).html("th") for h in head) + "</tr>"
     attr = f" id='{table_id}'" if table_id else ""
-    return f"<table{attr}>" + first + "".join(rows) + "</table>"
+    return f"<div class='wide'><table{attr}>" + first + "".join(rows) + "</table></div>"
 
 
 def _row(cells: Sequence[_Cell], cls: str = "", trial: int | None = None) -> str:
