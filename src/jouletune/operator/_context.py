@@ -50,9 +50,10 @@ def trial_event(
     """(type, reason, message) of the Event saying how a trial ended: its J/token and the
     latency statistics the spec is about, or why it failed."""
     if record.state is TrialState.COMPLETE and record.figures is not None:
-        metrics = dict.fromkeys([spec.objective, *(s.metric for s in spec.slos)])
         latency = ", ".join(
-            f"{m.value} {v:.4g} ms" for m in metrics if (v := record.figures.latency(m)) is not None
+            f"{m.value} {v:.4g} ms"
+            for m in spec.latency_metrics()
+            if (v := record.figures.latency(m)) is not None
         )
         return (
             "Normal",

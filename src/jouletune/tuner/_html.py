@@ -21,7 +21,7 @@ from jouletune.tuner._plot import PlotPoint
 from jouletune.tuner._provenance import CAP_EVIDENCE, Provenance
 from jouletune.tuner._recommend import PointSummary, Recommendation
 from jouletune.tuner._records import TrialRecord, TrialState
-from jouletune.tuner.spec import BenchmarkSpec, LatencyMetric
+from jouletune.tuner.spec import BenchmarkSpec
 
 __all__ = ["page"]
 
@@ -79,7 +79,7 @@ def page(
     """The whole page."""
     e = html.escape
     tag = _tag(rec.provenance)
-    columns = TrialFigures.columns(latency=_latency_metrics(spec))
+    columns = TrialFigures.columns(latency=spec.latency_metrics())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>jouletune: {e(name)}</title><style>{_CSS}</style></head><body>",
@@ -203,11 +203,6 @@ def _adopt(rec: Recommendation) -> str:
             f"<pre>{e(container)}</pre>",
         ]
     )
-
-
-def _latency_metrics(spec: BenchmarkSpec) -> list[LatencyMetric]:
-    """The latency statistics the study is about: the objective's, then the SLOs'."""
-    return list(dict.fromkeys([spec.objective, *(s.metric for s in spec.slos)]))
 
 
 def _table(head: Sequence[str], rows: Sequence[str], *, table_id: str = "") -> str:

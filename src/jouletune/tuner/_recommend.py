@@ -302,8 +302,7 @@ def _caveats(best: PointSummary, provenance: Provenance | None, spec: BenchmarkS
         caveats.append(PREDICTED_CAP_CAVEAT)
     if best.point.sm_clock_mhz is not None:
         caveats.append(PREDICTED_CLOCK_CAVEAT)
-    latencies = {spec.objective, *(slo.metric for slo in spec.slos)}
-    if any(metric.value.startswith("ttft") for metric in latencies):
+    if any(metric.value.startswith("ttft") for metric in spec.latency_metrics()):
         caveats.append(PREDICTED_TTFT_CAVEAT)
     return caveats
 

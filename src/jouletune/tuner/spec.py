@@ -310,6 +310,11 @@ class BenchmarkSpec(_Model):
         description="the operator only: resources and placement of trial pods",
     )
 
+    def latency_metrics(self) -> list[LatencyMetric]:
+        """The latency statistics the benchmark is about: the objective's, then the SLOs',
+        each once."""
+        return list(dict.fromkeys([self.objective, *(s.metric for s in self.slos)]))
+
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkSpec:
         too_wide = [tp for tp in self.search_space.tensor_parallel_size if tp > self.gpu.count]
