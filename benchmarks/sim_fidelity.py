@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import statistics
@@ -57,6 +58,14 @@ from jouletune.sim import (
 from jouletune.tokenizer import WordTokenizer
 
 _RESULTS = Path(__file__).resolve().parent / "results" / "h100-vllm"
+# The tokenizer sessions' runs (tokenizer_session.sh): DeepSeek-V3's BPE vocabulary on one
+# server of 256 sequences; `before-prefetch/` is left out, its client built each prompt on its
+# event loop as a stream needed it, which staggered the sends the replay makes together.
+_TOKENIZER_RESULTS = _RESULTS.parent / "h100-tokenizer"
+# vLLM's renderer time is the tokenizer's encode time: DeepSeek-V3's BPE encodes a 512-token
+# prompt 2.5x slower per token than the word vocabulary (benchmarks/tokenizer_encode_cost.py,
+# results/tokenizer-encode-cost.txt), so its runs' renderer cost is the measured word one x2.5.
+_BPE_RENDER_RATIO = 2.5
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Gated figures and the bound on each one's error, in the order gate() returns them.
 _GATED = ("J/output-token", "ITL p50", "TTFT p50")
@@ -111,10 +120,12 @@ class RealPoint:
     output_len: int
     range_ratio: float
     seed: int
+    num_prompts: int
     sent: int
     duration_s: float
     window_start_unix_s: float
     figures: Figures
+    word_prompts: bool = True
 
 
 Row = tuple[RealPoint, Figures]
@@ -136,6 +147,12 @@ def load_points(folder: Path) -> list[RealPoint]:
         points.append(replace(point, server=f"{prefix}n{point.concurrency}"))
     for table in sorted(folder.glob("*/trials.csv")):
         points += _trial_points(table)
+    for path in sorted(folder.glob("**/jouletune_c*.json")):
+        sub = path.parent.relative_to(folder).as_posix()
+        if sub == "before-prefetch":
+            continue
+        name = "tokenizer/" + (path.stem if sub == "." else f"{sub}/{path.stem}")
+        points.append(replace(_point(path, name=name, server=name), word_prompts=False))
     if not points:
         raise _InputError(f"no bench results (n*_w*.json, */trials.csv) in {folder}")
     return points
@@ -165,7 +182,7 @@ def _trial_points(table: Path) -> list[RealPoint]:
     return points
 
 
-def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None) -> RealPoint:
+def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = None) -> RealPoint:
     try:
         d: dict[str, Any] = json.loads(path.read_text())
         cfg = d["config"]
@@ -176,13 +193,14 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None) -> R
             name=name,
             server=server,
             concurrency=concurrency,
-            max_num_seqs=max_num_seqs or concurrency,
+            max_num_seqs=max_num_seqs or cfg.get("server_max_num_seqs") or concurrency,
             input_len=int(cfg["random_input_len"]),
             output_len=int(cfg["random_output_len"]),
             range_ratio=float(cfg["random_range_ratio"]),
             seed=int(cfg["seed"]),
+            num_prompts=int(cfg["num_prompts"]),
             sent=int(d["workload"]["sent"]),
-            duration_s=float(cfg["duration_s"]),
+            duration_s=float(cfg["duration_s"] or math.inf),  # None: bound by count
             window_start_unix_s=float(d["window"]["start_unix_s"]),
             figures=Figures(
                 j_per_output_token=float(d["energy_per_output_token_j"]),
@@ -217,23 +235,25 @@ def _engine_config(
 
 
 def _client_requests(point: RealPoint) -> list[ClientRequest]:
-    # The bench drew 100,000 prompts; with range_ratio 0 the length draws consume no
-    # randomness, so the first `sent` prompts are the same when only those are drawn.
-    if point.range_ratio != 0:
-        raise _InputError(f"{point.name}: range_ratio != 0 cannot be rebuilt cheaply")
+    # Every length is drawn before any prompt (jouletune.loadgen), whatever the vocabulary,
+    # and word prompts are built in order as read: the first `sent` of the bench's
+    # `num_prompts` requests are rebuilt exactly without building the rest.
     samples = load_requests(
         dataset="random",
-        num_prompts=point.sent,
+        num_prompts=point.num_prompts,
         seed=point.seed,
         random_input_len=point.input_len,
         random_output_len=point.output_len,
+        random_range_ratio=point.range_ratio,
         tokenizer=WordTokenizer(),  # the committed runs' dummy model: one token per word
-    )
+    )[: point.sent]
     return [
         ClientRequest(
             prompt_tokens=s.prompt_len,
             max_tokens=s.output_len,
-            block_hashes=prompt_block_hashes(s.prompt.split()),
+            # A BPE run's prompts start at random offsets in the vocabulary: none shares a
+            # prefix block with another, which no block hashes at all models exactly.
+            block_hashes=prompt_block_hashes(s.prompt.split()) if point.word_prompts else (),
         )
         for s in samples
     ]
@@ -243,6 +263,8 @@ def simulate_server(
     points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
 ) -> list[Figures]:
     """Replay one real server's runs, in their order, on one simulated server."""
+    if not points[0].word_prompts:
+        perf = replace(perf, render_s_per_token=perf.render_s_per_token * _BPE_RENDER_RATIO)
     config = _engine_config(points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf)
     replay = ClosedLoopReplay(config)
     figures = []
@@ -317,17 +339,31 @@ def _err(sim: float, real: float) -> float:
     return sim / real - 1
 
 
-def _key(point: RealPoint) -> tuple[int, int, int, int, int]:
-    """What makes two measurements the same point: server setting, workload and prompts."""
-    return (point.max_num_seqs, point.concurrency, point.input_len, point.output_len, point.seed)
+PointKey = tuple[int, int, int, int, float, int]
+
+
+def _key(point: RealPoint) -> PointKey:
+    """What makes two measurements the same point: server setting, workload and prompts.
+
+    A BPE run's prompts share no prefix whatever their seed, so runs that differ only in it
+    are the same point to the server and to the replay: their seed is left out.
+    """
+    return (
+        point.max_num_seqs,
+        point.concurrency,
+        point.input_len,
+        point.output_len,
+        point.range_ratio,
+        point.seed if point.word_prompts else -1,
+    )
 
 
 Errors = tuple[float, float, float]
 
 
-def gate(rows: list[Row]) -> dict[tuple[int, int, int, int, int], Errors]:
+def gate(rows: list[Row]) -> dict[PointKey, Errors]:
     """(J/token, ITL p50, TTFT p50) errors per point, repeated measurements averaged."""
-    groups: dict[tuple[int, int, int, int, int], list[Row]] = defaultdict(list)
+    groups: dict[PointKey, list[Row]] = defaultdict(list)
     for row in rows:
         groups[_key(row[0])].append(row)
     errors = {}
@@ -352,7 +388,7 @@ def _missed(errors: Errors) -> list[str]:
     ]
 
 
-def print_table(rows: list[Row], errors: dict[tuple[int, int, int, int, int], Errors]) -> None:
+def print_table(rows: list[Row], errors: dict[PointKey, Errors]) -> None:
     """Print the comparison as a Markdown table, one row per measurement."""
     print(
         "| point | J/out-tok real | sim | err | ITL p50 ms real | sim | err "
@@ -378,7 +414,7 @@ def print_table(rows: list[Row], errors: dict[tuple[int, int, int, int, int], Er
         )
 
 
-def print_repeats(rows: list[Row], errors: dict[tuple[int, int, int, int, int], Errors]) -> None:
+def print_repeats(rows: list[Row], errors: dict[PointKey, Errors]) -> None:
     """Points measured more than once (same setting, workload and seed): gated on the mean."""
     counts = defaultdict(list)
     for point, _ in rows:
@@ -421,7 +457,13 @@ def print_latency_table(rows: list[tuple[RealPoint, Figures]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Replay the committed points; 0 if all within bounds, 1 if any misses, 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=_RESULTS, help="folder of bench JSONs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        nargs="+",
+        default=[_RESULTS, _TOKENIZER_RESULTS],
+        help="folders of bench JSONs",
+    )
     parser.add_argument(
         "--no-prefix-caching",
         action="store_true",
@@ -430,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         started_s = time.perf_counter()
-        rows = replay_all(load_points(args.results), prefix_caching=not args.no_prefix_caching)
+        points = [p for folder in args.results for p in load_points(folder)]
+        rows = replay_all(points, prefix_caching=not args.no_prefix_caching)
         elapsed_s = time.perf_counter() - started_s
     except _InputError as err:
         print(f"sim_fidelity: error: {err}", file=sys.stderr)
@@ -439,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# sim_fidelity: jouletune {__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs; {len(rows)} real measurements of {len(errors)} points from "
-        f"{args.results}; prefix caching {'off' if args.no_prefix_caching else 'on'}; "
+        f"{', '.join(map(str, args.results))}; "
+        f"prefix caching {'off' if args.no_prefix_caching else 'on'}; "
         f"simulated in {elapsed_s:.1f} s\n"
     )
     misses = sum(bool(_missed(e)) for e in errors.values())

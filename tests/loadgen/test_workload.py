@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,36 @@ def test_random_prompts_are_exactly_n_synthetic_tokens_and_seeded() -> None:
         random_input_len=300,
         random_output_len=20,
     )
-    assert reqs == again and reqs != other
+    assert list(reqs) == list(again) and list(reqs) != list(other)
+
+
+def test_word_prompts_read_out_of_order_match_a_full_build() -> None:
+    # The fidelity benchmark rebuilds a 100,000-prompt workload's first few prompts only, and
+    # the bench's prefetch thread builds ahead of the streams: the prompts must not depend
+    # on which were read first.
+    def workload() -> Sequence[SampleRequest]:
+        return load_requests(
+            tokenizer=WORDS,
+            dataset="random",
+            num_prompts=100_000,
+            seed=3,
+            random_input_len=64,
+            random_output_len=8,
+            random_range_ratio=0.5,
+        )
+
+    lazy = workload()
+    tail, head = lazy[40], lazy[:3]
+    full = workload()
+    built = [full[i] for i in range(41)]
+    assert tail == built[40] and list(head) == built[:3]
+    # The committed H100 runs' stream: every length drawn first, then each prompt's words.
+    rng = np.random.default_rng(3)
+    in_lens = rng.integers(32, 97, size=100_000)
+    rng.integers(4, 13, size=100_000)
+    first_ids = rng.integers(3, 128_256, size=int(in_lens[0]))
+    assert built[0].prompt == " ".join(f"t{i}" for i in first_ids)
+    assert len({r.prompt_len for r in built}) > 1  # lengths vary: drawn for all 100,000
 
 
 def test_random_range_ratio_varies_lengths_within_bounds() -> None:

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import random
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ def load_requests(
             rng, num_prompts, random_input_len, random_output_len, random_range_ratio
         )
         if isinstance(tokenizer, WordTokenizer):
-            return _word_requests(lengths, rng)
+            return _WordPrompts(lengths, rng)
         return _TokenPrompts(lengths, rng, tokenizer)
     if dataset_path is None:
         raise DatasetError(f"dataset {dataset!r} needs --dataset-path")
@@ -114,15 +115,44 @@ def _random_lengths(
     return [(int(i), int(o)) for i, o in zip(in_lens, out_lens, strict=True)]
 
 
-def _word_requests(lengths: list[tuple[int, int]], rng: np.random.Generator) -> list[SampleRequest]:
-    """The word vocabulary's prompts: N random words `t<id>`, one token each. (The generator,
-    and the random stream, of every committed H100 run, which the fidelity benchmark replays.)"""
-    requests = []
-    for in_len, out_len in lengths:
-        ids = rng.integers(_MIN_TOKEN_ID, _MAX_TOKEN_ID + 1, size=in_len)
-        prompt = "t" + " t".join(map(str, ids.tolist()))
-        requests.append(SampleRequest(prompt=prompt, prompt_len=in_len, output_len=out_len))
-    return requests
+class _WordPrompts(Sequence[SampleRequest]):
+    """The word vocabulary's prompts: N random words `t<id>`, one token each (the generator,
+    and the random stream, of every committed H100 run, which the fidelity benchmark replays).
+
+    Prompt k's words follow prompts 0..k-1's in the random stream, so prompts are built in
+    order, up to the highest index read: a duration-bound run that sends a few hundred of
+    100,000 listed prompts builds only those, and a replay rebuilds them just as cheaply.
+    """
+
+    def __init__(self, lengths: list[tuple[int, int]], rng: np.random.Generator) -> None:
+        self._lengths = lengths
+        self._rng = rng
+        self._built: list[SampleRequest] = []
+        self._lock = threading.Lock()  # the bench's prefetch thread builds too
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    @overload
+    def __getitem__(self, index: int) -> SampleRequest: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SampleRequest]: ...
+    def __getitem__(self, index: int | slice) -> SampleRequest | Sequence[SampleRequest]:
+        if isinstance(index, slice):
+            return _View(self, range(*index.indices(len(self))))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        with self._lock:
+            while len(self._built) <= index:
+                in_len, out_len = self._lengths[len(self._built)]
+                ids = self._rng.integers(_MIN_TOKEN_ID, _MAX_TOKEN_ID + 1, size=in_len)
+                prompt = "t" + " t".join(map(str, ids.tolist()))
+                self._built.append(
+                    SampleRequest(prompt=prompt, prompt_len=in_len, output_len=out_len)
+                )
+        return self._built[index]
 
 
 class _TokenPrompts(Sequence[SampleRequest]):
