@@ -6,8 +6,12 @@ The API server's costs (`api_request_s`, `api_chunk_s`, `render_s_per_token`) ar
 the serving host, measured or fitted on one H100 machine; another host's CPU runs them faster
 or slower, while the GPU's step times stay. This replays the 1024/128 points of seed 41 (fresh
 servers at N = 96, 128, 192 and 256, the `iter-*` and `intake-*` runs) with those three costs
-scaled by each factor, and prints TTFT p50 and ITL p50 beside the real runs of each point:
-what a slower API server alone does to a closed loop's waves. Predictions, not measurements.
+scaled by each factor, and prints TTFT p50, ITL p50 and the window's output tok/s beside the
+real runs of each point: what a slower API server alone does to a closed loop's waves. TTFT
+p50 moves in whole prefill steps (~195 ms at N=256), not in proportion: the level a
+fixed-length loop settles on is set by how its first returns reach the scheduler, and it
+keeps it (docs/validation.md, "No single TTFT at fixed lengths"). Predictions, not
+measurements.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for n, points in sorted(runs.items()):
         real = ", ".join(f"{p.figures.ttft_ms_p50:.0f}" for p in points)
-        print(f"N={n}: real TTFT p50 {real} ms ({len(points)} runs)")
+        tok_s = ", ".join(f"{p.figures.output_tok_s:.0f}" for p in points)
+        print(f"N={n}: real TTFT p50 {real} ms, {tok_s} tok/s ({len(points)} runs)")
     for factor in args.factors:
         perf = replace(
             DEFAULT_PERF,
@@ -52,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for n, points in sorted(runs.items()):
             (sim,) = fidelity.simulate_server(points[:1], perf=perf)
-            cells.append(f"N={n} {sim.ttft_ms_p50:.0f} ms (ITL {sim.itl_ms_p50:.1f})")
+            cells.append(
+                f"N={n} {sim.ttft_ms_p50:.0f} ms (ITL {sim.itl_ms_p50:.1f}, "
+                f"{sim.output_tok_s:.0f} tok/s)"
+            )
         print(f"API-server CPU costs x{factor:g}: " + "; ".join(cells), flush=True)
     return 0
 
