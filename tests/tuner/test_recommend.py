@@ -34,6 +34,7 @@ from jouletune.tuner import (
 from jouletune.tuner._plot import plot_label
 from jouletune.tuner._provenance import (
     PREDICTED_CLOCK_CAVEAT,
+    PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     ProvenanceKind,
 )
@@ -138,7 +139,7 @@ def test_report_files(tmp_path: Path) -> None:
 
 
 def _trial(number: int, point: Point, j: float, provenance: Provenance) -> TrialRecord:
-    latency_ms = {"tpot_p90": 10.0, "ttft_p90": 400.0}
+    latency_ms = {"itl_p50": 9.0, "tpot_p90": 10.0, "ttft_p90": 400.0}
     figures = TrialFigures(energy_per_output_token_j=j, latency_ms=latency_ms)
     return TrialRecord(
         number=number, role=Role.BASELINE if point.unconstrained else Role.SEARCH,
@@ -173,6 +174,33 @@ def test_a_recommended_lock_comes_with_its_command_report_and_a_predicted_caveat
     else:
         assert rec.caveats == [], "a measured lock needs no caveat"
     assert plot_label(locked) == "tp 2 · seqs 64 · no cap · 1200 MHz"
+
+
+@pytest.mark.parametrize(
+    ("range_ratio", "metric", "caveat"),
+    [(0.5, "itl_p50", True), (0.0, "itl_p50", False), (0.5, "tpot_p90", False)],
+)
+def test_a_predicted_itl_at_varied_lengths_is_labelled(
+    range_ratio: float, metric: str, caveat: bool
+) -> None:
+    # The simulator's ITL p50 read 20% low on the one varied-length H100 point, and is within
+    # 10% at every fixed-length one: only the former answer carries the caveat.
+    provenance = Provenance(
+        kind="predicted", gpu="h100-80gb", engine="vLLM", jouletune_version="0.1"
+    )
+    small = Point(tensor_parallel_size=1, max_num_seqs=64)
+    large = small.model_copy(update={"max_num_seqs": 256})
+    records = [_trial(0, small, 0.10, provenance), _trial(1, large, 0.07, provenance)]
+    spec = parse_spec(
+        {
+            "searchSpace": {"maxNumSeqs": [64, 256]},
+            "workload": {"rangeRatio": range_ratio},
+            "slos": [{"metric": metric, "maxMs": 500}],
+        }
+    )
+    rec = recommend(spec=spec, records=records, finalists=[small, large], done=True)
+    assert (PREDICTED_ITL_CAVEAT in rec.caveats) is caveat
+    assert PREDICTED_TTFT_CAVEAT not in rec.caveats
 
 
 @pytest.mark.parametrize(

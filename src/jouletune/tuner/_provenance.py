@@ -30,6 +30,7 @@ __all__ = [
     "CAP_EVIDENCE",
     "PREDICTED_CAP_CAVEAT",
     "PREDICTED_CLOCK_CAVEAT",
+    "PREDICTED_ITL_CAVEAT",
     "PREDICTED_TTFT_CAVEAT",
     "SIMULATED_DRIVER",
     "Provenance",
@@ -77,13 +78,23 @@ PREDICTED_CLOCK_CAVEAT = (
 )
 
 # TTFT is the simulator's weakest figure (docs/validation.md): how a closed loop's returning
-# requests reach the scheduler decides it, and real vLLM itself reads it far apart run to run.
+# requests reach the scheduler decides it, and at fixed lengths real vLLM itself reads it far
+# apart run to run.
 PREDICTED_TTFT_CAVEAT = (
-    "The TTFT figures are the simulator's predictions, its least accurate: against 30 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 26 and up to 74% low at 256 concurrent "
-    "1024-token prompts, where six real runs of one configuration read 625 to 2641 ms "
+    "The TTFT figures are the simulator's predictions, its least accurate: against 33 real "
+    "H100 vLLM points its TTFT p50 is within 25% at 29 (within 4% at lengths varied ±50%) "
+    "and up to 74% low where every request has the same lengths, whose TTFT one real run "
+    "does not pin down: six runs of 1024-token prompts at 256 streams read 625 to 2641 ms "
     "(docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend local`) "
     "before relying on a TTFT bound."
+)
+# ITL p50 is right at fixed lengths and 20% low on the one varied-length point measured.
+PREDICTED_ITL_CAVEAT = (
+    "The ITL figures are the simulator's predictions: where request lengths vary, its ITL p50 "
+    "read 20% low against the one such real H100 point (512/256 ±50% at 128 streams; the "
+    "mean inter-token time right), while at fixed lengths it is within 10% everywhere "
+    "(docs/validation.md). Measure ITL on the GPU (`jouletune tune --backend local`) before "
+    "relying on an ITL bound."
 )
 
 

@@ -22,6 +22,7 @@ from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import (
     PREDICTED_CAP_CAVEAT,
     PREDICTED_CLOCK_CAVEAT,
+    PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     Provenance,
     common_provenance,
@@ -294,7 +295,7 @@ def _caveats(best: PointSummary, provenance: Provenance | None, spec: BenchmarkS
     """A power cap's or clock lock's saving from the simulator is a prediction: until a
     calibrated profile of the GPU under them exists, say so, with the published evidence.
     So is a TTFT the answer rests on (an SLO or the objective), the simulator's weakest
-    figure."""
+    figure, and an ITL where request lengths vary."""
     if provenance is None or not provenance.predicted:
         return []
     caveats = []
@@ -302,8 +303,12 @@ def _caveats(best: PointSummary, provenance: Provenance | None, spec: BenchmarkS
         caveats.append(PREDICTED_CAP_CAVEAT)
     if best.point.sm_clock_mhz is not None:
         caveats.append(PREDICTED_CLOCK_CAVEAT)
-    if any(metric.value.startswith("ttft") for metric in spec.latency_metrics()):
+    metrics = [metric.value for metric in spec.latency_metrics()]
+    if any(m.startswith("ttft") for m in metrics):
         caveats.append(PREDICTED_TTFT_CAVEAT)
+    lengths_vary = spec.workload.dataset != "random" or spec.workload.range_ratio > 0
+    if lengths_vary and any(m.startswith("itl") for m in metrics):
+        caveats.append(PREDICTED_ITL_CAVEAT)
     return caveats
 
 
