@@ -115,20 +115,12 @@ def _random_lengths(
     return [(int(i), int(o)) for i, o in zip(in_lens, out_lens, strict=True)]
 
 
-class _WordPrompts(Sequence[SampleRequest]):
-    """The word vocabulary's prompts: N random words `t<id>`, one token each (the generator,
-    and the random stream, of every committed H100 run, which the fidelity benchmark replays).
+class _LazyPrompts(Sequence[SampleRequest]):
+    """Prompts of drawn lengths, each built when first read (`_get` says how): a long
+    duration-bound run lists far more prompts than it sends."""
 
-    Prompt k's words follow prompts 0..k-1's in the random stream, so prompts are built in
-    order, up to the highest index read: a duration-bound run that sends a few hundred of
-    100,000 listed prompts builds only those, and a replay rebuilds them just as cheaply.
-    """
-
-    def __init__(self, lengths: list[tuple[int, int]], rng: np.random.Generator) -> None:
+    def __init__(self, lengths: list[tuple[int, int]]) -> None:
         self._lengths = lengths
-        self._rng = rng
-        self._built: list[SampleRequest] = []
-        self._lock = threading.Lock()  # the bench's prefetch thread builds too
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -144,6 +136,28 @@ class _WordPrompts(Sequence[SampleRequest]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
+        return self._get(index)
+
+    def _get(self, index: int) -> SampleRequest:
+        raise NotImplementedError
+
+
+class _WordPrompts(_LazyPrompts):
+    """The word vocabulary's prompts: N random words `t<id>`, one token each (the generator,
+    and the random stream, of every committed H100 run, which the fidelity benchmark replays).
+
+    Prompt k's words follow prompts 0..k-1's in the random stream, so prompts are built in
+    order, up to the highest index read: a run that sends a few hundred of 100,000 listed
+    prompts builds only those, and a replay rebuilds them just as cheaply.
+    """
+
+    def __init__(self, lengths: list[tuple[int, int]], rng: np.random.Generator) -> None:
+        super().__init__(lengths)
+        self._rng = rng
+        self._built: list[SampleRequest] = []
+        self._lock = threading.Lock()  # the bench's prefetch thread builds too
+
+    def _get(self, index: int) -> SampleRequest:
         with self._lock:
             while len(self._built) <= index:
                 in_len, out_len = self._lengths[len(self._built)]
@@ -155,34 +169,21 @@ class _WordPrompts(Sequence[SampleRequest]):
         return self._built[index]
 
 
-class _TokenPrompts(Sequence[SampleRequest]):
-    """vLLM's random prompts, each built when first asked for: a long duration-bound run lists
-    far more prompts than it sends, and each costs a decode/re-encode loop."""
+class _TokenPrompts(_LazyPrompts):
+    """vLLM's random prompts of a model's tokenizer, each built when first read, in any order:
+    each costs a decode/re-encode loop."""
 
     def __init__(
         self, lengths: list[tuple[int, int]], rng: np.random.Generator, tokenizer: PromptTokenizer
     ) -> None:
-        self._lengths = lengths
+        super().__init__(lengths)
         self._tokenizer = tokenizer
         self._allowed = np.array(sorted(set(range(tokenizer.vocab_size)) - tokenizer.special_ids))
         self._offsets = rng.integers(0, tokenizer.vocab_size, size=len(lengths))
         self._seed = int(rng.integers(0, 2**32))
         self._built: dict[int, SampleRequest] = {}
 
-    def __len__(self) -> int:
-        return len(self._lengths)
-
-    @overload
-    def __getitem__(self, index: int) -> SampleRequest: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[SampleRequest]: ...
-    def __getitem__(self, index: int | slice) -> SampleRequest | Sequence[SampleRequest]:
-        if isinstance(index, slice):
-            return _View(self, range(*index.indices(len(self))))
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _get(self, index: int) -> SampleRequest:
         if index not in self._built:
             self._built[index] = self._build(index)
         return self._built[index]
