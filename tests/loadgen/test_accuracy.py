@@ -18,6 +18,7 @@ spread out. `pytest -s` prints the figures.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,11 @@ def test_latency_and_energy_match_simulator_truth(
     assert res["ttft_ms"]["mean"] == pytest.approx(ttft_ms, rel=TOLERANCE)
     assert res["tpot_ms"]["mean"] == pytest.approx(tpot_ms, rel=TOLERANCE)
     assert res["energy_per_output_token_j"] == pytest.approx(j_per_token, rel=TOLERANCE)
+    # The detail's gaps are the ones the ITL statistics were taken over: one per later token.
+    cohort = [q for q in res["requests"] if q["request_id"] in covered]
+    gaps = [g for q in cohort for g in q["itl_ms"]]
+    assert len(gaps) == sum(q["output_tokens"] - 1 for q in cohort)
+    assert statistics.mean(gaps) == pytest.approx(res["itl_ms"]["mean"], rel=1e-4)
     # The window's requests and tokens are the ones the simulator finished and emitted in it.
     assert w["completed_requests"] == pytest.approx(len(t["requests"]), rel=TOLERANCE)
     assert res["window_output_tokens"] == pytest.approx(t["output_tokens"], rel=TOLERANCE)

@@ -6,6 +6,7 @@ server's scrapes), beside the result type they build (`_result.py`).
 
 from __future__ import annotations
 
+import itertools
 import platform
 from dataclasses import dataclass
 
@@ -311,6 +312,7 @@ def _details(run: MeasuredRun, window: Window | None) -> list[RequestDetail]:
             output_tokens=r.output_tokens,
             ttft_ms=None if r.ttft_s is None else r.ttft_s * 1000,
             e2el_ms=None if r.e2el_s is None else r.e2el_s * 1000,
+            itl_ms=[round((b - a) * 1000, 3) for a, b in itertools.pairwise(r.chunk_times_s)],
         )
         for r in sorted(run.records, key=lambda r: r.index)
     ]

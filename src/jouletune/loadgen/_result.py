@@ -193,6 +193,11 @@ class RequestDetail(_Model):
     output_tokens: int | None
     ttft_ms: float | None
     e2el_ms: float | None
+    itl_ms: list[float] = Field(
+        default_factory=list,
+        description="the gap before each chunk after the first, ms (vLLM's `itls`): with"
+        " every request's, which engine steps its tokens came in",
+    )
 
 
 class EnvironmentInfo(_Model):
