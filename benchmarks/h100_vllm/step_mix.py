@@ -1,0 +1,126 @@
+"""Which engine steps carry prefill work, real vLLM vs its simulator replay.
+
+    python benchmarks/h100_vllm/step_mix.py POINT LOG [--results DIR]
+
+POINT is a name as `benchmarks/sim_fidelity.py` prints it (`intake-b/n128_w1024-128`), LOG
+the server's log with vLLM's iteration details (`--enable-logging-iteration-details`), stamped
+in unix time (`vllm_logging_ms.json`). Over the result's steady-state window this counts the
+engine steps, the share that prefilled anything and how many prompts those prefilled, on
+both sides, beside the client's ITL p50: an ITL p50 is a decode-only step when most steps
+carry no prefill, and a mixed step when most do. The real steps are vLLM's own log lines; the
+replay's are `jouletune.sim.ClosedLoopReplay`'s steps over the replay's own window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim_fidelity as fidelity
+
+from jouletune.loadgen import RequestRecord, steady_state_window
+from jouletune.sim import ClosedLoopReplay
+
+_ITERATION = re.compile(
+    r"([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): (\d+) context requests, (\d+) context tokens, "
+    r"(\d+) generation requests"
+)
+
+
+@dataclass(frozen=True)
+class StepMix:
+    """The steps of one window."""
+
+    steps: int
+    window_s: float
+    prefill_steps: int
+    prompts_per_prefill_step: float
+
+    def line(self, name: str) -> str:
+        """One printed line."""
+        return (
+            f"{name}: {self.steps} steps in {self.window_s:.1f} s "
+            f"({1e3 * self.window_s / self.steps:.2f} ms each), "
+            f"{self.prefill_steps / self.steps:.0%} with prefill, "
+            f"{self.prompts_per_prefill_step:.2f} prompts per such step"
+        )
+
+
+def mix(steps: list[tuple[float, int]], start_s: float, end_s: float) -> StepMix:
+    """`steps`: (time, prompts prefilled) per step; those in [start_s, end_s]."""
+    inside = [n for t, n in steps if start_s <= t <= end_s]
+    with_prefill = [n for n in inside if n]
+    return StepMix(
+        steps=len(inside),
+        window_s=end_s - start_s,
+        prefill_steps=len(with_prefill),
+        prompts_per_prefill_step=statistics.mean(with_prefill) if with_prefill else 0.0,
+    )
+
+
+def real_steps(log: Path) -> list[tuple[float, int]]:
+    """(unix time, context requests) of every iteration line."""
+    opener = gzip.open if log.suffix == ".gz" else open
+    with opener(log, "rt") as f:
+        return [(float(m[1]), int(m[2])) for m in map(_ITERATION.search, f) if m]
+
+
+def replay(point: fidelity.RealPoint) -> tuple[list[tuple[float, int]], float, float, float]:
+    """The replay's steps (end time, prompts prefilled), its window and its ITL p50 (ms)."""
+    run = ClosedLoopReplay(fidelity._engine_config(point.max_num_seqs, prefix_caching=True))
+    traced = run.run(
+        fidelity._client_requests(point), concurrency=point.concurrency, duration_s=point.duration_s
+    )
+    records = [
+        RequestRecord(
+            index=t.index,
+            request_id=f"r{t.index}",
+            success=True,
+            error=None,
+            send_s=t.send_s,
+            end_s=t.token_times_s[-1],
+            chunk_times_s=t.token_times_s,
+            output_tokens=len(t.token_times_s),
+            prompt_tokens=t.prompt_tokens,
+            expected_output_len=len(t.token_times_s),
+        )
+        for t in traced
+    ]
+    window = steady_state_window(records, max_concurrency=point.concurrency, closed_loop=True)
+    steps = [
+        (s.end_s, sum(1 for req, n in s.scheduled if n > 1 or req.output_tokens == 0))
+        for s in run.steps
+    ]
+    itl = fidelity._measure(run, traced, point.concurrency).itl_ms_p50
+    return steps, window.start_s, window.end_s, itl
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the two sides; 2 on a missing point or a log without iteration lines."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("point")
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--results", type=Path, default=fidelity._RESULTS)
+    args = parser.parse_args(argv)
+    point = next((p for p in fidelity.load_points(args.results) if p.name == args.point), None)
+    steps = real_steps(args.log)
+    if point is None or not steps:
+        print(f"step_mix: error: no point {args.point} in {args.results}, or no iteration lines")
+        return 2
+    window = json.loads((args.results / f"{point.name}.json").read_text())["window"]
+    real = mix(steps, window["start_unix_s"], window["end_unix_s"])
+    print(real.line(f"real  (ITL p50 {point.figures.itl_ms_p50:.2f} ms)"))
+    sim_steps, start_s, end_s, itl = replay(point)
+    print(mix(sim_steps, start_s, end_s).line(f"sim   (ITL p50 {itl:.2f} ms)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
