@@ -112,14 +112,18 @@ class HfTokenizer:
         self.special_ids = frozenset(i for i, token in added.items() if token.special)
         self.num_special_tokens = self._added_by_server(tokenizer_json.parent)
 
+    # The batch calls release Python's GIL while the Rust tokenizer works; the single ones
+    # hold it. The bench builds prompts in a worker thread during a run, and a held GIL
+    # stalls the event loop that stamps every streamed chunk: ITL read high
+    # (benchmarks/client_prompt_gil.py).
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without special tokens."""
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        ids: list[int] = self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids` (special tokens skipped, as vLLM's benchmark decodes)."""
-        text: str = self._tok.decode(list(ids), skip_special_tokens=True)
+        text: str = self._tok.decode_batch([list(ids)], skip_special_tokens=True)[0]
         return text
 
     def count(self, text: str) -> int:
