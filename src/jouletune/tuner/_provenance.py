@@ -81,20 +81,19 @@ PREDICTED_CLOCK_CAVEAT = (
 # requests reach the scheduler decides it, and at fixed lengths real vLLM itself reads it far
 # apart run to run.
 PREDICTED_TTFT_CAVEAT = (
-    "The TTFT figures are the simulator's predictions, its least accurate: against 33 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 29 (within 4% at lengths varied ±50%) "
-    "and up to 74% low where every request has the same lengths, whose TTFT one real run "
-    "does not pin down: six runs of 1024-token prompts at 256 streams read 625 to 2641 ms "
-    "(docs/validation.md). Measure TTFT on the GPU (`jouletune tune --backend local`) "
-    "before relying on a TTFT bound."
+    "The TTFT figures are the simulator's predictions, its least accurate: against 39 real "
+    "H100 vLLM points its TTFT p50 is within 25% at 34 and up to 74% low where every request "
+    "has the same lengths, whose TTFT one real run does not pin down: six runs of 1024-token "
+    "prompts at 256 streams read 625 to 2641 ms (docs/validation.md). Measure TTFT on the "
+    "GPU (`jouletune tune --backend local`) before relying on a TTFT bound."
 )
-# ITL p50 is right at fixed lengths and 20% low on the one varied-length point measured.
+# ITL p50 is right at fixed lengths and misses at most varied-length points.
 PREDICTED_ITL_CAVEAT = (
     "The ITL figures are the simulator's predictions: where request lengths vary, its ITL p50 "
-    "read 20% low against the one such real H100 point (512/256 ±50% at 128 streams; the "
-    "mean inter-token time right), while at fixed lengths it is within 10% everywhere "
-    "(docs/validation.md). Measure ITL on the GPU (`jouletune tune --backend local`) before "
-    "relying on an ITL bound."
+    "missed real H100 vLLM by 16-48% at four of six points (the mean inter-token time "
+    "right; which steps carry prefill, and the server's delay on the way out, not), while at "
+    "fixed lengths it is within 10% everywhere (docs/validation.md). Measure ITL on the GPU "
+    "(`jouletune tune --backend local`) before relying on an ITL bound."
 )
 
 
