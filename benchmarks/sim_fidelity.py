@@ -302,8 +302,9 @@ def replay_all(
     return rows
 
 
-def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency: int) -> Figures:
-    records = [
+def client_records(traced: list[TracedRequest]) -> list[RequestRecord]:
+    """The replayed requests as the load generator records them (one chunk per token)."""
+    return [
         RequestRecord(
             index=t.index,
             request_id=f"r{t.index}",
@@ -318,6 +319,10 @@ def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency:
         )
         for t in traced
     ]
+
+
+def _measure(replay: ClosedLoopReplay, traced: list[TracedRequest], concurrency: int) -> Figures:
+    records = client_records(traced)
     window = steady_state_window(records, max_concurrency=concurrency, closed_loop=True)
     metrics = compute_metrics(records, window)
     tokens = metrics.window_output_tokens

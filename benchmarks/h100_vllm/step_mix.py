@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sim_fidelity as fidelity
 
-from jouletune.loadgen import RequestRecord, steady_state_window
+from jouletune.loadgen import steady_state_window
 from jouletune.sim import ClosedLoopReplay
 
 _ITERATION = re.compile(
@@ -78,21 +78,7 @@ def replay(point: fidelity.RealPoint) -> tuple[list[tuple[float, int]], float, f
     traced = run.run(
         fidelity._client_requests(point), concurrency=point.concurrency, duration_s=point.duration_s
     )
-    records = [
-        RequestRecord(
-            index=t.index,
-            request_id=f"r{t.index}",
-            success=True,
-            error=None,
-            send_s=t.send_s,
-            end_s=t.token_times_s[-1],
-            chunk_times_s=t.token_times_s,
-            output_tokens=len(t.token_times_s),
-            prompt_tokens=t.prompt_tokens,
-            expected_output_len=len(t.token_times_s),
-        )
-        for t in traced
-    ]
+    records = fidelity.client_records(traced)
     window = steady_state_window(records, max_concurrency=point.concurrency, closed_loop=True)
     steps = [
         (s.end_s, sum(1 for req, n in s.scheduled if n > 1 or req.output_tokens == 0))
