@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,21 +268,49 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
     ]
 
 
-def simulate_server(
+# One replayed run: the real run, the simulated server after it (its steps and GPUs so far),
+# and the requests the run sent.
+ReplayedRun = tuple[RealPoint, ClosedLoopReplay, list[TracedRequest]]
+
+
+def replay_runs(
     points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
-) -> list[Figures]:
+) -> Iterator[ReplayedRun]:
     """Replay one real server's runs, in their order, on one simulated server."""
     if not points[0].word_prompts:
         perf = replace(perf, render_s_per_token=perf.render_s_per_token * _BPE_RENDER_RATIO)
     config = _engine_config(points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf)
     replay = ClosedLoopReplay(config)
-    figures = []
     for point in points:
         traced = replay.run(
             _client_requests(point), concurrency=point.concurrency, duration_s=point.duration_s
         )
-        figures.append(_measure(replay, traced, point.concurrency))
-    return figures
+        yield point, replay, traced
+
+
+def simulate_server(
+    points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
+) -> list[Figures]:
+    """The figures of one real server's runs, replayed in their order on one simulated server."""
+    return [
+        _measure(replay, traced, point.concurrency)
+        for point, replay, traced in replay_runs(points, prefix_caching=prefix_caching, perf=perf)
+    ]
+
+
+def replay_point(points: list[RealPoint], name: str) -> ReplayedRun | None:
+    """Point `name` replayed as the gate replays it: on its server's replay, after the runs
+    that server measured before it (None: no such point)."""
+    point = next((p for p in points if p.name == name), None)
+    if point is None:
+        return None
+    runs = sorted((p for p in points if p.server == point.server), key=_started)
+    *_, last = replay_runs(runs[: runs.index(point) + 1])
+    return last
+
+
+def _started(point: RealPoint) -> float:
+    return point.window_start_unix_s
 
 
 def replay_all(
@@ -296,7 +324,7 @@ def replay_all(
         by_server[point.server].append(point)
     rows: list[Row] = []
     for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
-        runs = sorted(by_server[server], key=lambda p: p.window_start_unix_s)
+        runs = sorted(by_server[server], key=_started)
         figures = simulate_server(runs, prefix_caching=prefix_caching, perf=perf)
         rows += zip(runs, figures, strict=True)
     return rows

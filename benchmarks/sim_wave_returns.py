@@ -22,8 +22,6 @@ from pathlib import Path
 
 import sim_fidelity as fidelity
 
-from jouletune.sim import ClosedLoopReplay
-
 _DEFAULT = [
     "iter-c/n8_w1024-128",
     "iter-a/n96_w1024-128",
@@ -75,21 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=fidelity._RESULTS)
     parser.add_argument("--bin-s", type=float, default=0.5)
     args = parser.parse_args(argv)
-    by_name = {p.name: p for p in fidelity.load_points(args.results)}
+    points = fidelity.load_points(args.results)
     for name in args.points:
-        point = by_name.get(name)
+        run = fidelity.replay_point(points, name)
         path = args.results / f"{name}.json"
         detail = json.loads(path.read_text()).get("requests") if path.is_file() else None
-        if point is None or not detail:
+        if run is None or not detail:
             print(f"sim_wave_returns: error: no point {name} with per-request detail")
             return 2
         real = [(r["send_unix_s"], r["first_token_unix_s"]) for r in detail if r["success"]]
-        replay = ClosedLoopReplay(fidelity._engine_config(point.max_num_seqs, prefix_caching=True))
-        traced = replay.run(
-            fidelity._client_requests(point),
-            concurrency=point.concurrency,
-            duration_s=point.duration_s,
-        )
+        _, _, traced = run
         print(f"{name} ({args.bin_s:g} s bins from the first send)")
         show("real", real, args.bin_s)
         show("sim ", [(t.send_s, t.token_times_s[0]) for t in traced], args.bin_s)

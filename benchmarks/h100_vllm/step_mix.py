@@ -25,8 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sim_fidelity as fidelity
 
-from jouletune.loadgen import steady_state_window
-from jouletune.sim import ClosedLoopReplay
+from jouletune.loadgen import compute_metrics, steady_state_window
 
 _ITERATION = re.compile(
     r"([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): (\d+) context requests, (\d+) context tokens, "
@@ -72,20 +71,18 @@ def real_steps(log: Path) -> list[tuple[float, int]]:
         return [(float(m[1]), int(m[2])) for m in map(_ITERATION.search, f) if m]
 
 
-def replay(point: fidelity.RealPoint) -> tuple[list[tuple[float, int]], float, float, float]:
-    """The replay's steps (end time, prompts prefilled), its window and its ITL p50 (ms)."""
-    run = ClosedLoopReplay(fidelity._engine_config(point.max_num_seqs, prefix_caching=True))
-    traced = run.run(
-        fidelity._client_requests(point), concurrency=point.concurrency, duration_s=point.duration_s
-    )
+def replay_mix(run: fidelity.ReplayedRun) -> tuple[StepMix, float]:
+    """The replay's steps over its own window, and its ITL p50 (ms)."""
+    point, replay, traced = run
     records = fidelity.client_records(traced)
     window = steady_state_window(records, max_concurrency=point.concurrency, closed_loop=True)
     steps = [
         (s.end_s, sum(1 for req, n in s.scheduled if n > 1 or req.output_tokens == 0))
-        for s in run.steps
+        for s in replay.steps
     ]
-    itl = fidelity._measure(run, traced, point.concurrency).itl_ms_p50
-    return steps, window.start_s, window.end_s, itl
+    itl = compute_metrics(records, window).itl_ms.p50
+    assert itl is not None, "a window without tokens"
+    return mix(steps, window.start_s, window.end_s), itl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,16 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("log", type=Path)
     parser.add_argument("--results", type=Path, default=fidelity._RESULTS)
     args = parser.parse_args(argv)
-    point = next((p for p in fidelity.load_points(args.results) if p.name == args.point), None)
+    run = fidelity.replay_point(fidelity.load_points(args.results), args.point)
     steps = real_steps(args.log)
-    if point is None or not steps:
+    if run is None or not steps:
         print(f"step_mix: error: no point {args.point} in {args.results}, or no iteration lines")
         return 2
+    point = run[0]
     window = json.loads((args.results / f"{point.name}.json").read_text())["window"]
     real = mix(steps, window["start_unix_s"], window["end_unix_s"])
     print(real.line(f"real  (ITL p50 {point.figures.itl_ms_p50:.2f} ms)"))
-    sim_steps, start_s, end_s, itl = replay(point)
-    print(mix(sim_steps, start_s, end_s).line(f"sim   (ITL p50 {itl:.2f} ms)"))
+    sim, itl = replay_mix(run)
+    print(sim.line(f"sim   (ITL p50 {itl:.2f} ms)"))
     return 0
 
 
