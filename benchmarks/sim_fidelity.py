@@ -131,6 +131,7 @@ class RealPoint:
     duration_s: float
     window_start_unix_s: float
     figures: Figures
+    path: Path
     word_prompts: bool = True
     stalled_client: bool = False
 
@@ -199,6 +200,7 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = Non
             raise _InputError(f"{path}: only closed-loop random workloads are replayed")
         concurrency = int(cfg["max_concurrency"])
         return RealPoint(
+            path=path,
             name=name,
             server=server,
             concurrency=concurrency,

@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     points = fidelity.load_points(args.results)
     for name in args.points:
         run = fidelity.replay_point(points, name)
-        path = args.results / f"{name}.json"
-        detail = json.loads(path.read_text()).get("requests") if path.is_file() else None
+        detail = json.loads(run[0].path.read_text()).get("requests") if run else None
         if run is None or not detail:
             print(f"sim_wave_returns: error: no point {name} with per-request detail")
             return 2

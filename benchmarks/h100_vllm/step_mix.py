@@ -6,16 +6,19 @@ POINT is a name as `benchmarks/sim_fidelity.py` prints it (`intake-b/n128_w1024-
 the server's log with vLLM's iteration details (`--enable-logging-iteration-details`), stamped
 in unix time (`vllm_logging_ms.json`). Over the result's steady-state window this counts the
 engine steps, the share that prefilled anything and how many prompts those prefilled, on
-both sides, beside the client's ITL p50: an ITL p50 is a decode-only step when most steps
-carry no prefill, and a mixed step when most do. The real steps are vLLM's own log lines; the
-replay's are `jouletune.sim.ClosedLoopReplay`'s steps over the replay's own window.
+both sides, and how long a decode-only step takes, beside the client's ITL p50: an ITL p50
+is a decode-only step when most steps carry no prefill, and a mixed step when most do. The
+real steps are vLLM's own log lines; the replay's are `jouletune.sim.ClosedLoopReplay`'s
+steps over the replay's own window.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
+import math
 import re
 import statistics
 import sys
@@ -41,6 +44,7 @@ class StepMix:
     window_s: float
     prefill_steps: int
     prompts_per_prefill_step: float
+    decode_step_ms: float
 
     def line(self, name: str) -> str:
         """One printed line."""
@@ -48,19 +52,24 @@ class StepMix:
             f"{name}: {self.steps} steps in {self.window_s:.1f} s "
             f"({1e3 * self.window_s / self.steps:.2f} ms each), "
             f"{self.prefill_steps / self.steps:.0%} with prefill, "
-            f"{self.prompts_per_prefill_step:.2f} prompts per such step"
+            f"{self.prompts_per_prefill_step:.2f} prompts per such step, "
+            f"a decode-only step after another {self.decode_step_ms:.2f} ms (median)"
         )
 
 
 def mix(steps: list[tuple[float, int]], start_s: float, end_s: float) -> StepMix:
-    """`steps`: (time, prompts prefilled) per step; those in [start_s, end_s]."""
-    inside = [n for t, n in steps if start_s <= t <= end_s]
-    with_prefill = [n for n in inside if n]
+    """`steps`: (time, prompts prefilled) per step, in order; those in [start_s, end_s]. A
+    decode-only step's time is the gap between its stamp and the one before, counted where
+    that one prefilled nothing either (after a prefill step the gap holds part of it)."""
+    inside = [(t, n) for t, n in steps if start_s <= t <= end_s]
+    with_prefill = [n for _, n in inside if n]
+    decode_gaps = [b[0] - a[0] for a, b in itertools.pairwise(inside) if a[1] == 0 and b[1] == 0]
     return StepMix(
         steps=len(inside),
         window_s=end_s - start_s,
         prefill_steps=len(with_prefill),
         prompts_per_prefill_step=statistics.mean(with_prefill) if with_prefill else 0.0,
+        decode_step_ms=1e3 * statistics.median(decode_gaps) if decode_gaps else math.nan,
     )
 
 
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step_mix: error: no point {args.point} in {args.results}, or no iteration lines")
         return 2
     point = run[0]
-    window = json.loads((args.results / f"{point.name}.json").read_text())["window"]
+    window = json.loads(point.path.read_text())["window"]
     real = mix(steps, window["start_unix_s"], window["end_unix_s"])
     print(real.line(f"real  (ITL p50 {point.figures.itl_ms_p50:.2f} ms)"))
     sim, itl = replay_mix(run)
