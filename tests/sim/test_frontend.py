@@ -115,6 +115,10 @@ def _config(*, servers: int = 1, **perf: float) -> EngineConfig:
     )
 
 
+def _no_api_costs() -> EngineConfig:
+    return _config(api_request_s=0.0, api_chunk_s=0.0, frontend_s=0.0, render_s_per_token=0.0)
+
+
 class _Times(StepListener):
     def __init__(self) -> None:
         self.first: dict[str, float] = {}
@@ -123,11 +127,18 @@ class _Times(StepListener):
         self.first.setdefault(req.request_id, t_s)
 
 
-def _engine(config: EngineConfig, streams: int, times: _Times) -> Engine:
+def _engine(
+    config: EngineConfig,
+    streams: int,
+    times: _Times,
+    on_deliver: Callable[[list[tuple[SimRequest, bool]], float], None] | None = None,
+) -> Engine:
     """An engine with `streams` requests of 512 prompt tokens that arrive at 0 and then
     decode for a long time."""
     engine = Engine(
-        config=config, gpus=[SimulatedGpu(model=config.gpu, index=0, clock=lambda: 0.0)]
+        config=config,
+        gpus=[SimulatedGpu(model=config.gpu, index=0, clock=lambda: 0.0)],
+        on_deliver=on_deliver,
     )
     for i in range(streams):
         engine.add(
@@ -198,8 +209,7 @@ def test_more_api_server_processes_share_the_streams_between_them() -> None:
 
 def test_a_request_reaching_the_scheduler_mid_step_waits_for_the_step_after_next() -> None:
     # No API-server cost: the request is at the scheduler the instant it arrives.
-    config = _config(api_request_s=0.0, api_chunk_s=0.0, frontend_s=0.0, render_s_per_token=0.0)
-    engine = _engine(config, 64, times := _Times())
+    engine = _engine(_no_api_costs(), 64, times := _Times())
     steps = _run_until(engine, lambda: False, limit=10)  # 64 streams decoding back to back
     running = engine.begin_step(steps[-1].end_s)  # step k, in flight
     assert running is not None
@@ -214,3 +224,41 @@ def test_a_request_reaching_the_scheduler_mid_step_waits_for_the_step_after_next
     engine.finish_step(following)
     after = engine.begin_step(following.end_s)  # step k+2: scheduled when step k+1 started
     assert after is not None and probe in after.newly_scheduled
+
+
+@pytest.mark.parametrize("prompt_tokens", [64, 1024])
+def test_a_step_too_large_for_a_cuda_graph_holds_back_the_tokens_before_it(
+    prompt_tokens: int,
+) -> None:
+    # 64 decoding streams on a server of 1024 sequences: vLLM captures CUDA graphs up to 512
+    # tokens, so a step that also prefills 1024 prompt tokens is launched kernel by kernel.
+    delivered: list[float] = []
+    config = _no_api_costs()
+    engine = _engine(config, 64, _Times(), lambda _out, t_s: delivered.append(t_s))
+    steps = _run_until(engine, lambda: False, limit=10)
+    running = engine.begin_step(steps[-1].end_s)  # step k, in flight
+    assert running is not None
+    engine.add(SimRequest(request_id="p", prompt_tokens=prompt_tokens, max_tokens=1,
+                          arrival_s=running.start_s))  # fmt: skip
+    engine.finish_step(running)
+    following = engine.begin_step(running.end_s)  # step k+1, with the new prompt
+    assert following is not None and following.start_s == running.end_s
+    engine.advance_frontend(following.start_s + 1.0)
+    perf = config.perf
+    launch_s = (
+        perf.eager_launch_s
+        + perf.eager_launch_per_token_s * prompt_tokens
+        + perf.eager_launch_per_seq_s * 64
+    )
+    # the GPU runs the step's kernels as they are launched; step k's tokens wait for the launch
+    expected_s = running.end_s if prompt_tokens == 64 else steps[-1].end_s + launch_s
+    assert expected_s > running.end_s or prompt_tokens == 64
+    assert delivered[-1] == pytest.approx(expected_s)
+
+
+def test_an_idle_engine_launches_a_large_step_at_no_extra_cost() -> None:
+    engine = _engine(_no_api_costs(), 0, times := _Times())
+    engine.add(SimRequest(request_id="p", prompt_tokens=1024, max_tokens=1, arrival_s=1.0,
+                          listener=times))  # fmt: skip
+    (step,) = _run_until(engine, lambda: "p" in times.first)
+    assert step.start_s == 1.0 and times.first["p"] == step.end_s

@@ -20,6 +20,13 @@ Two things stand between the clients and the scheduler, as in vLLM 0.24:
 * asynchronous scheduling (vLLM 0.24's default): the engine core schedules step k+1 while
   step k runs, so a step that follows another without a gap was scheduled when its
   predecessor started and admits only the requests that had reached the scheduler by then.
+  It also launches step k+1 before it hands out step k's tokens. A step of more tokens than
+  vLLM captures CUDA graphs for (`min(2 · max_num_seqs, 512)`: any step that prefills a
+  prompt beside the running decodes) is launched kernel by kernel, which takes the host
+  longer than a short step runs: such a step starts, and its predecessor's tokens leave, no
+  sooner than `eager_launch_s` + `eager_launch_per_token_s` per prompt token it prefills +
+  `eager_launch_per_seq_s` per sequence it decodes after the tokens before them left. An
+  idle engine's launch overlaps the step it launches and costs nothing extra.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from jouletune.gpu.simulated import SimulatedGpu, StepOutcome
+from jouletune.gpu.simulated import KernelWork, SimulatedGpu, StepOutcome
 from jouletune.sim._frontend import ApiServer
 from jouletune.sim._kvcache import BLOCK_SIZE, BlockPool
 from jouletune.sim._perf import BatchShape, kv_cache_tokens, step_work
@@ -121,6 +128,11 @@ class Engine:
         # The last step: when it started and ended (asynchronous scheduling).
         self._last_start_s = -math.inf
         self._last_end_s = -math.inf
+        # The last step's tokens wait for the next step's launch (`begin_step`), and when the
+        # tokens before them left.
+        self._held: tuple[Output, float] | None = None
+        self._last_emit_s = -math.inf
+        self._graph_max_tokens = min(2 * config.max_num_seqs, 512, config.max_num_batched_tokens)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -148,7 +160,13 @@ class Engine:
 
     def has_work(self) -> bool:
         """True while any request or token is in the API server, pending, waiting or running."""
-        return bool(self.pending or self.waiting or self.running or any(map(len, self.api_servers)))
+        return bool(
+            self.pending
+            or self.waiting
+            or self.running
+            or self._held
+            or any(map(len, self.api_servers))
+        )
 
     def next_ready_s(self, now_s: float | None = None) -> float | None:
         """When the earliest pending request reaches the scheduler (None if none pending).
@@ -159,6 +177,7 @@ class Engine:
         deliveries. On the wall clock it serves up to `now_s` only, since a client may still
         send a request that shares the loop with the work in progress.
         """
+        self._hand_out(None)
         if now_s is not None:
             self.advance_frontend(now_s)
         else:
@@ -205,16 +224,45 @@ class Engine:
         then. If that leaves nothing to run, vLLM's engine core waits for the last step and
         schedules again; so does the model, at `start_s`.
         """
+        busy = start_s <= self._last_end_s
+        if not busy:
+            self._hand_out(None)
         self.advance_frontend(start_s)
-        decided_s = self._last_start_s if start_s <= self._last_end_s else start_s
+        decided_s = self._last_start_s if busy else start_s
         self._admit_pending(decided_s)
         scheduled, newly = self._schedule(start_s)
         if not scheduled and decided_s < start_s:
             self._admit_pending(start_s)
             scheduled, newly = self._schedule(start_s)
         if not scheduled:
+            self._hand_out(None)
             return None
         batch = _batch_shape(scheduled)
+        launched_s = start_s
+        if busy and batch.num_tokens > self._graph_max_tokens:
+            launched_s = max(start_s, self._last_emit_s + self._eager_launch_s(scheduled))
+        self._hand_out(launched_s)
+        work, outcomes, slowest = self._plan(batch)
+        duration_s = slowest.duration_s
+        # The GPU runs the step's kernels as the host launches them, behind the last step's:
+        # the step ends no sooner than its launch.
+        start_s = max(start_s, launched_s - duration_s)
+        for gpu, outcome in zip(self.gpus, outcomes, strict=True):
+            gpu.record_step(outcome, work, start_s=start_s)
+        self._last_start_s = start_s
+        self._last_end_s = start_s + duration_s
+        return Step(
+            start_s=start_s,
+            end_s=start_s + duration_s,
+            scheduled=scheduled,
+            batch=batch,
+            outcome=slowest,
+            newly_scheduled=newly,
+        )
+
+    def _plan(self, batch: BatchShape) -> tuple[KernelWork, list[StepOutcome], StepOutcome]:
+        """The step's work, each TP rank's outcome (all of the slowest rank's duration), and
+        the slowest rank's."""
         cfg = self.config
         work = step_work(
             arch=cfg.arch, gpu=cfg.gpu, tp=cfg.tensor_parallel_size, batch=batch, perf=cfg.perf
@@ -222,6 +270,7 @@ class Engine:
         # TP ranks run in lockstep: the slowest rank (lowest limit) sets the step's duration.
         outcomes = [gpu.plan_step(work) for gpu in self.gpus]
         slowest = max(outcomes, key=lambda o: o.duration_s)
+        equal = []
         for gpu, outcome in zip(self.gpus, outcomes, strict=True):
             if outcome.duration_s < slowest.duration_s:
                 # A faster rank waits at the barrier: same dynamic energy over a longer step.
@@ -232,17 +281,8 @@ class Engine:
                     sm_clock_hz=outcome.sm_clock_hz,
                     capped=outcome.capped,
                 )
-            gpu.record_step(outcome, work, start_s=start_s)
-        self._last_start_s = start_s
-        self._last_end_s = start_s + slowest.duration_s
-        return Step(
-            start_s=start_s,
-            end_s=start_s + slowest.duration_s,
-            scheduled=scheduled,
-            batch=batch,
-            outcome=slowest,
-            newly_scheduled=newly,
-        )
+            equal.append(outcome)
+        return work, equal, slowest
 
     def finish_step(self, step: Step) -> None:
         """Apply `step` at its end: count tokens, free finished requests' blocks, and hand
@@ -268,15 +308,37 @@ class Engine:
         self.stats.generation_tokens += len(output)
         self.stats.steps += 1
         step.emitted = [req for req, _ in output]
+        self._held = (output, t_s)  # handed out once the next step is launched
+        self.advance_frontend(t_s)
+        if self._on_step is not None:
+            self._on_step(step)
+
+    def _eager_launch_s(self, scheduled: list[tuple[SimRequest, int]]) -> float:
+        """Host time to launch a step without a CUDA graph (`PerfConstants.eager_launch_s`)."""
+        perf = self.config.perf
+        decodes = sum(1 for req, _ in scheduled if not req.prefilling)
+        prefill_tokens = sum(n for req, n in scheduled if req.prefilling)
+        return (
+            perf.eager_launch_s
+            + perf.eager_launch_per_token_s * prefill_tokens
+            + perf.eager_launch_per_seq_s * decodes
+        )
+
+    def _hand_out(self, launched_s: float | None) -> None:
+        """Hand the last step's tokens to the API server once the engine core has launched
+        the step after it (at `launched_s`; None: no step follows at once)."""
+        if self._held is None:
+            return
+        output, end_s = self._held
+        self._held = None
+        t_s = max(end_s, launched_s if launched_s is not None else end_s)
+        self._last_emit_s = t_s
         if len(self.api_servers) == 1:
             self.api_servers[0].output(output, len(output), t_s)
         else:
             for i, api in enumerate(self.api_servers):
                 own = [item for item in output if item[0].api_server == i]
                 api.output(own, len(own), t_s)
-        self.advance_frontend(t_s)
-        if self._on_step is not None:
-            self._on_step(step)
 
     # --- ground truth ---------------------------------------------------------------------
 

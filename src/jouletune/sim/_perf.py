@@ -59,6 +59,11 @@ class PerfConstants:
         render_s_per_token: API-server time to render one prompt token, off the event loop,
             in vLLM's renderer thread, which renders one prompt at a time in arrival order,
             seconds.
+        eager_launch_s: engine-core host time, from handing out one step's tokens to having
+            launched the step after next, when that step is too large for a CUDA graph and
+            is launched kernel by kernel (`jouletune.sim._engine`), seconds.
+        eager_launch_per_token_s: what each prompt token that step prefills adds, seconds.
+        eager_launch_per_seq_s: what each sequence that step decodes adds, seconds.
         activation_reserve_bytes: memory vLLM's profiling run keeps for activations, CUDA
             graphs and the non-torch allocator per GPU, bytes (not available to the KV cache).
     """
@@ -73,6 +78,9 @@ class PerfConstants:
     api_request_s: float
     api_chunk_s: float
     render_s_per_token: float
+    eager_launch_s: float
+    eager_launch_per_token_s: float
+    eager_launch_per_seq_s: float
     activation_reserve_bytes: float
 
 
@@ -86,6 +94,11 @@ class PerfConstants:
 # render_s_per_token measured, not fitted: the real API server renders a burst of 1024-token
 # prompts 1.1 ms apart at 8 to 256 streams (benchmarks/h100_vllm/intake_timeline.py on
 # benchmarks/results/h100-vllm/intake-a and intake-b).
+# eager_launch_* measured, not fitted to any outcome: vLLM's own iteration log gives the
+# engine core's host time between steps; before a step without a CUDA graph it is 12.9 ms +
+# 1.1 µs per prefill token + 24 µs per decoding sequence (863 intervals of 12 points at 8 to
+# 256 sequences, benchmarks/h100_vllm/engine_host_time.py), against 1.7-9.6 ms before a
+# decode-only step.
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
@@ -97,6 +110,9 @@ DEFAULT_PERF = PerfConstants(
     api_request_s=1.8e-3,
     api_chunk_s=48e-6,
     render_s_per_token=1.1e-6,
+    eager_launch_s=12.9e-3,
+    eager_launch_per_token_s=1.1e-6,
+    eager_launch_per_seq_s=24e-6,
     activation_reserve_bytes=1.8913e9,
 )
 

@@ -90,8 +90,9 @@ PREDICTED_TTFT_CAVEAT = (
 # ITL p50 is right at fixed lengths and misses at most varied-length points.
 PREDICTED_ITL_CAVEAT = (
     "The ITL figures are the simulator's predictions: where request lengths vary, its ITL p50 "
-    "missed real H100 vLLM by 16-48% at four of six points (the mean inter-token time "
-    "right; which steps carry prefill, and the server's delay on the way out, not), while at "
+    "missed real H100 vLLM by 16-34% at four of six points (the mean inter-token time "
+    "right; the median falls between decode-only gaps and the longer gaps before a step "
+    "that prefills, and a few points of the step mix decide which), while at "
     "fixed lengths it is within 10% everywhere (docs/validation.md). Measure ITL on the GPU "
     "(`jouletune tune --backend local`) before relying on an ITL bound."
 )
