@@ -2,6 +2,7 @@
 
     python benchmarks/h200_prediction.py predict      # results/h200-prediction/prediction.json
     python benchmarks/h200_prediction.py compare DIR  # DIR: the H200's bench results (c{C}.json)
+    python benchmarks/h200_prediction.py replay DIR   # the same runs replayed as they ran
 
 The simulator was fitted to the H100 only. Its H200 entry (`jouletune.gpu.simulated`,
 `h200-141gb`) changes only datasheet figures: 141 GB of HBM3e at 4.8 TB/s instead of 80 GB at
@@ -12,6 +13,12 @@ Llama-3.1-8B shape, one `vllm serve` with `--max-num-seqs 256 --max-model-len 20
 0.24's defaults otherwise), closed loops of C clients at 512 prompt / 256 output tokens. It
 is committed before the H200 is measured; `compare` then reads `jouletune bench` results of
 the same plan and prints the error of every figure, with no refit.
+
+`replay` replays the measured runs as they ran, with the same H200 model and no refit: one
+simulated server for all of them, in their order, each run's own prompts (the bench's
+lengths and seed), so a prompt a later run sends again finds its blocks in the prefix cache
+as it did in vLLM (`benchmarks/sim_fidelity.py`'s replay, on `h200-141gb`). It uses the
+simulator as it is now, not as it was when the prediction was made.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sim_fidelity as fidelity
 
 from jouletune import __version__
 from jouletune.gpu.simulated import gpu_model
@@ -113,19 +124,49 @@ def compare(folder: Path) -> None:
     print("worst: " + ", ".join(f"{f} {e:.1%}" for f, e in worst.items()))
 
 
+def replay(folder: Path) -> None:
+    """Print the replay of the measured runs against them, and each figure's worst error."""
+    runs = []
+    for c in CONCURRENCY:
+        point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
+        runs.append(replace(point, word_prompts=False, max_num_seqs=SERVER["max_num_seqs"]))
+    figures = fidelity.simulate_server(runs, gpu="h200-141gb")
+    print(f"replay of {folder} on h200-141gb, jouletune {__version__}")
+    print("| C | " + " | ".join(f"{f} sim | meas | err" for f in FIGURES) + " |")
+    worst = dict.fromkeys(FIGURES, 0.0)
+    for point, sim in zip(runs, figures, strict=True):
+        m = _measured(folder, point.concurrency)
+        simulated = {
+            "j_per_output_token": sim.j_per_output_token,
+            "itl_ms_p50": sim.itl_ms_p50,
+            "ttft_ms_p50": sim.ttft_ms_p50,
+            "power_w": sim.avg_power_w,
+            "output_tok_s": sim.output_tok_s,
+        }
+        cells = []
+        for f in FIGURES:
+            err = simulated[f] / m[f] - 1
+            worst[f] = max(worst[f], abs(err), key=abs)
+            cells.append(f"{simulated[f]:.4g} | {m[f]:.4g} | {err:+.1%}")
+        print(f"| {point.concurrency} | " + " | ".join(cells) + " |")
+    print("worst: " + ", ".join(f"{f} {e:.1%}" for f, e in worst.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("predict")
-    cmp = sub.add_parser("compare")
-    cmp.add_argument("folder", type=Path)
+    for name in ("compare", "replay"):
+        sub.add_parser(name).add_argument("folder", type=Path)
     args = parser.parse_args()
     if args.cmd == "predict":
         PREDICTION.parent.mkdir(parents=True, exist_ok=True)
         PREDICTION.write_text(json.dumps(predict(), indent=2) + "\n")
         print(PREDICTION.read_text())
-    else:
+    elif args.cmd == "compare":
         compare(args.folder)
+    else:
+        replay(args.folder)
     return 0
 
 

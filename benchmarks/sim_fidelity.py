@@ -230,11 +230,15 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = Non
 
 
 def _engine_config(
-    max_num_seqs: int, *, prefix_caching: bool, perf: PerfConstants = DEFAULT_PERF
+    max_num_seqs: int,
+    *,
+    prefix_caching: bool,
+    perf: PerfConstants = DEFAULT_PERF,
+    gpu: str = "h100-80gb",
 ) -> EngineConfig:
     return EngineConfig(
         arch=model_arch(_MODEL),
-        gpu=gpu_model("h100-80gb"),
+        gpu=gpu_model(gpu),
         tensor_parallel_size=1,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=_MAX_NUM_BATCHED_TOKENS,
@@ -262,12 +266,19 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
         ClientRequest(
             prompt_tokens=s.prompt_len,
             max_tokens=s.output_len,
-            # A BPE run's prompts start at random offsets in the vocabulary: none shares a
-            # prefix block with another, which no block hashes at all models exactly.
-            block_hashes=prompt_block_hashes(s.prompt.split()) if point.word_prompts else (),
+            block_hashes=prompt_block_hashes(
+                s.prompt.split() if point.word_prompts else _bpe_prompt(point.seed, i, s.prompt_len)
+            ),
         )
-        for s in samples
+        for i, s in enumerate(samples)
     ]
+
+
+def _bpe_prompt(seed: int, index: int, length: int) -> list[tuple[int, int, int]]:
+    """Stand-ins for a BPE run's prompt tokens. Its prompts start at random offsets in the
+    vocabulary, so no two of a run share a prefix block; a later run with the same seed sends
+    the same prompts again, which vLLM's prefix cache then serves."""
+    return [(seed, index, k) for k in range(length)]
 
 
 # One replayed run: the real run, the simulated server after it (its steps and GPUs so far),
@@ -276,12 +287,18 @@ ReplayedRun = tuple[RealPoint, ClosedLoopReplay, list[TracedRequest]]
 
 
 def replay_runs(
-    points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
+    points: list[RealPoint],
+    *,
+    prefix_caching: bool = True,
+    perf: PerfConstants = DEFAULT_PERF,
+    gpu: str = "h100-80gb",
 ) -> Iterator[ReplayedRun]:
     """Replay one real server's runs, in their order, on one simulated server."""
     if not points[0].word_prompts:
         perf = replace(perf, render_s_per_token=perf.render_s_per_token * _BPE_RENDER_RATIO)
-    config = _engine_config(points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf)
+    config = _engine_config(
+        points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf, gpu=gpu
+    )
     replay = ClosedLoopReplay(config)
     for point in points:
         traced = replay.run(
@@ -291,13 +308,15 @@ def replay_runs(
 
 
 def simulate_server(
-    points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
+    points: list[RealPoint],
+    *,
+    prefix_caching: bool = True,
+    perf: PerfConstants = DEFAULT_PERF,
+    gpu: str = "h100-80gb",
 ) -> list[Figures]:
     """The figures of one real server's runs, replayed in their order on one simulated server."""
-    return [
-        _measure(replay, traced, point.concurrency)
-        for point, replay, traced in replay_runs(points, prefix_caching=prefix_caching, perf=perf)
-    ]
+    runs = replay_runs(points, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
+    return [_measure(replay, traced, point.concurrency) for point, replay, traced in runs]
 
 
 def replay_point(points: list[RealPoint], name: str) -> ReplayedRun | None:

@@ -3,8 +3,8 @@
 Residuals are weighted log-errors, simulator over measurement, of each figure of each point
 (`FIGURE_WEIGHTS`), where each prediction is a replay of the measured run (`_replay`). The
 parameters are fitted as log-factors of their built-in values (`x = ln(value / built-in)`),
-bounded to a factor of 3 either way, with a weak pull towards the built-in value so that a
-parameter the data cannot see stays put (`_solver`).
+bounded to a factor of 3 either way (an efficiency to at most 1), with a weak pull towards
+the built-in value so that a parameter the data cannot see stays put (`_solver`).
 
 What a batch sweep can pin (`fitted_parameters`):
 
@@ -223,7 +223,7 @@ def fit_parameters(
             residuals,
             np.zeros(len(fitted)),
             lower=-bound,
-            upper=bound,
+            upper=np.array([min(_BOUND, _ceiling(name, base)) for name in fitted]),
             prior_weight=_PRIOR_WEIGHT,
             max_evaluations=max_evaluations,
         )
@@ -232,7 +232,8 @@ def fit_parameters(
         after = replay(params)
     summary = FitSummary(
         method=(
-            f"Levenberg-Marquardt on log-factors, bounds ×/÷3, prior weight {_PRIOR_WEIGHT}, "
+            f"Levenberg-Marquardt on log-factors, bounds ×/÷3 (efficiencies ≤ 1), "
+            f"prior weight {_PRIOR_WEIGHT}, "
             "finite-difference Jacobian with Broyden updates"
         ),
         iterations=solved.iterations,
@@ -246,6 +247,14 @@ def fit_parameters(
         relative_std=_relative_std(fitted, solved.jacobian, solved.residuals),
     )
     return FitResult(parameters=params, fitted=fitted, predictions=after, summary=summary)
+
+
+def _ceiling(name: str, base: ProfileParameters) -> float:
+    """The largest log-factor `name` can take: an efficiency, a fraction of the GPU's peak,
+    stops at 1 (beyond it the fit would trade a physical parameter against another one)."""
+    if name.endswith("_efficiency"):
+        return math.log(1.0 / getattr(base, name))
+    return math.inf
 
 
 def _with(base: ProfileParameters, fitted: Sequence[str], x: np.ndarray) -> ProfileParameters:

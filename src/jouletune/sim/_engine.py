@@ -223,9 +223,13 @@ class Engine:
         when the last one started: it admits the requests that had reached the scheduler by
         then. If that leaves nothing to run, vLLM's engine core waits for the last step and
         schedules again; so does the model, at `start_s`.
+
+        It also hands the last step's tokens to the API server: at the last step's end, or,
+        when this step follows it without a gap and is too large for a CUDA graph, once the
+        host has launched this one (module docstring).
         """
         busy = start_s <= self._last_end_s
-        if not busy:
+        if not busy:  # nothing to launch behind: the tokens left before the API server ran on
             self._hand_out(None)
         self.advance_frontend(start_s)
         decided_s = self._last_start_s if busy else start_s
