@@ -11,7 +11,8 @@
 #   calib `jouletune calibrate --read-only`: closed loops at four batch sizes and the fit;
 #   reps  the pair at REPS_C streams REPS times for each --random-range-ratio in REPS_RANGE,
 #         the two clients' order alternating (reps/): how far each client moves between runs;
-#   sweep `jouletune bench` closed loops of C clients, 512/256, 25 s each (sweep/c{C}.json):
+#   sweep `jouletune bench` closed loops of C clients, 512/256, 25 s each, each its own prompts
+#         (sweep/c{C}.json; an independent NVML log beside them, sweep/nvml.csv.gz):
 #         the plan benchmarks/h200_prediction.py predicted (its `compare` reads sweep/).
 # Never changes a GPU setting. Needs vLLM staged (shared/vllm-h100/README.md: /tmp/site) and
 # TOKENIZER pointing at a tokenizer.json. A server already healthy on :8000 (an earlier run's,
@@ -92,12 +93,19 @@ if has reps; then  # the order alternates so that a drift over the session favou
   done
 fi
 
-if has sweep; then
+if has sweep; then  # each point its own prompts (seed 21 + C): a prompt sent before would
+  # find its blocks in the prefix cache. SWEEP_SEED_STEP=0 gives every point seed 21, as the
+  # first H200 run did (benchmarks/results/h200-measured/README.md).
   mkdir -p "$OUT/sweep"
+  setsid python3 benchmarks/h100_vllm/nvml_energy_log.py "$OUT/sweep/nvml.csv" 0 > /dev/null 2>&1 < /dev/null &
+  echo $! > /tmp/nvlog.pid
   for C in ${SWEEP_C:-1 8 32 64 128 256}; do
     bench "sweep/c$C" --exporter-url http://127.0.0.1:9400 --random-input-len 512 \
-      --random-output-len 256 --max-concurrency "$C" --num-prompts 100000 --duration 25 --seed 21
+      --random-output-len 256 --max-concurrency "$C" --num-prompts 100000 --duration 25 \
+      --seed $(( 21 + C * ${SWEEP_SEED_STEP:-1} ))
   done
+  kill "$(cat /tmp/nvlog.pid)"; rm -f /tmp/nvlog.pid
+  gzip -f "$OUT/sweep/nvml.csv"
 fi
 
 if has dcgm; then  # energy through dcgm-exporter's names, an independent NVML log beside it
