@@ -45,8 +45,9 @@ PREDICTION = ROOT / "results" / "h200-prediction" / "prediction.json"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 CONCURRENCY = (1, 8, 32, 64, 128, 256)
 INPUT_LEN, OUTPUT_LEN, WINDOW_S = 512, 256, 20.0
+MAX_NUM_SEQS = 256
 SERVER = {
-    "max_num_seqs": 256,
+    "max_num_seqs": MAX_NUM_SEQS,
     "max_model_len": 2048,
     "max_num_batched_tokens": 8192,  # vLLM 0.24's default on a GPU of 70 GiB or more
     "gpu_memory_utilization": 0.92,
@@ -111,17 +112,8 @@ def compare(folder: Path) -> None:
     """Print predicted vs measured for every point, and each figure's worst error."""
     prediction = json.loads(PREDICTION.read_text())
     print(f"prediction made {prediction['made_utc']} at {prediction['commit'][:10]}")
-    print("| C | " + " | ".join(f"{f} pred | meas | err" for f in FIGURES) + " |")
-    worst = dict.fromkeys(FIGURES, 0.0)
-    for p in prediction["points"]:
-        m = _measured(folder, p["concurrency"])
-        cells = []
-        for f in FIGURES:
-            err = p[f] / m[f] - 1
-            worst[f] = max(worst[f], abs(err), key=abs)
-            cells.append(f"{p[f]:.4g} | {m[f]:.4g} | {err:+.1%}")
-        print(f"| {p['concurrency']} | " + " | ".join(cells) + " |")
-    print("worst: " + ", ".join(f"{f} {e:.1%}" for f, e in worst.items()))
+    rows = [(p["concurrency"], {f: p[f] for f in FIGURES}) for p in prediction["points"]]
+    _print_errors(folder, rows, "pred")
 
 
 def replay(folder: Path) -> None:
@@ -129,26 +121,37 @@ def replay(folder: Path) -> None:
     runs = []
     for c in CONCURRENCY:
         point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
-        runs.append(replace(point, word_prompts=False, max_num_seqs=SERVER["max_num_seqs"]))
+        runs.append(replace(point, word_prompts=False, max_num_seqs=MAX_NUM_SEQS))
     figures = fidelity.simulate_server(runs, gpu="h200-141gb")
     print(f"replay of {folder} on h200-141gb, jouletune {__version__}")
-    print("| C | " + " | ".join(f"{f} sim | meas | err" for f in FIGURES) + " |")
+    rows = [
+        (
+            point.concurrency,
+            {
+                "j_per_output_token": sim.j_per_output_token,
+                "itl_ms_p50": sim.itl_ms_p50,
+                "ttft_ms_p50": sim.ttft_ms_p50,
+                "power_w": sim.avg_power_w,
+                "output_tok_s": sim.output_tok_s,
+            },
+        )
+        for point, sim in zip(runs, figures, strict=True)
+    ]
+    _print_errors(folder, rows, "sim")
+
+
+def _print_errors(folder: Path, rows: list[tuple[int, dict[str, float]]], label: str) -> None:
+    """One table row per concurrency: `label`'s figures, the measured ones and the error."""
+    print("| C | " + " | ".join(f"{f} {label} | meas | err" for f in FIGURES) + " |")
     worst = dict.fromkeys(FIGURES, 0.0)
-    for point, sim in zip(runs, figures, strict=True):
-        m = _measured(folder, point.concurrency)
-        simulated = {
-            "j_per_output_token": sim.j_per_output_token,
-            "itl_ms_p50": sim.itl_ms_p50,
-            "ttft_ms_p50": sim.ttft_ms_p50,
-            "power_w": sim.avg_power_w,
-            "output_tok_s": sim.output_tok_s,
-        }
+    for concurrency, figures in rows:
+        m = _measured(folder, concurrency)
         cells = []
         for f in FIGURES:
-            err = simulated[f] / m[f] - 1
+            err = figures[f] / m[f] - 1
             worst[f] = max(worst[f], abs(err), key=abs)
-            cells.append(f"{simulated[f]:.4g} | {m[f]:.4g} | {err:+.1%}")
-        print(f"| {point.concurrency} | " + " | ".join(cells) + " |")
+            cells.append(f"{figures[f]:.4g} | {m[f]:.4g} | {err:+.1%}")
+        print(f"| {concurrency} | " + " | ".join(cells) + " |")
     print("worst: " + ", ".join(f"{f} {e:.1%}" for f, e in worst.items()))
 
 
