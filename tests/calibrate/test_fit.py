@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from jouletune.calibrate import Observation, PlanPoint, Workload, fitted_parameters
+from jouletune.calibrate._fit import _BOUND, _ceiling
 from jouletune.calibrate._solver import levenberg_marquardt
 from jouletune.profile import ProfileFigures
+from tests.calibrate.hidden import BUILT_IN
 
 T = np.linspace(0.0, 2.0, 12)
 TRUE = np.array([np.log(1.3), np.log(0.8), np.log(1.6)])  # log-factors, as the fit uses
@@ -93,3 +98,12 @@ def test_only_power_limits_pin_dram_power() -> None:
     assert "dram_w" not in fitted_parameters(batch)
     assert "dram_w" in fitted_parameters([*batch, _obs(8, 512, 256, 300.0)])
     assert "idle_loaded_w" not in fitted_parameters(batch)  # measured, not fitted
+
+
+def test_an_efficiency_is_never_fitted_above_one() -> None:
+    # A fraction of the GPU's peak cannot exceed it: the fit's upper bound stops every
+    # efficiency at 1 and leaves other parameters at the factor-of-3 bound.
+    for name in ("weight_bw_efficiency", "kv_bw_efficiency", "gemm_efficiency"):
+        top = getattr(BUILT_IN, name) * math.exp(min(_BOUND, _ceiling(name, BUILT_IN)))
+        assert top == pytest.approx(1.0)
+    assert min(_BOUND, _ceiling("host_per_seq_s", BUILT_IN)) == _BOUND
