@@ -23,21 +23,16 @@ fit is the simulator's `eager_launch_s`, `eager_launch_per_token_s` and
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from iteration_log import iterations  # this script's folder
 
 _RESULTS = Path(__file__).resolve().parents[1] / "results"
-_ITERATION = re.compile(
-    r"([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): \d+ context requests, (\d+) context tokens, "
-    r"(\d+) generation requests, \d+ generation tokens, iteration elapsed time: ([0-9.]+) ms"
-)
 # (result file, its server's log): every committed point whose log carries unix stamps.
 POINTS = (
     ("h100-vllm/intake-a/n8_w1024-128.json", "h100-vllm/intake-a/vllm_n8.log.gz"),
@@ -74,19 +69,11 @@ class Interval:
 def intervals(result: Path, log: Path) -> list[Interval]:
     """Every such interval inside the result's steady-state window."""
     window = json.loads(result.read_text())["window"]
-    start, end = window["start_unix_s"], window["end_unix_s"]
-    with gzip.open(log, "rt") as f:
-        steps = [
-            (float(m[1]), int(m[2]), int(m[3]), float(m[4]))
-            for m in map(_ITERATION.search, f)
-            if m and start <= float(m[1]) <= end
-        ]
+    steps = iterations(log, window["start_unix_s"], window["end_unix_s"])
     return [
-        Interval(1e3 * (t1 - t0) - wait_ms, next_tokens, next_decodes)
-        for (t0, *_), (t1, tokens, _, wait_ms), (_, next_tokens, next_decodes, _) in zip(
-            steps, steps[1:], steps[2:], strict=False
-        )
-        if tokens == 0
+        Interval(1e3 * (b.unix_s - a.unix_s) - b.wait_ms, c.prompt_tokens, c.decodes)
+        for a, b, c in zip(steps, steps[1:], steps[2:], strict=False)
+        if b.prompt_tokens == 0
     ]
 
 

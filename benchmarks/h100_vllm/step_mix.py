@@ -15,11 +15,9 @@ steps over the replay's own window.
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import json
 import math
-import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -27,13 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sim_fidelity as fidelity
+from iteration_log import iterations  # this script's folder
 
 from jouletune.loadgen import compute_metrics, steady_state_window
-
-_ITERATION = re.compile(
-    r"([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): (\d+) context requests, (\d+) context tokens, "
-    r"(\d+) generation requests"
-)
 
 
 @dataclass(frozen=True)
@@ -73,13 +67,6 @@ def mix(steps: list[tuple[float, int]], start_s: float, end_s: float) -> StepMix
     )
 
 
-def real_steps(log: Path) -> list[tuple[float, int]]:
-    """(unix time, context requests) of every iteration line."""
-    opener = gzip.open if log.suffix == ".gz" else open
-    with opener(log, "rt") as f:
-        return [(float(m[1]), int(m[2])) for m in map(_ITERATION.search, f) if m]
-
-
 def replay_mix(run: fidelity.ReplayedRun) -> tuple[StepMix, float]:
     """The replay's steps over its own window, and its ITL p50 (ms)."""
     point, replay, traced = run
@@ -102,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=fidelity._RESULTS)
     args = parser.parse_args(argv)
     run = fidelity.replay_point(fidelity.load_points(args.results), args.point)
-    steps = real_steps(args.log)
+    steps = [(it.unix_s, it.prompts) for it in iterations(args.log)]
     if run is None or not steps:
         print(f"step_mix: error: no point {args.point} in {args.results}, or no iteration lines")
         return 2
