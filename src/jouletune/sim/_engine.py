@@ -177,7 +177,7 @@ class Engine:
         deliveries. On the wall clock it serves up to `now_s` only, since a client may still
         send a request that shares the loop with the work in progress.
         """
-        self._hand_out(None)
+        self._hand_out()
         if now_s is not None:
             self.advance_frontend(now_s)
         else:
@@ -230,7 +230,7 @@ class Engine:
         """
         busy = start_s <= self._last_end_s
         if not busy:  # nothing to launch behind: the tokens left before the API server ran on
-            self._hand_out(None)
+            self._hand_out()
         self.advance_frontend(start_s)
         decided_s = self._last_start_s if busy else start_s
         self._admit_pending(decided_s)
@@ -239,7 +239,7 @@ class Engine:
             self._admit_pending(start_s)
             scheduled, newly = self._schedule(start_s)
         if not scheduled:
-            self._hand_out(None)
+            self._hand_out()
             return None
         batch = _batch_shape(scheduled)
         launched_s = start_s
@@ -328,14 +328,14 @@ class Engine:
             + perf.eager_launch_per_seq_s * decodes
         )
 
-    def _hand_out(self, launched_s: float | None) -> None:
-        """Hand the last step's tokens to the API server once the engine core has launched
-        the step after it (at `launched_s`; None: no step follows at once)."""
+    def _hand_out(self, launched_s: float = -math.inf) -> None:
+        """Hand the last step's tokens to the API server at its end, or once the engine core
+        has launched the step after it (at `launched_s`), if that is later."""
         if self._held is None:
             return
         output, end_s = self._held
         self._held = None
-        t_s = max(end_s, launched_s if launched_s is not None else end_s)
+        t_s = max(end_s, launched_s)
         self._last_emit_s = t_s
         if len(self.api_servers) == 1:
             self.api_servers[0].output(output, len(output), t_s)
