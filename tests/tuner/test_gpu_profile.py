@@ -15,12 +15,12 @@ from jouletune.profile import GpuProfile, ProfileParameters
 from jouletune.sim import DEFAULT_PERF, builtin_parameters
 from jouletune.tuner import Point, SimRunner, parse_spec
 from jouletune.tuner.cli import tune_main
-from tests.tuner.tune_procs import write_spec
+from tests.tuner.tune_procs import run_tune, write_spec
 
 IDLE_W = 163.0
 
 
-def _profile(path: Path, gpu: str = "h100-80gb") -> Path:
+def _profile(path: Path, gpu: str = "h100-80gb", *, caps_measured: bool = False) -> Path:
     params = builtin_parameters(gpu_model(gpu), DEFAULT_PERF).model_copy(
         update={"idle_loaded_w": IDLE_W}
     )
@@ -28,7 +28,7 @@ def _profile(path: Path, gpu: str = "h100-80gb") -> Path:
         gpu=gpu,
         parameters=params,
         sources=dict.fromkeys(ProfileParameters.model_fields, "fitted"),
-        power_limits_measured=False,
+        power_limits_measured=caps_measured,
     ).write(path)
     return path
 
@@ -78,3 +78,16 @@ def test_tune_refuses_a_profile_of_another_gpu_or_a_real_backend(
     argv = [str(config), "--out", str(tmp_path / "o2"), "--backend", "local"]
     code, err = _tune(capsys, *argv, "--gpu-profile", str(h100))
     assert code == 2 and "--backend sim" in err
+
+
+def test_a_cap_predicted_with_a_profile_measured_under_caps_says_so(tmp_path: Path) -> None:
+    config, out = write_spec(tmp_path / "tiny.yaml"), tmp_path / "out"
+    profile = _profile(tmp_path / "capped.json", caps_measured=True)
+    code, log = run_tune(config, out, "--gpu-profile", str(profile))
+    assert code == 0, log
+    recorded = json.loads((out / "run.json").read_text())["sim_profile"]
+    assert recorded["path"] == str(profile) and recorded["power_limits_measured"]
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert rec["recommended"]["point"]["power_limit_w"] is not None, "a cap is recommended"
+    (caveat,) = [c for c in rec["caveats"] if "power-cap" in c]
+    assert str(profile) in caveat and "under power limits" in caveat

@@ -37,6 +37,7 @@ from jouletune.tuner._provenance import (
     PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     ProvenanceKind,
+    SimProfile,
 )
 from tests.tuner.synthetic import measured
 
@@ -174,6 +175,34 @@ def test_a_recommended_lock_comes_with_its_command_report_and_a_predicted_caveat
     else:
         assert rec.caveats == [], "a measured lock needs no caveat"
     assert plot_label(locked) == "tp 2 · seqs 64 · no cap · 1200 MHz"
+
+
+def test_a_lock_predicted_with_a_profile_calibrated_under_locks_names_the_profile() -> None:
+    provenance = Provenance(
+        kind="predicted", gpu="h100-80gb", engine="jouletune-sim", jouletune_version="0.1"
+    )
+    server = Point(tensor_parallel_size=1, max_num_seqs=64)
+    locked = server.model_copy(update={"sm_clock_mhz": 1200})
+    records = [_trial(0, server, 0.10, provenance), _trial(1, locked, 0.07, provenance)]
+    spec = parse_spec({"searchSpace": {"smClockMhz": [1200]}})
+    calibrated = SimProfile(
+        path="cal/profile.json",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        created="2026-12-07T01:00:00Z",
+        power_limits_measured=True,
+        clock_locks_measured=True,
+    )
+    caps_only = calibrated.model_copy(update={"clock_locks_measured": False})
+
+    def caveats(profile: SimProfile | None) -> list[str]:
+        return recommend(
+            spec=spec, records=records, finalists=[server, locked], done=True, sim_profile=profile
+        ).caveats
+
+    (caveat,) = caveats(calibrated)
+    assert "cal/profile.json" in caveat and "under SM clock locks" in caveat
+    assert "prediction, not a measurement" in caveat
+    assert caveats(caps_only) == caveats(None) == [PREDICTED_CLOCK_CAVEAT]
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,42 @@ PREDICTED_CLOCK_CAVEAT = (
     "GPU (`jouletune tune --backend local`) before adopting it."
 )
 
+
+class SimProfile(BaseModel):
+    """The GPU profile (`jouletune calibrate`) a tune on the simulator ran with: whether it
+    was fitted under caps and clock locks decides how a saving from one is described.
+
+    Attributes:
+        path: the profile file.
+        gpu_name: the GPU it was calibrated on, as its exporter named it.
+        created: when it was written (ISO 8601).
+        power_limits_measured: its calibration measured the GPU under power limits.
+        clock_locks_measured: its calibration measured the GPU under SM clock locks.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    gpu_name: str
+    created: str
+    power_limits_measured: bool
+    clock_locks_measured: bool
+
+
+def calibrated_caveat(profile: SimProfile, *, setting: Literal["cap", "lock"]) -> str:
+    """The caveat of a cap or lock saving the simulator predicted with a profile calibrated
+    under that setting: a prediction still, fitted to the GPU under such settings."""
+    what = "power-cap" if setting == "cap" else "SM-clock-lock"
+    under = "power limits" if setting == "cap" else "SM clock locks"
+    return (
+        f"The {what} saving is the simulator's prediction, not a measurement, with the GPU "
+        f"profile {profile.path} ({profile.gpu_name}, {profile.created}), whose calibration "
+        f"measured this GPU under {under}: its power model is fitted to them, not measured at "
+        "this configuration. Measure it on the GPU (`jouletune tune --backend local`) before "
+        "adopting it."
+    )
+
+
 # TTFT is the simulator's weakest figure (docs/validation.md): how a closed loop's returning
 # requests reach the scheduler decides it, and at fixed lengths real vLLM itself reads it far
 # apart run to run.

@@ -25,6 +25,8 @@ from jouletune.tuner._provenance import (
     PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     Provenance,
+    SimProfile,
+    calibrated_caveat,
     common_provenance,
 )
 from jouletune.tuner._records import Role, TrialRecord, TrialState
@@ -195,8 +197,10 @@ def recommend(
     finalists: Sequence[Point],
     done: bool,
     baseline_source: str = "",
+    sim_profile: SimProfile | None = None,
 ) -> Recommendation:
-    """The verdict, the recommended point and its saving, or the nearest misses."""
+    """The verdict, the recommended point and its saving, or the nearest misses;
+    `sim_profile` is the GPU profile the simulator ran with, if any."""
     points = summarize_points(records, spec)
     by_point = {p.point: p for p in points}
     baseline = next((p for p in points if p.is_baseline), None)
@@ -240,7 +244,7 @@ def recommend(
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
-        caveats=_caveats(best, common["provenance"], spec),
+        caveats=_caveats(best, common["provenance"], spec, sim_profile),
         **common,
     )
 
@@ -291,18 +295,31 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
     )
 
 
-def _caveats(best: PointSummary, provenance: Provenance | None, spec: BenchmarkSpec) -> list[str]:
+def _caveats(
+    best: PointSummary,
+    provenance: Provenance | None,
+    spec: BenchmarkSpec,
+    profile: SimProfile | None,
+) -> list[str]:
     """A power cap's or clock lock's saving from the simulator is a prediction: until a
-    calibrated profile of the GPU under them exists, say so, with the published evidence.
-    So is a TTFT the answer rests on (an SLO or the objective), the simulator's weakest
-    figure, and an ITL where request lengths vary."""
+    calibrated profile of the GPU under them exists, say so, with the published evidence;
+    with one, say which. So is a TTFT the answer rests on (an SLO or the objective), the
+    simulator's weakest figure, and an ITL where request lengths vary."""
     if provenance is None or not provenance.predicted:
         return []
     caveats = []
     if best.point.power_limit_w is not None:
-        caveats.append(PREDICTED_CAP_CAVEAT)
+        caveats.append(
+            calibrated_caveat(profile, setting="cap")
+            if profile is not None and profile.power_limits_measured
+            else PREDICTED_CAP_CAVEAT
+        )
     if best.point.sm_clock_mhz is not None:
-        caveats.append(PREDICTED_CLOCK_CAVEAT)
+        caveats.append(
+            calibrated_caveat(profile, setting="lock")
+            if profile is not None and profile.clock_locks_measured
+            else PREDICTED_CLOCK_CAVEAT
+        )
     metrics = [metric.value for metric in spec.latency_metrics()]
     if any(m.startswith("ttft") for m in metrics):
         caveats.append(PREDICTED_TTFT_CAVEAT)

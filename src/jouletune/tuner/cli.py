@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import optuna
+from pydantic import ValidationError
 from rich.console import Console
 
 from jouletune.contract import ENGINE_PORT
@@ -48,6 +49,7 @@ from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._local import LocalRunner
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
+from jouletune.tuner._provenance import SimProfile
 from jouletune.tuner._recommend import Recommendation, recommend
 from jouletune.tuner._report import write_report
 from jouletune.tuner._runners import Runner, RunnerError, SimRunner
@@ -82,6 +84,7 @@ class _Setup:
     out_dir: Path
     study: Study
     read_only: bool
+    sim_profile: SimProfile | None = None
 
 
 def tune_main(argv: list[str]) -> int:
@@ -199,6 +202,7 @@ def report_main(argv: list[str]) -> int:
         if run["name"] not in names:
             raise _UsageError(f"{out_dir}: the storage holds no study {run['name']!r}")
         baseline = Baseline.model_validate(run["baseline"]) if "baseline" in run else None
+        sim_profile = _run_sim_profile(run, out_dir)
         study = Study.open(
             spec=spec,
             name=run["name"],
@@ -209,7 +213,7 @@ def report_main(argv: list[str]) -> int:
     except (_UsageError, SpecError, StorageError, StudyMismatchError, BaselineError) as exc:
         print(f"jouletune report: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]))
+    setup = _Setup(run["name"], spec, out_dir, study, bool(run["read_only"]), sim_profile)
     rec = _finish(setup)
     _print_answer(rec, out_dir)
     return EXIT_OK
@@ -297,6 +301,7 @@ def _setup(args: argparse.Namespace) -> _Setup:
             raise _UsageError(f"--out {out_dir}: {err.strerror}") from None
     storage = open_storage(storage_url or default_storage_url(out_dir))
     baseline = resolve_baseline(spec, defaults=_engine_defaults(args, spec))
+    sim_profile = _sim_profile(args, spec)
     study = Study.open(
         spec=spec, name=name, storage=storage, read_only=read_only, baseline=baseline
     )
@@ -307,9 +312,10 @@ def _setup(args: argparse.Namespace) -> _Setup:
         "read_only": read_only,
         "spec": spec.model_dump(by_alias=True),
         "baseline": baseline.model_dump(mode="json"),
+        "sim_profile": None if sim_profile is None else sim_profile.model_dump(),
     }
     (out_dir / _RUN_FILE).write_text(json.dumps(run, indent=2))
-    return _Setup(name, spec, out_dir, study, read_only)
+    return _Setup(name, spec, out_dir, study, read_only, sim_profile)
 
 
 def _backend(args: argparse.Namespace, spec: BenchmarkSpec) -> str:
@@ -325,17 +331,18 @@ def _engine_defaults(args: argparse.Namespace, spec: BenchmarkSpec) -> EngineDef
 def _runner(args: argparse.Namespace, setup: _Setup, store: LimitStore) -> Runner:
     if _backend(args, setup.spec) == "sim":
         # The simulator's GPUs end with its servers: nothing of theirs outlives a crash.
-        _check_gpu_profile(args.gpu_profile, setup.spec)
         return SimRunner(spec=setup.spec, read_only=setup.read_only, gpu_profile=args.gpu_profile)
-    if args.gpu_profile is not None:
-        raise _UsageError("--gpu-profile is for --backend sim: a real GPU needs no profile")
     return LocalRunner(spec=setup.spec, read_only=setup.read_only, port=args.port, store=store)
 
 
-def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:
-    """Refuse, before any trial, a profile the sim-servers would refuse."""
+def _sim_profile(args: argparse.Namespace, spec: BenchmarkSpec) -> SimProfile | None:
+    """What the report says of `--gpu-profile`; refuses, before any trial, a profile the
+    sim-servers would refuse, or one given for a real GPU."""
+    path: Path | None = args.gpu_profile
     if path is None:
-        return
+        return None
+    if _backend(args, spec) != "sim":
+        raise _UsageError("--gpu-profile is for --backend sim: a real GPU needs no profile")
     try:
         profile = load_profile(path)
     except ValueError as err:
@@ -344,6 +351,14 @@ def _check_gpu_profile(path: Path | None, spec: BenchmarkSpec) -> None:
         raise _UsageError(
             f"--gpu-profile {path} is for {profile.gpu}, the spec's gpu.type is {spec.gpu.type}"
         )
+    made = profile.provenance
+    return SimProfile(
+        path=str(path),
+        gpu_name=made.gpu_name if made is not None else profile.gpu,
+        created=made.created if made is not None else "hand-written",
+        power_limits_measured=profile.power_limits_measured,
+        clock_locks_measured=profile.clock_locks_measured,
+    )
 
 
 def _with_energy_source(spec: BenchmarkSpec, source: str | None) -> BenchmarkSpec:
@@ -368,11 +383,22 @@ def _finish(setup: _Setup) -> Recommendation:
         finalists=study.finalists(),
         done=study.phase() == Phase.DONE,
         baseline_source=study.baseline.source,
+        sim_profile=setup.sim_profile,
     )
     write_report(
         setup.out_dir, spec=setup.spec, name=setup.name, records=records, recommendation=rec
     )
     return rec
+
+
+def _run_sim_profile(run: dict[str, object], out_dir: Path) -> SimProfile | None:
+    """The GPU profile a run on the simulator used (None: none, or a run from before this
+    was recorded)."""
+    profile = run.get("sim_profile")
+    try:
+        return SimProfile.model_validate(profile) if profile else None
+    except ValidationError as err:
+        raise _UsageError(f"{out_dir / _RUN_FILE}: sim_profile: {err.errors()[0]['msg']}") from None
 
 
 def _read_run(out_dir: Path) -> dict[str, object]:
