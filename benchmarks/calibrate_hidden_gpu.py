@@ -7,14 +7,16 @@ A `jouletune sim-server` runs a hidden GPU: the built-in H100 with nine paramete
 SM, tensor and DRAM power), written as a GPU profile. `jouletune exporter --sim` reads its
 energy. `jouletune calibrate` (a real process, loopback HTTP) measures a plan on it: closed
 loops at 1, 8, 32 and 64 streams with two context lengths (128:128 and 768:128 tokens), plus
-power limits of 420 and 280 W at 8 and 32 streams, and fits a profile. The script then
-reports:
+power limits of 420 and 280 W and an SM clock lock at 1185 MHz (the defaults: 60% and 40%
+of the default limit, 60% of the highest clock) at 8 and 32 streams, and fits a profile.
+The script then reports:
 
 1. each parameter: hidden, built-in, fitted (and fitted from the batch sweep alone, as a
    read-only calibration would, `--fit-only --read-only` on the same measurements);
-2. predictions at points the calibration never measured (other batch sizes, context lengths
-   and caps, and two batch sizes beyond the measured range), calibrated simulator vs the hidden
-   GPU's simulator, both in simulated time: J/output-token, ITL p50, TTFT p50, power;
+2. predictions at points the calibration never measured (other batch sizes, context lengths,
+   caps and clock locks, and two batch sizes beyond the measured range), calibrated
+   simulator vs the hidden GPU's simulator, both in simulated time: J/output-token, ITL
+   p50, TTFT p50, power;
 3. the same points measured live on the hidden server (`run_bench` over HTTP) against the
    calibrated simulator's replay of each measured run (the fit's own forward model).
 
@@ -50,23 +52,26 @@ from jouletune.profile import GpuProfile, ProfileFigures, ProfileParameters, loa
 
 # The repository root, for the tests' process helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, h100_setup
+from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, HeldOut, h100_setup
 from tests.procs import free_port, jouletune_process
 
 MEASURED_MAX_CONCURRENCY = 64
-# (concurrency, workload, power limit W); the last two lie beyond the measured batch range.
+# The last two lie beyond the measured batch range.
 HELD_OUT = [
-    (2, Workload(input_len=384, output_len=128), None),
-    (4, Workload(input_len=128, output_len=128), None),
-    (16, Workload(input_len=256, output_len=128), None),
-    (24, Workload(input_len=512, output_len=64), None),
-    (48, Workload(input_len=128, output_len=256), None),
-    (48, Workload(input_len=512, output_len=128), None),
-    (4, Workload(input_len=256, output_len=128), 250.0),
-    (16, Workload(input_len=128, output_len=128), 350.0),
-    (48, Workload(input_len=256, output_len=128), 500.0),
-    (96, Workload(input_len=256, output_len=128), None),
-    (128, Workload(input_len=512, output_len=128), None),
+    HeldOut(2, Workload(input_len=384, output_len=128)),
+    HeldOut(4, Workload(input_len=128, output_len=128)),
+    HeldOut(16, Workload(input_len=256, output_len=128)),
+    HeldOut(24, Workload(input_len=512, output_len=64)),
+    HeldOut(48, Workload(input_len=128, output_len=256)),
+    HeldOut(48, Workload(input_len=512, output_len=128)),
+    HeldOut(4, Workload(input_len=256, output_len=128), power_limit_w=250.0),
+    HeldOut(16, Workload(input_len=128, output_len=128), power_limit_w=350.0),
+    HeldOut(48, Workload(input_len=256, output_len=128), power_limit_w=500.0),
+    HeldOut(4, Workload(input_len=256, output_len=128), sm_clock_lock_mhz=990),
+    HeldOut(16, Workload(input_len=128, output_len=128), sm_clock_lock_mhz=1410),
+    HeldOut(48, Workload(input_len=256, output_len=128), sm_clock_lock_mhz=1590),
+    HeldOut(96, Workload(input_len=256, output_len=128)),
+    HeldOut(128, Workload(input_len=512, output_len=128)),
 ]
 FIGURES = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w")
 GATED = ("j_per_output_token", "itl_ms_p50")
@@ -157,24 +162,22 @@ def parameter_table(full: GpuProfile, read_only: GpuProfile) -> None:
         print(f"| {name} | {hidden:.4g} | {getattr(BUILT_IN, name):.4g} | {' | '.join(cells)} |")
 
 
-def predicted(
-    params: ProfileParameters, point: tuple[int, Workload, float | None]
-) -> ProfileFigures:
+def predicted(params: ProfileParameters, point: HeldOut) -> ProfileFigures:
     """The simulator's figures for a held-out point, in simulated time."""
-    concurrency, workload, cap = point
     figures = simulate_closed_loop(
-        h100_setup(), params, concurrency=concurrency, workload=workload, duration_s=20.0,
-        power_limit_w=cap,
+        h100_setup(), params, concurrency=point.concurrency, workload=point.workload,
+        duration_s=20.0, power_limit_w=point.power_limit_w,
+        sm_clock_lock_mhz=point.sm_clock_lock_mhz,
     )  # fmt: skip
     assert figures is not None, "a 20 s closed loop has a steady state"
     return figures
 
 
-def _label(point: tuple[int, Workload, float | None]) -> str:
-    concurrency, workload, cap = point
-    beyond = " (beyond)" if concurrency > MEASURED_MAX_CONCURRENCY else ""
-    cap_text = f" @{cap:g} W" if cap is not None else ""
-    return f"c{concurrency} {workload.label}{cap_text}{beyond}"
+def _label(point: HeldOut) -> str:
+    beyond = " (beyond)" if point.concurrency > MEASURED_MAX_CONCURRENCY else ""
+    cap = f" @{point.power_limit_w:g} W" if point.power_limit_w is not None else ""
+    lock = f" @{point.sm_clock_lock_mhz} MHz" if point.sm_clock_lock_mhz is not None else ""
+    return f"c{point.concurrency} {point.workload.label}{cap}{lock}{beyond}"
 
 
 def prediction_table(profiles: dict[str, ProfileParameters]) -> dict[str, float]:
@@ -193,7 +196,7 @@ def prediction_table(profiles: dict[str, ProfileParameters]) -> dict[str, float]
             for figure in FIGURES:
                 error = getattr(sim, figure) / getattr(truth, figure) - 1
                 cells.append(f"{error:+.1%}")
-                if figure in GATED and point[0] <= MEASURED_MAX_CONCURRENCY:
+                if figure in GATED and point.concurrency <= MEASURED_MAX_CONCURRENCY:
                     worst[name] = max(worst[name], abs(error))
         print(
             f"| {_label(point)} | {truth.j_per_output_token:.4f} | {truth.itl_ms_p50:.2f} | "
@@ -209,8 +212,8 @@ async def live_table(servers: Servers, full: GpuProfile, duration_s: float) -> N
         "| TTFT p50 ms | sim | err |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for i, point in enumerate(p for p in HELD_OUT if p[2] is None):
-        concurrency, workload, _ = point
+    for i, point in enumerate(p for p in HELD_OUT if p.as_found):
+        concurrency, workload = point.concurrency, point.workload
         result = await run_bench(
             BenchConfig(
                 base_url=servers.server_url, exporter_urls=[servers.exporter_url],
@@ -226,7 +229,7 @@ async def live_table(servers: Servers, full: GpuProfile, duration_s: float) -> N
         sim = replay_run(
             h100_setup(), full.parameters, requests=obs.requests, concurrency=obs.concurrency,
             duration_s=obs.duration_s, power_limit_w=obs.power_limit_w,
-            client_gap_s=obs.client_gap_s,
+            turnarounds_s=obs.turnarounds_s,
         )  # fmt: skip
         assert sim is not None, "the replay of a measured run has a window"
         row = f"| {_label(point)}"

@@ -179,8 +179,7 @@ class GpuProfile(_Model):
         power_limits_measured: True when the calibration measured the GPU under power
             limits below its default; False: the power model's response to a cap is the
             built-in one, and a cap's saving is a prediction.
-        clock_locks_measured: the same for SM clock locks (not yet measured by any
-            calibration).
+        clock_locks_measured: the same for SM clock locks.
         provenance: what was measured and how; None for a hand-written profile.
         points: every measured point.
         fit: how the fit went; None for a hand-written profile.

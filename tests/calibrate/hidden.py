@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from jouletune.calibrate import ServerSettings, SimSetup
+from dataclasses import dataclass
+
+from jouletune.calibrate import ServerSettings, SimSetup, Workload
 from jouletune.gpu.simulated import gpu_model
 from jouletune.models import model_arch
 from jouletune.sim import DEFAULT_PERF, builtin_parameters
@@ -26,6 +28,21 @@ HIDDEN = BUILT_IN.model_copy(
         "dram_w": 190.0,
     }
 )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A point the calibration never measured, under a power limit or clock lock or neither."""
+
+    concurrency: int
+    workload: Workload
+    power_limit_w: float | None = None
+    sm_clock_lock_mhz: int | None = None
+
+    @property
+    def as_found(self) -> bool:
+        """True when it changes no GPU setting."""
+        return self.power_limit_w is None and self.sm_clock_lock_mhz is None
 
 
 def h100_server() -> ServerSettings:

@@ -99,6 +99,12 @@ def test_read_only_refuses_power_limits(capsys: pytest.CaptureFixture[str], tmp_
     _one_line_error(capsys, [*argv, "--power-limit", "300"], "--read-only", "--power-limit")
 
 
+def test_read_only_refuses_clock_locks(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["--base-url", url, "--exporter-url", url, "--out", str(tmp_path), "--read-only"]
+    _one_line_error(capsys, [*argv, "--sm-clock", "1200"], "--read-only", "--sm-clock")
+
+
 def test_fit_only_needs_an_earlier_calibration(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -123,11 +129,11 @@ def _plan(*points: PlanPoint, read_only: bool = False) -> CalibrationPlan:
     )
 
 
-def test_an_sm_clock_lock_is_refused_until_the_gpu_layer_locks_clocks(tmp_path: Path) -> None:
+def test_a_clock_lock_without_a_gpu_to_lock_is_refused(tmp_path: Path) -> None:
     point = PlanPoint(
         concurrency=1, workload=Workload(input_len=8, output_len=8), sm_clock_mhz=1400
     )
-    with pytest.raises(CalibrationError, match="SM clock locks are not supported yet"):
+    with pytest.raises(CalibrationError, match="no GPU to set the power limit or clock lock"):
         asyncio.run(measure_plan(_plan(point), tmp_path, gpus=[], log=print))
     assert not (tmp_path / "points" / f"{point.name}.json").exists()
 

@@ -77,7 +77,7 @@ def _obs(concurrency: int, input_len: int, output_len: int, cap: float | None) -
         duration_s=10.0,
         requests=((input_len, output_len),) * 10,
         power_limit_w=cap,
-        client_gap_s=0.0,
+        turnarounds_s=(),
         idle_w=120.0,
         measured=figures,
         lifetimes_in_window=5.0,

@@ -10,8 +10,10 @@ generator like a user's (client, HTTP, exporter, steady-state window).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +23,15 @@ import pytest
 from jouletune.calibrate import Workload, simulate_closed_loop
 from jouletune.loadgen import BenchResult
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
-from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, h100_setup
+from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, HeldOut, h100_setup
 from tests.procs import free_port, jouletune_process
 from tests.validity import SHORT_RUN
 
-# Short closed loops (a CI machine measures them in ~40 s): three batch sizes, two context
-# lengths (they separate the per-sequence and the per-context-token decode cost), and one
-# power limit that binds on decode (it separates SM from DRAM power). The long context is
-# decode-heavy, so each window holds whole waves of prefill and a median of decode steps.
+# Short closed loops (a CI machine measures them in ~45 s): three batch sizes, two context
+# lengths (they separate the per-sequence and the per-context-token decode cost), one power
+# limit that binds on decode and the default SM clock lock (60% of 1980 MHz: 1185 MHz), both
+# of which separate SM from DRAM power. The long context is decode-heavy, so each window
+# holds whole waves of prefill and a median of decode steps.
 PLAN = [
     *("--concurrency", "1,8,32"),
     *("--workload", "64:64", "--workload", "512:128"),
@@ -37,15 +40,16 @@ PLAN = [
     *SHORT_RUN,
 ]
 CAP = ["--power-limit", "280"]
-# Points the calibration never measured: other batch sizes, context lengths, and a cap.
+DEFAULT_LOCK = "c8_w64-64_f1185mhz"
+# Other batch sizes, context lengths, a cap and a clock lock.
 HELD_OUT = [
-    (4, Workload(input_len=64, output_len=64), None),
-    (16, Workload(input_len=256, output_len=128), None),
-    (24, Workload(input_len=512, output_len=64), None),
-    (2, Workload(input_len=384, output_len=128), None),
-    (16, Workload(input_len=64, output_len=64), 350.0),
+    HeldOut(4, Workload(input_len=64, output_len=64)),
+    HeldOut(16, Workload(input_len=256, output_len=128)),
+    HeldOut(24, Workload(input_len=512, output_len=64)),
+    HeldOut(2, Workload(input_len=384, output_len=128)),
+    HeldOut(16, Workload(input_len=64, output_len=64), power_limit_w=350.0),
+    HeldOut(16, Workload(input_len=256, output_len=128), sm_clock_lock_mhz=1410),
 ]
-UNCAPPED = [p for p in HELD_OUT if p[2] is None]
 TOLERANCE = 0.05
 
 
@@ -56,6 +60,7 @@ class Calibration:
     out: Path
     argv: list[str]
     stdout: str
+    gpus_after: list[dict[str, object]]
 
 
 def _calibrate(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -94,23 +99,24 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calibratio
         argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(root)]
         done = _calibrate([*argv, *PLAN, *CAP])
         assert done.returncode == 0, done.stderr
-        yield Calibration(out=root, argv=argv, stdout=done.stdout)
+        with urllib.request.urlopen(f"{server.url}/sim/gpus") as resp:
+            gpus_after = json.loads(resp.read())["gpus"]
+        yield Calibration(out=root, argv=argv, stdout=done.stdout, gpus_after=gpus_after)
 
 
-def _worst_errors(
-    params: ProfileParameters, points: list[tuple[int, Workload, float | None]]
-) -> dict[str, float]:
+def _worst_errors(params: ProfileParameters, points: list[HeldOut]) -> dict[str, float]:
     """Largest |prediction / hidden GPU's - 1| of J/token and ITL p50 over `points`."""
     setup, worst = h100_setup(), {"j_per_output_token": 0.0, "itl_ms_p50": 0.0}
-    for concurrency, workload, cap in points:
+    for point in points:
         figures = [
             simulate_closed_loop(
                 setup,
                 p,
-                concurrency=concurrency,
-                workload=workload,
+                concurrency=point.concurrency,
+                workload=point.workload,
                 duration_s=8.0,
-                power_limit_w=cap,
+                power_limit_w=point.power_limit_w,
+                sm_clock_lock_mhz=point.sm_clock_lock_mhz,
             )
             for p in (params, HIDDEN)
         ]
@@ -137,7 +143,7 @@ def test_calibration_predicts_unmeasured_points_of_the_hidden_gpu(
     assert min(_worst_errors(BUILT_IN, HELD_OUT).values()) > 0.10
     worst = _worst_errors(profile.parameters, HELD_OUT)
     assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)
-    assert profile.power_limits_measured
+    assert profile.power_limits_measured and profile.clock_locks_measured
     assert profile.sources["dram_w"] == "fitted"
     assert profile.sources["idle_loaded_w"] == "measured"
     assert profile.parameters.idle_loaded_w == pytest.approx(HIDDEN.idle_loaded_w, rel=0.01)
@@ -150,6 +156,7 @@ def test_every_measured_point_is_kept_with_its_replay(calibration: Calibration) 
     assert names == {
         *(f"c{c}_w{w}" for c in (1, 8, 32) for w in ("64-64", "512-128")),
         "c8_w64-64_p280w",
+        DEFAULT_LOCK,
     }
     for point in profile.points:
         result = BenchResult.model_validate_json((calibration.out / point.result_file).read_text())
@@ -157,6 +164,16 @@ def test_every_measured_point_is_kept_with_its_replay(calibration: Calibration) 
         assert point.predicted is not None
         assert point.measured.j_per_output_token == result.energy_per_output_token_j
     assert "fitted" in calibration.stdout and "c8_w64-64_p280w" in calibration.stdout
+    locked = next(p for p in profile.points if p.name == DEFAULT_LOCK)
+    assert locked.sm_clock_lock_mhz == 1185
+    assert locked.measured.sm_clock_mhz == pytest.approx(1185, abs=1)
+    assert locked.predicted is not None and locked.predicted.sm_clock_mhz == pytest.approx(1185)
+
+
+def test_the_gpu_is_as_found_after_the_calibration(calibration: Calibration) -> None:
+    (gpu,) = calibration.gpus_after
+    assert gpu["sm_clock_lock_mhz"] is None
+    assert gpu["power_limit_w"] == gpu["power_limit_range"]["default_w"]  # type: ignore[index]
 
 
 def test_read_only_rerun_keeps_the_points_and_fits_the_batch_sweep_only(
@@ -172,7 +189,10 @@ def test_read_only_rerun_keeps_the_points_and_fits_the_batch_sweep_only(
     assert not profile.power_limits_measured
     assert profile.provenance is not None and profile.provenance.read_only
     assert profile.sources["dram_w"] == "built-in"
+    assert not profile.clock_locks_measured
     assert "power limits were not measured" in done.stdout
-    # Without caps the SM/DRAM split stays built-in, yet uncapped points still come out right.
-    worst = _worst_errors(profile.parameters, UNCAPPED)
+    assert "SM clock locks were not measured" in done.stdout
+    # Without caps or locks the SM/DRAM split stays built-in, yet points without either
+    # still come out right.
+    worst = _worst_errors(profile.parameters, [p for p in HELD_OUT if p.as_found])
     assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from jouletune.gpu.simulated import gpu_model
 from jouletune.models import model_arch
 from jouletune.sim import (
@@ -96,3 +98,11 @@ def test_a_fully_cached_prompt_still_computes_its_last_token() -> None:
     replay.run([_prompt(3, 4 * BLOCK_SIZE)] * 2, concurrency=1, duration_s=60)
     # 4 full blocks, but the last token must be computed: only 3 blocks can hit
     assert replay.engine.stats.prefix_hits == 3 * BLOCK_SIZE
+
+
+def test_each_freed_stream_waits_its_turnaround_in_order_then_the_last_one() -> None:
+    replay = ClosedLoopReplay(_config())
+    requests = [_prompt(10 * i, 40) for i in range(5)]
+    traced = replay.run(requests, concurrency=1, duration_s=60, turnarounds_s=(0.01, 0.03))
+    waits = [b.send_s - a.token_times_s[-1] for a, b in pairwise(traced)]
+    assert [round(w, 9) for w in waits] == [0.01, 0.03, 0.03, 0.03]

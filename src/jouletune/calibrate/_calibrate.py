@@ -99,8 +99,8 @@ def fit_profile(
 ) -> GpuProfile:
     """Fit the simulated GPU to `measured` and describe the result as a profile.
 
-    With `batch_only`, points under a power limit are left out of the fit (their replay is
-    still reported): the profile then says power limits were not measured.
+    With `batch_only`, points under a power limit or clock lock are left out of the fit
+    (their replay is still reported): the profile then says neither was measured.
     """
     setup = sim_setup(plan)
     used = [m.observation for m in measured if _excluded(m.observation, batch_only) is None]
@@ -141,7 +141,7 @@ def _excluded(obs: Observation, batch_only: bool) -> str | None:
             f"prefill average out over {_MIN_LIFETIMES_IN_WINDOW:g} or more (raise --duration)"
         )
     if batch_only and obs.point.changes_gpu:
-        return "a power-limit point; a read-only fit uses the batch sweep only"
+        return "a power-limit or clock-lock point; a read-only fit uses the batch sweep only"
     return None
 
 
@@ -150,7 +150,7 @@ def _base_parameters(
 ) -> tuple[ProfileParameters, bool]:
     """The built-in parameters, with the loaded idle power measured before the runs."""
     base = builtin_parameters(setup.gpu, DEFAULT_PERF)
-    idles = [o.idle_w for o in used if o.idle_w is not None and o.point.power_limit_w is None]
+    idles = [o.idle_w for o in used if o.idle_w is not None and not o.point.changes_gpu]
     if not idles:
         return base, False
     return base.model_copy(update={"idle_loaded_w": statistics.median(idles)}), True

@@ -18,10 +18,10 @@ What a batch sweep can pin (`fitted_parameters`):
 
 What it cannot: how dynamic power splits between the SM clock domain and DRAM (decode
 always keeps both about equally busy, so only their sum is pinned), which decides what a cap
-saves; only measurements under power limits separate them, and only then is `dram_w`
-fitted. The idle power without a server, the per-step host time (indistinguishable from
-streaming weights at every batch), prefill-attention efficiency and the activation reserve
-stay built-in.
+or a clock lock saves; only measurements under power limits or SM clock locks separate them
+(a lock slows the SM clock domain alone), and only then is `dram_w` fitted. The idle power
+without a server, the per-step host time (indistinguishable from streaming weights at every
+batch), prefill-attention efficiency and the activation reserve stay built-in.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def fitted_parameters(observations: Sequence[Observation]) -> tuple[str, ...]:
     )
     if not contexts or contexts[-1] < contexts[0] * _CONTEXT_RATIO:
         names.remove("host_per_seq_s")
-    if any(o.point.power_limit_w is not None for o in observations):
+    if any(o.point.changes_gpu for o in observations):
         names.append("dram_w")
     return tuple(names)
 
@@ -134,7 +134,8 @@ def predict(
             concurrency=o.concurrency,
             duration_s=o.duration_s,
             power_limit_w=o.power_limit_w,
-            client_gap_s=o.client_gap_s,
+            sm_clock_lock_mhz=o.point.sm_clock_mhz,
+            turnarounds_s=o.turnarounds_s,
         )
         for o in observations
     ]

@@ -1,11 +1,11 @@
 """Measuring the plan: one `jouletune bench` closed loop per point, each saved as it completes.
 
 Each point runs through the load generator's Python API (`run_bench`, which first waits for
-the drain rule) with per-request detail, under the point's power limit (held with
-`jouletune.gpu.power_limit`, so the limit found is restored afterwards, on an exception and on
-SIGTERM). Its result JSON is written to `points/NAME.json` the moment it is known; a point
-whose file exists is not measured again, so an interrupted calibration resumes where it
-stopped and nothing measured is lost.
+the drain rule) with per-request detail, under the point's power limit or SM clock lock
+(held with `jouletune.gpu.power_limit` and `clock_lock`, so the limit found is restored and
+the lock reset afterwards, on an exception and on SIGTERM). Its result JSON is written to
+`points/NAME.json` the moment it is known; a point whose file exists is not measured again,
+so an interrupted calibration resumes where it stopped and nothing measured is lost.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jouletune.calibrate._plan import CalibrationPlan, PlanPoint
 from jouletune.calibrate._target import CalibrationError
-from jouletune.gpu import Gpu, GpuError, power_limit
+from jouletune.gpu import Gpu, GpuError, clock_lock, power_limit
 from jouletune.loadgen import BenchConfig, BenchError, BenchResult, run_bench
 
 __all__ = ["POINTS_DIR", "bench_config", "measure_plan", "point_path"]
@@ -62,7 +62,7 @@ async def measure_plan(
 
     Raises:
         CalibrationError: a point cannot be measured (unreachable server or exporter, a
-            limit that cannot be set, a clock lock); the points before it are saved.
+            limit or clock lock that cannot be set); the points before it are saved.
     """
     (out_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     for index, point in enumerate(plan.points):
@@ -80,13 +80,8 @@ async def measure_plan(
 def _check_settings(plan: CalibrationPlan, point: PlanPoint, gpus: Sequence[Gpu]) -> None:
     if point.changes_gpu and plan.read_only:
         raise CalibrationError(f"{point.name}: read-only, yet the point changes a GPU setting")
-    if point.sm_clock_mhz is not None:
-        # The hook for SM clock locks (issue 15 item 2): the GPU layer cannot lock clocks yet.
-        raise CalibrationError(
-            f"{point.name}: SM clock locks are not supported yet; remove sm_clock_mhz"
-        )
-    if point.power_limit_w is not None and not gpus:
-        raise CalibrationError(f"{point.name}: no GPU to set the power limit on")
+    if point.changes_gpu and not gpus:
+        raise CalibrationError(f"{point.name}: no GPU to set the power limit or clock lock on")
 
 
 async def _measure_point(
@@ -94,12 +89,19 @@ async def _measure_point(
 ) -> BenchResult:
     config = bench_config(plan, point, index=index)
     try:
-        with power_limit(gpus if point.power_limit_w is not None else (), point.power_limit_w):
+        with (
+            power_limit(gpus, point.power_limit_w),
+            clock_lock(gpus, point.sm_clock_mhz),
+        ):
             return await run_bench(config)
     except BenchError as err:
         raise CalibrationError(f"{point.name}: {err}") from None
     except (GpuError, ValueError) as err:
-        raise CalibrationError(f"{point.name}: power limit: {err}") from None
+        raise CalibrationError(f"{point.name}: {_setting(point)}: {err}") from None
+
+
+def _setting(point: PlanPoint) -> str:
+    return "power limit" if point.power_limit_w is not None else "SM clock lock"
 
 
 def _write(path: Path, result: BenchResult) -> None:

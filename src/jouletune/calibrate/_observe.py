@@ -3,9 +3,10 @@
 `Observation.from_result` reads a `jouletune bench` result once (the one place that knows its
 fields): the figures the fit compares (`ProfileFigures`) and the inputs of the simulator's
 replay of the same run — every request's prompt and output tokens in send order, the
-concurrency, the sending time, the power limit in force, and the client's turnaround (the
-time between a stream's last token and its next send, which a replay adds before each
-resend so that a closed loop on the simulator cycles as slowly as the measured one).
+concurrency, the sending time, the power limit in force, and the client's turnarounds (the
+time between a stream's last token and its next send, in the order the streams were freed,
+which a replay waits before each resend so that a closed loop on the simulator cycles as the
+measured one did).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Observation:
         duration_s: how long the bench sent requests, seconds.
         requests: (prompt tokens, output tokens) of every request, in send order.
         power_limit_w: the limit in force during the window, W (None: unknown).
-        client_gap_s: median time from a stream's last token to its next send, seconds.
+        turnarounds_s: time from a stream's last token to its next send, seconds, for the
+            first, second, ... stream to be freed (in time).
         idle_w: power per GPU with the server idle, just before the run, W.
         measured: the figures the bench measured.
         lifetimes_in_window: the window's length in median request lifetimes (E2EL p50).
@@ -47,7 +49,7 @@ class Observation:
     duration_s: float
     requests: tuple[tuple[int, int], ...]
     power_limit_w: float | None
-    client_gap_s: float
+    turnarounds_s: tuple[float, ...]
     idle_w: float | None
     measured: ProfileFigures
     lifetimes_in_window: float | None
@@ -65,7 +67,7 @@ class Observation:
             duration_s=result.config.duration_s or result.duration_s,
             requests=_requests(result, point),
             power_limit_w=min(limits) if limits else None,
-            client_gap_s=_client_gap_s(result, point.concurrency),
+            turnarounds_s=_turnarounds_s(result, point.concurrency),
             idle_w=None if result.idle_power_w is None else result.idle_power_w / gpus,
             measured=figures_of(result),
             lifetimes_in_window=_lifetimes(result),
@@ -105,18 +107,17 @@ def _requests(result: BenchResult, point: PlanPoint) -> tuple[tuple[int, int], .
     )
 
 
-def _client_gap_s(result: BenchResult, concurrency: int) -> float:
-    """Median turnaround of the closed loop's streams: the k-th request to end (in time)
-    frees the stream that sends request `concurrency + k` (streams take the next index)."""
+def _turnarounds_s(result: BenchResult, concurrency: int) -> tuple[float, ...]:
+    """The closed loop's turnarounds in the order its streams were freed: the k-th request
+    to end (in time) frees the stream that sends request `concurrency + k` (streams take the
+    next index). Clocks that read a send before its end count as no wait."""
     detail = sorted(result.requests or [], key=lambda r: r.index)
     ends = sorted(r.end_unix_s for r in detail)
-    gaps = [
-        detail[concurrency + k].send_unix_s - end
+    return tuple(
+        max(detail[concurrency + k].send_unix_s - end, 0.0)
         for k, end in enumerate(ends)
         if concurrency + k < len(detail)
-    ]
-    gaps = [g for g in gaps if g >= 0]
-    return statistics.median(gaps) if gaps else 0.0
+    )
 
 
 def _lifetimes(result: BenchResult) -> float | None:

@@ -18,6 +18,7 @@ from jouletune.loadgen import ValidityThresholds
 __all__ = [
     "DEFAULT_CAP_CONCURRENCY",
     "DEFAULT_CAP_FRACTIONS",
+    "DEFAULT_CLOCK_FRACTIONS",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_WORKLOADS",
     "CalibrationPlan",
@@ -35,6 +36,10 @@ DEFAULT_WORKLOADS = ((512, 256), (1024, 128))
 # batch (memory-bound decode, which separates DRAM from SM power) and a large one.
 DEFAULT_CAP_FRACTIONS = (0.6, 0.4)
 DEFAULT_CAP_CONCURRENCY = (8, 64)
+# SM clock locks, as fractions of the GPU's highest SM clock, measured at the same batch
+# sizes: a lock slows the SM clock domain and leaves DRAM's alone, which a cap does only
+# where it binds.
+DEFAULT_CLOCK_FRACTIONS = (0.6,)
 
 
 class _Model(BaseModel):
@@ -60,15 +65,14 @@ class PlanPoint(_Model):
         concurrency: closed-loop streams (`--max-concurrency`).
         workload: prompt and output lengths.
         power_limit_w: power limit held on the server's GPUs while it runs; None: as found.
-        sm_clock_mhz: SM clock lock held while it runs; None: none. The hook for SM clock
-            locks (issue 15 item 2): a plan that asks for one is refused until the GPU
-            layer can lock clocks.
+        sm_clock_mhz: SM clock lock held on the server's GPUs while it runs, MHz; None:
+            unlocked.
     """
 
     concurrency: Annotated[int, Field(ge=1)]
     workload: Workload
     power_limit_w: Annotated[float, Field(gt=0)] | None = None
-    sm_clock_mhz: Annotated[float, Field(gt=0)] | None = None
+    sm_clock_mhz: Annotated[int, Field(gt=0)] | None = None
 
     @property
     def name(self) -> str:
@@ -150,14 +154,21 @@ def plan_points(
     concurrency: tuple[int, ...],
     workloads: tuple[Workload, ...],
     power_limits_w: tuple[float, ...] = (),
+    sm_clocks_mhz: tuple[int, ...] = (),
     cap_concurrency: tuple[int, ...] = (),
 ) -> list[PlanPoint]:
-    """The batch sweep (every concurrency × workload), then each power limit at each
-    `cap_concurrency` on the first workload (caps last, so an interrupted run has the sweep)."""
+    """The batch sweep (every concurrency × workload), then each power limit and each SM
+    clock lock at each `cap_concurrency` on the first workload (GPU settings last, so an
+    interrupted run has the sweep)."""
     points = [PlanPoint(concurrency=c, workload=w) for w in workloads for c in concurrency]
     points += [
         PlanPoint(concurrency=c, workload=workloads[0], power_limit_w=cap)
         for cap in power_limits_w
+        for c in cap_concurrency
+    ]
+    points += [
+        PlanPoint(concurrency=c, workload=workloads[0], sm_clock_mhz=mhz)
+        for mhz in sm_clocks_mhz
         for c in cap_concurrency
     ]
     return points

@@ -11,7 +11,7 @@ like with like, and a replay of a 30 s run takes about a second.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from jouletune.calibrate._plan import ServerSettings, Workload
 from jouletune.gpu.simulated import GpuModel
@@ -78,26 +78,28 @@ def replay_run(
     concurrency: int,
     duration_s: float,
     power_limit_w: float | None,
-    client_gap_s: float = 0.0,
+    sm_clock_lock_mhz: int | None = None,
+    turnarounds_s: Sequence[float] = (),
 ) -> ProfileFigures | None:
     """The simulator's figures for a closed loop of `requests` (prompt, output tokens) in
-    send order; None when the replay has no steady state.
+    send order, each GPU under `power_limit_w` and `sm_clock_lock_mhz` (None: as found);
+    None when the replay has no steady state.
 
-    `client_gap_s` is the client's turnaround: a resent request reaches the server that much
-    after the stream's last token. The replay's engine sees it as part of the API server's
-    time (`frontend_s`), and the records move each resend's send time by it, so TTFT still
-    counts from the send, as the bench counts it.
+    `turnarounds_s` are the client's turnarounds in the order its streams were freed: the
+    k-th stream to finish a request sends its next one that much later
+    (`ClosedLoopReplay.run`), so a replay cycles as the measured closed loop did.
     """
     config = setup.engine_config(params)
-    perf = replace(config.perf, frontend_s=config.perf.frontend_s + client_gap_s)
-    config = replace(config, perf=perf)
-    replay = ClosedLoopReplay(config, power_limit_w=power_limit_w)
+    replay = ClosedLoopReplay(
+        config, power_limit_w=power_limit_w, sm_clock_lock_mhz=sm_clock_lock_mhz
+    )
     traced = replay.run(
         [ClientRequest(prompt_tokens=p, max_tokens=o) for p, o in requests],
         concurrency=concurrency,
         duration_s=duration_s,
+        turnarounds_s=turnarounds_s,
     )
-    records = [_record(t, client_gap_s if t.index >= concurrency else 0.0) for t in traced]
+    records = [_record(t) for t in traced]
     try:
         window = steady_state_window(records, max_concurrency=concurrency, closed_loop=True)
     except NoSteadyStateError:
@@ -113,6 +115,7 @@ def simulate_closed_loop(
     workload: Workload,
     duration_s: float,
     power_limit_w: float | None = None,
+    sm_clock_lock_mhz: int | None = None,
 ) -> ProfileFigures | None:
     """The simulator's prediction for a closed loop nobody measured (as `jouletune bench
     --max-concurrency N --duration D` would see it, client turnaround aside)."""
@@ -124,17 +127,18 @@ def simulate_closed_loop(
         concurrency=concurrency,
         duration_s=duration_s,
         power_limit_w=power_limit_w,
+        sm_clock_lock_mhz=sm_clock_lock_mhz,
     )
 
 
-def _record(traced: TracedRequest, gap_s: float) -> RequestRecord:
+def _record(traced: TracedRequest) -> RequestRecord:
     return RequestRecord(
         index=traced.index,
         request_id=f"r{traced.index}",
         success=bool(traced.token_times_s),
         error=None if traced.token_times_s else "no token",
-        send_s=traced.send_s + gap_s,
-        end_s=traced.token_times_s[-1] if traced.token_times_s else traced.send_s + gap_s,
+        send_s=traced.send_s,
+        end_s=traced.token_times_s[-1] if traced.token_times_s else traced.send_s,
         chunk_times_s=traced.token_times_s,
         output_tokens=len(traced.token_times_s),
         prompt_tokens=traced.prompt_tokens,

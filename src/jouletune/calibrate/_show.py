@@ -75,6 +75,11 @@ def summary_lines(profile: GpuProfile) -> list[str]:
             "power limits were not measured: the response to a cap (dram_w, the clock "
             "model) is built-in, so any cap saving the simulator shows is a prediction"
         )
+    if not profile.clock_locks_measured:
+        lines.append(
+            "SM clock locks were not measured: the response to a lock (dram_w, the clock "
+            "model) is built-in, so any clock-lock saving the simulator shows is a prediction"
+        )
     return lines
 
 

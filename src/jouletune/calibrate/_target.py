@@ -2,9 +2,9 @@
 
 `probe_target` asks the server what it serves (`/v1/models`, `/version`) and each exporter
 which GPUs it reads (the labels of `jouletune_gpu_energy_joules_total`), and fails with one
-line when either cannot be reached. `open_cap_gpus` gives the GPUs a power limit applies to:
-the sim-server's own (when the server is one) or NVML's, restricted to the GPUs the exporters
-report, so a calibration never touches another GPU of the host.
+line when either cannot be reached. `open_target_gpus` gives the GPUs a power limit or clock
+lock applies to: the sim-server's own (when the server is one) or NVML's, restricted to the
+GPUs the exporters report, so a calibration never touches another GPU of the host.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jouletune.contract import GPU_ENERGY
 from jouletune.gpu import Gpu, GpuError, open_nvml_gpus, open_sim_gpus
 
-__all__ = ["CalibrationError", "ExporterGpu", "Target", "open_cap_gpus", "probe_target"]
+__all__ = ["CalibrationError", "ExporterGpu", "Target", "open_target_gpus", "probe_target"]
 
 _TIMEOUT_S = 10.0
 
@@ -91,8 +91,9 @@ def probe_target(base_url: str, exporter_urls: Sequence[str]) -> Target:
     )
 
 
-def open_cap_gpus(target: Target) -> list[Gpu]:
-    """The GPUs a power limit applies to: the sim-server's, or NVML's that the exporters read.
+def open_target_gpus(target: Target) -> list[Gpu]:
+    """The GPUs a power limit or clock lock applies to: the sim-server's, or NVML's that the
+    exporters read.
 
     Raises:
         CalibrationError: the GPUs cannot be opened (no NVML, none matches the exporters).
@@ -103,7 +104,9 @@ def open_cap_gpus(target: Target) -> list[Gpu]:
             list(open_sim_gpus(target.base_url)) if target.is_sim else list(open_nvml_gpus())
         )
     except GpuError as err:
-        raise CalibrationError(f"cannot open the GPUs to set power limits: {err}") from None
+        raise CalibrationError(
+            f"cannot open the GPUs to set power limits and clock locks: {err}"
+        ) from None
     chosen = [gpu for gpu in found if gpu.uuid in uuids]
     if not chosen:
         raise CalibrationError(

@@ -2,13 +2,15 @@
 
     jouletune calibrate --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
         --out calibration/ [--read-only] [--concurrency 1,8,32,64,128,256] \
-        [--workload 512:256 --workload 1024:128] [--power-limit W ...] [--duration 30]
+        [--workload 512:256 --workload 1024:128] [--power-limit W ...] [--sm-clock MHZ ...] \
+        [--duration 30]
     jouletune calibrate --fit-only --out calibration/ [--read-only]
 
 Measures closed loops (`jouletune bench`) on an already running server (vLLM or a
 sim-server) at each concurrency and workload, and, unless `--read-only`, at a few power
-limits (default: 60% and 40% of the GPU's default limit, at concurrency 8 and 64), always
-restoring the limit found. Each point's result is saved to `OUT/points/` as it completes; a
+limits (default: 60% and 40% of the GPU's default limit) and an SM clock lock (default: 60%
+of its highest SM clock), each at concurrency 8 and 64, always restoring the limit found and
+resetting the lock. Each point's result is saved to `OUT/points/` as it completes; a
 rerun keeps them and measures the rest. Then it fits the simulator's parameters to the
 points and writes `OUT/profile.json`, which `jouletune sim-server --gpu-profile` and
 `jouletune tune --gpu-profile` take. Tell it the server's engine flags where they differ from
@@ -34,6 +36,7 @@ from jouletune.calibrate._measure import measure_plan
 from jouletune.calibrate._plan import (
     DEFAULT_CAP_CONCURRENCY,
     DEFAULT_CAP_FRACTIONS,
+    DEFAULT_CLOCK_FRACTIONS,
     DEFAULT_CONCURRENCY,
     DEFAULT_WORKLOADS,
     CalibrationPlan,
@@ -42,7 +45,7 @@ from jouletune.calibrate._plan import (
     plan_points,
 )
 from jouletune.calibrate._show import parameter_lines, point_lines, summary_lines
-from jouletune.calibrate._target import CalibrationError, Target, open_cap_gpus, probe_target
+from jouletune.calibrate._target import CalibrationError, Target, open_target_gpus, probe_target
 from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
 from jouletune.engine import engine_defaults
 from jouletune.gpu import Gpu
@@ -62,6 +65,8 @@ EXIT_INTERRUPTED = 130
 PLAN_FILE = "plan.json"
 PROFILE_FILE = "profile.json"
 _CAP_ROUND_W = 5.0
+# NVML's supported graphics clocks on Hopper are 15 MHz apart.
+_CLOCK_ROUND_MHZ = 15
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,8 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a power limit to measure, W (default: 60%% and 40%% of the GPU's default)",
     )  # fmt: skip
     p.add_argument(
+        "--sm-clock", type=int, action="append", default=[], dest="sm_clocks_mhz",
+        help="an SM clock lock to measure, MHz (default: 60%% of the GPU's highest SM clock)",
+    )  # fmt: skip
+    p.add_argument(
         "--cap-concurrency", type=_ints, default=DEFAULT_CAP_CONCURRENCY,
-        help="concurrencies measured under each power limit (default: 8,64)",
+        help="concurrencies measured under each power limit and clock lock (default: 8,64)",
     )  # fmt: skip
     p.add_argument(
         "--duration", type=float, default=30.0, help="seconds of requests per point (default: 30)"
@@ -150,13 +159,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     """Probe the server and exporters, then build and save the plan (fails before measuring);
-    also the GPUs its power limits apply to (none when read-only)."""
-    if args.read_only and args.power_limits_w:
-        raise CalibrationError("--read-only never changes a GPU setting; drop --power-limit")
+    also the GPUs its power limits and clock locks apply to (none when read-only)."""
+    if args.read_only and (args.power_limits_w or args.sm_clocks_mhz):
+        raise CalibrationError(
+            "--read-only never changes a GPU setting; drop --power-limit and --sm-clock"
+        )
     target = probe_target(args.base_url, args.exporter_urls)
     gpu_key = _gpu_key(args.gpu, target)
-    gpus = [] if args.read_only else open_cap_gpus(target)
+    gpus = [] if args.read_only else open_target_gpus(target)
     caps = () if args.read_only else tuple(args.power_limits_w) or _default_caps(gpus)
+    clocks = () if args.read_only else tuple(args.sm_clocks_mhz) or _default_clocks(gpus)
     workloads = tuple(
         args.workloads or (Workload(input_len=i, output_len=o) for i, o in DEFAULT_WORKLOADS)
     )
@@ -171,6 +183,7 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
                 concurrency=tuple(args.concurrency),
                 workloads=workloads,
                 power_limits_w=caps,
+                sm_clocks_mhz=clocks,
                 cap_concurrency=tuple(args.cap_concurrency),
             ),
             duration_s=args.duration,
@@ -290,6 +303,17 @@ def _default_caps(gpus: Sequence[Gpu]) -> tuple[float, ...]:
         for f in DEFAULT_CAP_FRACTIONS
     ]
     return tuple(dict.fromkeys(c for c in caps if c < rng.default_w))
+
+
+def _default_clocks(gpus: Sequence[Gpu]) -> tuple[int, ...]:
+    """60% of the GPU's highest SM clock, rounded to 15 MHz, within its range."""
+    rng = gpus[0].sm_clock_range()
+    clocks = [
+        min(max(round(rng.max_mhz * f / _CLOCK_ROUND_MHZ) * _CLOCK_ROUND_MHZ, rng.min_mhz),
+            rng.max_mhz)
+        for f in DEFAULT_CLOCK_FRACTIONS
+    ]  # fmt: skip
+    return tuple(dict.fromkeys(c for c in clocks if c < rng.max_mhz))
 
 
 def _log(line: str) -> None:

@@ -249,7 +249,7 @@ class _Stream(StepListener):
         req.token_times_s.append(t_s)
 
     def on_finish(self, req: SimRequest, t_s: float) -> None:
-        self.replay._next(self, t_s)
+        self.replay._resend(self, t_s)
 
 
 class ClosedLoopReplay:
@@ -264,9 +264,16 @@ class ClosedLoopReplay:
     Args:
         config: the server settings.
         power_limit_w: each GPU's power limit; None for the GPU's default.
+        sm_clock_lock_mhz: each GPU's SM clock lock; None: unlocked.
     """
 
-    def __init__(self, config: EngineConfig, *, power_limit_w: float | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        power_limit_w: float | None = None,
+        sm_clock_lock_mhz: int | None = None,
+    ) -> None:
         self._clock_s = _T0_S
         self.gpus = [
             SimulatedGpu(model=config.gpu, index=i, clock=lambda: self._clock_s)
@@ -276,10 +283,13 @@ class ClosedLoopReplay:
             gpu.set_loaded(True, at_s=_T0_S)
             if power_limit_w is not None:
                 gpu.set_power_limit_w(power_limit_w)
+            gpu.set_sm_clock_lock_mhz(sm_clock_lock_mhz)
         self.steps: list[Step] = []
         self.engine = Engine(config=config, gpus=self.gpus, on_step=self.steps.append)
         self._queue: list[tuple[int, ClientRequest]] = []
         self._stop_s = math.inf
+        self._turnarounds_s: list[float] = []
+        self._resends = 0
         self._sent: list[tuple[int, SimRequest]] = []
 
     @property
@@ -288,15 +298,28 @@ class ClosedLoopReplay:
         return self._clock_s
 
     def run(
-        self, requests: Sequence[ClientRequest], *, concurrency: int, duration_s: float
+        self,
+        requests: Sequence[ClientRequest],
+        *,
+        concurrency: int,
+        duration_s: float,
+        turnarounds_s: Sequence[float] = (),
     ) -> list[TracedRequest]:
-        """Play `requests` with `concurrency` streams for `duration_s`; every sent request."""
+        """Play `requests` with `concurrency` streams for `duration_s`; every sent request.
+
+        `turnarounds_s[k]` is how long the stream freed k-th (in time) waits before it sends
+        its next request, as a measured client took (the last value for later ones; none:
+        at once): a real client's streams take turns, so a wave of requests ending together
+        is resent spread out, not at one instant.
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1: {concurrency=}")
         start_s = self._clock_s
         self._queue = list(enumerate(requests))
         self._queue.reverse()  # pop() from the end takes the next request in order
         self._stop_s = start_s + duration_s
+        self._turnarounds_s = list(turnarounds_s)
+        self._resends = 0
         self._sent = []
         for _ in range(min(concurrency, len(requests))):
             self._next(_Stream(self), start_s)
@@ -328,6 +351,13 @@ class ClosedLoopReplay:
     def energy_j(self, start_s: float, end_s: float) -> float:
         """Energy of all GPUs between two instants of the virtual clock, joules."""
         return sum(g.energy_between(start_s, end_s) for g in self.gpus)
+
+    def _resend(self, stream: _Stream, t_s: float) -> None:
+        """`stream`'s request ended at `t_s`: it sends the next after its turnaround."""
+        gaps = self._turnarounds_s
+        gap_s = gaps[min(self._resends, len(gaps) - 1)] if gaps else 0.0
+        self._resends += 1
+        self._next(stream, t_s + gap_s)
 
     def _next(self, stream: _Stream, t_s: float) -> None:
         if not self._queue or t_s >= self._stop_s:

@@ -308,13 +308,16 @@ def main(argv: list[str]) -> int:
 
 def _log_profile(profile: GpuProfile, path: str) -> None:
     _log.info(
-        "GPU profile %s: %s, fitted %s; power limits %s",
+        "GPU profile %s: %s, fitted %s; power limits %s; SM clock locks %s",
         path,
         profile.gpu,
         ", ".join(profile.fitted()) or "nothing",
         "measured"
         if profile.power_limits_measured
         else "never measured (cap savings are predictions)",
+        "measured"
+        if profile.clock_locks_measured
+        else "never measured (clock-lock savings are predictions)",
     )
 
 
