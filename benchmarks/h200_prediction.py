@@ -122,7 +122,7 @@ def replay(folder: Path) -> None:
     for c in CONCURRENCY:
         point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
         runs.append(replace(point, word_prompts=False, max_num_seqs=MAX_NUM_SEQS))
-    figures = fidelity.simulate_server(runs, gpu="h200-141gb")
+    figures = fidelity.simulate_server(runs, gpu=gpu_model("h200-141gb"))
     print(f"replay of {folder} on h200-141gb, jouletune {__version__}")
     rows = [
         (

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from jouletune import __version__
-from jouletune.gpu.simulated import gpu_model
+from jouletune.gpu.simulated import GpuModel, gpu_model
 from jouletune.loadgen import RequestRecord, compute_metrics, load_requests, steady_state_window
 from jouletune.models import model_arch
+from jouletune.profile import load_profile
 from jouletune.sim import (
     DEFAULT_PERF,
     ClientRequest,
@@ -53,6 +54,7 @@ from jouletune.sim import (
     EngineConfig,
     PerfConstants,
     TracedRequest,
+    apply_profile,
     prompt_block_hashes,
 )
 from jouletune.tokenizer import WordTokenizer
@@ -73,6 +75,7 @@ _BPE_RENDER_RATIO = 2.5
 # runs measured since, with vLLM's client beside them (benchmarks/client_prompt_gil.py).
 _FIXED_CLIENT = "fixed-client"
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+H100 = gpu_model("h100-80gb")
 # Gated figures and the bound on each one's error, in the order gate() returns them.
 _GATED = ("J/output-token", "ITL p50", "TTFT p50")
 _TOLERANCES = (0.10, 0.10, 0.25)
@@ -234,11 +237,11 @@ def _engine_config(
     *,
     prefix_caching: bool,
     perf: PerfConstants = DEFAULT_PERF,
-    gpu: str = "h100-80gb",
+    gpu: GpuModel = H100,
 ) -> EngineConfig:
     return EngineConfig(
         arch=model_arch(_MODEL),
-        gpu=gpu_model(gpu),
+        gpu=gpu,
         tensor_parallel_size=1,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=_MAX_NUM_BATCHED_TOKENS,
@@ -291,7 +294,7 @@ def replay_runs(
     *,
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
-    gpu: str = "h100-80gb",
+    gpu: GpuModel = H100,
 ) -> Iterator[ReplayedRun]:
     """Replay one real server's runs, in their order, on one simulated server."""
     if not points[0].word_prompts:
@@ -312,7 +315,7 @@ def simulate_server(
     *,
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
-    gpu: str = "h100-80gb",
+    gpu: GpuModel = H100,
 ) -> list[Figures]:
     """The figures of one real server's runs, replayed in their order on one simulated server."""
     runs = replay_runs(points, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
@@ -335,18 +338,23 @@ def _started(point: RealPoint) -> float:
 
 
 def replay_all(
-    points: list[RealPoint], *, prefix_caching: bool = True, perf: PerfConstants = DEFAULT_PERF
+    points: list[RealPoint],
+    *,
+    prefix_caching: bool = True,
+    perf: PerfConstants = DEFAULT_PERF,
+    gpu: GpuModel = H100,
 ) -> list[Row]:
     """Every point next to its replay; each real server replayed once, its runs in order.
 
-    `perf` is the simulator's constants (`benchmarks/sim_frontend_fit.py` varies them)."""
+    `perf` and `gpu` are the simulator's constants and GPU (`benchmarks/sim_frontend_fit.py`
+    varies the constants; `--gpu-profile` sets both from a calibration)."""
     by_server: dict[str, list[RealPoint]] = defaultdict(list)
     for point in points:
         by_server[point.server].append(point)
     rows: list[Row] = []
     for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
         runs = sorted(by_server[server], key=_started)
-        figures = simulate_server(runs, prefix_caching=prefix_caching, perf=perf)
+        figures = simulate_server(runs, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
         rows += zip(runs, figures, strict=True)
     return rows
 
@@ -520,6 +528,17 @@ def print_latency_table(rows: list[tuple[RealPoint, Figures]]) -> None:
         )
 
 
+def _simulator(profile_path: Path | None) -> tuple[GpuModel, PerfConstants]:
+    """The built-in H100, or the GPU and constants of a calibrated profile."""
+    if profile_path is None:
+        return H100, DEFAULT_PERF
+    try:
+        profile = load_profile(profile_path)
+    except ValueError as err:
+        raise _InputError(f"--gpu-profile: {err}") from None
+    return apply_profile(gpu_model(profile.gpu), DEFAULT_PERF, profile.parameters)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Replay the committed points; 0 if all within bounds, 1 if any misses, 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -535,11 +554,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="simulate servers without prefix caching (to see what the cache accounts for)",
     )
+    parser.add_argument(
+        "--gpu-profile",
+        type=Path,
+        help="replay with a `jouletune calibrate` profile's parameters instead of the built-in",
+    )
     args = parser.parse_args(argv)
     try:
         started_s = time.perf_counter()
+        gpu, perf = _simulator(args.gpu_profile)
         points = [p for folder in args.results for p in load_points(folder)]
-        rows = replay_all(points, prefix_caching=not args.no_prefix_caching)
+        rows = replay_all(points, prefix_caching=not args.no_prefix_caching, perf=perf, gpu=gpu)
         elapsed_s = time.perf_counter() - started_s
     except _InputError as err:
         print(f"sim_fidelity: error: {err}", file=sys.stderr)
@@ -550,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; {len(rows)} real measurements of {len(errors)} points from "
         f"{', '.join(map(str, args.results))}; "
         f"prefix caching {'off' if args.no_prefix_caching else 'on'}; "
+        f"GPU {args.gpu_profile or 'built-in h100-80gb'}; "
         f"simulated in {elapsed_s:.1f} s\n"
     )
     misses = sum(bool(_missed(e)) for e in errors.values())

@@ -11,8 +11,10 @@ generator like a user's (client, HTTP, exporter, steady-state window).
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from jouletune.calibrate import Workload, simulate_closed_loop
+from jouletune.gpu import GpuSetting, LimitRecord, LimitStore, open_sim_gpus
 from jouletune.loadgen import BenchResult
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
 from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, HeldOut, h100_setup
@@ -97,7 +100,7 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calibratio
         ) as exporter,
     ):
         argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(root)]
-        done = _calibrate([*argv, *PLAN, *CAP])
+        done = _calibrate([*argv, *PLAN, *CAP, "--state-dir", str(root / "state")])
         assert done.returncode == 0, done.stderr
         with urllib.request.urlopen(f"{server.url}/sim/gpus") as resp:
             gpus_after = json.loads(resp.read())["gpus"]
@@ -196,3 +199,40 @@ def test_read_only_rerun_keeps_the_points_and_fits_the_batch_sweep_only(
     # still come out right.
     worst = _worst_errors(profile.parameters, [p for p in HELD_OUT if p.as_found])
     assert max(worst.values()) <= TOLERANCE, _explain(worst, profile)
+
+
+def test_a_lock_a_killed_run_left_is_reset_before_anything_is_measured(
+    calibration: Calibration, tmp_path: Path
+) -> None:
+    server_url, exporter_url = calibration.argv[1], calibration.argv[3]
+    (gpu,) = open_sim_gpus(server_url)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    record = LimitRecord(
+        uuid=gpu.uuid, address=f"{server_url}/sim/gpus", index=0, name=gpu.name,
+        setting=GpuSetting.SM_CLOCK_LOCK, max_sm_clock_mhz=1980, pid=int(dead.stdout),
+        host=socket.gethostname(), boot_id=None, pid_start_ticks=None, written_unix_s=time.time(),
+    )  # fmt: skip
+    store = LimitStore(tmp_path / "state")
+    store.directory.mkdir()
+    left = store.path(record.address, record.uuid, GpuSetting.SM_CLOCK_LOCK)
+    left.write_text(json.dumps(record.to_json()))
+    gpu.set_sm_clock_lock_mhz(1500)
+    plan = [
+        *("--concurrency", "1", "--workload", "32:32", "--duration", "2"),
+        *("--power-limit", "400", "--sm-clock", "1410", "--cap-concurrency", "1"),
+        *SERVER_FLAGS,
+        *SHORT_RUN,
+    ]
+    done = _calibrate(
+        ["--base-url", server_url, "--exporter-url", exporter_url, "--out", str(tmp_path / "out"),
+         "--state-dir", str(store.directory), *plan]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"jouletune calibrate: reset GPU 0 ({gpu.uuid}) SM clock lock")
+    assert f"left locked by jouletune pid {record.pid}" in first
+    assert not left.exists() and not list(store.directory.iterdir())
+    with urllib.request.urlopen(f"{server_url}/sim/gpus") as resp:
+        (after,) = json.loads(resp.read())["gpus"]
+    assert after["sm_clock_lock_mhz"] is None

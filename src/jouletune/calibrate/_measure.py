@@ -3,9 +3,11 @@
 Each point runs through the load generator's Python API (`run_bench`, which first waits for
 the drain rule) with per-request detail, under the point's power limit or SM clock lock
 (held with `jouletune.gpu.power_limit` and `clock_lock`, so the limit found is restored and
-the lock reset afterwards, on an exception and on SIGTERM). Its result JSON is written to
-`points/NAME.json` the moment it is known; a point whose file exists is not measured again,
-so an interrupted calibration resumes where it stopped and nothing measured is lost.
+the lock reset afterwards, on an exception and on SIGTERM; with a `LimitStore`, each setting
+as found is on disk meanwhile, for the next run to put back after a SIGKILL). Its result
+JSON is written to `points/NAME.json` the moment it is known; a point whose file exists is
+not measured again, so an interrupted calibration resumes where it stopped and nothing
+measured is lost.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from jouletune.calibrate._plan import CalibrationPlan, PlanPoint
 from jouletune.calibrate._target import CalibrationError
-from jouletune.gpu import Gpu, GpuError, clock_lock, power_limit
+from jouletune.gpu import Gpu, GpuError, LimitStore, clock_lock, power_limit
 from jouletune.loadgen import BenchConfig, BenchError, BenchResult, run_bench
 
 __all__ = ["POINTS_DIR", "bench_config", "measure_plan", "point_path"]
@@ -57,6 +59,7 @@ async def measure_plan(
     *,
     gpus: Sequence[Gpu],
     log: Callable[[str], None],
+    store: LimitStore | None = None,
 ) -> None:
     """Measure every point of `plan` that has no saved result yet, in plan order.
 
@@ -72,7 +75,7 @@ async def measure_plan(
             continue
         _check_settings(plan, point, gpus)
         log(f"{point.name}: measuring ({plan.duration_s:g} s of requests)")
-        result = await _measure_point(plan, point, index, gpus)
+        result = await _measure_point(plan, point, index, gpus, store)
         _write(path, result)
         log(f"{point.name}: {_summary(result)}")
 
@@ -85,13 +88,17 @@ def _check_settings(plan: CalibrationPlan, point: PlanPoint, gpus: Sequence[Gpu]
 
 
 async def _measure_point(
-    plan: CalibrationPlan, point: PlanPoint, index: int, gpus: Sequence[Gpu]
+    plan: CalibrationPlan,
+    point: PlanPoint,
+    index: int,
+    gpus: Sequence[Gpu],
+    store: LimitStore | None,
 ) -> BenchResult:
     config = bench_config(plan, point, index=index)
     try:
         with (
-            power_limit(gpus, point.power_limit_w),
-            clock_lock(gpus, point.sm_clock_mhz),
+            power_limit(gpus, point.power_limit_w, store=store),
+            clock_lock(gpus, point.sm_clock_mhz, store=store),
         ):
             return await run_bench(config)
     except BenchError as err:

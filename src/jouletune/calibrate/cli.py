@@ -10,7 +10,9 @@ Measures closed loops (`jouletune bench`) on an already running server (vLLM or 
 sim-server) at each concurrency and workload, and, unless `--read-only`, at a few power
 limits (default: 60% and 40% of the GPU's default limit) and an SM clock lock (default: 60%
 of its highest SM clock), each at concurrency 8 and 64, always restoring the limit found and
-resetting the lock. Each point's result is saved to `OUT/points/` as it completes; a
+resetting the lock; each limit and lock as found is on disk meanwhile (`--state-dir`, as
+`jouletune tune` keeps it), and a calibration first puts back whatever a killed run (tune or
+calibrate) left changed. Each point's result is saved to `OUT/points/` as it completes; a
 rerun keeps them and measures the rest. Then it fits the simulator's parameters to the
 points and writes `OUT/profile.json`, which `jouletune sim-server --gpu-profile` and
 `jouletune tune --gpu-profile` take. Tell it the server's engine flags where they differ from
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +51,14 @@ from jouletune.calibrate._show import parameter_lines, point_lines, summary_line
 from jouletune.calibrate._target import CalibrationError, Target, open_target_gpus, probe_target
 from jouletune.contract import ENGINE_PORT, EXPORTER_PORT
 from jouletune.engine import engine_defaults
-from jouletune.gpu import Gpu
+from jouletune.gpu import (
+    STATE_DIR_ENV,
+    Gpu,
+    GpuError,
+    LimitStore,
+    default_state_dir,
+    restore_left_limits,
+)
 from jouletune.gpu.simulated import GPU_CATALOG, gpu_model
 from jouletune.loadgen import ValidityThresholds
 from jouletune.models import model_arch
@@ -78,12 +88,15 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> int:
     """Measure (unless --fit-only), fit, write the profile; see the module docstring."""
     args = _parser().parse_args(argv)
+    # What the GPU layer has to say (a limit a killed run left, put back) is one line.
+    logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: %(message)s")
     try:
         if args.fit_only:
             plan = _read_plan(args.out, model=args.model)
         else:
             plan, gpus = _new_plan(args)
-            code = _measure(plan, args.out, gpus)
+            store = None if plan.read_only else _restore_left(args.state_dir)
+            code = _measure(plan, args.out, gpus, store)
             if code != EXIT_OK:
                 return code
         return _fit(plan, args.out, batch_only=args.read_only or plan.read_only, path=args.profile)
@@ -138,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=30.0, help="seconds of requests per point (default: 30)"
     )
     p.add_argument("--seed", type=int, default=0, help="prompt seed of the first point")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where each GPU's settings as found are kept while changed, for the next run to "
+        f"restore after a crash (default: ${STATE_DIR_ENV}, $XDG_STATE_HOME/jouletune, "
+        "/var/lib/jouletune as root, else ~/.local/state/jouletune)",
+    )
     p.add_argument(
         "--check", action="append", default=[], type=_pair, metavar="NAME=VALUE",
         help="a validity threshold of each point, as `jouletune bench --check`",
@@ -201,9 +221,22 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     return plan, gpus
 
 
-def _measure(plan: CalibrationPlan, out_dir: Path, gpus: Sequence[Gpu]) -> int:
+def _restore_left(state_dir: Path | None) -> LimitStore:
+    """The state directory, after putting back every limit and lock a killed run left
+    changed there (the GPU layer logs each)."""
+    store = LimitStore(state_dir or default_state_dir())
     try:
-        asyncio.run(measure_plan(plan, out_dir, gpus=gpus, log=_log))
+        restore_left_limits(store)
+    except GpuError as err:
+        raise CalibrationError(f"a GPU a killed run left changed: {err}") from None
+    return store
+
+
+def _measure(
+    plan: CalibrationPlan, out_dir: Path, gpus: Sequence[Gpu], store: LimitStore | None
+) -> int:
+    try:
+        asyncio.run(measure_plan(plan, out_dir, gpus=gpus, store=store, log=_log))
     except CalibrationError as err:
         print(f"{_PROG}: {err}; the points measured so far are kept in {out_dir}: rerun to "
               "measure the rest, or --fit-only to fit those", file=sys.stderr)  # fmt: skip
