@@ -189,6 +189,7 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     gpus = [] if args.read_only else open_target_gpus(target)
     caps = () if args.read_only else tuple(args.power_limits_w) or _default_caps(gpus)
     clocks = () if args.read_only else tuple(args.sm_clocks_mhz) or _default_clocks(gpus)
+    _check_ranges(gpus, caps, clocks)
     workloads = tuple(
         args.workloads or (Workload(input_len=i, output_len=o) for i, o in DEFAULT_WORKLOADS)
     )
@@ -339,14 +340,41 @@ def _default_caps(gpus: Sequence[Gpu]) -> tuple[float, ...]:
 
 
 def _default_clocks(gpus: Sequence[Gpu]) -> tuple[int, ...]:
-    """60% of the GPU's highest SM clock, rounded to 15 MHz, within its range."""
-    rng = gpus[0].sm_clock_range()
+    """60% of the GPU's highest SM clock, rounded to 15 MHz, within its range; none where
+    the GPU cannot lock its clock."""
+    try:
+        rng = gpus[0].sm_clock_range()
+    except GpuError as err:
+        _log(f"no SM clock lock in the plan: {err}")
+        return ()
     clocks = [
         min(max(round(rng.max_mhz * f / _CLOCK_ROUND_MHZ) * _CLOCK_ROUND_MHZ, rng.min_mhz),
             rng.max_mhz)
         for f in DEFAULT_CLOCK_FRACTIONS
     ]  # fmt: skip
     return tuple(dict.fromkeys(c for c in clocks if c < rng.max_mhz))
+
+
+def _check_ranges(gpus: Sequence[Gpu], caps_w: Sequence[float], clocks_mhz: Sequence[int]) -> None:
+    """Every power limit and clock lock within every GPU's range, before anything runs."""
+    for gpu in gpus:
+        rng = gpu.power_limit_range()
+        if bad := [c for c in caps_w if not rng.min_w <= c <= rng.max_w]:
+            raise CalibrationError(
+                f"--power-limit {', '.join(f'{c:g}' for c in bad)} W: outside GPU {gpu.index} "
+                f"({gpu.name})'s range {rng.min_w:g}-{rng.max_w:g} W"
+            )
+        if not clocks_mhz:
+            continue
+        try:
+            clocks = gpu.sm_clock_range()
+        except GpuError as err:
+            raise CalibrationError(f"--sm-clock: {err}") from None
+        if bad_mhz := [c for c in clocks_mhz if not clocks.min_mhz <= c <= clocks.max_mhz]:
+            raise CalibrationError(
+                f"--sm-clock {', '.join(map(str, bad_mhz))} MHz: outside GPU {gpu.index} "
+                f"({gpu.name})'s supported clocks {clocks.min_mhz}-{clocks.max_mhz} MHz"
+            )
 
 
 def _log(line: str) -> None:
