@@ -242,10 +242,11 @@ def test_a_lock_or_cap_outside_the_gpus_range_stops_before_anything_is_measured(
     calibration: Calibration, tmp_path: Path
 ) -> None:
     urls = calibration.argv[:4]
-    for flag, value, range_ in (("--sm-clock", "5000", "MHz"), ("--power-limit", "90", "W")):
+    for flag, value, unit in (("--sm-clock", "5000", "MHz"), ("--power-limit", "90", "W")):
         out = tmp_path / flag.strip("-")
         done = _calibrate([*urls, "--out", str(out), *PLAN, flag, value])
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.splitlines()
-        assert line.startswith(f"jouletune calibrate: error: {flag} {value} {range_}: out"), line
+        assert line.startswith(f"jouletune calibrate: error: {flag}: "), line
+        assert f" {value} {unit} is outside GPU 0 " in line, line
         assert not (out / "points").exists()

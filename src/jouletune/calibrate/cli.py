@@ -56,6 +56,8 @@ from jouletune.gpu import (
     Gpu,
     GpuError,
     LimitStore,
+    check_clock_lock,
+    check_power_limit,
     default_state_dir,
     restore_left_limits,
 )
@@ -356,25 +358,18 @@ def _default_clocks(gpus: Sequence[Gpu]) -> tuple[int, ...]:
 
 
 def _check_ranges(gpus: Sequence[Gpu], caps_w: Sequence[float], clocks_mhz: Sequence[int]) -> None:
-    """Every power limit and clock lock within every GPU's range, before anything runs."""
-    for gpu in gpus:
-        rng = gpu.power_limit_range()
-        if bad := [c for c in caps_w if not rng.min_w <= c <= rng.max_w]:
-            raise CalibrationError(
-                f"--power-limit {', '.join(f'{c:g}' for c in bad)} W: outside GPU {gpu.index} "
-                f"({gpu.name})'s range {rng.min_w:g}-{rng.max_w:g} W"
-            )
-        if not clocks_mhz:
-            continue
-        try:
-            clocks = gpu.sm_clock_range()
-        except GpuError as err:
-            raise CalibrationError(f"--sm-clock: {err}") from None
-        if bad_mhz := [c for c in clocks_mhz if not clocks.min_mhz <= c <= clocks.max_mhz]:
-            raise CalibrationError(
-                f"--sm-clock {', '.join(map(str, bad_mhz))} MHz: outside GPU {gpu.index} "
-                f"({gpu.name})'s supported clocks {clocks.min_mhz}-{clocks.max_mhz} MHz"
-            )
+    """Every power limit and clock lock within every GPU's range, before anything runs (the
+    checks `power_limit` and `clock_lock` make before they write)."""
+    try:
+        for watts in caps_w:
+            check_power_limit(gpus, watts)
+    except (ValueError, GpuError) as err:
+        raise CalibrationError(f"--power-limit: {err}") from None
+    try:
+        for mhz in clocks_mhz:
+            check_clock_lock(gpus, mhz)
+    except (ValueError, GpuError) as err:
+        raise CalibrationError(f"--sm-clock: {err}") from None
 
 
 def _log(line: str) -> None:

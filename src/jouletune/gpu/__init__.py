@@ -15,6 +15,8 @@ from jouletune.gpu._errors import GpuError, GpuPermissionError, NvmlUnavailableE
 from jouletune.gpu._limits import (
     ClockLocks,
     PowerLimits,
+    check_clock_lock,
+    check_power_limit,
     clock_lock,
     held_clock_locks,
     held_power_limits,
@@ -65,6 +67,8 @@ __all__ = [
     "SimulatedGpu",
     "SmClockRange",
     "VisibleDevices",
+    "check_clock_lock",
+    "check_power_limit",
     "clock_lock",
     "default_state_dir",
     "gpu_entry",

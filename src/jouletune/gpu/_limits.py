@@ -48,6 +48,8 @@ from jouletune.gpu._types import Gpu
 __all__ = [
     "ClockLocks",
     "PowerLimits",
+    "check_clock_lock",
+    "check_power_limit",
     "clock_lock",
     "held_clock_locks",
     "held_power_limits",
@@ -204,13 +206,7 @@ class PowerLimits(_HeldSetting):
         self._apply(gpus, watts)
 
     def _validate(self, gpus: Sequence[Gpu], value: float) -> None:
-        for gpu in gpus:
-            rng = gpu.power_limit_range()
-            if not rng.min_w <= value <= rng.max_w:
-                raise ValueError(
-                    f"power limit {value:g} W is outside GPU {gpu.index} ({gpu.name})'s range "
-                    f"{rng.min_w:g}-{rng.max_w:g} W"
-                )
+        check_power_limit(gpus, value)
 
     def _read(self, gpu: Gpu) -> float | None:
         current_w = gpu.sample().power_limit_w
@@ -257,13 +253,7 @@ class ClockLocks(_HeldSetting):
         self._apply(gpus, mhz)
 
     def _validate(self, gpus: Sequence[Gpu], value: float) -> None:
-        for gpu in gpus:
-            rng = gpu.sm_clock_range()
-            if not rng.min_mhz <= value <= rng.max_mhz:
-                raise ValueError(
-                    f"SM clock {value:g} MHz is outside GPU {gpu.index} ({gpu.name})'s "
-                    f"supported clocks {rng.min_mhz}-{rng.max_mhz} MHz"
-                )
+        check_clock_lock(gpus, value)
 
     def _read(self, gpu: Gpu) -> float | None:
         # NVML has no readback of a lock: what is found is "not locked by jouletune".
@@ -290,6 +280,38 @@ class ClockLocks(_HeldSetting):
 
     def _said(self, value: float | None) -> str:
         return "reset" if value is None else f"set to {value:g} MHz"
+
+
+def check_power_limit(gpus: Sequence[Gpu], watts: float) -> None:
+    """What `power_limit()` checks before it writes: `watts` within every GPU's range.
+
+    Raises:
+        ValueError: `watts` is outside a GPU's `power_limit_range()`.
+        GpuError: a range could not be read.
+    """
+    for gpu in gpus:
+        rng = gpu.power_limit_range()
+        if not rng.min_w <= watts <= rng.max_w:
+            raise ValueError(
+                f"power limit {watts:g} W is outside GPU {gpu.index} ({gpu.name})'s range "
+                f"{rng.min_w:g}-{rng.max_w:g} W"
+            )
+
+
+def check_clock_lock(gpus: Sequence[Gpu], mhz: float) -> None:
+    """What `clock_lock()` checks before it locks: `mhz` within every GPU's clocks.
+
+    Raises:
+        ValueError: `mhz` is outside a GPU's `sm_clock_range()`.
+        GpuError: a clock range could not be read (the GPU cannot lock its clock).
+    """
+    for gpu in gpus:
+        rng = gpu.sm_clock_range()
+        if not rng.min_mhz <= mhz <= rng.max_mhz:
+            raise ValueError(
+                f"SM clock {mhz:g} MHz is outside GPU {gpu.index} ({gpu.name})'s "
+                f"supported clocks {rng.min_mhz}-{rng.max_mhz} MHz"
+            )
 
 
 @contextmanager
