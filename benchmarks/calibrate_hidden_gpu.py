@@ -18,7 +18,9 @@ The script then reports:
    simulator vs the hidden GPU's simulator, both in simulated time: J/output-token, ITL
    p50, TTFT p50, power;
 3. the same points measured live on the hidden server (`run_bench` over HTTP) against the
-   calibrated simulator's replay of each measured run (the fit's own forward model).
+   calibrated simulator's replay of each measured run (the fit's own forward model);
+4. every plan point replayed with the hidden parameters themselves against its measurement:
+   what the forward model gets wrong even with the true parameters, which a fit then absorbs.
 
 Exits 1 when a prediction within the measured batch range misses J/token or ITL p50 by more
 than 5% (table 2, full calibration), 0 otherwise.
@@ -46,7 +48,10 @@ from jouletune.calibrate import (
     replay_run,
     simulate_closed_loop,
 )
+from jouletune.calibrate._calibrate import load_measured, sim_setup
+from jouletune.calibrate._fit import predict, relative_errors
 from jouletune.calibrate._observe import Observation
+from jouletune.calibrate._plan import CalibrationPlan
 from jouletune.loadgen import BenchConfig, ValidityThresholds, run_bench
 from jouletune.profile import GpuProfile, ProfileFigures, ProfileParameters, load_profile
 
@@ -239,6 +244,20 @@ async def live_table(servers: Servers, full: GpuProfile, duration_s: float) -> N
         print(row + " |")
 
 
+def truth_table(out: Path) -> None:
+    """Replay each measured plan point with the hidden parameters; print its errors."""
+    plan = CalibrationPlan.model_validate_json((out / "plan.json").read_text())
+    observations = [m.observation for m in load_measured(plan, out)]
+    replays = predict(sim_setup(plan), HIDDEN, observations)
+    figures = (*GATED, "ttft_ms_p50", "output_tok_s")
+    print("\n| plan point, hidden parameters' replay | J/tok | ITL p50 | TTFT p50 | tok/s |")
+    print("|---|---|---|---|---|")
+    for obs, sim in zip(observations, replays, strict=True):
+        errors = relative_errors(obs.measured, sim)
+        cells = [f"{errors[f]:+.1%}" if f in errors else "-" for f in figures]
+        print(f"| {obs.point.name} | {' | '.join(cells)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Calibrate against the hidden GPU and report; exit 1 on a miss beyond 5%."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -261,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                  "built-in": BUILT_IN}
             )  # fmt: skip
             asyncio.run(live_table(servers, full, args.duration))
+            truth_table(out)
     print(
         "\nworst J/token or ITL p50 error within the measured batch range: "
         + ", ".join(f"{name} {error:.1%}" for name, error in worst.items())
