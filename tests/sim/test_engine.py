@@ -95,7 +95,7 @@ def _add(engine: Engine, listener: StepListener, n: int, *, prompt: int, out: in
 def test_batch_never_exceeds_max_num_seqs_nor_the_token_budget() -> None:
     engine = _engine(_config(max_num_seqs=8, max_num_batched_tokens=1024))
     rec = _Recorder()
-    _add(engine, rec, 40, prompt=300, out=20)
+    _add(engine, rec, 40, prompt=700, out=20)  # two prompts overflow the budget: chunks
     steps = _run(engine)
     assert max(s.batch.num_seqs for s in steps) == 8
     assert max(s.batch.num_tokens for s in steps) <= 1024

@@ -19,7 +19,8 @@ Two things stand between the clients and the scheduler, as in vLLM 0.24:
   way round;
 * asynchronous scheduling (vLLM 0.24's default): the engine core schedules step k+1 while
   step k runs, so a step that follows another without a gap was scheduled when its
-  predecessor started and admits only the requests that had reached the scheduler by then.
+  predecessor started (once the host had launched it, if that ended later) and admits only
+  the requests that had reached the scheduler by then.
   It also launches step k+1 before it hands out step k's tokens. A step of more tokens than
   vLLM captures CUDA graphs for (`min(2 · max_num_seqs, 512)`: any step that prefills a
   prompt beside the running decodes) is launched kernel by kernel, which takes the host
@@ -125,8 +126,8 @@ class Engine:
         self._emitted = 0
         self.records: list[RequestRecord] = []
         self._record_times_s = array("d")
-        # The last step: when it started and ended (asynchronous scheduling).
-        self._last_start_s = -math.inf
+        # The last step: when the next one is scheduled (asynchronous scheduling), and its end.
+        self._next_cutoff_s = -math.inf
         self._last_end_s = -math.inf
         # The last step's tokens wait for the next step's launch (`begin_step`), and when the
         # tokens before them left.
@@ -220,7 +221,9 @@ class Engine:
         """Schedule a batch at `start_s` and price it on the GPUs; None when nothing can run.
 
         A step that starts where the last one ended was scheduled (asynchronous scheduling)
-        when the last one started: it admits the requests that had reached the scheduler by
+        when the last one started, or when the host had launched the last one if that ended
+        later (vLLM's engine-core loop takes requests in, schedules and launches step k+1,
+        then waits for step k): it admits the requests that had reached the scheduler by
         then. If that leaves nothing to run, vLLM's engine core waits for the last step and
         schedules again; so does the model, at `start_s`.
 
@@ -232,7 +235,7 @@ class Engine:
         if not busy:  # nothing to launch behind: the tokens left before the API server ran on
             self._hand_out()
         self.advance_frontend(start_s)
-        decided_s = self._last_start_s if busy else start_s
+        decided_s = self._next_cutoff_s if busy else start_s
         self._admit_pending(decided_s)
         scheduled, newly = self._schedule(start_s)
         if not scheduled and decided_s < start_s:
@@ -253,7 +256,7 @@ class Engine:
         start_s = max(start_s, launched_s - duration_s)
         for gpu, outcome in zip(self.gpus, outcomes, strict=True):
             gpu.record_step(outcome, work, start_s=start_s)
-        self._last_start_s = start_s
+        self._next_cutoff_s = launched_s  # the next step is scheduled once this one is launched
         self._last_end_s = start_s + duration_s
         return Step(
             start_s=start_s,
