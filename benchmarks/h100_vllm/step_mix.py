@@ -39,15 +39,18 @@ class StepMix:
     prefill_steps: int
     prompts_per_prefill_step: float
     decode_step_ms: float
+    runs: tuple[int, int, int]  # runs of consecutive prefilling steps: 1, 2, 3 or more long
 
     def line(self, name: str) -> str:
         """One printed line."""
+        one, two, more = (n / max(sum(self.runs), 1) for n in self.runs)
         return (
             f"{name}: {self.steps} steps in {self.window_s:.1f} s "
             f"({1e3 * self.window_s / self.steps:.2f} ms each), "
             f"{self.prefill_steps / self.steps:.0%} with prefill, "
             f"{self.prompts_per_prefill_step:.2f} prompts per such step, "
-            f"a decode-only step after another {self.decode_step_ms:.2f} ms (median)"
+            f"a decode-only step after another {self.decode_step_ms:.2f} ms (median); "
+            f"runs of prefilling steps {one:.0%} one step long, {two:.0%} two, {more:.0%} more"
         )
 
 
@@ -58,12 +61,16 @@ def mix(steps: list[tuple[float, int]], start_s: float, end_s: float) -> StepMix
     inside = [(t, n) for t, n in steps if start_s <= t <= end_s]
     with_prefill = [n for _, n in inside if n]
     decode_gaps = [b[0] - a[0] for a, b in itertools.pairwise(inside) if a[1] == 0 and b[1] == 0]
+    lengths = [
+        len(list(run)) for prefills, run in itertools.groupby(n > 0 for _, n in inside) if prefills
+    ]
     return StepMix(
         steps=len(inside),
         window_s=end_s - start_s,
         prefill_steps=len(with_prefill),
         prompts_per_prefill_step=statistics.mean(with_prefill) if with_prefill else 0.0,
         decode_step_ms=1e3 * statistics.median(decode_gaps) if decode_gaps else math.nan,
+        runs=(lengths.count(1), lengths.count(2), sum(1 for n in lengths if n > 2)),
     )
 
 
