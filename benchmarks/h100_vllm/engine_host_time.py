@@ -44,6 +44,10 @@ POINTS = (
     ("h100-vllm/varied-a/n128_w1024-128.json", "h100-vllm/varied-a/vllm_n128.log.gz"),
     ("h100-vllm/varied-a/n256_w512-256.json", "h100-vllm/varied-a/vllm_n256.log.gz"),
     ("h100-vllm/varied-a/n256_w1024-128.json", "h100-vllm/varied-a/vllm_n256.log.gz"),
+    ("h100-vllm/varied-b/n128_w512-256.json", "h100-vllm/varied-b/vllm_n128.log.gz"),
+    ("h100-vllm/varied-b/n128_w1024-128.json", "h100-vllm/varied-b/vllm_n128.log.gz"),
+    ("h100-vllm/varied-b/n256_w512-256.json", "h100-vllm/varied-b/vllm_n256.log.gz"),
+    ("h100-vllm/varied-b/n256_w1024-128.json", "h100-vllm/varied-b/vllm_n256.log.gz"),
     (
         "h100-tokenizer/fixed-client/jouletune_c128_rr0.5_s41.json",
         "h100-tokenizer/fixed-client/vllm_n128.log.gz",
