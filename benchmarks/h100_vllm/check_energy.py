@@ -4,7 +4,8 @@ Each `jouletune bench` result took its window energy from `jouletune exporter`'s
 Beside it, `nvml_energy_log.py` logged the same GPU's total-energy counter every 50 ms in a
 separate process. This script interpolates that log at each result's window edges and prints
 both energies and their difference (issue 7: within 2%); a result in a subfolder is read
-against the log in its own folder, and one without a log is listed as such.
+against the log in its own folder (`nvml_nN.csv.gz` for the server of N sequences, or one
+`nvml.csv.gz` for a sweep's `cC.json` points), and one without a log is listed as such.
 
     python benchmarks/h100_vllm/check_energy.py [benchmarks/results/h100-vllm]
 """
@@ -38,10 +39,13 @@ def main(results_dir: Path) -> int:
     """Print one line per result; exit 1 if any differs by more than the limit."""
     print(f"{'point':<30}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
     worst = 0.0
-    for path in sorted(results_dir.glob("**/n*_w*.json")):
+    paths = [*results_dir.glob("**/n*_w*.json"), *results_dir.glob("**/c[0-9]*.json")]
+    for path in sorted(paths):
         result = json.loads(path.read_text())
         name = path.relative_to(results_dir).with_suffix("").as_posix()
-        log = path.parent / f"nvml_{path.name.split('_')[0]}.csv.gz"
+        log = path.parent / f"nvml_{path.name.split('_')[0]}.csv.gz"  # one per server
+        if not log.is_file():  # one server for the folder's points (a sweep)
+            log = path.parent / "nvml.csv.gz"
         if not log.is_file():  # a rerun without an independent log beside it
             print(f"{name:<30}{result['energy_j']:>12.1f}{'no log':>12}")
             continue
