@@ -256,6 +256,35 @@ def test_a_step_too_large_for_a_cuda_graph_holds_back_the_tokens_before_it(
     assert delivered[-1] == pytest.approx(expected_s)
 
 
+def test_a_request_reaching_the_scheduler_during_a_long_launch_is_in_the_next_step() -> None:
+    # vLLM's engine core schedules step k+2 once it has launched step k+1: after a step too
+    # large for a CUDA graph, whatever arrived during that launch is in the very next step.
+    engine = _engine(_no_api_costs(), 64, times := _Times())
+    steps = _run_until(engine, lambda: False, limit=10)
+    running = engine.begin_step(steps[-1].end_s)  # step k, in flight
+    assert running is not None
+    engine.add(SimRequest(request_id="p", prompt_tokens=1024, max_tokens=1,
+                          arrival_s=running.start_s))  # fmt: skip
+    engine.finish_step(running)
+    following = engine.begin_step(running.end_s)  # step k+1: prefills p, launched eagerly
+    assert following is not None and following.newly_scheduled
+    perf = DEFAULT_PERF
+    launched_s = steps[-1].end_s + (
+        perf.eager_launch_s
+        + perf.eager_launch_per_token_s * 1024
+        + perf.eager_launch_per_seq_s * 64
+    )
+    probe = SimRequest(
+        request_id="probe", prompt_tokens=64, max_tokens=1,
+        arrival_s=(following.start_s + launched_s) / 2, listener=times,
+    )  # fmt: skip
+    assert following.start_s < probe.arrival_s < launched_s  # on the GPU, still being launched
+    engine.add(probe)
+    engine.finish_step(following)
+    after = engine.begin_step(following.end_s)  # step k+2
+    assert after is not None and probe in after.newly_scheduled
+
+
 def test_an_idle_engine_launches_a_large_step_at_no_extra_cost() -> None:
     engine = _engine(_no_api_costs(), 0, times := _Times())
     engine.add(SimRequest(request_id="p", prompt_tokens=1024, max_tokens=1, arrival_s=1.0,
