@@ -35,7 +35,9 @@ __all__ = [
     "SIMULATED_DRIVER",
     "Provenance",
     "ProvenanceKind",
+    "SimProfile",
     "common_provenance",
+    "setting_caveat",
 ]
 
 ProvenanceKind = Literal["measured", "predicted"]
@@ -99,9 +101,15 @@ class SimProfile(BaseModel):
     clock_locks_measured: bool
 
 
-def calibrated_caveat(profile: SimProfile, *, setting: Literal["cap", "lock"]) -> str:
-    """The caveat of a cap or lock saving the simulator predicted with a profile calibrated
-    under that setting: a prediction still, fitted to the GPU under such settings."""
+def setting_caveat(profile: SimProfile | None, *, setting: Literal["cap", "lock"]) -> str:
+    """The caveat of a cap or lock saving the simulator predicted: with a profile calibrated
+    under that setting, a prediction still, fitted to the GPU under such settings; without
+    one, an uncalibrated prediction with the published evidence."""
+    measured = profile is not None and (
+        profile.power_limits_measured if setting == "cap" else profile.clock_locks_measured
+    )
+    if profile is None or not measured:
+        return PREDICTED_CAP_CAVEAT if setting == "cap" else PREDICTED_CLOCK_CAVEAT
     what = "power-cap" if setting == "cap" else "SM-clock-lock"
     under = "power limits" if setting == "cap" else "SM clock locks"
     return (

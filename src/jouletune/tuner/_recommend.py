@@ -20,14 +20,12 @@ from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import (
-    PREDICTED_CAP_CAVEAT,
-    PREDICTED_CLOCK_CAVEAT,
     PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     Provenance,
     SimProfile,
-    calibrated_caveat,
     common_provenance,
+    setting_caveat,
 )
 from jouletune.tuner._records import Role, TrialRecord, TrialState
 from jouletune.tuner._space import serve_args
@@ -309,17 +307,9 @@ def _caveats(
         return []
     caveats = []
     if best.point.power_limit_w is not None:
-        caveats.append(
-            calibrated_caveat(profile, setting="cap")
-            if profile is not None and profile.power_limits_measured
-            else PREDICTED_CAP_CAVEAT
-        )
+        caveats.append(setting_caveat(profile, setting="cap"))
     if best.point.sm_clock_mhz is not None:
-        caveats.append(
-            calibrated_caveat(profile, setting="lock")
-            if profile is not None and profile.clock_locks_measured
-            else PREDICTED_CLOCK_CAVEAT
-        )
+        caveats.append(setting_caveat(profile, setting="lock"))
     metrics = [metric.value for metric in spec.latency_metrics()]
     if any(m.startswith("ttft") for m in metrics):
         caveats.append(PREDICTED_TTFT_CAVEAT)
