@@ -334,11 +334,7 @@ def _server(args: argparse.Namespace, target: Target, gpu_key: str) -> ServerSet
 def _default_caps(gpus: Sequence[Gpu]) -> tuple[float, ...]:
     """60% and 40% of the GPU's default limit, rounded to 5 W, within its range."""
     rng = gpus[0].power_limit_range()
-    caps = [
-        min(max(round(rng.default_w * f / _CAP_ROUND_W) * _CAP_ROUND_W, rng.min_w), rng.max_w)
-        for f in DEFAULT_CAP_FRACTIONS
-    ]
-    return tuple(dict.fromkeys(c for c in caps if c < rng.default_w))
+    return _below(rng.default_w, DEFAULT_CAP_FRACTIONS, _CAP_ROUND_W, rng.min_w, rng.max_w)
 
 
 def _default_clocks(gpus: Sequence[Gpu]) -> tuple[int, ...]:
@@ -349,12 +345,19 @@ def _default_clocks(gpus: Sequence[Gpu]) -> tuple[int, ...]:
     except GpuError as err:
         _log(f"no SM clock lock in the plan: {err}")
         return ()
-    clocks = [
-        min(max(round(rng.max_mhz * f / _CLOCK_ROUND_MHZ) * _CLOCK_ROUND_MHZ, rng.min_mhz),
-            rng.max_mhz)
-        for f in DEFAULT_CLOCK_FRACTIONS
-    ]  # fmt: skip
-    return tuple(dict.fromkeys(c for c in clocks if c < rng.max_mhz))
+    clocks = _below(
+        rng.max_mhz, DEFAULT_CLOCK_FRACTIONS, _CLOCK_ROUND_MHZ, rng.min_mhz, rng.max_mhz
+    )
+    return tuple(int(c) for c in clocks)
+
+
+def _below(
+    ref: float, fractions: Sequence[float], step: float, lo: float, hi: float
+) -> tuple[float, ...]:
+    """Each fraction of `ref`, rounded to `step` and kept within [lo, hi]; those below `ref`,
+    once each, in order."""
+    values = (min(max(round(ref * f / step) * step, lo), hi) for f in fractions)
+    return tuple(dict.fromkeys(v for v in values if v < ref))
 
 
 def _check_ranges(gpus: Sequence[Gpu], caps_w: Sequence[float], clocks_mhz: Sequence[int]) -> None:
