@@ -16,7 +16,9 @@ from jouletune.calibrate import (
     measure_plan,
 )
 from jouletune.calibrate.cli import main
+from jouletune.gpu import GpuSetting
 from tests.calibrate.hidden import MODEL, h100_server
+from tests.left_records import leave_record
 from tests.procs import Proc, free_port, jouletune_process
 
 
@@ -103,6 +105,31 @@ def test_read_only_refuses_clock_locks(capsys: pytest.CaptureFixture[str], tmp_p
     url = f"http://127.0.0.1:{free_port()}"
     argv = ["--base-url", url, "--exporter-url", url, "--out", str(tmp_path), "--read-only"]
     _one_line_error(capsys, [*argv, "--sm-clock", "1200"], "--read-only", "--sm-clock")
+
+
+@pytest.mark.parametrize(
+    ("setting", "undo"),
+    [
+        (GpuSetting.POWER_LIMIT, "restore its 700 W limit"),
+        (GpuSetting.SM_CLOCK_LOCK, "reset its SM clock lock"),
+    ],
+)
+def test_read_only_refuses_a_gpu_a_killed_run_left_changed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, setting: GpuSetting, undo: str
+) -> None:
+    # Putting the setting back would change the GPU, and measuring on it would calibrate a
+    # GPU that is not as found.
+    state = tmp_path / "state"
+    record, left = leave_record(
+        state, uuid="GPU-0", address="nvml", name="NVIDIA H100 80GB HBM3", setting=setting,
+        original_w=700.0 if setting is GpuSetting.POWER_LIMIT else None,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    argv = ["--base-url", url, "--exporter-url", url, "--out", str(out), "--read-only"]
+    words = f"was left changed by {record.writer()} ({left}); rerun without --read-only to {undo}"
+    _one_line_error(capsys, [*argv, "--state-dir", str(state)], words)
+    assert left.exists() and not out.exists(), "nothing touched, nothing measured"
 
 
 def test_fit_only_needs_an_earlier_calibration(

@@ -11,10 +11,8 @@ generator like a user's (client, HTTP, exporter, steady-state window).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from jouletune.calibrate import Workload, simulate_closed_loop
-from jouletune.gpu import GpuSetting, LimitRecord, LimitStore, open_sim_gpus
+from jouletune.gpu import GpuSetting, LimitStore, open_sim_gpus
 from jouletune.loadgen import BenchResult
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
 from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, HeldOut, h100_setup
+from tests.left_records import leave_record
 from tests.procs import free_port, jouletune_process
 from tests.validity import SHORT_RUN
 
@@ -206,17 +205,11 @@ def test_a_lock_a_killed_run_left_is_reset_before_anything_is_measured(
 ) -> None:
     server_url, exporter_url = calibration.argv[1], calibration.argv[3]
     (gpu,) = open_sim_gpus(server_url)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)  # fmt: skip
-    record = LimitRecord(
-        uuid=gpu.uuid, address=f"{server_url}/sim/gpus", index=0, name=gpu.name,
-        setting=GpuSetting.SM_CLOCK_LOCK, max_sm_clock_mhz=1980, pid=int(dead.stdout),
-        host=socket.gethostname(), boot_id=None, pid_start_ticks=None, written_unix_s=time.time(),
-    )  # fmt: skip
     store = LimitStore(tmp_path / "state")
-    store.directory.mkdir()
-    left = store.path(record.address, record.uuid, GpuSetting.SM_CLOCK_LOCK)
-    left.write_text(json.dumps(record.to_json()))
+    record, left = leave_record(
+        store.directory, uuid=gpu.uuid, address=f"{server_url}/sim/gpus", name=gpu.name,
+        setting=GpuSetting.SM_CLOCK_LOCK, max_sm_clock_mhz=1980,
+    )  # fmt: skip
     gpu.set_sm_clock_lock_mhz(1500)
     plan = [
         *("--concurrency", "1", "--workload", "32:32", "--duration", "2"),

@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from jouletune.gpu import GpuSetting, LimitRecord, LimitStore
+from jouletune.gpu import GpuSetting, LimitStore
+from tests.left_records import leave_record
 from tests.poll import wait_for
 from tests.procs import free_port
 from tests.tuner.tune_procs import clock_locks_set, power_limits_set, server_logs, start_tune
@@ -220,19 +221,12 @@ def _gone(pid: int) -> bool:
 def test_read_only_refuses_to_measure_on_a_setting_a_killed_run_left(
     tmp_path: Path, setting: GpuSetting, undo: str
 ) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)  # fmt: skip
-    record = LimitRecord(
-        uuid="GPU-sim-h100-80gb-0000", address="http://127.0.0.1:1/sim/gpus", index=0,
+    store = LimitStore(tmp_path / "state")
+    record, left = leave_record(
+        store.directory, uuid="GPU-sim-h100-80gb-0000", address="http://127.0.0.1:1/sim/gpus",
         name="NVIDIA H100 80GB HBM3", setting=setting,
         original_w=700.0 if setting is GpuSetting.POWER_LIMIT else None,
-        pid=int(dead.stdout), host=socket.gethostname(), boot_id=None, pid_start_ticks=None,
-        written_unix_s=time.time(),
     )  # fmt: skip
-    store = LimitStore(tmp_path / "state")
-    store.directory.mkdir()
-    left = store.path(record.address, record.uuid, setting)
-    left.write_text(json.dumps(record.to_json()))
     config = tmp_path / "local.yaml"
     config.write_text(SPEC.replace("powerLimitW: [400, 300]", "powerLimitW: []"))
     result = subprocess.run(

@@ -12,8 +12,9 @@ limits (default: 60% and 40% of the GPU's default limit) and an SM clock lock (d
 of its highest SM clock), each at concurrency 8 and 64, always restoring the limit found and
 resetting the lock; each limit and lock as found is on disk meanwhile (`--state-dir`, as
 `jouletune tune` keeps it), and a calibration first puts back whatever a killed run (tune or
-calibrate) left changed. Each point's result is saved to `OUT/points/` as it completes; a
-rerun keeps them and measures the rest. Then it fits the simulator's parameters to the
+calibrate) left changed; `--read-only` refuses to measure on such a GPU instead. Each
+point's result is saved to `OUT/points/` as it completes; a rerun keeps them and measures the
+rest. Then it fits the simulator's parameters to the
 points and writes `OUT/profile.json`, which `jouletune sim-server --gpu-profile` and
 `jouletune tune --gpu-profile` take. Tell it the server's engine flags where they differ from
 vLLM's defaults (`--max-num-seqs`, ...): the fit replays the runs on the same settings.
@@ -59,6 +60,7 @@ from jouletune.gpu import (
     check_clock_lock,
     check_power_limit,
     default_state_dir,
+    refuse_left_changed,
     restore_left_limits,
 )
 from jouletune.gpu.simulated import GPU_CATALOG, gpu_model
@@ -96,8 +98,8 @@ def main(argv: list[str]) -> int:
         if args.fit_only:
             plan = _read_plan(args.out, model=args.model)
         else:
+            store = _restore_left(args.state_dir, read_only=args.read_only)
             plan, gpus = _new_plan(args)
-            store = None if plan.read_only else _restore_left(args.state_dir)
             code = _measure(plan, args.out, gpus, store)
             if code != EXIT_OK:
                 return code
@@ -224,15 +226,20 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     return plan, gpus
 
 
-def _restore_left(state_dir: Path | None) -> LimitStore:
+def _restore_left(state_dir: Path | None, *, read_only: bool) -> LimitStore | None:
     """The state directory, after putting back every limit and lock a killed run left
-    changed there (the GPU layer logs each)."""
+    changed there (the GPU layer logs each); read-only, None after refusing to run on such
+    a GPU instead: its cap or lock is not the GPU as found."""
     store = LimitStore(state_dir or default_state_dir())
     try:
-        restore_left_limits(store)
+        if read_only:
+            refuse_left_changed(store)
+        else:
+            restore_left_limits(store)
     except GpuError as err:
-        raise CalibrationError(f"a GPU a killed run left changed: {err}") from None
-    return store
+        prefix = "" if read_only else "a GPU a killed run left changed: "
+        raise CalibrationError(f"{prefix}{err}") from None
+    return None if read_only else store
 
 
 def _measure(

@@ -6,7 +6,8 @@ simulated ones from `SimulatedGpu` (the power model in `jouletune.gpu.simulated`
 the `Gpu` protocol and produce `GpuSample`s in SI units. `power_limit()` (`PowerLimits`) is
 the only way jouletune changes a limit, `clock_lock()` (`ClockLocks`) the only way it locks an
 SM clock; with a `LimitStore` the settings as found are on disk while they are changed, and
-`restore_left_limits` puts back what a crashed run left.
+`restore_left_limits` puts back what a crashed run left; `refuse_left_changed` stops a
+read-only run on it instead.
 `VisibleDevices` maps CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES to NVML indices: the
 GPUs an engine started in this environment uses.
 """
@@ -31,7 +32,7 @@ from jouletune.gpu._remote import (
     open_remote_gpus,
     open_sim_gpus,
 )
-from jouletune.gpu._restore import Restored, restore_left_limits
+from jouletune.gpu._restore import Restored, refuse_left_changed, restore_left_limits
 from jouletune.gpu._sampling import sample_all
 from jouletune.gpu._select import GpuSelector, parse_selection, read_gpu_list
 from jouletune.gpu._state import (
@@ -81,6 +82,7 @@ __all__ = [
     "parse_selection",
     "power_limit",
     "read_gpu_list",
+    "refuse_left_changed",
     "restore_left_limits",
     "sample_all",
 ]

@@ -83,6 +83,22 @@ def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) ->
     return done
 
 
+def refuse_left_changed(store: LimitStore) -> None:
+    """For a run that must not change a GPU (read-only): refuse when a dead run left one
+    changed, since its cap or lock is not the GPU as found and putting it back is a change.
+
+    Raises:
+        GpuError: a record in `store` whose writer is gone; the message names the GPU, the
+            writer, the record's file and what undoing it takes.
+    """
+    for path, record in store.records():
+        if record is not None and not record.holder_alive():
+            raise GpuError(
+                f"GPU {record.index} ({record.uuid}) was left changed by {record.writer()} "
+                f"({path}); rerun without --read-only to {record.undo()} first"
+            )
+
+
 def take_over(store: LimitStore, gpu: Gpu, setting: GpuSetting) -> LimitRecord | None:
     """Before changing `gpu`'s `setting`: a dead run's record of it (the setting is put back
     now), or None when there is no record.

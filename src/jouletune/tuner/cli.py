@@ -41,6 +41,7 @@ from jouletune.gpu import (
     GpuError,
     LimitStore,
     default_state_dir,
+    refuse_left_changed,
     restore_left_limits,
 )
 from jouletune.loadgen import EnergySource
@@ -140,18 +141,12 @@ def _restore_left(store: LimitStore, *, read_only: bool) -> None:
     read-only, refuse to run on one instead: its cap or lock is not the GPU as found.
 
     Raises:
-        GpuError: a limit could not be put back.
-        _UsageError: read-only, and a GPU was left changed.
+        GpuError: a limit could not be put back, or read-only and a GPU was left changed.
     """
-    if not read_only:
+    if read_only:
+        refuse_left_changed(store)
+    else:
         restore_left_limits(store)
-        return
-    for path, record in store.records():
-        if record is not None and not record.holder_alive():
-            raise _UsageError(
-                f"GPU {record.index} ({record.uuid}) was left changed by {record.writer()} "
-                f"({path}); rerun without --read-only to {record.undo()} first"
-            )
 
 
 async def _until_signalled(work: Coroutine[Any, Any, None]) -> bool:
