@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import platform
@@ -41,6 +40,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from result_files import find_results, read_json, result_stem  # this script's folder
 
 from jouletune import __version__
 from jouletune.gpu.simulated import GpuModel, gpu_model
@@ -151,23 +152,24 @@ def load_points(folder: Path) -> list[RealPoint]:
     max_num_seqs restarts vLLM).
     """
     points = []
-    for path in sorted(folder.glob("**/n*_w*.json")):
+    for path in find_results(folder, "**/n*_w*"):
         sub = path.parent.relative_to(folder).as_posix()
         prefix = "" if sub == "." else f"{sub}/"
-        point = _point(path, name=prefix + path.stem, server="", max_num_seqs=None)
+        point = _point(path, name=prefix + result_stem(path), server="", max_num_seqs=None)
         points.append(replace(point, server=f"{prefix}n{point.concurrency}"))
     for table in sorted(folder.glob("*/trials.csv")):
         points += _trial_points(table)
-    for path in sorted(folder.glob("**/jouletune_c*.json")):
+    for path in find_results(folder, "**/jouletune_c*"):
         sub = path.parent.relative_to(folder).as_posix()
         if sub == "before-prefetch":
             continue
-        name = "tokenizer/" + (path.stem if sub == "." else f"{sub}/{path.stem}")
+        stem = result_stem(path)
+        name = "tokenizer/" + (stem if sub == "." else f"{sub}/{stem}")
         point = replace(_point(path, name=name, server=name), word_prompts=False)
         stalled = point.range_ratio > 0 and sub != _FIXED_CLIENT
         points.append(replace(point, stalled_client=stalled))
     if not points:
-        raise _InputError(f"no bench results (n*_w*.json, */trials.csv) in {folder}")
+        raise _InputError(f"no bench results (n*_w*.json[.gz], */trials.csv) in {folder}")
     return points
 
 
@@ -197,7 +199,7 @@ def _trial_points(table: Path) -> list[RealPoint]:
 
 def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = None) -> RealPoint:
     try:
-        d: dict[str, Any] = json.loads(path.read_text())
+        d: dict[str, Any] = read_json(path)
         cfg = d["config"]
         if cfg["dataset_name"] != "random" or cfg["request_rate"] != "inf":
             raise _InputError(f"{path}: only closed-loop random workloads are replayed")

@@ -15,12 +15,12 @@ the second wave sent in its first second, and the TTFT of its first twelve in se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
 import sim_fidelity as fidelity
+from result_files import read_json
 
 _DEFAULT = [
     "iter-c/n8_w1024-128",
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     points = fidelity.load_points(args.results)
     for name in args.points:
         run = fidelity.replay_point(points, name)
-        detail = json.loads(run[0].path.read_text()).get("requests") if run else None
+        detail = read_json(run[0].path).get("requests") if run else None
         if run is None or not detail:
             print(f"sim_wave_returns: error: no point {name} with per-request detail")
             return 2

@@ -6,7 +6,7 @@
 # Resumable: points already in $RES are skipped, so a later run on the same warm machine goes on.
 # Usage: campaign.sh "1 8 32" DEADLINE_UNIX_S     (stops starting servers near the deadline)
 # VLLM_ARGS and BENCH_ARGS add flags to every server and bench (e.g. vLLM's iteration log and
-# the bench's per-request detail); RES is where results go.
+# the bench's per-request detail); RES is where results go; MODEL the model directory.
 set -u
 SEQS=$1; DEADLINE=$2
 RES=${RES:-/tmp/campaign}; mkdir -p "$RES"
@@ -14,6 +14,7 @@ export PYTHONPATH=$PWD/src:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFE
 JT="python3 -m jouletune"
 WORKLOADS=${WORKLOADS:-"512:256 1024:128"}  # input:output[:seed] (seed 1 by default)
 DUR=${DUR:-20}
+MODEL=${MODEL:-/tmp/model}
 
 stop_all() {
   for f in /tmp/vllm.pid /tmp/exporter.pid /tmp/nvlog.pid; do
@@ -34,7 +35,7 @@ for N in $SEQS; do
   now=$(date +%s); [ $((DEADLINE - now)) -lt 200 ] && { echo "campaign: deadline near, stop before N=$N"; break; }
   stop_all
   echo "campaign: starting vllm max_num_seqs=$N at $(date +%T)"
-  setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
+  setsid python3 -m vllm.entrypoints.cli.main serve "$MODEL" --load-format dummy \
     --max-num-seqs "$N" --max-model-len 2048 --port 8000 ${VLLM_ARGS:-} > "$RES/vllm_n$N.log" 2>&1 < /dev/null &
   echo $! > /tmp/vllm.pid
   setsid $JT exporter --port 9400 --gpus 0 > "$RES/exporter.log" 2>&1 < /dev/null & echo $! > /tmp/exporter.pid

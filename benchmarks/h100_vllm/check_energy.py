@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from result_files import find_results, read_json, result_stem
 
 _LIMIT_PCT = 2.0
 
@@ -39,10 +41,10 @@ def main(results_dir: Path) -> int:
     """Print one line per result; exit 1 if any differs by more than the limit."""
     print(f"{'point':<30}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
     worst = 0.0
-    paths = [*results_dir.glob("**/n*_w*.json"), *results_dir.glob("**/c[0-9]*.json")]
+    paths = [*find_results(results_dir, "**/n*_w*"), *find_results(results_dir, "**/c[0-9]*")]
     for path in sorted(paths):
-        result = json.loads(path.read_text())
-        name = path.relative_to(results_dir).with_suffix("").as_posix()
+        result = read_json(path)
+        name = (path.parent / result_stem(path)).relative_to(results_dir).as_posix()
         log = path.parent / f"nvml_{path.name.split('_')[0]}.csv.gz"  # one per server
         if not log.is_file():  # one server for the folder's points (a sweep)
             log = path.parent / "nvml.csv.gz"

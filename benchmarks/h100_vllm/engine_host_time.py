@@ -23,7 +23,6 @@ fit is the simulator's `eager_launch_s`, `eager_launch_per_token_s` and
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 from iteration_log import iterations  # this script's folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from result_files import read_json
 
 _RESULTS = Path(__file__).resolve().parents[1] / "results"
 # (result file, its server's log): every committed point whose log carries unix stamps.
@@ -40,23 +42,23 @@ POINTS = (
     ("h100-vllm/intake-a/n192_w1024-128.json", "h100-vllm/intake-a/vllm_n192.log.gz"),
     ("h100-vllm/intake-a/n256_w1024-128.json", "h100-vllm/intake-a/vllm_n256.log.gz"),
     ("h100-vllm/intake-b/n256_w1024-128.json", "h100-vllm/intake-b/vllm_n256.log.gz"),
-    ("h100-vllm/varied-a/n128_w512-256.json", "h100-vllm/varied-a/vllm_n128.log.gz"),
-    ("h100-vllm/varied-a/n128_w1024-128.json", "h100-vllm/varied-a/vllm_n128.log.gz"),
-    ("h100-vllm/varied-a/n256_w512-256.json", "h100-vllm/varied-a/vllm_n256.log.gz"),
-    ("h100-vllm/varied-a/n256_w1024-128.json", "h100-vllm/varied-a/vllm_n256.log.gz"),
-    ("h100-vllm/varied-b/n128_w512-256.json", "h100-vllm/varied-b/vllm_n128.log.gz"),
-    ("h100-vllm/varied-b/n128_w1024-128.json", "h100-vllm/varied-b/vllm_n128.log.gz"),
-    ("h100-vllm/varied-b/n256_w512-256.json", "h100-vllm/varied-b/vllm_n256.log.gz"),
-    ("h100-vllm/varied-b/n256_w1024-128.json", "h100-vllm/varied-b/vllm_n256.log.gz"),
+    ("h100-vllm/varied-a/n128_w512-256.json.gz", "h100-vllm/varied-a/vllm_n128.log.gz"),
+    ("h100-vllm/varied-a/n128_w1024-128.json.gz", "h100-vllm/varied-a/vllm_n128.log.gz"),
+    ("h100-vllm/varied-a/n256_w512-256.json.gz", "h100-vllm/varied-a/vllm_n256.log.gz"),
+    ("h100-vllm/varied-a/n256_w1024-128.json.gz", "h100-vllm/varied-a/vllm_n256.log.gz"),
+    ("h100-vllm/varied-b/n128_w512-256.json.gz", "h100-vllm/varied-b/vllm_n128.log.gz"),
+    ("h100-vllm/varied-b/n128_w1024-128.json.gz", "h100-vllm/varied-b/vllm_n128.log.gz"),
+    ("h100-vllm/varied-b/n256_w512-256.json.gz", "h100-vllm/varied-b/vllm_n256.log.gz"),
+    ("h100-vllm/varied-b/n256_w1024-128.json.gz", "h100-vllm/varied-b/vllm_n256.log.gz"),
     (
-        "h100-tokenizer/fixed-client/jouletune_c128_rr0.5_s41.json",
+        "h100-tokenizer/fixed-client/jouletune_c128_rr0.5_s41.json.gz",
         "h100-tokenizer/fixed-client/vllm_n128.log.gz",
     ),
     (
-        "h100-tokenizer/fixed-client/jouletune_c128_rr0.5_s45.json",
+        "h100-tokenizer/fixed-client/jouletune_c128_rr0.5_s45.json.gz",
         "h100-tokenizer/fixed-client/vllm_n128.log.gz",
     ),
-    ("h100-tokenizer/iter/jouletune_c129_rr0.json", "h100-tokenizer/iter/vllm_c129_rr0.log.gz"),
+    ("h100-tokenizer/iter/jouletune_c129_rr0.json.gz", "h100-tokenizer/iter/vllm_c129_rr0.log.gz"),
 )
 
 
@@ -72,7 +74,7 @@ class Interval:
 
 def intervals(result: Path, log: Path) -> list[Interval]:
     """Every such interval inside the result's steady-state window."""
-    window = json.loads(result.read_text())["window"]
+    window = read_json(result)["window"]
     steps = iterations(log, window["start_unix_s"], window["end_unix_s"])
     return [
         Interval(1e3 * (b.unix_s - a.unix_s) - b.wait_ms, c.prompt_tokens, c.decodes)

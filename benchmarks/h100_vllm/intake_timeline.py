@@ -24,13 +24,16 @@ import argparse
 import bisect
 import gzip
 import itertools
-import json
 import re
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from result_files import read_json
 
 _LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(\d+\.\d+) \w+ \[[^\]]*\] (.*)$")
 _RECEIVED = re.compile(r"^Received request (cmpl-[0-9a-f]+)-0:")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("log", type=Path)
     parser.add_argument("--bins-ms", type=float, default=100.0)
     args = parser.parse_args(argv)
-    result = json.loads(args.result.read_text())
+    result = read_json(args.result)
     received, added, steps = read_log(args.log)
     rows = intakes(result, received, added)
     if not rows:

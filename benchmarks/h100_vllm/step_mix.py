@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sim_fidelity as fidelity
 from iteration_log import iterations  # this script's folder
+from result_files import read_json
 
 from jouletune.loadgen import compute_metrics, steady_state_window
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step_mix: error: no point {args.point} in {args.results}, or no iteration lines")
         return 2
     point = run[0]
-    window = json.loads(point.path.read_text())["window"]
+    window = read_json(point.path)["window"]
     real = mix(steps, window["start_unix_s"], window["end_unix_s"])
     print(real.line(f"real  (ITL p50 {point.figures.itl_ms_p50:.2f} ms)"))
     sim, itl = replay_mix(run)
