@@ -73,7 +73,8 @@ _BPE_RENDER_RATIO = 2.5
 # held the GIL and stalled the event loop stamping the chunks: at varied lengths, where a
 # prompt is built every step or two, its ITL p50 read 14.4-14.8 ms where vLLM's client read
 # 12.2-12.7 on the same server (reps/). Those runs' ITL is not gated; `fixed-client/` has the
-# runs measured since, with vLLM's client beside them (benchmarks/client_prompt_gil.py).
+# runs measured since, with vLLM's client beside them (benchmarks/client_prompt_gil.py), and
+# `fixed-client-b/` more of them.
 _FIXED_CLIENT = "fixed-client"
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 H100 = gpu_model("h100-80gb")
@@ -166,7 +167,7 @@ def load_points(folder: Path) -> list[RealPoint]:
         stem = result_stem(path)
         name = "tokenizer/" + (stem if sub == "." else f"{sub}/{stem}")
         point = replace(_point(path, name=name, server=name), word_prompts=False)
-        stalled = point.range_ratio > 0 and sub != _FIXED_CLIENT
+        stalled = point.range_ratio > 0 and not sub.startswith(_FIXED_CLIENT)
         points.append(replace(point, stalled_client=stalled))
     if not points:
         raise _InputError(f"no bench results (n*_w*.json[.gz], */trials.csv) in {folder}")

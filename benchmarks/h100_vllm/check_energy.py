@@ -6,6 +6,7 @@ separate process. This script interpolates that log at each result's window edge
 both energies and their difference (issue 7: within 2%); a result in a subfolder is read
 against the log in its own folder (`nvml_nN.csv.gz` for the server of N sequences, or one
 `nvml.csv.gz` for a sweep's `cC.json` points), and one without a log is listed as such.
+Results may be gzip'd (`result_files.py`).
 
     python benchmarks/h100_vllm/check_energy.py [benchmarks/results/h100-vllm]
 """
@@ -41,11 +42,14 @@ def main(results_dir: Path) -> int:
     """Print one line per result; exit 1 if any differs by more than the limit."""
     print(f"{'point':<30}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
     worst = 0.0
-    paths = [*find_results(results_dir, "**/n*_w*"), *find_results(results_dir, "**/c[0-9]*")]
-    for path in sorted(paths):
+    patterns = ("**/n*_w*", "**/c[0-9]*", "**/jouletune_c*")
+    for path in sorted(p for pattern in patterns for p in find_results(results_dir, pattern)):
         result = read_json(path)
         name = (path.parent / result_stem(path)).relative_to(results_dir).as_posix()
-        log = path.parent / f"nvml_{path.name.split('_')[0]}.csv.gz"  # one per server
+        servers = result["config"].get("server_max_num_seqs") or result["config"]["max_concurrency"]
+        log = path.parent / f"nvml_n{servers}.csv.gz"  # one per server
+        if not log.is_file():  # one log per run, named for it
+            log = path.parent / f"nvml_{result_stem(path).removeprefix('jouletune_')}.csv.gz"
         if not log.is_file():  # one server for the folder's points (a sweep)
             log = path.parent / "nvml.csv.gz"
         if not log.is_file():  # a rerun without an independent log beside it

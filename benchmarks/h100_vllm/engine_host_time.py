@@ -59,6 +59,11 @@ POINTS = (
         "h100-tokenizer/fixed-client/vllm_n128.log.gz",
     ),
     ("h100-tokenizer/iter/jouletune_c129_rr0.json.gz", "h100-tokenizer/iter/vllm_c129_rr0.log.gz"),
+    ("h100-vllm/varied-c/log/n128_w512-256.json.gz", "h100-vllm/varied-c/log/vllm_n128.log.gz"),
+    (
+        "h100-tokenizer/fixed-client-b/jouletune_c128_rr0.5_s41.json.gz",
+        "h100-tokenizer/fixed-client-b/vllm_n128.log.gz",
+    ),
 )
 
 

@@ -95,10 +95,11 @@ class PerfConstants:
 # prompts 1.1 ms apart at 8 to 256 streams (benchmarks/h100_vllm/intake_timeline.py on
 # benchmarks/results/h100-vllm/intake-a and intake-b).
 # eager_launch_* measured, not fitted to any outcome: vLLM's own iteration log gives the
-# engine core's host time between steps; before a step without a CUDA graph it is 14.55 ms +
-# 0.64 µs per prefill token + 23.4 µs per decoding sequence (1288 intervals of 16 points at 8
-# to 256 sequences, benchmarks/h100_vllm/engine_host_time.py; 12.9 ms + 1.1 µs + 24 µs from
-# the first 12), against 1.7-9.6 ms before a decode-only step.
+# engine core's host time between steps; before a step without a CUDA graph it is 16.12 ms +
+# 0.37 µs per prefill token + 20.0 µs per decoding sequence (1593 intervals of 18 points at 8
+# to 256 sequences on several machines of the pool, whose hosts differ: 16 ms at 128 streams
+# on one, 21-29 ms on others; benchmarks/h100_vllm/engine_host_time.py), against 1.7-9.6 ms
+# before a decode-only step.
 DEFAULT_PERF = PerfConstants(
     weight_bw_efficiency=0.86,
     kv_bw_efficiency=0.85,
@@ -110,9 +111,9 @@ DEFAULT_PERF = PerfConstants(
     api_request_s=1.8e-3,
     api_chunk_s=48e-6,
     render_s_per_token=1.1e-6,
-    eager_launch_s=14.55e-3,
-    eager_launch_per_token_s=0.64e-6,
-    eager_launch_per_seq_s=23.4e-6,
+    eager_launch_s=16.12e-3,
+    eager_launch_per_token_s=0.37e-6,
+    eager_launch_per_seq_s=20.0e-6,
     activation_reserve_bytes=1.8913e9,
 )
 

@@ -133,12 +133,14 @@ PREDICTED_TTFT_CAVEAT = (
 )
 # ITL p50 is right at fixed lengths and misses at most varied-length points.
 PREDICTED_ITL_CAVEAT = (
-    "The ITL figures are the simulator's predictions: where request lengths vary, its ITL p50 "
-    "missed real H100 vLLM by 16-34% at four of six points (the mean inter-token time "
-    "right; the median falls between decode-only gaps and the longer gaps before a step "
-    "that prefills, and a few points of the step mix decide which), while at "
-    "fixed lengths it is within 10% everywhere (docs/validation.md). Measure ITL on the GPU "
-    "(`jouletune tune --backend local`) before relying on an ITL bound."
+    "The ITL figures are the simulator's predictions, for a typical serving host: where "
+    "request lengths vary, the median can fall between decode-only gaps and the longer gaps "
+    "after a step that prefills, and the host's CPU decides which (real H100 vLLM at 128 "
+    "streams of 512/256 +-50% read ITL p50 from 11.5 ms on one machine to 14.3 ms on "
+    "another, the simulator 12.1 to 14.2 ms depending on the prompts), while at fixed "
+    "lengths it is within 10% everywhere (docs/validation.md). "
+    "Measure ITL on the serving host (`jouletune tune --backend local`) before relying on an "
+    "ITL bound."
 )
 
 
