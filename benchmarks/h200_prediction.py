@@ -2,7 +2,8 @@
 
     python benchmarks/h200_prediction.py predict      # results/h200-prediction/prediction.json
     python benchmarks/h200_prediction.py compare DIR  # DIR: the H200's bench results (c{C}.json)
-    python benchmarks/h200_prediction.py replay DIR   # the same runs replayed as they ran
+    python benchmarks/h200_prediction.py replay DIR [--gpu-profile PROFILE]
+                                                      # the same runs replayed as they ran
 
 The simulator was fitted to the H100 only. Its H200 entry (`jouletune.gpu.simulated`,
 `h200-141gb`) changes only datasheet figures: 141 GB of HBM3e at 4.8 TB/s instead of 80 GB at
@@ -18,7 +19,8 @@ the same plan and prints the error of every figure, with no refit.
 simulated server for all of them, in their order, each run's own prompts (the bench's
 lengths and seed), so a prompt a later run sends again finds its blocks in the prefix cache
 as it did in vLLM (`benchmarks/sim_fidelity.py`'s replay, on `h200-141gb`). It uses the
-simulator as it is now, not as it was when the prediction was made.
+simulator as it is now, not as it was when the prediction was made. With `--gpu-profile`
+(a `jouletune calibrate` profile of an H200) it replays them on that profile instead.
 """
 
 from __future__ import annotations
@@ -116,14 +118,18 @@ def compare(folder: Path) -> None:
     _print_errors(folder, rows, "pred")
 
 
-def replay(folder: Path) -> None:
-    """Print the replay of the measured runs against them, and each figure's worst error."""
+def replay(folder: Path, profile: Path | None = None) -> None:
+    """Print the replay of the measured runs against them, and each figure's worst error;
+    on `profile` (a calibration) where given, else on the catalog's h200-141gb."""
     runs = []
     for c in CONCURRENCY:
         point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
         runs.append(replace(point, word_prompts=False, max_num_seqs=MAX_NUM_SEQS))
-    figures = fidelity.simulate_server(runs, gpu=gpu_model("h200-141gb"))
-    print(f"replay of {folder} on h200-141gb, jouletune {__version__}")
+    gpu, perf = (
+        (gpu_model("h200-141gb"), DEFAULT_PERF) if profile is None else fidelity._simulator(profile)
+    )
+    figures = fidelity.simulate_server(runs, gpu=gpu, perf=perf)
+    print(f"replay of {folder} on {profile or 'h200-141gb'}, jouletune {__version__}")
     rows = [
         (
             point.concurrency,
@@ -159,8 +165,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("predict")
-    for name in ("compare", "replay"):
-        sub.add_parser(name).add_argument("folder", type=Path)
+    sub.add_parser("compare").add_argument("folder", type=Path)
+    replay_args = sub.add_parser("replay")
+    replay_args.add_argument("folder", type=Path)
+    replay_args.add_argument("--gpu-profile", type=Path, help="a calibrated profile to replay on")
     args = parser.parse_args()
     if args.cmd == "predict":
         PREDICTION.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +177,7 @@ def main() -> int:
     elif args.cmd == "compare":
         compare(args.folder)
     else:
-        replay(args.folder)
+        replay(args.folder, args.gpu_profile)
     return 0
 
 
