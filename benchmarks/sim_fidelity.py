@@ -325,14 +325,16 @@ def simulate_server(
     return [_measure(replay, traced, point.concurrency) for point, replay, traced in runs]
 
 
-def replay_point(points: list[RealPoint], name: str) -> ReplayedRun | None:
+def replay_point(
+    points: list[RealPoint], name: str, *, perf: PerfConstants = DEFAULT_PERF
+) -> ReplayedRun | None:
     """Point `name` replayed as the gate replays it: on its server's replay, after the runs
     that server measured before it (None: no such point)."""
     point = next((p for p in points if p.name == name), None)
     if point is None:
         return None
     runs = sorted((p for p in points if p.server == point.server), key=_started)
-    *_, last = replay_runs(runs[: runs.index(point) + 1])
+    *_, last = replay_runs(runs[: runs.index(point) + 1], perf=perf)
     return last
 
 
