@@ -15,7 +15,7 @@ Llama-3.1-8B shape, one `vllm serve` with `--max-num-seqs 256 --max-model-len 20
 is committed before the H200 is measured; `compare` then reads `jouletune bench` results of
 the same plan and prints the error of every figure, with no refit.
 
-`replay` replays the measured runs as they ran, with the same H200 model and no refit: one
+`replay` replays the measured runs (those of the plan's C that DIR holds) as they ran, with the same H200 model and no refit: one
 simulated server for all of them, in their order, each run's own prompts (the bench's
 lengths and seed), so a prompt a later run sends again finds its blocks in the prefix cache
 as it did in vLLM (`benchmarks/sim_fidelity.py`'s replay, on `h200-141gb`). It uses the
@@ -122,7 +122,7 @@ def replay(folder: Path, profile: Path | None = None) -> None:
     """Print the replay of the measured runs against them, and each figure's worst error;
     on `profile` (a calibration) where given, else on the catalog's h200-141gb."""
     runs = []
-    for c in CONCURRENCY:
+    for c in (c for c in CONCURRENCY if (folder / f"c{c}.json").is_file()):
         point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
         runs.append(replace(point, word_prompts=False, max_num_seqs=MAX_NUM_SEQS))
     gpu, perf = (
