@@ -15,12 +15,13 @@ Llama-3.1-8B shape, one `vllm serve` with `--max-num-seqs 256 --max-model-len 20
 is committed before the H200 is measured; `compare` then reads `jouletune bench` results of
 the same plan and prints the error of every figure, with no refit.
 
-`replay` replays the measured runs (those of the plan's C that DIR holds) as they ran, with the same H200 model and no refit: one
-simulated server for all of them, in their order, each run's own prompts (the bench's
-lengths and seed), so a prompt a later run sends again finds its blocks in the prefix cache
-as it did in vLLM (`benchmarks/sim_fidelity.py`'s replay, on `h200-141gb`). It uses the
-simulator as it is now, not as it was when the prediction was made. With `--gpu-profile`
-(a `jouletune calibrate` profile of an H200) it replays them on that profile instead.
+`replay` replays the measured runs (those of the plan's C that DIR holds) as they ran, with
+the same H200 model and no refit: one simulated server for all of them, in their order, each
+run's own prompts (the bench's lengths and seed), so a prompt a later run sends again finds
+its blocks in the prefix cache as it did in vLLM (`benchmarks/sim_fidelity.py`'s replay, on
+`h200-141gb`). It uses the simulator as it is now, not as it was when the prediction was made.
+With `--gpu-profile` (a `jouletune calibrate` profile of an H200) it replays them on that
+profile instead.
 """
 
 from __future__ import annotations
