@@ -28,8 +28,4 @@ def find_results(folder: Path, pattern: str) -> list[Path]:
 
 def result_stem(path: Path) -> str:
     """The result's name without `.json` or `.json.gz`."""
-    name = path.name
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name.removesuffix(suffix)
-    return path.stem
+    return path.name.removesuffix(".gz").removesuffix(".json")

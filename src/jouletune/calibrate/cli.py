@@ -231,15 +231,17 @@ def _restore_left(state_dir: Path | None, *, read_only: bool) -> LimitStore | No
     changed there (the GPU layer logs each); read-only, None after refusing to run on such
     a GPU instead: its cap or lock is not the GPU as found."""
     store = LimitStore(state_dir or default_state_dir())
-    try:
-        if read_only:
+    if read_only:
+        try:
             refuse_left_changed(store)
-        else:
-            restore_left_limits(store)
+        except GpuError as err:
+            raise CalibrationError(str(err)) from None
+        return None
+    try:
+        restore_left_limits(store)
     except GpuError as err:
-        prefix = "" if read_only else "a GPU a killed run left changed: "
-        raise CalibrationError(f"{prefix}{err}") from None
-    return None if read_only else store
+        raise CalibrationError(f"a GPU a killed run left changed: {err}") from None
+    return store
 
 
 def _measure(
