@@ -9,13 +9,13 @@ machines of one H100 pool whose hosts differ; another host runs them faster or s
 the GPU's step times stay:
 
 * `--scale api` (the default): the API server's costs (`api_request_s`, `api_chunk_s`,
-  `render_s_per_token`). This replays the 1024/128 points of seed 41 (fresh servers at N =
-  96, 128, 192 and 256, the `iter-*` and `intake-*` runs), the first run of each N, and
-  prints TTFT p50, ITL p50 and the window's output tok/s beside the real runs of each point:
-  what a slower API server alone does to a closed loop's waves. TTFT p50 moves in whole
-  prefill steps (~195 ms at N=256), not in proportion: the level a fixed-length loop settles
-  on is set by how its first returns reach the scheduler, and it keeps it (docs/validation.md,
-  "No single TTFT at fixed lengths").
+  `render_s_per_token`). By default this replays the 1024/128 points of seed 41 (fresh
+  servers at N = 8, 96, 128, 192 and 256, the `iter-*` and `intake-*` runs), the first run
+  of each N, and prints TTFT p50, ITL p50 and the window's output tok/s, each run's real
+  figures first: what a slower API server alone does to a closed loop's waves. TTFT p50
+  moves in whole prefill steps (~195 ms at N=256), not in proportion: the level a
+  fixed-length loop settles on is set by how its first returns reach the scheduler, and it
+  keeps it (docs/validation.md, "No single TTFT at fixed lengths").
 * `--scale launch`: the engine core's time to launch a step too large for a CUDA graph
   (`eager_launch_*`), which vLLM's iteration log measures (h100_vllm/engine_host_time.py).
   Where lengths vary, ITL p50 sits between decode-only gaps and the longer gaps after a
