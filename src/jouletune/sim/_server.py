@@ -30,6 +30,7 @@ from jouletune.sim._metrics import VllmMetrics
 from jouletune.sim._perf import step_work
 from jouletune.sim._requests import BadRequest, parse_request
 from jouletune.sim._stream import SseStream, usage
+from jouletune.sim._wallclock import WallClock
 from jouletune.tokenizer import WORDS, PromptTokenizer
 
 __all__ = ["SimServer"]
@@ -87,6 +88,7 @@ class SimServer:
         )
         self._wake = asyncio.Event()  # the engine loop: a request may be schedulable
         self._api_wake = asyncio.Event()  # the API-server model: new work arrived
+        self._clock = WallClock()  # asyncio's own timers wake up to 1 ms late
         self._broken: list[SimRequest] = []
         self._created = int(time.time())
         self.lag_events = 0
@@ -137,8 +139,7 @@ class SimServer:
             if next_s is None:
                 await self._api_wake.wait()
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._api_wake.wait(), max(0.0, next_s - time.time()))
+            await self._clock.wait_until(self._api_wake, next_s)
 
     async def _run_engine(self) -> None:
         engine = self.engine
@@ -153,7 +154,7 @@ class SimServer:
                     free_s = max(free_s, time.time())
                     continue
                 free_s = max(free_s, ready_s)
-                await _sleep_until(free_s)
+                await self._clock.sleep_until(free_s)
             now = time.time()
             if now - free_s > _MAX_LAG_S:
                 self.lag_events += 1
@@ -168,7 +169,7 @@ class SimServer:
                 await self._wake.wait()
                 free_s = max(free_s, time.time())
                 continue
-            await _sleep_until(step.end_s)
+            await self._clock.sleep_until(step.end_s)
             engine.finish_step(step)
             self._api_wake.set()  # the step's output is new work for the API server
             free_s = step.end_s
@@ -429,12 +430,6 @@ class SimServer:
         # The simulator knows its lock, which NVML cannot read back: served beside the entry
         # for tests and curious readers, never relied on by jouletune's own clients.
         return {**gpu_entry(gpu), "sm_clock_lock_mhz": gpu.sm_clock_lock_mhz}
-
-
-async def _sleep_until(t_s: float) -> None:
-    delay = t_s - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 def _error(status: int, message: str) -> web.Response:
