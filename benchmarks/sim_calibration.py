@@ -242,25 +242,31 @@ async def _stream_once(port: int, body: bytes, stats: _ClientStats) -> None:
 async def _closed_loop(
     port: int, concurrency: int, prompt_len: int, output_len: int, duration_s: float
 ) -> _ClientStats:
-    prompt = " ".join(f"t{3 + i % 1000}" for i in range(prompt_len))
-    body = json.dumps(
-        {
-            "model": _MODEL,
-            "prompt": prompt,
-            "max_tokens": output_len,
-            "ignore_eos": True,
-            "stream": True,
-        }
-    ).encode()
     stats = _ClientStats(token_times_s=[], starts_s=[])
     stop_at = time.time() + duration_s
+    sent = itertools.count()
 
     async def client() -> None:
         while time.time() < stop_at:
-            await _stream_once(port, body, stats)
+            await _stream_once(port, _body(next(sent), prompt_len, output_len), stats)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return stats
+
+
+def _body(n: int, prompt_len: int, output_len: int) -> bytes:
+    """The n-th request: a prompt of its own (two leading words from `n`), as the real sweep's
+    random prompts were; one shared prompt would be served from the prefix cache."""
+    words = [f"t{3 + n % 1000}", f"t{3 + n // 1000 % 1000}"]
+    words += [f"t{3 + i % 1000}" for i in range(prompt_len - 2)]
+    request = {
+        "model": _MODEL,
+        "prompt": " ".join(words),
+        "max_tokens": output_len,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    return json.dumps(request).encode()
 
 
 def _live_point(concurrency: int, warmup_s: float, window_s: float) -> Point:

@@ -212,6 +212,10 @@ class SimServer:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         arrival_s = time.time()
+        # Let the rest of a burst stamp its arrival before this handler's work (~60 µs) runs:
+        # stamped one after another, a wave of returning requests would reach the modelled API
+        # server spread out by this process's own time, and waves the model keeps would split.
+        await asyncio.sleep(0)
         try:
             body = await request.json()
             parsed = parse_request(
