@@ -1,7 +1,7 @@
 """`jouletune calibrate` recovers a hidden GPU: a real sim-server runs secretly perturbed
 parameters (`--gpu-profile`), `jouletune exporter --sim` reads its energy, and the calibration,
 a real process measuring over loopback HTTP, must fit parameters whose predictions at points
-it never measured stay close to the hidden GPU's (7.5% here; the benchmark holds 5%).
+it never measured stay within 5% of the hidden GPU's.
 
 The predictions on both sides are the simulator's own, in simulated time, so the comparison
 isolates what the calibration recovered; the measurements it fitted came through the load
@@ -52,12 +52,11 @@ HELD_OUT = [
     HeldOut(16, Workload(input_len=64, output_len=64), power_limit_w=350.0),
     HeldOut(16, Workload(input_len=256, output_len=128), sm_clock_lock_mhz=1410),
 ]
-# The issue's target, 5%, is `benchmarks/calibrate_hidden_gpu.py`'s (a fuller plan, 6 s points;
-# it exits 1 past it). This short plan's fit moves with the machine's load: its worst held-out
-# error read 2.6-4.5% in earlier runs, 3.0-3.8% in three local runs and 5.01% once in CI
-# (2026-12-07; 1.3-3.2% in three runs since the sim-server keeps its own wall clock), so the
-# test holds it to 7.5%, under half of what the built-in constants miss by (17-23%).
-TOLERANCE = 0.075
+# The issue's bound. This short plan's worst held-out error read 3.0-3.8% in three runs and
+# 5.01% once in CI while the sim-server woke on asyncio's timers (up to 1 ms late) and stamped a
+# burst's requests one handler after another; on its own wall clock, stamping a burst at once,
+# it read 0.6%, 0.8% and 1.4% (2026-12-07).
+TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
