@@ -43,3 +43,20 @@ def test_an_event_ends_a_wait_and_cancelled_waiters_do_no_harm() -> None:
     cut_short, late = asyncio.run(run())
     assert cut_short < 10.0  # the event, not the 30 s timeout, ended the wait
     assert late >= 0.0
+
+
+def test_a_waiter_left_on_a_closed_loop_does_not_stop_the_clock() -> None:
+    clock = WallClock()
+
+    async def leave_a_waiter() -> None:
+        waiter = asyncio.ensure_future(clock.sleep_until(time.time() + 0.05))
+        await asyncio.sleep(0)  # queued on the clock
+        waiter.cancel()
+
+    async def sleep_past_it() -> float:
+        target = time.time() + 0.2
+        await clock.sleep_until(target)
+        return time.time() - target
+
+    asyncio.run(leave_a_waiter())  # closes its loop with the waiter's time still ahead
+    assert asyncio.run(asyncio.wait_for(sleep_past_it(), timeout=10.0)) >= 0.0

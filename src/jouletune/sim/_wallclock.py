@@ -14,6 +14,7 @@ once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -23,21 +24,19 @@ __all__ = ["WallClock"]
 
 
 class WallClock:
-    """Sleeps until wall-clock times (`time.time()`) for coroutines of one event loop."""
+    """Sleeps until wall-clock times (`time.time()`) for asyncio coroutines."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._due: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     async def sleep_until(self, t_s: float) -> None:
         """Return at `t_s` (at once if it has passed); cancelling the caller is safe."""
         if t_s <= time.time():
             return
-        self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = self._loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._cond:
             heapq.heappush(self._due, (t_s, next(self._order), future))
             self._cond.notify()
@@ -66,11 +65,12 @@ class WallClock:
                     self._cond.wait(delay)
                     continue
                 _, _, future = heapq.heappop(self._due)
-            assert self._loop is not None, "set before the first wait is queued"
-            try:
-                self._loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                return
+            if future.done():  # its waiter was cancelled: nothing to wake
+                continue
+            # A closed loop (its waiter gone with it) refuses the call; later waiters may
+            # belong to a new loop.
+            with contextlib.suppress(RuntimeError):
+                future.get_loop().call_soon_threadsafe(_resolve, future)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
