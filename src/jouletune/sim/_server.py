@@ -2,7 +2,8 @@
 
 One asyncio loop runs both the HTTP server (aiohttp) and the engine's step loop. The step loop
 keeps an absolute clock: step k+1 starts where step k ended on the model's clock, and the loop
-sleeps until each step's end on the wall clock, so wake-up jitter never accumulates into drift.
+sleeps until each step's end on the wall clock, so wake-up jitter never accumulates into drift;
+both loops sleep on `_wallclock.WallClock`, since asyncio's timers wake up to 1 ms late.
 Requests are read by `_requests`; each one's tokens go out through its `_stream.SseStream`,
 which the engine calls at the end of every step (no per-token task wake-up).
 """
