@@ -126,10 +126,11 @@ def setting_caveat(profile: SimProfile | None, *, setting: Literal["cap", "lock"
 # apart run to run.
 PREDICTED_TTFT_CAVEAT = (
     "The TTFT figures are the simulator's predictions, its least accurate: against 39 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 34 and up to 74% low where every request "
-    "has the same lengths, whose TTFT one real run does not pin down: six runs of 1024-token "
-    "prompts at 256 streams read 625 to 2641 ms (docs/validation.md). Measure TTFT on the "
-    "GPU (`jouletune tune --backend local`) before relying on a TTFT bound."
+    "H100 vLLM points its TTFT p50 is within 25% at 28. Where request lengths vary it misses "
+    "at one point of six (39% low); where every request has the same lengths it misses from "
+    "74% low to 35% high, and one real run does not pin TTFT down there: six runs of "
+    "1024-token prompts at 256 streams read 625 to 2641 ms (docs/validation.md). Measure TTFT "
+    "on the GPU (`jouletune tune --backend local`) before relying on a TTFT bound."
 )
 # ITL p50 is right at fixed lengths and misses at most varied-length points.
 PREDICTED_ITL_CAVEAT = (
