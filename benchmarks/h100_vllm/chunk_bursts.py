@@ -18,6 +18,7 @@ import bisect
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from result_files import read_json  # benchmarks/
@@ -26,6 +27,29 @@ from result_files import read_json  # benchmarks/
 def _quantiles(values: list[float]) -> str:
     q = statistics.quantiles(values, n=10)
     return f"{q[0]:.2f} / {statistics.median(values):.2f} / {q[8]:.2f}"
+
+
+def _chunk_times(requests: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Every request's first-token time, and the arrival of every chunk (first ones included)."""
+    firsts, chunks = [], []
+    for r in requests:
+        t = r["first_token_unix_s"]
+        firsts.append(t)
+        chunks.append(t)
+        for gap_ms in r["itl_ms"]:
+            t += gap_ms / 1e3
+            chunks.append(t)
+    return firsts, chunks
+
+
+def _bursts(times: list[float], gap_s: float) -> list[list[float]]:
+    """Sorted `times` cut wherever nothing arrived for `gap_s`."""
+    bursts: list[list[float]] = [[times[0]]]
+    for t in times[1:]:
+        if t - bursts[-1][-1] > gap_s:
+            bursts.append([])
+        bursts[-1].append(t)
+    return bursts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,25 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chunk_bursts: {args.result}: no per-request chunk times", file=sys.stderr)
         return 2
     start, end = result["window"]["start_unix_s"], result["window"]["end_unix_s"]
-    firsts, chunks = [], []
-    for r in requests:
-        t = r["first_token_unix_s"]
-        firsts.append(t)
-        chunks.append(t)
-        for gap_ms in r["itl_ms"]:
-            t += gap_ms / 1e3
-            chunks.append(t)
-    times = sorted(t for t in chunks if start <= t <= end)
-    bursts: list[list[float]] = [[times[0]]]
-    for t in times[1:]:
-        if t - bursts[-1][-1] > args.gap_ms / 1e3:
-            bursts.append([])
-        bursts[-1].append(t)
+    firsts, chunks = _chunk_times(requests)
+    bursts = _bursts(sorted(t for t in chunks if start <= t <= end), args.gap_ms / 1e3)
     streams = int(result["config"]["max_concurrency"])
-    full = [b for b in bursts if len(b) >= streams / 2]  # a step's worth, not a straggler
+    least = max(2, streams // 2)  # a step's worth, not a straggler
+    full = [b for b in bursts if len(b) >= least]
+    if len(full) < 2:
+        print(f"chunk_bursts: {args.result}: no bursts of {least} chunks or more", file=sys.stderr)
+        return 2
     print(
         f"{args.result}: {streams} streams, {len(bursts)} bursts, {len(full)} of at least "
-        f"{streams // 2} chunks: size p50 {statistics.median(len(b) for b in full):.0f}; "
+        f"{least} chunks: size p50 {statistics.median(len(b) for b in full):.0f}; "
         f"duration ms p10/p50/p90 {_quantiles([(b[-1] - b[0]) * 1e3 for b in full])}; "
         f"µs per chunk p10/p50/p90 "
         f"{_quantiles([(b[-1] - b[0]) / (len(b) - 1) * 1e6 for b in full])}"
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in firsts:
         if start <= t <= end:
             burst = bursts[bisect.bisect_right(starts, t) - 1]
-            if len(burst) >= streams / 2:
+            if len(burst) >= least:
                 positions.append((t - burst[0]) / (burst[-1] - burst[0]))
     if len(positions) >= 10:
         print(
