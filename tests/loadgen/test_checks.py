@@ -94,7 +94,7 @@ def test_an_exporter_that_refreshes_once_a_second(stack: SimStack, tmp_path: Pat
     # Decode-heavy: the stale exporter's few SM-clock readings (three a half) must not land on
     # prefill steps, whose clock under the 700 W limit is 30% lower, or the clock check fails
     # too (one run in four with LOAD's 256:64).
-    decode_heavy = [*LOAD[:4], "--random-input-len", "64", "--random-output-len", "256"]
+    decode_heavy = [*LOAD, "--random-input-len", "64", "--random-output-len", "256"]  # last wins
     with jouletune_process(args, port=port, health_path="/healthz") as stale:
         failing = _failing(
             stack, tmp_path, *decode_heavy, "--duration", "7", "--energy-source", "dcgm",
