@@ -229,7 +229,7 @@ def test_a_lock_a_killed_run_left_is_reset_before_anything_is_measured(
     first = done.stderr.splitlines()[0]
     assert first.startswith(f"jouletune calibrate: reset GPU 0 ({gpu.uuid}) SM clock lock")
     assert f"left locked by jouletune pid {record.pid}" in first
-    assert not left.exists() and not list(store.directory.iterdir())
+    assert not left.exists() and not list(store.directory.glob("*.json"))
     with urllib.request.urlopen(f"{server_url}/sim/gpus") as resp:
         (after,) = json.loads(resp.read())["gpus"]
     assert after["sm_clock_lock_mhz"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -301,7 +302,7 @@ def test_power_limit_flag_holds_the_cap_while_running_and_restores_it_on_sigterm
     # While held, the limit as found was on disk, keyed by the GPU's UUID; gone once back.
     assert record["uuid"] == gpu.uuid and record["original_w"] == 700.0
     assert record["pid"] == exporter.popen.pid
-    assert list(state_dir.iterdir()) == []
+    assert list(state_dir.glob("*.json")) == []
 
 
 def test_after_sigkill_the_next_exporter_restores_the_limit_first_and_says_so(
@@ -432,6 +433,7 @@ def test_control_port_steps_clock_locks_on_loopback_and_the_exporter_resets_them
             left = _locks(sim.url)
             lock_path = f"{control}/gpus/0/sm-clock-lock"
             bad_body = _put(lock_path, {"mhz": 1200.5})
+            infinite = _put(lock_path, {"mhz": math.inf})
             outside = _put(lock_path, {"mhz": 100})
             exporter.popen.send_signal(signal.SIGTERM)
             assert exporter.popen.wait(10) == 0
@@ -439,6 +441,7 @@ def test_control_port_steps_clock_locks_on_loopback_and_the_exporter_resets_them
     assert stepped == [1200, None] and clock_hz <= 1200e6
     assert back == [None, None] and left == [None, 990] and after == [None, None]
     assert bad_body[0] == 400 and "whole number" in bad_body[1]
+    assert infinite[0] == 400 and "whole number" in infinite[1]
     assert outside[0] == 409 and "100 MHz is outside GPU 0" in outside[1]
 
 
@@ -461,7 +464,7 @@ def test_lock_flag_holds_the_clock_while_running_and_resets_it_on_sigterm(
     assert path.name.endswith(".sm-clock-lock.json")
     assert (record["uuid"], record["setting"]) == (gpu.uuid, "sm_clock_lock")
     assert record["pid"] == exporter.popen.pid
-    assert list(state_dir.iterdir()) == []
+    assert list(state_dir.glob("*.json")) == []
 
 
 def test_after_sigkill_the_next_exporter_resets_the_lock_first_and_says_so(

@@ -16,9 +16,11 @@ from jouletune.gpu import (
     GpuError,
     GpuSample,
     PowerLimitRange,
+    PowerLimits,
     SmClockRange,
     clock_lock,
     held_clock_locks,
+    held_power_limits,
     power_limit,
 )
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
@@ -110,6 +112,47 @@ def test_every_gpu_is_restored_even_when_one_restore_fails() -> None:
     with pytest.raises(GpuError, match="GPU 0 refused"), power_limit([failing, good], 300):
         pass
     assert good.limit_w == 700.0
+
+
+def test_a_restore_that_fails_unexpectedly_still_restores_the_others_and_says_which() -> None:
+    class CutShort(FakeGpu):  # e.g. a GPU server whose reply was cut short
+        def set_power_limit_w(self, watts: float) -> None:
+            if watts == 700.0:
+                raise RuntimeError("reply cut short")
+            super().set_power_limit_w(watts)
+
+    broken, good = CutShort(0), FakeGpu(1)
+    with (
+        pytest.raises(GpuError, match="GPU 0 power limit NOT restored: RuntimeError"),
+        power_limit([good, broken], 300),
+    ):
+        pass
+    assert good.limit_w == 700.0
+
+
+class _SigtermDuringWrite(FakeGpu):
+    """Stands in for SIGTERM arriving while a cap is on its way: the handler puts everything
+    back (`close`) before the interrupted write lands."""
+
+    limits: PowerLimits
+
+    def set_power_limit_w(self, watts: float) -> None:
+        if watts == 300.0:
+            self.limits.close("SIGTERM")
+        super().set_power_limit_w(watts)
+
+
+def test_a_cap_that_lands_after_sigterm_restored_is_put_back_and_no_more_are_made() -> None:
+    gpu = _SigtermDuringWrite(0)
+    with held_power_limits() as limits:
+        gpu.limits = limits
+        with pytest.raises(GpuError, match=r"GPU 0 power limit left as found: .* on SIGTERM"):
+            limits.apply([gpu], 300.0)
+        assert gpu.limit_w == 700.0
+        with pytest.raises(GpuError, match="left as found"):
+            limits.apply([gpu], 400.0)
+    # The handler's restore, the cap that landed after it, and the cap put back again.
+    assert gpu.writes == [700.0, 300.0, 700.0]
 
 
 def test_nested_blocks_restore_in_order() -> None:

@@ -75,7 +75,7 @@ def _killed_holder(url: str, state_dir: Path) -> int:
 
 
 def _files(state_dir: Path) -> list[Path]:
-    return sorted(state_dir.glob("*"))
+    return sorted(state_dir.glob("*.json"))  # records; their lock files stay (_state)
 
 
 def test_the_limit_as_found_is_on_disk_while_capped_and_gone_after(tmp_path: Path) -> None:
@@ -168,6 +168,26 @@ def test_a_cap_held_by_a_live_process_is_left_alone(
         proc.terminate()  # SIGTERM: the holder restores and deletes its record itself
         assert proc.wait(10) == -signal.SIGTERM
     assert state.limits_w == [700.0] and _files(tmp_path) == []
+
+
+def test_a_live_holder_in_another_pod_is_told_by_its_lock_not_its_host(tmp_path: Path) -> None:
+    # Pods of one node share the state directory but not their hostname or pid namespace: the
+    # holder's record names a host (and a pid) this process cannot check; its lock tells.
+    state = FakeSimState(num_gpus=1)
+    store = LimitStore(tmp_path)
+    with fake_sim_server(state) as url, _holder(url, tmp_path) as proc:
+        (path,) = _files(tmp_path)
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "host": "other-pod", "pid": 1}))
+        assert restore_left_limits(store) == []
+        with pytest.raises(GpuError, match="held by a running jouletune pid 1 on host other-pod"):
+            restore_left_limits(store, open_sim_gpus(url))
+        assert state.limits_w == [300.0] and _files(tmp_path) == [path]
+        proc.kill()  # the kernel drops its lock: now it is a dead run's record
+        proc.wait(10)
+        (restored,) = restore_left_limits(store)
+    assert restored.record.host == "other-pod" and state.limits_w == [700.0]
+    assert _files(tmp_path) == []
 
 
 def test_nested_holders_in_one_process_keep_one_record_with_the_first_limit(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -290,7 +291,7 @@ def test_a_clock_lock_changes_at_run_time_slows_prefill_and_is_undone(server: Pr
     assert status == 200 and entry["sm_clock_lock_mhz"] is None
     # A prefill step is compute-bound: half the clock, about twice its time.
     assert locked_s > 1.3 * free_s
-    for bad in ({"mhz": 100}, {"mhz": 1200.5}, {"mhz": "1200"}, {"hz": 1}):
+    for bad in ({"mhz": 100}, {"mhz": 1200.5}, {"mhz": "1200"}, {"mhz": math.inf}, {"hz": 1}):
         assert _put(server, "/sim/gpus/0/sm-clock-lock", bad)[0] == 400, bad
     assert _put(server, "/sim/gpus/3/sm-clock-lock", {"mhz": 1200})[0] == 404
 

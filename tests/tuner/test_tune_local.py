@@ -211,6 +211,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.parametrize("read_only", ["--read-only", "gpu.readOnly"])
 @pytest.mark.parametrize(
     ("setting", "undo"),
     [
@@ -219,7 +220,7 @@ def _gone(pid: int) -> bool:
     ],
 )
 def test_read_only_refuses_to_measure_on_a_setting_a_killed_run_left(
-    tmp_path: Path, setting: GpuSetting, undo: str
+    tmp_path: Path, setting: GpuSetting, undo: str, read_only: str
 ) -> None:
     store = LimitStore(tmp_path / "state")
     record, left = leave_record(
@@ -227,16 +228,38 @@ def test_read_only_refuses_to_measure_on_a_setting_a_killed_run_left(
         name="NVIDIA H100 80GB HBM3", setting=setting,
         original_w=700.0 if setting is GpuSetting.POWER_LIMIT else None,
     )  # fmt: skip
-    config = tmp_path / "local.yaml"
-    config.write_text(SPEC.replace("powerLimitW: [400, 300]", "powerLimitW: []"))
-    result = subprocess.run(
-        [sys.executable, "-m", "jouletune", "tune", str(config), "--out", str(tmp_path / "out"),
-         "--read-only", "--state-dir", str(store.directory)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = _tune_read_only(tmp_path, store, read_only)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"jouletune tune: GPU 0 (GPU-sim-h100-80gb-0000) was left changed by {record.writer()} "
         f"({left}); rerun without --read-only to {undo} first"
     )
     assert left.exists() and not (tmp_path / "out").exists(), "nothing touched, nothing run"
+
+
+def test_read_only_refuses_to_measure_beside_an_unreadable_record(tmp_path: Path) -> None:
+    store = LimitStore(tmp_path / "state")
+    store.directory.mkdir()
+    (store.directory / "GPU-x.json").write_text("{")  # may stand for a cap: not "as found"
+    result = _tune_read_only(tmp_path, store, "--read-only")
+    assert result.returncode == 2
+    assert result.stderr.startswith("jouletune tune: GPU state file ")
+    assert "is unreadable" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists(), "nothing run"
+
+
+def _tune_read_only(
+    tmp_path: Path, store: LimitStore, read_only: str
+) -> subprocess.CompletedProcess[str]:
+    """`tune` made read-only by the flag or by the spec's `gpu.readOnly`."""
+    spec = SPEC.replace("powerLimitW: [400, 300]", "powerLimitW: []")
+    if read_only == "gpu.readOnly":
+        spec += "  gpu: {readOnly: true}\n"
+    config = tmp_path / "local.yaml"
+    config.write_text(spec)
+    flags = ["--read-only"] if read_only == "--read-only" else []
+    return subprocess.run(
+        [sys.executable, "-m", "jouletune", "tune", str(config), "--out", str(tmp_path / "out"),
+         *flags, "--state-dir", str(store.directory)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip

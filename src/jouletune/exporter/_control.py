@@ -123,7 +123,7 @@ def _mhz(environ: WSGIEnvironment) -> int | None:
         mhz = None if raw is None else int(raw)
         if raw is not None and mhz != raw:  # 1200.5, "1200": not a whole number of MHz
             raise ValueError(raw)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise _BadRequest(
             "400 Bad Request", 'expected a JSON body {"mhz": <whole number or null>}'
         ) from None

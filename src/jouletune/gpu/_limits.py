@@ -85,10 +85,18 @@ class _HeldSetting:
     def __init__(self, *, store: LimitStore | None = None) -> None:
         self._changes: list[_Change] = []
         self._store = store
+        self._closed_by: str | None = None  # why no further change is allowed
 
     def restore(self) -> None:
         """Put every changed GPU back to its setting as found."""
         self._restore(self._changes)
+
+    def close(self, why: str) -> None:
+        """Put every GPU back and refuse any later change (`why` says what ended the holder):
+        code the SIGTERM handler interrupted must not change a setting after it was put back,
+        for then nothing would put it back again."""
+        self._closed_by = why
+        self.restore()
 
     # --- what each setting defines --------------------------------------------------------
 
@@ -125,6 +133,8 @@ class _HeldSetting:
             self._apply_one(gpu, value)
 
     def _apply_one(self, gpu: Gpu, value: float) -> None:
+        if self._closed():
+            raise self._closed_error(gpu)
         change = self._change_of(gpu)
         if change is not None and not change.restored and _same(change.now, value):
             return
@@ -141,10 +151,25 @@ class _HeldSetting:
             # Remembered before the write: if the write half-succeeds we still restore.
             self._changes.append(change)
         elif change.restored:
+            change.found = current  # as found now: someone may have changed it meanwhile
             self._record(change)
             change.restored = False
         change.now = value
         self._write(gpu, value)
+        if self._closed():
+            # SIGTERM put every GPU back while this write was on its way: put this one back too.
+            change.restored = False
+            self._restore([change])
+            raise self._closed_error(gpu)
+
+    def _closed(self) -> bool:
+        return self._closed_by is not None
+
+    def _closed_error(self, gpu: Gpu) -> GpuError:
+        return GpuError(
+            f"GPU {gpu.index} {self.setting.noun} left as found: settings were put back on "
+            f"{self._closed_by}"
+        )
 
     def _record(self, change: _Change) -> None:
         """Write the setting as found to disk (raises GpuError, before anything changed)."""
@@ -175,8 +200,10 @@ class _HeldSetting:
                 if change.recorded and self._store is not None:
                     self._store.drop(change.gpu, self.setting)
                     change.recorded = False
-            except GpuError as err:
+            except Exception as err:  # every GPU gets its try; the first error is raised after
                 _log.error("GPU %d %s NOT restored: %s", change.gpu.index, noun, err)
+                if not isinstance(err, GpuError):
+                    err = GpuError(f"GPU {change.gpu.index} {noun} NOT restored: {err!r}")
                 first_error = first_error or err
         if first_error is not None:
             raise first_error
@@ -414,7 +441,7 @@ def _restore_on_sigterm(held: _HeldSetting) -> Iterator[None]:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> Any:
         try:
-            held.restore()
+            held.close("SIGTERM")
         finally:
             signal.signal(signal.SIGTERM, previous)
             if callable(previous):

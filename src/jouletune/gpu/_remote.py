@@ -14,6 +14,7 @@ reads all GPUs of one server with a single request.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -118,6 +119,8 @@ class _Client:
             raise GpuError(
                 f"{self._what} {method} {path} failed: HTTP {err.code}: {reason}"
             ) from None
+        except http.client.HTTPException as err:  # a reply cut short, a bad status line
+            raise GpuError(f"{self._what} {method} {path} failed: {err!r}") from None
         except (urllib.error.URLError, OSError) as err:
             why = err.reason if isinstance(err, urllib.error.URLError) else err
             raise GpuError(f"{self._what} {self.url} is unreachable: {why}") from None

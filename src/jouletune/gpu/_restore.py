@@ -69,7 +69,7 @@ def restore_left_limits(store: LimitStore, gpus: Sequence[Gpu] | None = None) ->
         ]
     done: list[Restored] = []
     for path, record in store.records():
-        if record is None or _kept_for_its_holder(record, path):
+        if record is None or _kept_for_its_holder(store, record, path):
             continue
         gpu = _reopen(record, path, store)
         if gpu is None:
@@ -88,11 +88,11 @@ def refuse_left_changed(store: LimitStore) -> None:
     changed, since its cap or lock is not the GPU as found and putting it back is a change.
 
     Raises:
-        GpuError: a record in `store` whose writer is gone; the message names the GPU, the
-            writer, the record's file and what undoing it takes.
+        GpuError: a record in `store` whose writer is gone, or one that cannot be read (it
+            may stand for a cap); the message names the GPU or the file, and what to do.
     """
-    for path, record in store.records():
-        if record is not None and not record.holder_alive():
+    for path, record in store.records(strict=True):
+        if record is not None and not store.held(path, record):
             raise GpuError(
                 f"GPU {record.index} ({record.uuid}) was left changed by {record.writer()} "
                 f"({path}); rerun without --read-only to {record.undo()} first"
@@ -116,7 +116,7 @@ def _restore_one(
     record = store.find(gpu, setting)
     if record is None or store.owned_here(gpu, setting):
         return None
-    if record.holder_alive():
+    if store.held(store.path(record.address, record.uuid, setting), record):
         message = (
             f"GPU {gpu.index} ({gpu.uuid}) {setting.noun} is held by a running "
             f"{record.writer()}: stop it first"
@@ -147,8 +147,8 @@ def _put_back(gpu: Gpu, record: LimitRecord) -> None:
     gpu.set_power_limit_w(record.original_w)
 
 
-def _kept_for_its_holder(record: LimitRecord, path: Path) -> bool:
-    if not record.holder_alive():
+def _kept_for_its_holder(store: LimitStore, record: LimitRecord, path: Path) -> bool:
+    if not store.held(path, record):
         return False
     _log.warning(
         "GPU state file %s: GPU %s is held by a running %s; left alone",

@@ -9,6 +9,14 @@ A run that finds a file restores that setting before anything else (`restore_lef
 in `_restore`) and says so: the cap or lock a crashed run left is never taken for "the
 setting as found".
 
+Whether the writer still runs is told by a lock, not by its pid: while a process holds a
+setting it keeps an exclusive `flock` on the file's companion `NAME.lock`, which the kernel
+drops when the process ends, however it ends. Pods of one node share the state directory
+(a hostPath) but each has its own hostname and pid namespace, so a pid says nothing across
+pods, while the lock does. A file without a companion (written before locks existed) falls
+back to the writer's pid, host, boot and start time. Lock files stay behind when a setting
+is back (deleting one would race with the next holder taking it); they are empty.
+
 The two settings (`GpuSetting`):
 
 - `power_limit`: the file holds the limit as found (`original_w`); restoring writes it back.
@@ -29,6 +37,7 @@ address and no file: they end with the process.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -59,13 +68,15 @@ __all__ = [
 STATE_DIR_ENV = "JOULETUNE_STATE_DIR"
 NVML_ADDRESS = "nvml"
 _SUFFIX = ".json"
+_LOCK_SUFFIX = ".lock"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 _log = logging.getLogger(__name__)
 
-# Files this process wrote and still owns: another `PowerLimits` of this process that meets
-# one holds the GPU already (nested), it is not a crashed run's.
-_OURS: set[Path] = set()
+# Files this process wrote and still owns, each with the descriptor that holds its lock:
+# another `PowerLimits` of this process that meets one holds the GPU already (nested), it is
+# not a crashed run's.
+_OURS: dict[Path, int] = {}
 _OURS_LOCK = threading.Lock()
 
 
@@ -190,9 +201,10 @@ class LimitRecord:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.written_unix_s))
         return f"jouletune pid {self.pid} on host {self.host} ({when})"
 
-    def holder_alive(self) -> bool:
-        """True when the process that wrote this record still runs (checkable only on its
-        own host; a record from another host, or another boot, is a dead run's)."""
+    def writer_alive(self) -> bool:
+        """True when the process that wrote this record still runs, by its pid: checkable
+        only on its own host, so a record from another host, or another boot, reads as a
+        dead run's. `LimitStore.held` asks the record's lock first."""
         if self.host != socket.gethostname() or self.pid == os.getpid():
             return False
         if self.boot_id is not None and self.boot_id != _boot_id():
@@ -279,17 +291,62 @@ class LimitStore:
             written_unix_s=time.time(),
         )
         try:
+            self._lock(path, gpu)
             _write_atomically(path, json.dumps(record.to_json(), indent=2) + "\n")
         except OSError as err:
+            self._unlock(path)
             left = "capped" if setting is GpuSetting.POWER_LIMIT else "with its SM clock locked"
             raise GpuError(
                 f"cannot write the {setting.noun.replace(' ', '-')} state file {path} "
                 f"({err.strerror or err}): without it a crash could leave GPU {gpu.index} "
                 f"{left}; pass a writable --state-dir or set {STATE_DIR_ENV}"
             ) from None
-        with _OURS_LOCK:
-            _OURS.add(path)
         return True
+
+    def held(self, path: Path, record: LimitRecord) -> bool:
+        """True when the writer of `record` (the file at `path`) still holds its setting:
+        its lock is taken (any process of this node, any pod), or, for a file without a
+        lock, its pid still runs (`LimitRecord.writer_alive`)."""
+        try:
+            fd = os.open(_lock_path(path), os.O_RDONLY)
+        except OSError:
+            return record.writer_alive()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock, if we got it
+        return False
+
+    def _lock(self, path: Path, gpu: Gpu) -> None:
+        """Take `path`'s lock for as long as this process holds the setting.
+
+        Raises:
+            GpuError: another process holds it.
+            OSError: the lock file cannot be made.
+        """
+        with _OURS_LOCK:
+            if path in _OURS:
+                return
+            lock = _lock_path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise GpuError(
+                    f"GPU {gpu.index} ({gpu.uuid}) is held by another running jouletune "
+                    f"(lock {lock}): stop it first"
+                ) from None
+            _OURS[path] = fd
+
+    def _unlock(self, path: Path) -> None:
+        with _OURS_LOCK:
+            fd = _OURS.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def drop(self, gpu: Gpu, setting: GpuSetting = GpuSetting.POWER_LIMIT) -> None:
         """Delete the file of `gpu`'s `setting` (it is back); a file already gone is fine."""
@@ -297,8 +354,9 @@ class LimitStore:
         if address is not None:
             self.forget(self.path(address, gpu.uuid, setting))
 
-    def records(self) -> list[tuple[Path, LimitRecord | None]]:
-        """Every file of the directory with its record (None: unreadable), oldest first."""
+    def records(self, *, strict: bool = False) -> list[tuple[Path, LimitRecord | None]]:
+        """Every file of the directory with its record, oldest first; an unreadable file is
+        logged and comes with None, or with `strict` raises its GpuError."""
         try:
             paths = sorted(self.directory.glob(f"*{_SUFFIX}"), key=_mtime)
         except OSError:
@@ -308,6 +366,8 @@ class LimitStore:
             try:
                 out.append((path, self._read(path)))
             except GpuError as err:
+                if strict:
+                    raise
                 _log.error("%s", err)
                 out.append((path, None))
         return out
@@ -329,14 +389,18 @@ class LimitStore:
             ) from None
 
     def forget(self, path: Path) -> None:
-        """Delete the file at `path`; a file already gone is fine, one that cannot be deleted
-        is logged (the next run then restores a limit that is already right)."""
-        with _OURS_LOCK:
-            _OURS.discard(path)
+        """Delete the file at `path` and let go of its lock; a file already gone is fine, one
+        that cannot be deleted is logged (the next run then restores a limit that is already
+        right)."""
         try:
             path.unlink(missing_ok=True)
         except OSError as err:
             _log.warning("could not delete GPU state file %s: %s", path, err.strerror)
+        self._unlock(path)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + _LOCK_SUFFIX)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -379,7 +379,7 @@ class SimServer:
             mhz = None if raw is None else int(raw)
             if raw is not None and mhz != raw:
                 raise ValueError(raw)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
             return _error(400, 'expected a JSON body {"mhz": <whole number or null>}')
         rng = gpu.sm_clock_range()
         if mhz is not None and not rng.min_mhz <= mhz <= rng.max_mhz:

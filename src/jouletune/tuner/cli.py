@@ -98,7 +98,8 @@ def tune_main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = LimitStore(args.state_dir or default_state_dir())
     try:
-        _restore_left(store, read_only=args.read_only)
+        # Before anything is written: the spec's gpu.readOnly makes the run read-only too.
+        _restore_left(store, read_only=args.read_only or load_spec(args.config)[1].gpu.read_only)
         setup = _setup(args)
         runner = _runner(args, setup, store)
         grid = setup.study.grid
