@@ -472,7 +472,7 @@ def print_table(rows: list[Row], errors: dict[PointKey, Errors]) -> None:
         "| TTFT p50 ms real | sim | err | power W real | sim | err "
         "| tok/s real | sim | batch real | sim |"
     )
-    print("|" + "---|" * 19)
+    print("|" + "---|" * 17)
     for point, sim in rows:
         real = point.figures
         e_j = _err(sim.j_per_output_token, real.j_per_output_token)

@@ -13,6 +13,7 @@ Results may be gzip'd (`result_files.py`).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import sys
@@ -39,9 +40,11 @@ def logged_window_energy_j(log: Path, result: dict[str, Any]) -> float:
 
 
 def main(results_dir: Path) -> int:
-    """Print one line per result; exit 1 if any differs by more than the limit."""
+    """Print one line per result; exit 1 if any differs by more than the limit, 2 if no
+    result had a log to compare with."""
     print(f"{'point':<30}{'exporter J':>12}{'NVML log J':>12}{'diff %':>9}")
     worst = 0.0
+    compared = 0
     patterns = ("**/n*_w*", "**/c[0-9]*", "**/jouletune_c*")
     for path in sorted(p for pattern in patterns for p in find_results(results_dir, pattern)):
         result = read_json(path)
@@ -58,11 +61,25 @@ def main(results_dir: Path) -> int:
         independent_j = logged_window_energy_j(log, result)
         diff_pct = 100.0 * (result["energy_j"] - independent_j) / independent_j
         worst = max(worst, abs(diff_pct))
+        compared += 1
         print(f"{name:<30}{result['energy_j']:>12.1f}{independent_j:>12.1f}{diff_pct:>+9.2f}")
-    print(f"worst |diff| {worst:.2f}% (limit {_LIMIT_PCT}%)")
+    if not compared:
+        print(f"check_energy: no result in {results_dir} has an NVML log", file=sys.stderr)
+        return 2
+    print(f"worst |diff| {worst:.2f}% over {compared} results (limit {_LIMIT_PCT}%)")
     return 0 if worst <= _LIMIT_PCT else 1
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parents[1] / "results" / "h100-vllm"
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else default))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "results" / "h100-vllm",
+        help="a folder of bench results and their NVML logs (default: results/h100-vllm)",
+    )
+    folder = parser.parse_args().results
+    if not folder.is_dir():
+        parser.error(f"{folder} is not a folder")
+    sys.exit(main(folder))
