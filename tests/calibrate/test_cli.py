@@ -141,6 +141,45 @@ def test_fit_only_needs_an_earlier_calibration(
 def test_bad_flags_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     _one_line_error(capsys, ["--workload", "512", "--out", str(tmp_path)], "IN:OUT")
     _one_line_error(capsys, ["--concurrency", "0,8", "--out", str(tmp_path)], "positive")
+    _one_line_error(capsys, ["--concurrency", "10**11", "--out", str(tmp_path)], "integers")
+    _one_line_error(capsys, ["--concurrency", "100000000000", "--out", str(tmp_path)], "16384")
+    _one_line_error(capsys, ["--duration", "inf", "--out", str(tmp_path)], "seconds")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    _one_line_error(capsys, ["--fit-only", "--out", str(afile)], "--out", "not a folder")
+    profile = tmp_path / "nowhere" / "p.json"
+    _one_line_error(capsys, ["--out", str(tmp_path), "--profile", str(profile)], "does not exist")
+
+
+@pytest.fixture(scope="module")
+def exporter(server: Proc) -> Iterator[Proc]:
+    port = free_port()
+    with jouletune_process(
+        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_path="/healthz",
+    ) as proc:
+        yield proc
+
+
+def test_settings_that_cannot_give_a_valid_point_stop_before_measuring(
+    capsys: pytest.CaptureFixture[str], server: Proc, exporter: Proc, tmp_path: Path
+) -> None:
+    argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
+    argv += ["--read-only", "--model", MODEL]
+    _one_line_error(capsys, [*argv, "--duration", "3"], "--duration 3", "minWindowS")
+    _one_line_error(capsys, [*argv, "--gpu", "a100-80gb"], "--gpu a100-80gb", "NVIDIA H100")
+    _one_line_error(capsys, [*argv, "--max-num-seqs", "0"], "max_num_seqs")
+    assert not (tmp_path / "points").exists()
+
+
+def test_a_rerun_with_another_plan_is_refused(
+    capsys: pytest.CaptureFixture[str], server: Proc, exporter: Proc, tmp_path: Path
+) -> None:
+    (tmp_path / "plan.json").write_text(_plan().model_dump_json())  # 1 s points, no point
+    argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
+    argv += ["--read-only", "--model", MODEL, "--duration", "6"]
+    _one_line_error(capsys, argv, "holds points of another plan", "duration_s")
 
 
 def _plan(*points: PlanPoint, read_only: bool = False) -> CalibrationPlan:

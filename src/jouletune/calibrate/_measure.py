@@ -70,14 +70,30 @@ async def measure_plan(
     (out_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     for index, point in enumerate(plan.points):
         path = point_path(out_dir, point)
-        if path.exists():
+        before = _saved_invalid_reason(path)
+        if before is None:
             log(f"{point.name}: measured before, kept ({path})")
             continue
+        if before:  # a point that could not be measured then (a server lost) is measured again
+            log(f"{point.name}: INVALID before ({before}), measuring it again")
         _check_settings(plan, point, gpus)
         log(f"{point.name}: measuring ({plan.duration_s:g} s of requests)")
         result = await _measure_point(plan, point, index, gpus, store)
         _write(path, result)
         log(f"{point.name}: {_summary(result)}")
+
+
+def _saved_invalid_reason(path: Path) -> str | None:
+    """Whether a point must be measured: "" when nothing is saved, why the saved result was
+    invalid, or None for a valid one (kept). A file that is not a result is measured again
+    too; `load_measured` would refuse it."""
+    if not path.exists():
+        return ""
+    try:
+        result = BenchResult.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return "not a bench result"
+    return None if result.valid else result.invalid_reason or "invalid"
 
 
 def _check_settings(plan: CalibrationPlan, point: PlanPoint, gpus: Sequence[Gpu]) -> None:
@@ -120,7 +136,7 @@ def _write(path: Path, result: BenchResult) -> None:
 
 def _summary(result: BenchResult) -> str:
     if not result.valid:
-        return f"INVALID ({result.invalid_reason}); kept, left out of the fit"
+        return f"INVALID ({result.invalid_reason}); left out of the fit, measured again on a rerun"
     j = result.energy_per_output_token_j
     itl = result.itl_ms.p50
     power = result.avg_power_w

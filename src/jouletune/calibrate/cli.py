@@ -28,10 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -81,6 +82,9 @@ PROFILE_FILE = "profile.json"
 _CAP_ROUND_W = 5.0
 # NVML's supported graphics clocks on Hopper are 15 MHz apart.
 _CLOCK_ROUND_MHZ = 15
+# More closed-loop streams than any server batches: a typo, not a plan.
+_MAX_STREAMS = 16384
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,6 +99,7 @@ def main(argv: list[str]) -> int:
     # What the GPU layer has to say (a limit a killed run left, put back) is one line.
     logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: %(message)s")
     try:
+        _check_paths(args.out, args.profile)
         if args.fit_only:
             plan = _read_plan(args.out, model=args.model)
         else:
@@ -152,7 +157,10 @@ def _parser() -> argparse.ArgumentParser:
         help="concurrencies measured under each power limit and clock lock (default: 8,64)",
     )  # fmt: skip
     p.add_argument(
-        "--duration", type=float, default=30.0, help="seconds of requests per point (default: 30)"
+        "--duration",
+        type=_seconds,
+        default=30.0,
+        help="seconds of requests per point (default: 30)",
     )
     p.add_argument("--seed", type=int, default=0, help="prompt seed of the first point")
     p.add_argument(
@@ -220,10 +228,45 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CalibrationError(f"{where}: {first['msg']}") from None
+    if plan.duration_s <= plan.validity.min_window_s:
+        raise CalibrationError(
+            f"--duration {plan.duration_s:g}: a point's steady-state window must last at least "
+            f"{plan.validity.min_window_s:g} s (minWindowS), so give each point more than that"
+        )
     sim_setup(plan)  # the model must be one the simulator can replay, before any measuring
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
+    _same_plan_as_before(args.out, plan)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
+    except OSError as err:
+        raise CalibrationError(f"--out {args.out}: {err.strerror or err}") from None
     return plan, gpus
+
+
+def _check_paths(out: Path, profile: Path | None) -> None:
+    """--out and --profile usable, before anything is measured."""
+    if out.exists() and not out.is_dir():
+        raise CalibrationError(f"--out {out}: exists and is not a folder")
+    if profile is not None and (profile.is_dir() or not profile.parent.is_dir()):
+        why = "is a folder" if profile.is_dir() else f"its folder {profile.parent} does not exist"
+        raise CalibrationError(f"--profile {profile}: {why}")
+
+
+def _same_plan_as_before(out: Path, plan: CalibrationPlan) -> None:
+    """Refuse to mix points measured under other conditions (GPU, server, duration, seed,
+    checks) into OUT. A rerun may measure more or fewer points (a read-only rerun fits the
+    batch sweep alone), and the URLs may change."""
+    if not (out / PLAN_FILE).is_file():
+        return
+    before = _read_plan(out, model=None)
+    free = {"base_url", "exporter_urls", "points", "read_only"}
+    old, new = before.model_dump(exclude=free), plan.model_dump(exclude=free)
+    changed = [key for key in new if old.get(key) != new[key]]
+    if changed:
+        raise CalibrationError(
+            f"--out {out} holds points of another plan ({', '.join(changed)} differ); pass a "
+            "new --out, or --fit-only to fit the points it holds"
+        )
 
 
 def _restore_left(state_dir: Path | None, *, read_only: bool) -> LimitStore | None:
@@ -254,7 +297,7 @@ def _measure(
               "measure the rest, or --fit-only to fit those", file=sys.stderr)  # fmt: skip
         return EXIT_PARTIAL
     except KeyboardInterrupt:
-        print(f"{_PROG}: interrupted; power limits restored, rerun to resume", file=sys.stderr)
+        print(f"{_PROG}: interrupted; GPU settings put back, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -303,13 +346,20 @@ def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
 
 
 def _gpu_key(flag: str | None, target: Target) -> str:
+    served = next(
+        (key for key, m in GPU_CATALOG.items() if m.name.lower() == target.gpu_name.lower()), None
+    )
     if flag is not None:
         if flag.lower() not in GPU_CATALOG:
             raise CalibrationError(f"--gpu {flag}: the catalog has {', '.join(GPU_CATALOG)}")
+        if served is not None and served != flag.lower():
+            raise CalibrationError(
+                f"--gpu {flag}: the exporter reports {target.gpu_name} ({served}); a profile of "
+                "one GPU fitted to another's measurements would mislead"
+            )
         return flag.lower()
-    for key, model in GPU_CATALOG.items():
-        if model.name.lower() == target.gpu_name.lower():
-            return key
+    if served is not None:
+        return served
     raise CalibrationError(
         f"the exporter's GPU {target.gpu_name!r} is not in the simulator's catalog; pass --gpu "
         f"with the nearest of {', '.join(GPU_CATALOG)} (its datasheet figures are the start)"
@@ -331,13 +381,18 @@ def _server(args: argparse.Namespace, target: Target, gpu_key: str) -> ServerSet
     return ServerSettings(
         model=model,
         served_model=target.served_model,
-        max_num_seqs=args.max_num_seqs or defaults.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens or defaults.max_num_batched_tokens,
-        max_model_len=args.max_model_len or arch.max_position_embeddings,
-        gpu_memory_utilization=args.gpu_memory_utilization or defaults.gpu_memory_utilization,
+        max_num_seqs=_given(args.max_num_seqs, defaults.max_num_seqs),
+        max_num_batched_tokens=_given(args.max_num_batched_tokens, defaults.max_num_batched_tokens),
+        max_model_len=_given(args.max_model_len, arch.max_position_embeddings),
+        gpu_memory_utilization=_given(args.gpu_memory_utilization, defaults.gpu_memory_utilization),
         tensor_parallel_size=args.tensor_parallel_size,
         enable_prefix_caching=args.enable_prefix_caching,
     )
+
+
+def _given(flag: T | None, default: T) -> T:
+    """A flag's value when given (0 included, for the settings' checks to refuse)."""
+    return default if flag is None else flag
 
 
 def _default_caps(gpus: Sequence[Gpu]) -> tuple[float, ...]:
@@ -393,9 +448,21 @@ def _ints(text: str) -> tuple[int, ...]:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 1,8,32, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or min(values) < 1 or max(values) > _MAX_STREAMS:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers up to {_MAX_STREAMS}, got {text!r}"
+        )
     return values
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _workload(text: str) -> Workload:

@@ -50,7 +50,7 @@ from jouletune.tuner._baseline import Baseline, BaselineError, resolve_baseline
 from jouletune.tuner._local import LocalRunner
 from jouletune.tuner._loop import run_study
 from jouletune.tuner._progress import Progress
-from jouletune.tuner._provenance import SimProfile
+from jouletune.tuner._provenance import SIMULATED_DRIVER, SimProfile
 from jouletune.tuner._recommend import Recommendation, recommend
 from jouletune.tuner._report import write_report
 from jouletune.tuner._runners import Runner, RunnerError, SimRunner
@@ -130,7 +130,8 @@ def tune_main(argv: list[str]) -> int:
     rec = _finish(setup)
     if interrupted:
         err.print(
-            "interrupted: servers stopped, power limits restored; rerun the same command to resume"
+            "interrupted: servers stopped, power limits restored and clock locks reset; "
+            "rerun the same command to resume"
         )
         return EXIT_INTERRUPTED
     _print_answer(rec, setup.out_dir)
@@ -295,9 +296,10 @@ def _setup(args: argparse.Namespace) -> _Setup:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise _UsageError(f"--out {out_dir}: {err.strerror}") from None
+    sim_profile = _sim_profile(args, spec)  # before the storage: a refused profile leaves none
+    _same_profile_as_before(out_dir, sim_profile)
     storage = open_storage(storage_url or default_storage_url(out_dir))
     baseline = resolve_baseline(spec, defaults=_engine_defaults(args, spec))
-    sim_profile = _sim_profile(args, spec)
     study = Study.open(
         spec=spec, name=name, storage=storage, read_only=read_only, baseline=baseline
     )
@@ -312,6 +314,25 @@ def _setup(args: argparse.Namespace) -> _Setup:
     }
     (out_dir / _RUN_FILE).write_text(json.dumps(run, indent=2))
     return _Setup(name, spec, out_dir, study, read_only, sim_profile)
+
+
+def _same_profile_as_before(out_dir: Path, profile: SimProfile | None) -> None:
+    """Refuse to resume a study whose trials were simulated on another GPU profile (or on the
+    built-in GPU): they would be reported as predicted with this one."""
+    if not (out_dir / _RUN_FILE).is_file():
+        return
+    before = _read_run(out_dir).get("sim_profile")
+    now = None if profile is None else profile.model_dump()
+    if before != now:
+        was = (
+            "the built-in GPU"
+            if not isinstance(before, dict)
+            else f"--gpu-profile {before['path']}"
+        )
+        raise _UsageError(
+            f"--out {out_dir} holds a study simulated with {was}; resume it with the same "
+            "profile, or pass a new --out"
+        )
 
 
 def _backend(args: argparse.Namespace, spec: BenchmarkSpec) -> str:
@@ -348,12 +369,16 @@ def _sim_profile(args: argparse.Namespace, spec: BenchmarkSpec) -> SimProfile | 
             f"--gpu-profile {path} is for {profile.gpu}, the spec's gpu.type is {spec.gpu.type}"
         )
     made = profile.provenance
+    # Only a calibration on a real GPU tells how that GPU answers a cap or a lock: one fitted
+    # to a simulated GPU, or a hand-written profile, leaves every saving an uncalibrated
+    # prediction, with the published evidence beside it.
+    real = made is not None and made.driver_version != SIMULATED_DRIVER
     return SimProfile(
         path=str(path),
         gpu_name=made.gpu_name if made is not None else profile.gpu,
         created=made.created if made is not None else "hand-written",
-        power_limits_measured=profile.power_limits_measured,
-        clock_locks_measured=profile.clock_locks_measured,
+        power_limits_measured=real and profile.power_limits_measured,
+        clock_locks_measured=real and profile.clock_locks_measured,
     )
 
 
