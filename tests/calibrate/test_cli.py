@@ -47,6 +47,17 @@ def server() -> Iterator[Proc]:
         yield proc
 
 
+@pytest.fixture(scope="module")
+def exporter(server: Proc) -> Iterator[Proc]:
+    port = free_port()
+    with jouletune_process(
+        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
+        port=port,
+        health_path="/healthz",
+    ) as proc:
+        yield proc
+
+
 def test_an_unreachable_server_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -80,18 +91,13 @@ def test_the_exporter_must_serve_energy(
 def test_a_model_the_simulator_cannot_parse_stops_before_measuring(
     capsys: pytest.CaptureFixture[str],
     server: Proc,
+    exporter: Proc,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an id outside the catalog fails at once
-    port = free_port()
-    with jouletune_process(
-        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-    ) as exporter:
-        argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
-        _one_line_error(capsys, [*argv, "--read-only", "--model", "nobody/none"], "--model")
+    argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
+    _one_line_error(capsys, [*argv, "--read-only", "--model", "nobody/none"], "--model")
     assert not (tmp_path / "points").exists()
 
 
@@ -149,17 +155,6 @@ def test_bad_flags_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     _one_line_error(capsys, ["--fit-only", "--out", str(afile)], "--out", "not a folder")
     profile = tmp_path / "nowhere" / "p.json"
     _one_line_error(capsys, ["--out", str(tmp_path), "--profile", str(profile)], "does not exist")
-
-
-@pytest.fixture(scope="module")
-def exporter(server: Proc) -> Iterator[Proc]:
-    port = free_port()
-    with jouletune_process(
-        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-    ) as proc:
-        yield proc
 
 
 def test_settings_that_cannot_give_a_valid_point_stop_before_measuring(
