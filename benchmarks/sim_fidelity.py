@@ -41,7 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from result_files import find_results, read_json, result_stem  # this script's folder
+from dummy_tokenizer import dummy_model_tokenizer  # this script's folder
+from result_files import find_results, read_json, result_stem
 
 from jouletune import __version__
 from jouletune.gpu.simulated import GpuModel, gpu_model
@@ -58,7 +59,7 @@ from jouletune.sim import (
     apply_profile,
     prompt_block_hashes,
 )
-from jouletune.tokenizer import WordTokenizer
+from jouletune.tokenizer import WORDS, PromptTokenizer, WordTokenizer
 
 _RESULTS = Path(__file__).resolve().parent / "results" / "h100-vllm"
 # The tokenizer sessions' runs (tokenizer_session.sh): DeepSeek-V3's BPE vocabulary on one
@@ -138,6 +139,7 @@ class RealPoint:
     figures: Figures
     path: Path
     word_prompts: bool = True
+    model_tokenizer: bool = False
     stalled_client: bool = False
 
 
@@ -219,6 +221,7 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = Non
             sent=int(d["workload"]["sent"]),
             duration_s=float(cfg["duration_s"] or math.inf),  # None: bound by count
             window_start_unix_s=float(d["window"]["start_unix_s"]),
+            model_tokenizer=d["workload"].get("tokenizer") not in (None, WORDS),
             figures=Figures(
                 j_per_output_token=float(d["energy_per_output_token_j"]),
                 itl_ms_p50=float(d["itl_ms"]["p50"]),
@@ -257,8 +260,11 @@ def _engine_config(
 
 def _client_requests(point: RealPoint) -> list[ClientRequest]:
     # Every length is drawn before any prompt (jouletune.loadgen), whatever the vocabulary,
-    # and word prompts are built in order as read: the first `sent` of the bench's
-    # `num_prompts` requests are rebuilt exactly without building the rest.
+    # and prompts are built as read: the first `sent` of the bench's `num_prompts` requests
+    # are rebuilt exactly without building the rest. A bench that loaded the served model's
+    # tokenizer built them as vLLM's random dataset does (prompt k from its own offset, so a
+    # longer prompt of the same seed and index starts with the shorter one); before that it
+    # drew every prompt's words from one stream (prompt k follows prompts 0..k-1).
     samples = load_requests(
         dataset="random",
         num_prompts=point.num_prompts,
@@ -266,7 +272,7 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
         random_input_len=point.input_len,
         random_output_len=point.output_len,
         random_range_ratio=point.range_ratio,
-        tokenizer=WordTokenizer(),  # the committed runs' dummy model: one token per word
+        tokenizer=_prompt_tokenizer(point),
     )[: point.sent]
     return [
         ClientRequest(
@@ -278,6 +284,15 @@ def _client_requests(point: RealPoint) -> list[ClientRequest]:
         )
         for i, s in enumerate(samples)
     ]
+
+
+def _prompt_tokenizer(point: RealPoint) -> PromptTokenizer:
+    """What rebuilds the prompts `point`'s bench sent: the dummy model's own tokenizer where
+    the bench loaded it, else the one-stream word vocabulary (a BPE run's prompts stand in as
+    `_bpe_prompt`s: only their lengths are rebuilt here)."""
+    if point.model_tokenizer and point.word_prompts:
+        return dummy_model_tokenizer()
+    return WordTokenizer()
 
 
 def _bpe_prompt(seed: int, index: int, length: int) -> list[tuple[int, int, int]]:

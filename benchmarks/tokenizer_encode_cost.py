@@ -23,22 +23,14 @@ import time
 from pathlib import Path
 
 import tokenizers
-from tokenizers import Tokenizer, models, pre_tokenizers
+from dummy_tokenizer import word_level  # this script's folder
+from tokenizers import Tokenizer
 
 from jouletune.loadgen import load_requests
 from jouletune.tokenizer import PromptTokenizer, WordTokenizer, load_tokenizer
 
 _BPE_DIR = Path(__file__).resolve().parents[1] / ".tools" / "tokenizers" / "deepseek-v3"
-_VOCAB_SIZE = 128256  # mk_model.py: <s>, </s>, <unk>, then t3..t128255
 _REPEATS = 5
-
-
-def word_level() -> Tokenizer:
-    """The dummy model's tokenizer, built as mk_model.py builds it."""
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2} | {f"t{i}": i for i in range(3, _VOCAB_SIZE)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return tok
 
 
 def encode_us_per_token(tok: Tokenizer, prompts: list[str]) -> float:

@@ -126,9 +126,9 @@ def setting_caveat(profile: SimProfile | None, *, setting: Literal["cap", "lock"
 # apart run to run.
 PREDICTED_TTFT_CAVEAT = (
     "The TTFT figures are the simulator's predictions, its least accurate: against 39 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 29. Where request lengths vary it misses "
+    "H100 vLLM points its TTFT p50 is within 25% at 30. Where request lengths vary it misses "
     "at one point of six (39% low); where every request has the same lengths it misses from "
-    "68% low to 33% high, and one real run does not pin TTFT down there: six runs of "
+    "57% low to 33% high, and one real run does not pin TTFT down there: six runs of "
     "1024-token prompts at 256 streams read 625 to 2641 ms (docs/validation.md). Measure TTFT "
     "on the GPU (`jouletune tune --backend local`) before relying on a TTFT bound."
 )
