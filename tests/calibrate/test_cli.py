@@ -14,6 +14,7 @@ from jouletune.calibrate import (
     PlanPoint,
     Workload,
     measure_plan,
+    probe_target,
 )
 from jouletune.calibrate.cli import main
 from jouletune.gpu import GpuSetting
@@ -40,7 +41,16 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words:
 def server() -> Iterator[Proc]:
     port = free_port()
     with jouletune_process(
-        ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)],
+        [
+            "sim-server",
+            MODEL,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "2048",
+        ],
         port=port,
         health_path="/health",
     ) as proc:
@@ -166,6 +176,11 @@ def test_settings_that_cannot_give_a_valid_point_stop_before_measuring(
     _one_line_error(capsys, [*argv, "--gpu", "a100-80gb"], "--gpu a100-80gb", "NVIDIA H100")
     _one_line_error(capsys, [*argv, "--max-num-seqs", "0"], "max_num_seqs")
     assert not (tmp_path / "points").exists()
+
+
+def test_the_plan_takes_the_context_limit_the_server_reports(server: Proc, exporter: Proc) -> None:
+    # Not the model's 131,072: vLLM serves what --max-model-len said, and /v1/models says it.
+    assert probe_target(server.url, [exporter.url]).max_model_len == 2048
 
 
 def test_a_rerun_with_another_plan_is_refused(

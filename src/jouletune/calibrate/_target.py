@@ -46,6 +46,7 @@ class Target:
         base_url: the server.
         served_model: the model name it answers to (`/v1/models` id).
         model_root: the model's path or id (`root`), where the server reports one.
+        max_model_len: the context limit it serves (`max_model_len`, as vLLM reports it).
         engine_version: `/version`, where the server answers it.
         is_sim: True for a jouletune sim-server (it serves `/sim/gpus`).
         exporter_urls: the exporters.
@@ -55,6 +56,7 @@ class Target:
     base_url: str
     served_model: str
     model_root: str | None
+    max_model_len: int | None
     engine_version: str | None
     is_sim: bool
     exporter_urls: tuple[str, ...]
@@ -84,11 +86,16 @@ def probe_target(base_url: str, exporter_urls: Sequence[str]) -> Target:
         base_url=base_url,
         served_model=str(data[0].get("id")),
         model_root=data[0].get("root") if isinstance(data[0].get("root"), str) else None,
+        max_model_len=_positive_int(data[0].get("max_model_len")),
         engine_version=version,
         is_sim=_answers(f"{base_url}/sim/gpus"),
         exporter_urls=tuple(url.rstrip("/") for url in exporter_urls),
         gpus=tuple(gpus),
     )
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def open_target_gpus(target: Target) -> list[Gpu]:

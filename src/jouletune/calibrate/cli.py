@@ -182,7 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", help=f"the GPU's catalog entry: {', '.join(GPU_CATALOG)}")
     p.add_argument("--max-num-seqs", type=int, help="the server's (default: vLLM's)")
     p.add_argument("--max-num-batched-tokens", type=int, help="the server's (default: vLLM's)")
-    p.add_argument("--max-model-len", type=int, help="the server's (default: the model's)")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        help="the server's (default: what it reports, else the model's)",
+    )
     p.add_argument("--gpu-memory-utilization", type=float, help="the server's (default: vLLM's)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
@@ -383,7 +387,9 @@ def _server(args: argparse.Namespace, target: Target, gpu_key: str) -> ServerSet
         served_model=target.served_model,
         max_num_seqs=_given(args.max_num_seqs, defaults.max_num_seqs),
         max_num_batched_tokens=_given(args.max_num_batched_tokens, defaults.max_num_batched_tokens),
-        max_model_len=_given(args.max_model_len, arch.max_position_embeddings),
+        max_model_len=_given(
+            args.max_model_len, target.max_model_len or arch.max_position_embeddings
+        ),
         gpu_memory_utilization=_given(args.gpu_memory_utilization, defaults.gpu_memory_utilization),
         tensor_parallel_size=args.tensor_parallel_size,
         enable_prefix_caching=args.enable_prefix_caching,
