@@ -31,12 +31,14 @@ def word_level() -> Tokenizer:
 
 @functools.cache
 def dummy_model_tokenizer() -> PromptTokenizer:
-    """The tokenizer `jouletune bench` loaded from the dummy model's directory."""
-    folder = Path(tempfile.mkdtemp(prefix="jouletune-dummy-tokenizer-"))
-    word_level().save(str(folder / "tokenizer.json"))
+    """The tokenizer `jouletune bench` loaded from the dummy model's directory (written to a
+    temporary one, which loading reads whole)."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
         "unk_token": "<unk>", "model_max_length": 8192, "add_bos_token": False,
     }  # fmt: skip
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return load_tokenizer(str(folder))
+    with tempfile.TemporaryDirectory(prefix="jouletune-dummy-tokenizer-") as name:
+        folder = Path(name)
+        word_level().save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        return load_tokenizer(name)

@@ -98,9 +98,10 @@ def tune_main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = LimitStore(args.state_dir or default_state_dir())
     try:
+        name, spec = load_spec(args.config)
         # Before anything is written: the spec's gpu.readOnly makes the run read-only too.
-        _restore_left(store, read_only=args.read_only or load_spec(args.config)[1].gpu.read_only)
-        setup = _setup(args)
+        _restore_left(store, read_only=args.read_only or spec.gpu.read_only)
+        setup = _setup(args, name, spec)
         runner = _runner(args, setup, store)
         grid = setup.study.grid
         caps = [c for c in grid.power_limits_w if c is not None]
@@ -275,8 +276,7 @@ def _tune_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup(args: argparse.Namespace) -> _Setup:
-    name, spec = load_spec(args.config)
+def _setup(args: argparse.Namespace, name: str, spec: BenchmarkSpec) -> _Setup:
     spec = _with_energy_source(spec, args.energy_source)
     read_only = bool(args.read_only or spec.gpu.read_only)
     if args.read_only and spec.search_space.power_limit_w:
