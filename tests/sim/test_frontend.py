@@ -285,9 +285,35 @@ def test_a_request_reaching_the_scheduler_during_a_long_launch_is_in_the_next_st
     assert after is not None and probe in after.newly_scheduled
 
 
-def test_an_idle_engine_launches_a_large_step_at_no_extra_cost() -> None:
+def _idle_launch_s(prompt_tokens: int) -> float:
+    perf = DEFAULT_PERF
+    return perf.eager_launch_s + perf.eager_launch_per_token_s * prompt_tokens
+
+
+def test_an_idle_engine_launches_a_large_step_before_the_gpu_can_finish_it() -> None:
+    # 600 tokens take the GPU ~8 ms; vLLM's host needs ~16 ms to launch them kernel by kernel
     engine = _engine(_no_api_costs(), 0, times := _Times())
-    engine.add(SimRequest(request_id="p", prompt_tokens=1024, max_tokens=1, arrival_s=1.0,
+    engine.add(SimRequest(request_id="p", prompt_tokens=600, max_tokens=1, arrival_s=1.0,
                           listener=times))  # fmt: skip
     (step,) = _run_until(engine, lambda: "p" in times.first)
-    assert step.start_s == 1.0 and times.first["p"] == step.end_s
+    assert step.end_s - step.start_s < _idle_launch_s(600)  # the GPU alone would be sooner
+    assert step.end_s == pytest.approx(1.0 + _idle_launch_s(600))
+    assert times.first["p"] == step.end_s
+
+
+def test_a_burst_reaching_an_idle_engine_during_a_launch_shares_the_next_step() -> None:
+    # vLLM at 8 streams: the first of a returning wave is prefilled alone, and the other
+    # seven, which arrive while that step is being launched, together in the next one.
+    engine = _engine(_no_api_costs(), 0, times := _Times())
+    engine.add(SimRequest(request_id="first", prompt_tokens=1024, max_tokens=4, arrival_s=1.0,
+                          listener=times))  # fmt: skip
+    alone = engine.begin_step(1.0)
+    assert alone is not None and [r.request_id for r in alone.newly_scheduled] == ["first"]
+    for i in range(7):  # 1 ms apart, all before the launch ends
+        engine.add(SimRequest(request_id=f"r{i}", prompt_tokens=1024, max_tokens=4,
+                              arrival_s=1.0 + (i + 1) * 1e-3, listener=times))  # fmt: skip
+    assert _idle_launch_s(1024) > 7e-3  # the last arrives before the launch ends
+    engine.finish_step(alone)
+    together = engine.begin_step(alone.end_s)
+    assert together is not None
+    assert sorted(r.request_id for r in together.newly_scheduled) == [f"r{i}" for i in range(7)]

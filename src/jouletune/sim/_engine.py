@@ -27,7 +27,8 @@ Two things stand between the clients and the scheduler, as in vLLM 0.24:
   longer than a short step runs: such a step starts, and its predecessor's tokens leave, no
   sooner than `eager_launch_s` + `eager_launch_per_token_s` per prompt token it prefills +
   `eager_launch_per_seq_s` per sequence it decodes after the tokens before them left. An
-  idle engine's launch overlaps the step it launches and costs nothing extra.
+  idle engine launches it from when it schedules it: the step ends no sooner than that
+  launch, and the next step admits what reached the scheduler meanwhile.
 """
 
 from __future__ import annotations
@@ -246,8 +247,9 @@ class Engine:
             return None
         batch = _batch_shape(scheduled)
         launched_s = start_s
-        if busy and batch.num_tokens > self._graph_max_tokens:
-            launched_s = max(start_s, self._last_emit_s + self._eager_launch_s(scheduled))
+        if batch.num_tokens > self._graph_max_tokens:
+            launch_from_s = self._last_emit_s if busy else start_s
+            launched_s = max(start_s, launch_from_s + self._eager_launch_s(scheduled))
         self._hand_out(launched_s)
         work, outcomes, slowest = self._plan(batch)
         duration_s = slowest.duration_s
