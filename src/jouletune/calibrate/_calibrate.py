@@ -43,7 +43,7 @@ from jouletune.profile import (
 )
 from jouletune.sim import DEFAULT_PERF, builtin_parameters
 
-__all__ = ["Measured", "fit_profile", "load_measured", "sim_setup"]
+__all__ = ["Measured", "batch_limit_notes", "fit_profile", "load_measured", "sim_setup"]
 
 # A closed loop's requests return in waves whose phase a replay cannot know: a window of
 # fewer lifetimes than this measures where the waves happened to fall more than the GPU.
@@ -88,6 +88,25 @@ def load_measured(plan: CalibrationPlan, out_dir: Path) -> list[Measured]:
         obs = Observation.from_result(point, result, result_file=rel)
         measured.append(Measured(result=result, observation=obs))
     return measured
+
+
+def batch_limit_notes(plan: CalibrationPlan, measured: Sequence[Measured]) -> list[str]:
+    """One line per point where the server ran fewer requests than the replay would while
+    others waited: its `--max-num-seqs` is likely not the plan's (or its KV cache held fewer),
+    and a replay of the plan's setting would run a larger batch than was measured."""
+    notes = []
+    for m in measured:
+        window = m.result.window
+        if window is None or window.rule != "server-queue":
+            continue
+        batch = window.plateau_in_flight
+        if batch < plan.server.max_num_seqs:
+            notes.append(
+                f"{m.observation.point.name}: the server ran at most {batch} requests while others "
+                f"waited, where the replay runs up to max_num_seqs {plan.server.max_num_seqs}: if "
+                f"it was started with --max-num-seqs {batch}, rerun with that and --fit-only"
+            )
+    return notes
 
 
 def fit_profile(

@@ -36,7 +36,12 @@ from typing import NoReturn, TypeVar
 
 from pydantic import ValidationError
 
-from jouletune.calibrate._calibrate import fit_profile, load_measured, sim_setup
+from jouletune.calibrate._calibrate import (
+    batch_limit_notes,
+    fit_profile,
+    load_measured,
+    sim_setup,
+)
 from jouletune.calibrate._measure import measure_plan
 from jouletune.calibrate._plan import (
     DEFAULT_CAP_CONCURRENCY,
@@ -101,7 +106,7 @@ def main(argv: list[str]) -> int:
     try:
         _check_paths(args.out, args.profile)
         if args.fit_only:
-            plan = _read_plan(args.out, model=args.model)
+            plan = _with_flags(_read_plan(args.out, model=args.model), args)
         else:
             store = _restore_left(args.state_dir, read_only=args.read_only)
             plan, gpus = _new_plan(args)
@@ -134,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the points and profile")
     p.add_argument("--profile", type=Path, help=f"profile to write (default: OUT/{PROFILE_FILE})")
     p.add_argument("--read-only", action="store_true", help="never change a GPU setting")
-    p.add_argument("--fit-only", action="store_true", help="fit OUT's saved points again")
+    p.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="fit OUT's saved points again (--model and the server flags below, where given, "
+        "replace the plan's)",
+    )
     p.add_argument(
         "--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
         help=f"closed-loop streams (default: {','.join(map(str, DEFAULT_CONCURRENCY))})",
@@ -239,12 +249,40 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
         )
     sim_setup(plan)  # the model must be one the simulator can replay, before any measuring
     _same_plan_as_before(args.out, plan)
+    _log_assumed(args, plan.server)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
     except OSError as err:
         raise CalibrationError(f"--out {args.out}: {err.strerror or err}") from None
     return plan, gpus
+
+
+def _log_assumed(args: argparse.Namespace, server: ServerSettings) -> None:
+    """Say which engine settings the replay takes from vLLM's defaults: the server's own
+    flags cannot be read from it, and a replay of other settings fits the wrong GPU."""
+    assumed = [
+        f"{flag} {value}"
+        for flag, given, value in (
+            ("--max-num-seqs", args.max_num_seqs, server.max_num_seqs),
+            (
+                "--max-num-batched-tokens",
+                args.max_num_batched_tokens,
+                server.max_num_batched_tokens,
+            ),
+            (
+                "--gpu-memory-utilization",
+                args.gpu_memory_utilization,
+                server.gpu_memory_utilization,
+            ),
+        )
+        if given is None
+    ]
+    if assumed:
+        _log(
+            f"the replay assumes vLLM's defaults on this GPU for {', '.join(assumed)}: pass the "
+            "flags the server was started with where they differ"
+        )
 
 
 def _check_paths(out: Path, profile: Path | None) -> None:
@@ -308,6 +346,8 @@ def _measure(
 
 def _fit(plan: CalibrationPlan, out_dir: Path, *, batch_only: bool, path: Path | None) -> int:
     measured = load_measured(plan, out_dir)
+    for note in batch_limit_notes(plan, measured):
+        _log(f"note: {note}")
     _log(f"fitting the simulator to {len(measured)} point(s)")
     profile = fit_profile(
         plan,
@@ -347,6 +387,31 @@ def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
     if model is None:
         return plan
     return plan.model_copy(update={"server": plan.server.model_copy(update={"model": model})})
+
+
+def _with_flags(plan: CalibrationPlan, args: argparse.Namespace) -> CalibrationPlan:
+    """The plan with the server settings given on the command line in place of its own: a
+    calibration measured on a server whose flags the plan did not know is fitted again."""
+    given = {
+        name: value
+        for name in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_model_len",
+            "gpu_memory_utilization",
+        )
+        if (value := getattr(args, name)) is not None
+    }
+    if not given:
+        return plan
+    try:
+        server = ServerSettings.model_validate({**plan.server.model_dump(), **given})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise CalibrationError(
+            f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}"
+        ) from None
+    return plan.model_copy(update={"server": server})
 
 
 def _gpu_key(flag: str | None, target: Target) -> str:
