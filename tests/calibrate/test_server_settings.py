@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jouletune.calibrate import PlanPoint, Workload
 from jouletune.calibrate.cli import main
 from tests.calibrate.hidden import MODEL
 from tests.calibrate.test_cli import _plan
@@ -57,12 +58,31 @@ def test_a_smaller_server_batch_is_noted_and_fitted_again_with_the_flag(
     assert "note: " not in err
     refit = json.loads((tmp_path / "profile.json").read_text())
     assert refit["provenance"]["server_settings"]["max_num_seqs"] == SERVER_SEQS
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["server"]["max_num_seqs"] == SERVER_SEQS  # saved: a later run resumes it
+
+    # measuring again with the server's flag is the same plan: nothing to measure, a refit
+    assert main([*argv, "--duration", "5", "--max-num-seqs", str(SERVER_SEQS)]) == 0
+    err = capsys.readouterr().err
+    assert "another plan" not in err and "note: " not in err
 
 
-def test_fit_only_refuses_a_bad_server_flag_in_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--max-num-seqs", "0"], ["--max-num-seqs 0"]),
+        # the saved points sent 128 + 64 tokens a request: the server took at least that many
+        (["--max-model-len", "100"], ["--max-model-len 100", "192"]),
+        (["--max-num-seqs", "8", "--max-num-batched-tokens", "4"], ["below max_num_seqs 8"]),
+    ],
+)
+def test_fit_only_refuses_server_flags_the_points_contradict_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str], words: list[str]
 ) -> None:
-    (tmp_path / "plan.json").write_text(_plan().model_dump_json())  # a saved plan
-    assert main(["--fit-only", "--out", str(tmp_path), "--max-num-seqs", "0"]) == 2
+    saved = _plan(PlanPoint(concurrency=8, workload=Workload(input_len=128, output_len=64)))
+    (tmp_path / "plan.json").write_text(saved.model_dump_json())
+    assert main(["--fit-only", "--out", str(tmp_path), *flags]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "--max-num-seqs" in line
+    for word in words:
+        assert word in line, line
+    assert (tmp_path / "plan.json").read_text() == saved.model_dump_json()  # left as it was

@@ -317,3 +317,9 @@ def test_a_burst_reaching_an_idle_engine_during_a_launch_shares_the_next_step() 
     together = engine.begin_step(alone.end_s)
     assert together is not None
     assert sorted(r.request_id for r in together.newly_scheduled) == [f"r{i}" for i in range(7)]
+    # the host launches that step after the first one, and only then hands out its token
+    perf = DEFAULT_PERF
+    second_launch_s = _idle_launch_s(7 * 1024) + perf.eager_launch_per_seq_s
+    engine.advance_frontend(together.end_s)
+    assert 1.0 + _idle_launch_s(1024) + second_launch_s > alone.end_s
+    assert times.first["first"] == pytest.approx(1.0 + _idle_launch_s(1024) + second_launch_s)

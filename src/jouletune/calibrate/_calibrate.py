@@ -104,7 +104,8 @@ def batch_limit_notes(plan: CalibrationPlan, measured: Sequence[Measured]) -> li
             notes.append(
                 f"{m.observation.point.name}: the server ran at most {batch} requests while others "
                 f"waited, where the replay runs up to max_num_seqs {plan.server.max_num_seqs}: if "
-                f"it was started with --max-num-seqs {batch}, rerun with that and --fit-only"
+                f"it was started with --max-num-seqs {batch}, rerun with that and --fit-only (if "
+                "its KV cache held only that many, with its --gpu-memory-utilization instead)"
             )
     return notes
 

@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
     try:
         _check_paths(args.out, args.profile)
         if args.fit_only:
-            plan = _with_flags(_read_plan(args.out, model=args.model), args)
+            plan = _with_model(_with_flags(_read_plan(args.out), args, args.out), args.model)
         else:
             store = _restore_left(args.state_dir, read_only=args.read_only)
             plan, gpus = _new_plan(args)
@@ -142,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fit-only",
         action="store_true",
-        help="fit OUT's saved points again (--model and the server flags below, where given, "
-        "replace the plan's)",
+        help="fit OUT's saved points again (--model, --max-num-seqs, --max-num-batched-tokens, "
+        "--max-model-len and --gpu-memory-utilization, where given, replace the plan's)",
     )
     p.add_argument(
         "--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
@@ -249,7 +249,7 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
         )
     sim_setup(plan)  # the model must be one the simulator can replay, before any measuring
     _same_plan_as_before(args.out, plan)
-    _log_assumed(args, plan.server)
+    _log_assumed(args, plan.server, reported_max_model_len=target.max_model_len)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
@@ -258,9 +258,12 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     return plan, gpus
 
 
-def _log_assumed(args: argparse.Namespace, server: ServerSettings) -> None:
-    """Say which engine settings the replay takes from vLLM's defaults: the server's own
-    flags cannot be read from it, and a replay of other settings fits the wrong GPU."""
+def _log_assumed(
+    args: argparse.Namespace, server: ServerSettings, *, reported_max_model_len: int | None
+) -> None:
+    """Say which engine settings the replay takes from vLLM's defaults (or the model): the
+    server's own flags cannot be read from it, and a replay of other settings fits the wrong
+    GPU."""
     assumed = [
         f"{flag} {value}"
         for flag, given, value in (
@@ -283,6 +286,11 @@ def _log_assumed(args: argparse.Namespace, server: ServerSettings) -> None:
             f"the replay assumes vLLM's defaults on this GPU for {', '.join(assumed)}: pass the "
             "flags the server was started with where they differ"
         )
+    if args.max_model_len is None and reported_max_model_len is None:
+        _log(
+            f"the server does not report its context limit: the replay assumes the model's, "
+            f"--max-model-len {server.max_model_len}; pass the server's where it differs"
+        )
 
 
 def _check_paths(out: Path, profile: Path | None) -> None:
@@ -300,7 +308,7 @@ def _same_plan_as_before(out: Path, plan: CalibrationPlan) -> None:
     batch sweep alone), and the URLs may change."""
     if not (out / PLAN_FILE).is_file():
         return
-    before = _read_plan(out, model=None)
+    before = _read_plan(out)
     free = {"base_url", "exporter_urls", "points", "read_only"}
     old, new = before.model_dump(exclude=free), plan.model_dump(exclude=free)
     changed = [key for key in new if old.get(key) != new[key]]
@@ -372,9 +380,8 @@ def _print_profile(profile: GpuProfile, path: Path) -> None:
     print("\n".join(summary_lines(profile)))
 
 
-def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
-    """The saved plan; `model` replaces what the simulator replays (a served directory that
-    exists only on the GPU host, when fitting elsewhere)."""
+def _read_plan(out_dir: Path) -> CalibrationPlan:
+    """The saved plan."""
     path = out_dir / PLAN_FILE
     try:
         plan = CalibrationPlan.model_validate_json(path.read_text())
@@ -384,13 +391,20 @@ def _read_plan(out_dir: Path, *, model: str | None) -> CalibrationPlan:
         raise CalibrationError(
             f"{path}: not a calibration plan: {err.errors()[0]['msg']}"
         ) from None
+    return plan
+
+
+def _with_model(plan: CalibrationPlan, model: str | None) -> CalibrationPlan:
+    """`model`, where given, in place of what the simulator replays (a served directory that
+    exists only on the GPU host, when fitting elsewhere); not saved to the plan."""
     if model is None:
         return plan
     return plan.model_copy(update={"server": plan.server.model_copy(update={"model": model})})
 
 
-def _with_flags(plan: CalibrationPlan, args: argparse.Namespace) -> CalibrationPlan:
-    """The plan with the server settings given on the command line in place of its own: a
+def _with_flags(plan: CalibrationPlan, args: argparse.Namespace, out_dir: Path) -> CalibrationPlan:
+    """The plan with the server settings given on the command line in place of its own, saved
+    to `out_dir` (so a later run that measures more with the same flags resumes it): a
     calibration measured on a server whose flags the plan did not know is fitted again."""
     given = {
         name: value
@@ -408,10 +422,34 @@ def _with_flags(plan: CalibrationPlan, args: argparse.Namespace) -> CalibrationP
         server = ServerSettings.model_validate({**plan.server.model_dump(), **given})
     except ValidationError as err:
         first = err.errors()[0]
+        name = str(first["loc"][0])
+        raise CalibrationError(f"--{_flag(name)} {given[name]}: {first['msg']}") from None
+    longest = max(p.workload.input_len + p.workload.output_len for p in plan.points)
+    if server.max_model_len < longest:
         raise CalibrationError(
-            f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}"
-        ) from None
-    return plan.model_copy(update={"server": server})
+            f"--max-model-len {server.max_model_len}: the saved points sent requests of up to "
+            f"{longest} tokens, so the server's limit was at least that"
+        )
+    if server.max_num_batched_tokens < server.max_num_seqs:
+        raise CalibrationError(
+            f"--max-num-batched-tokens {server.max_num_batched_tokens}: below max_num_seqs "
+            f"{server.max_num_seqs}, which vLLM refuses to serve"
+        )
+    corrected = plan.model_copy(update={"server": server})
+    try:
+        (out_dir / PLAN_FILE).write_text(corrected.model_dump_json(indent=2))
+    except OSError as err:
+        raise CalibrationError(f"--out {out_dir}: {err.strerror or err}") from None
+    _log(f"{out_dir / PLAN_FILE}: the server's settings now " + _settings(given))
+    return corrected
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _settings(values: dict[str, float | int]) -> str:
+    return ", ".join(f"--{_flag(name)} {value:g}" for name, value in values.items())
 
 
 def _gpu_key(flag: str | None, target: Target) -> str:

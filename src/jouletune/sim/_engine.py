@@ -248,7 +248,8 @@ class Engine:
         batch = _batch_shape(scheduled)
         launched_s = start_s
         if batch.num_tokens > self._graph_max_tokens:
-            launch_from_s = self._last_emit_s if busy else start_s
+            # busy: after the last tokens left and the last step was launched; idle: now
+            launch_from_s = max(self._last_emit_s, self._next_cutoff_s) if busy else start_s
             launched_s = max(start_s, launch_from_s + self._eager_launch_s(scheduled))
         self._hand_out(launched_s)
         work, outcomes, slowest = self._plan(batch)
