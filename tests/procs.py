@@ -80,6 +80,24 @@ def jouletune_process(
 
 
 @contextmanager
+def sim_server(model: str, *flags: str) -> Iterator[Proc]:
+    """`jouletune sim-server MODEL FLAGS...` on a free loopback port."""
+    port = free_port()
+    args = ["sim-server", model, "--host", "127.0.0.1", "--port", str(port), *flags]
+    with jouletune_process(args, port=port, health_path="/health") as proc:
+        yield proc
+
+
+@contextmanager
+def sim_exporter(server_url: str) -> Iterator[Proc]:
+    """`jouletune exporter --sim SERVER_URL` on a free loopback port."""
+    port = free_port()
+    args = ["exporter", "--sim", server_url, "--host", "127.0.0.1", "--port", str(port)]
+    with jouletune_process(args, port=port, health_path="/healthz") as proc:
+        yield proc
+
+
+@contextmanager
 def prometheus_process(
     config: Path, *, workdir: Path, binary: str = "prometheus", timeout_s: float = 30.0
 ) -> Iterator[str]:

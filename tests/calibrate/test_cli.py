@@ -20,7 +20,7 @@ from jouletune.calibrate.cli import main
 from jouletune.gpu import GpuSetting
 from tests.calibrate.hidden import MODEL, h100_server
 from tests.left_records import leave_record
-from tests.procs import Proc, free_port, jouletune_process
+from tests.procs import Proc, free_port, sim_exporter, sim_server
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> None:
@@ -39,32 +39,13 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *words:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Proc]:
-    port = free_port()
-    with jouletune_process(
-        [
-            "sim-server",
-            MODEL,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--max-model-len",
-            "2048",
-        ],
-        port=port,
-        health_path="/health",
-    ) as proc:
+    with sim_server(MODEL, "--max-model-len", "2048") as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
 def exporter(server: Proc) -> Iterator[Proc]:
-    port = free_port()
-    with jouletune_process(
-        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-    ) as proc:
+    with sim_exporter(server.url) as proc:
         yield proc
 
 

@@ -14,34 +14,23 @@ from jouletune.calibrate import PlanPoint, Workload
 from jouletune.calibrate.cli import main
 from tests.calibrate.hidden import MODEL
 from tests.calibrate.test_cli import _plan
-from tests.procs import Proc, free_port, jouletune_process
+from tests.procs import Proc, sim_exporter, sim_server
 
 SERVER_SEQS = 4
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Proc]:
-    port = free_port()
-    argv = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--max-num-seqs", str(SERVER_SEQS), "--max-model-len", "2048"]
-    with jouletune_process(argv, port=port, health_path="/health") as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def exporter(server: Proc) -> Iterator[Proc]:
-    port = free_port()
-    with jouletune_process(
-        ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(port)],
-        port=port,
-        health_path="/healthz",
-    ) as proc:
-        yield proc
+def small_server() -> Iterator[tuple[Proc, Proc]]:
+    """A sim-server started with --max-num-seqs 4, and its exporter."""
+    flags = ("--max-num-seqs", str(SERVER_SEQS), "--max-model-len", "2048")
+    with sim_server(MODEL, *flags) as server, sim_exporter(server.url) as exporter:
+        yield server, exporter
 
 
 def test_a_smaller_server_batch_is_noted_and_fitted_again_with_the_flag(
-    capsys: pytest.CaptureFixture[str], server: Proc, exporter: Proc, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], small_server: tuple[Proc, Proc], tmp_path: Path
 ) -> None:
+    server, exporter = small_server
     argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(tmp_path)]
     argv += ["--read-only", "--model", MODEL, "--concurrency", "8", "--workload", "128:64"]
     assert main([*argv, "--duration", "5"]) == 0
