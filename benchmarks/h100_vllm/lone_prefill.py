@@ -1,0 +1,57 @@
+"""How long vLLM takes from taking in a lone request to the end of its prefill, one stream.
+
+    python benchmarks/h100_vllm/lone_prefill.py
+
+On a `--max-num-seqs 1` server vLLM captures CUDA graphs for steps of 1 and 2 tokens only,
+so every prefill is launched kernel by kernel, from an idle engine. For each committed
+one-stream server whose log carries unix stamps and the request log, this prints, by the
+prompt tokens a step prefilled, the median time from vLLM's "Added request" line to that
+step's stamp (the end of the engine core's wait for it), with its 10th and 90th percentiles.
+The GPU's own prefill takes ~7 ms for 512 tokens and ~24 ms for 1,024 (the simulator's
+H100); the rest is the host launching the step (docs/validation.md, "An idle engine launches
+a step too large for a CUDA graph").
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import statistics
+import sys
+from pathlib import Path
+
+_RESULTS = Path(__file__).resolve().parents[1] / "results" / "h100-vllm"
+LOGS = ("repeat/vllm_n1.log.gz", "n1-launch/vllm_n1.log.gz")
+_ADDED = re.compile(r"\) ([0-9]{10}\.[0-9]+) .*Added request")
+_PREFILL = re.compile(
+    r"\) ([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): [1-9]\d* context requests, (\d+) context tokens"
+)
+
+
+def added_to_stamp_ms(log: Path) -> dict[int, list[float]]:
+    """Milliseconds from each request's "Added" line to its prefilling step's stamp, by the
+    step's prompt tokens (one stream: the next prefilling step after an "Added" is its own)."""
+    by_tokens: dict[int, list[float]] = {}
+    added_s: float | None = None
+    with gzip.open(log, "rt") as f:
+        for line in f:
+            if m := _ADDED.search(line):
+                added_s = float(m[1])
+            elif (m := _PREFILL.search(line)) and added_s is not None:
+                by_tokens.setdefault(int(m[2]), []).append(1e3 * (float(m[1]) - added_s))
+                added_s = None
+    return by_tokens
+
+
+def main() -> int:
+    """Print one line per log and prompt length."""
+    print("log | prompt tokens | prefills | ms from Added to the step's stamp: p10 / median / p90")
+    for log in LOGS:
+        for tokens, ms in sorted(added_to_stamp_ms(_RESULTS / log).items()):
+            q = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9
+            print(f"{log} | {tokens} | {len(ms)} | {q[0]:.1f} / {statistics.median(ms):.1f} / {q[8]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
