@@ -49,7 +49,8 @@ def main() -> int:
     for log in LOGS:
         for tokens, ms in sorted(added_to_stamp_ms(_RESULTS / log).items()):
             q = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9
-            print(f"{log} | {tokens} | {len(ms)} | {q[0]:.1f} / {statistics.median(ms):.1f} / {q[8]:.1f}")
+            median = statistics.median(ms)
+            print(f"{log} | {tokens} | {len(ms)} | {q[0]:.1f} / {median:.1f} / {q[8]:.1f}")
     return 0
 
 
