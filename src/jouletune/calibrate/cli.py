@@ -89,6 +89,9 @@ _CAP_ROUND_W = 5.0
 _CLOCK_ROUND_MHZ = 15
 # More closed-loop streams than any server batches: a typo, not a plan.
 _MAX_STREAMS = 16384
+# The server's engine flags that default to vLLM's own when not given (`ServerSettings`
+# fields; the context limit, which the server reports, is taken apart).
+_DEFAULTED_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
 T = TypeVar("T")
 
 
@@ -250,12 +253,16 @@ def _new_plan(args: argparse.Namespace) -> tuple[CalibrationPlan, list[Gpu]]:
     sim_setup(plan)  # the model must be one the simulator can replay, before any measuring
     _same_plan_as_before(args.out, plan)
     _log_assumed(args, plan.server, reported_max_model_len=target.max_model_len)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
-    except OSError as err:
-        raise CalibrationError(f"--out {args.out}: {err.strerror or err}") from None
+    _save_plan(args.out, plan)
     return plan, gpus
+
+
+def _save_plan(out: Path, plan: CalibrationPlan) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PLAN_FILE).write_text(plan.model_dump_json(indent=2))
+    except OSError as err:
+        raise CalibrationError(f"--out {out}: {err.strerror or err}") from None
 
 
 def _log_assumed(
@@ -265,21 +272,9 @@ def _log_assumed(
     server's own flags cannot be read from it, and a replay of other settings fits the wrong
     GPU."""
     assumed = [
-        f"{flag} {value}"
-        for flag, given, value in (
-            ("--max-num-seqs", args.max_num_seqs, server.max_num_seqs),
-            (
-                "--max-num-batched-tokens",
-                args.max_num_batched_tokens,
-                server.max_num_batched_tokens,
-            ),
-            (
-                "--gpu-memory-utilization",
-                args.gpu_memory_utilization,
-                server.gpu_memory_utilization,
-            ),
-        )
-        if given is None
+        f"--{_flag(name)} {getattr(server, name)}"
+        for name in _DEFAULTED_FLAGS
+        if getattr(args, name) is None
     ]
     if assumed:
         _log(
@@ -408,12 +403,7 @@ def _with_flags(plan: CalibrationPlan, args: argparse.Namespace, out_dir: Path) 
     calibration measured on a server whose flags the plan did not know is fitted again."""
     given = {
         name: value
-        for name in (
-            "max_num_seqs",
-            "max_num_batched_tokens",
-            "max_model_len",
-            "gpu_memory_utilization",
-        )
+        for name in (*_DEFAULTED_FLAGS, "max_model_len")
         if (value := getattr(args, name)) is not None
     }
     if not given:
@@ -436,10 +426,7 @@ def _with_flags(plan: CalibrationPlan, args: argparse.Namespace, out_dir: Path) 
             f"{server.max_num_seqs}, which vLLM refuses to serve"
         )
     corrected = plan.model_copy(update={"server": server})
-    try:
-        (out_dir / PLAN_FILE).write_text(corrected.model_dump_json(indent=2))
-    except OSError as err:
-        raise CalibrationError(f"--out {out_dir}: {err.strerror or err}") from None
+    _save_plan(out_dir, corrected)
     _log(f"{out_dir / PLAN_FILE}: the server's settings now " + _settings(given))
     return corrected
 
