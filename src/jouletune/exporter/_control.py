@@ -29,7 +29,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from jouletune.exporter._source import GpuSource
-from jouletune.gpu import EXPORTER_GPUS_PATH, ClockLocks, Gpu, GpuError, PowerLimits, gpu_entry
+from jouletune.gpu import (
+    EXPORTER_GPUS_PATH,
+    ClockLocks,
+    Gpu,
+    GpuError,
+    PowerLimits,
+    gpu_entry,
+    sm_clock_lock_mhz,
+)
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -119,15 +127,11 @@ def _watts(environ: WSGIEnvironment) -> float | None:
 
 def _mhz(environ: WSGIEnvironment) -> int | None:
     try:
-        raw = _body(environ)["mhz"]
-        mhz = None if raw is None else int(raw)
-        if raw is not None and mhz != raw:  # 1200.5, "1200": not a whole number of MHz
-            raise ValueError(raw)
-    except (ValueError, KeyError, TypeError, OverflowError):
+        return sm_clock_lock_mhz(_body(environ))
+    except (ValueError, KeyError, TypeError):
         raise _BadRequest(
             "400 Bad Request", 'expected a JSON body {"mhz": <whole number or null>}'
         ) from None
-    return mhz
 
 
 def _said(watts: float | None) -> str:

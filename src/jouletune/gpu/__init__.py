@@ -31,6 +31,7 @@ from jouletune.gpu._remote import (
     gpu_entry,
     open_remote_gpus,
     open_sim_gpus,
+    sm_clock_lock_mhz,
 )
 from jouletune.gpu._restore import Restored, refuse_left_changed, restore_left_limits
 from jouletune.gpu._sampling import sample_all
@@ -85,4 +86,5 @@ __all__ = [
     "refuse_left_changed",
     "restore_left_limits",
     "sample_all",
+    "sm_clock_lock_mhz",
 ]

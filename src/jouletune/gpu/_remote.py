@@ -33,6 +33,7 @@ __all__ = [
     "gpu_entry",
     "open_remote_gpus",
     "open_sim_gpus",
+    "sm_clock_lock_mhz",
 ]
 
 SIM_GPUS_PATH = "/sim/gpus"
@@ -51,6 +52,23 @@ def gpu_entry(gpu: Gpu) -> dict[str, Any]:
     with contextlib.suppress(GpuError):
         entry["sm_clock_range"] = gpu.sm_clock_range().to_json()
     return entry
+
+
+def sm_clock_lock_mhz(body: Any) -> int | None:
+    """The lock a `PUT .../sm-clock-lock` body asks for: `{"mhz": T}` with T a whole number
+    of MHz, or `{"mhz": null}` to remove the lock.
+
+    Raises:
+        ValueError: any other body (1200.5, "1200", no "mhz", a number too large for an int).
+    """
+    try:
+        raw = body["mhz"]
+        mhz = None if raw is None else int(raw)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ValueError(f"not a clock lock: {body!r}") from None
+    if raw is not None and mhz != raw:  # 1200.5, "1200": not a whole number of MHz
+        raise ValueError(f"not a whole number of MHz: {raw!r}")
+    return mhz
 
 
 # One GPU as a server serves it: its sample, its power-limit range and its SM clock range.

@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from jouletune.gpu import gpu_entry
+from jouletune.gpu import gpu_entry, sm_clock_lock_mhz
 from jouletune.gpu.simulated import SimulatedGpu
 from jouletune.sim._engine import Engine, EngineConfig, SimRequest, Step
 from jouletune.sim._metrics import VllmMetrics
@@ -375,11 +375,8 @@ class SimServer:
         if isinstance(gpu, web.Response):
             return gpu
         try:
-            raw = (await request.json())["mhz"]
-            mhz = None if raw is None else int(raw)
-            if raw is not None and mhz != raw:
-                raise ValueError(raw)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
+            mhz = sm_clock_lock_mhz(await request.json())
+        except ValueError:  # json.JSONDecodeError included
             return _error(400, 'expected a JSON body {"mhz": <whole number or null>}')
         rng = gpu.sm_clock_range()
         if mhz is not None and not rng.min_mhz <= mhz <= rng.max_mhz:
