@@ -18,28 +18,28 @@ import gzip
 import re
 import statistics
 import sys
+from bisect import bisect_right
 from pathlib import Path
+
+from iteration_log import iterations  # this script's folder
 
 _RESULTS = Path(__file__).resolve().parents[1] / "results" / "h100-vllm"
 LOGS = ("repeat/vllm_n1.log.gz", "n1-launch/vllm_n1.log.gz")
 _ADDED = re.compile(r"\) ([0-9]{10}\.[0-9]+) .*Added request")
-_PREFILL = re.compile(
-    r"\) ([0-9]{10}\.[0-9]+) .*Iteration\(\d+\): [1-9]\d* context requests, (\d+) context tokens"
-)
 
 
 def added_to_stamp_ms(log: Path) -> dict[int, list[float]]:
     """Milliseconds from each request's "Added" line to its prefilling step's stamp, by the
-    step's prompt tokens (one stream: the next prefilling step after an "Added" is its own)."""
-    by_tokens: dict[int, list[float]] = {}
-    added_s: float | None = None
+    step's prompt tokens (one stream: the first prefilling step after an "Added" is its own)."""
+    prefills = [s for s in iterations(log) if s.prompt_tokens > 0]
+    stamps = [s.unix_s for s in prefills]
     with gzip.open(log, "rt") as f:
-        for line in f:
-            if m := _ADDED.search(line):
-                added_s = float(m[1])
-            elif (m := _PREFILL.search(line)) and added_s is not None:
-                by_tokens.setdefault(int(m[2]), []).append(1e3 * (float(m[1]) - added_s))
-                added_s = None
+        added = [float(m[1]) for line in f if (m := _ADDED.search(line))]
+    by_tokens: dict[int, list[float]] = {}
+    for added_s in added:
+        k = bisect_right(stamps, added_s)
+        if k < len(prefills):
+            by_tokens.setdefault(prefills[k].prompt_tokens, []).append(1e3 * (stamps[k] - added_s))
     return by_tokens
 
 
