@@ -9,7 +9,8 @@
 #   dcgm  `jouletune bench --energy-source dcgm` against `jouletune exporter --format dcgm`
 #         (NVML in dcgm-exporter's names) with an independent NVML energy log beside it;
 #   calib `jouletune calibrate --read-only`: closed loops at four batch sizes and the fit
-#         (CALIB_GPU: the catalog GPU it starts from, h100-80gb by default);
+#         (CALIB_GPU: the catalog GPU it starts from, h100-80gb by default; CALIB_WORKLOADS
+#         its workloads, "512:256" by default);
 #   reps  the pair at REPS_C streams REPS times for each --random-range-ratio in REPS_RANGE,
 #         the two clients' order alternating (reps/): how far each client moves between runs;
 #   sweep `jouletune bench` closed loops of C clients, 512/256, 25 s each, each its own prompts
@@ -120,7 +121,7 @@ fi
 
 if has calib; then  # batch-only calibration: never changes a GPU setting
   $JT calibrate --base-url http://127.0.0.1:8000 --exporter-url http://127.0.0.1:9400 \
-    --out "$OUT/calibrate" --read-only --concurrency "${CALIB_C:-1,8,64,256}" --workload 512:256 \
+    --out "$OUT/calibrate" --read-only --concurrency "${CALIB_C:-1,8,64,256}" $(printf -- '--workload %s ' ${CALIB_WORKLOADS:-512:256}) \
     --duration "${CALIB_S:-15}" --max-num-seqs 256 --max-model-len 2048 --model /tmp/model \
     --gpu "${CALIB_GPU:-h100-80gb}" --seed $((SEED + 500)) > "$OUT/calibrate.txt" 2>&1
   echo "calibrate exit $? at $(date +%T)"; tail -25 "$OUT/calibrate.txt"

@@ -7,6 +7,7 @@ server's scrapes), beside the result type they build (`_result.py`).
 from __future__ import annotations
 
 import itertools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -287,12 +288,26 @@ def _environment(server: ServerInfo, telemetry: Telemetry) -> EnvironmentInfo:
         python_version=platform.python_version(),
         aiohttp_version=aiohttp.__version__,
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
+        client_cpu=_cpu_model(),
+        client_cpu_count=os.cpu_count(),
         server_model=server.model,
         server_model_root=server.model_root,
         server_version=server.version,
         gpu_models=sorted({g.model_name for s in telemetry.energy for g in s.gpus if g.model_name}),
         gpu_driver_version=telemetry.driver_version,
     )
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows, else None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _details(run: MeasuredRun, window: Window | None) -> list[RequestDetail]:

@@ -207,6 +207,13 @@ class EnvironmentInfo(_Model):
     python_version: str
     aiohttp_version: str
     platform: str
+    client_cpu: str | None = Field(
+        default=None,
+        description="the CPU model of the machine the bench ran on; where it is also the"
+        " serving host (one-host runs), the host's CPU sets vLLM's step launch and API-server"
+        " time, which differ up to 2x between hosts with the same GPU (docs/validation.md)",
+    )
+    client_cpu_count: int | None = Field(default=None, description="its logical CPUs")
     server_model: str
     server_model_root: str | None
     server_version: str | None
