@@ -35,9 +35,10 @@ from tests.validity import SHORT_RUN
 # of which separate SM from DRAM power. The long context is decode-heavy, so each window
 # holds whole waves of prefill and a median of decode steps. Its 1,024-token prompt is what
 # pins the GEMM efficiency: an idle engine's launch of an ungraphed prefill (~16.5 ms) hides
-# most of a 512-token prefill's GPU time, and with 512:128 the fit sometimes traded the GEMM
-# efficiency to its ceiling against twice the tensor power (1 run in 8 failed); at 1,024
-# tokens a one-stream TTFT moves 7 ms between 0.75 and 1.0 (three runs: 0.65-0.74, hidden 0.75).
+# part of a short prefill's GPU time (a one-stream TTFT at 512 tokens moves 3.5 ms between
+# GEMM efficiency 0.75 and 1.0, at 1,024 tokens 7 ms), and with 512:128 the fit sometimes
+# traded the efficiency to its ceiling against twice the tensor power (1 module run in 8
+# failed); with 1024:128 three runs fitted 0.65-0.74 (hidden 0.75).
 PLAN = [
     *("--concurrency", "1,8,32"),
     *("--workload", "64:64", "--workload", "1024:128"),
