@@ -77,6 +77,9 @@ _BPE_RENDER_RATIO = 2.5
 # runs measured since, with vLLM's client beside them (benchmarks/client_prompt_gil.py), and
 # `fixed-client-b/` more of them.
 _FIXED_CLIENT = "fixed-client"
+# The held-out runs of a calibration session (calibrate_heldout.py), BPE prompts.
+_HELDOUT_RESULTS = _RESULTS.parent / "h100-calibrate-heldout"
+_HELDOUT_PATTERNS = ("sweep/c*", "held/c*_w*")
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 H100 = gpu_model("h100-80gb")
 # Gated figures and the bound on each one's error, in the order gate() returns them.
@@ -171,9 +174,18 @@ def load_points(folder: Path) -> list[RealPoint]:
         point = replace(_point(path, name=name, server=name), word_prompts=False)
         stalled = point.range_ratio > 0 and not sub.startswith(_FIXED_CLIENT)
         points.append(replace(point, stalled_client=stalled))
+    for pattern in _HELDOUT_PATTERNS:
+        points += [heldout_point(path, folder) for path in find_results(folder, pattern)]
     if not points:
         raise _InputError(f"no bench results (n*_w*.json[.gz], */trials.csv) in {folder}")
     return points
+
+
+def heldout_point(path: Path, folder: Path) -> RealPoint:
+    """A held-out run of a calibration session (`calibrate_heldout.py`): BPE prompts, one
+    server of `--server-max-num-seqs` for the whole session, its runs in the order they ran."""
+    name = f"{folder.name}/{path.parent.name}/{result_stem(path)}"
+    return replace(_point(path, name=name, server=folder.as_posix()), word_prompts=False)
 
 
 def _trial_points(table: Path) -> list[RealPoint]:
@@ -566,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         "--results",
         type=Path,
         nargs="+",
-        default=[_RESULTS, _TOKENIZER_RESULTS],
+        default=[_RESULTS, _TOKENIZER_RESULTS, _HELDOUT_RESULTS],
         help="folders of bench JSONs",
     )
     parser.add_argument(

@@ -125,8 +125,8 @@ def setting_caveat(profile: SimProfile | None, *, setting: Literal["cap", "lock"
 # requests reach the scheduler decides it, and at fixed lengths real vLLM itself reads it far
 # apart run to run.
 PREDICTED_TTFT_CAVEAT = (
-    "The TTFT figures are the simulator's predictions, its least accurate: against 42 real "
-    "H100 vLLM points its TTFT p50 is within 25% at 35. Where request lengths vary it misses "
+    "The TTFT figures are the simulator's predictions, its least accurate: against 47 real "
+    "H100 vLLM points its TTFT p50 is within 25% at 39. Where request lengths vary it misses "
     "at one point of six (39% low); where every request has the same lengths it "
     "misses from 45% low to 45% high, and one real run does not pin TTFT down there: six runs "
     "of 1024-token prompts at 256 streams read 625 to 2641 ms, and one stream's TTFT is the "

@@ -1,0 +1,62 @@
+"""A read-only calibration on one real GPU, checked on runs of that GPU it did not fit.
+
+    python benchmarks/calibrate_heldout.py [DIR]   # default results/h100-calibrate-heldout
+
+DIR holds one vLLM server's session (`benchmarks/h100_vllm/tokenizer_session.sh` with
+`SECTIONS="sweep calib"`, then `jouletune bench` runs of other workloads; its README has the
+commands): `calibrate/profile.json` (the fit of `jouletune calibrate --read-only` to its own
+points), and `sweep/c*.json` and `held/c*_w*.json`, runs of batch sizes and context lengths
+the calibration never measured. Each held-out run is replayed as it ran (its own prompts and
+closed loop, `sim_fidelity.py`'s replay) on the built-in GPU and on the profile, and the
+errors of both are printed side by side with each figure's worst. Predictions, not
+measurements; the real figures are the runs'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import sim_fidelity as fidelity
+
+_DEFAULT = Path(__file__).resolve().parent / "results" / "h100-calibrate-heldout"
+_FIGURES = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w", "output_tok_s")
+_LABELS = ("J/out-tok", "ITL p50 ms", "TTFT p50 ms", "power W", "tok/s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, nargs="?", default=_DEFAULT)
+    folder = parser.parse_args().folder
+    profile = folder / "calibrate" / "profile.json"
+    points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
+    sims = {
+        label: fidelity.simulate_server(points, gpu=gpu, perf=perf)
+        for label, (gpu, perf) in (
+            ("built-in", fidelity._simulator(None)),
+            ("profile", fidelity._simulator(profile)),
+        )
+    }
+    print(f"# {len(points)} held-out runs of {folder}, replayed on the built-in GPU and {profile}")
+    print("| run | " + " | ".join(f"{lab} real | built-in | profile" for lab in _LABELS) + " |")
+    print("|---" * (1 + 3 * len(_LABELS)) + "|")
+    worst = {label: dict.fromkeys(_FIGURES, 0.0) for label in sims}
+    for i, point in enumerate(points):
+        cells = []
+        for name in _FIGURES:
+            real = getattr(point.figures, name)
+            errs = []
+            for label, figures in sims.items():
+                err = getattr(figures[i], name) / real - 1
+                worst[label][name] = max(worst[label][name], err, key=abs)
+                errs.append(f"{err:+.1%}")
+            cells.append(f"{real:.4g} | " + " | ".join(errs))
+        print(f"| {point.name} | " + " | ".join(cells) + " |")
+    for label, errors in worst.items():
+        print(f"worst, {label}: " + ", ".join(f"{n} {e:+.1%}" for n, e in errors.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
