@@ -25,22 +25,13 @@ _FIGURES = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w", "o
 _LABELS = ("J/out-tok", "ITL p50 ms", "TTFT p50 ms", "power W", "tok/s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, nargs="?", default=_DEFAULT)
-    folder = parser.parse_args().folder
-    profile = folder / "calibrate" / "profile.json"
-    points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
-    sims = {
-        label: fidelity.simulate_server(points, gpu=gpu, perf=perf)
-        for label, (gpu, perf) in (
-            ("built-in", fidelity._simulator(None)),
-            ("profile", fidelity._simulator(profile)),
-        )
-    }
-    print(f"# {len(points)} held-out runs of {folder}, replayed on the built-in GPU and {profile}")
-    print("| run | " + " | ".join(f"{lab} real | built-in | profile" for lab in _LABELS) + " |")
-    print("|---" * (1 + 3 * len(_LABELS)) + "|")
+def print_errors(
+    points: list[fidelity.RealPoint], sims: dict[str, list[fidelity.Figures]]
+) -> dict[str, dict[str, float]]:
+    """One table row per run: the real figure and each simulator's error; returns the worst
+    error of each figure per simulator."""
+    print("| run | " + " | ".join(f"{lab} real | " + " | ".join(sims) for lab in _LABELS) + " |")
+    print("|---" * (1 + (1 + len(sims)) * len(_LABELS)) + "|")
     worst = {label: dict.fromkeys(_FIGURES, 0.0) for label in sims}
     for i, point in enumerate(points):
         cells = []
@@ -53,7 +44,29 @@ def main() -> int:
                 errs.append(f"{err:+.1%}")
             cells.append(f"{real:.4g} | " + " | ".join(errs))
         print(f"| {point.name} | " + " | ".join(cells) + " |")
-    for label, errors in worst.items():
+    return worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, nargs="?", default=_DEFAULT)
+    folder = parser.parse_args().folder
+    profile = folder / "calibrate" / "profile.json"
+    if not profile.is_file():
+        print(f"calibrate_heldout: error: no calibrate/profile.json in {folder}", file=sys.stderr)
+        return 2
+    try:
+        points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
+        simulators = {"built-in": fidelity.simulator(None), "profile": fidelity.simulator(profile)}
+    except fidelity.InputError as err:
+        print(f"calibrate_heldout: error: {err}", file=sys.stderr)
+        return 2
+    sims = {
+        label: fidelity.simulate_server(points, gpu=gpu, perf=perf)
+        for label, (gpu, perf) in simulators.items()
+    }
+    print(f"# {len(points)} held-out runs of {folder}, replayed on the built-in GPU and {profile}")
+    for label, errors in print_errors(points, sims).items():
         print(f"worst, {label}: " + ", ".join(f"{n} {e:+.1%}" for n, e in errors.items()))
     return 0
 

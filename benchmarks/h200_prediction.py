@@ -127,7 +127,7 @@ def replay(folder: Path, profile: Path | None = None) -> None:
         point = fidelity._point(folder / f"c{c}.json", name=f"c{c}", server="h200")
         runs.append(replace(point, word_prompts=False, max_num_seqs=MAX_NUM_SEQS))
     gpu, perf = (
-        (gpu_model("h200-141gb"), DEFAULT_PERF) if profile is None else fidelity._simulator(profile)
+        (gpu_model("h200-141gb"), DEFAULT_PERF) if profile is None else fidelity.simulator(profile)
     )
     figures = fidelity.simulate_server(runs, gpu=gpu, perf=perf)
     print(f"replay of {folder} on {profile or 'h200-141gb'}, jouletune {__version__}")

@@ -1,6 +1,6 @@
 """Simulator fidelity: replay every committed real H100 `jouletune bench` point on the simulator.
 
-    python benchmarks/sim_fidelity.py [--results benchmarks/results/h100-vllm]
+    python benchmarks/sim_fidelity.py [--results benchmarks/results/h100-vllm ...]
                                       [--no-prefix-caching]
 
 For each server of the real sweep (one `vllm serve --max-num-seqs N --max-model-len 2048` per
@@ -77,7 +77,8 @@ _BPE_RENDER_RATIO = 2.5
 # runs measured since, with vLLM's client beside them (benchmarks/client_prompt_gil.py), and
 # `fixed-client-b/` more of them.
 _FIXED_CLIENT = "fixed-client"
-# The held-out runs of a calibration session (calibrate_heldout.py), BPE prompts.
+# The held-out runs of a calibration session (calibrate_heldout.py), BPE prompts: a folder
+# with `calibrate/profile.json` (an H200 session's `sweep/` is not an H100 point).
 _HELDOUT_RESULTS = _RESULTS.parent / "h100-calibrate-heldout"
 _HELDOUT_PATTERNS = ("sweep/c*", "held/c*_w*")
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -92,7 +93,7 @@ _MAX_NUM_BATCHED_TOKENS = 8192
 _GPU_MEMORY_UTILIZATION = 0.92
 
 
-class _InputError(Exception):
+class InputError(Exception):
     """Bad input; the message is one line."""
 
 
@@ -150,7 +151,7 @@ Row = tuple[RealPoint, Figures]
 
 
 def load_points(folder: Path) -> list[RealPoint]:
-    """Every bench result in `folder`; raises _InputError on a bad file.
+    """Every bench result in `folder`; raises InputError on a bad file.
 
     `[SUB/]nN_wIN-OUT.json` are campaign points: one server per N and folder, its workloads
     in turn, max_num_seqs N. `STUDY/trials/NNNN/result.json` are the completed, uncapped
@@ -174,10 +175,14 @@ def load_points(folder: Path) -> list[RealPoint]:
         point = replace(_point(path, name=name, server=name), word_prompts=False)
         stalled = point.range_ratio > 0 and not sub.startswith(_FIXED_CLIENT)
         points.append(replace(point, stalled_client=stalled))
-    for pattern in _HELDOUT_PATTERNS:
-        points += [heldout_point(path, folder) for path in find_results(folder, pattern)]
+    if (folder / "calibrate" / "profile.json").is_file():
+        for pattern in _HELDOUT_PATTERNS:
+            points += [heldout_point(path, folder) for path in find_results(folder, pattern)]
     if not points:
-        raise _InputError(f"no bench results (n*_w*.json[.gz], */trials.csv) in {folder}")
+        raise InputError(
+            f"no bench results (n*_w*.json[.gz], */trials.csv, jouletune_c*, or a calibration's"
+            f" sweep/ and held/) in {folder}"
+        )
     return points
 
 
@@ -194,7 +199,7 @@ def _trial_points(table: Path) -> list[RealPoint]:
         with table.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["state"] == "complete"]
     except (OSError, KeyError, csv.Error) as err:
-        raise _InputError(f"{table}: not a trials.csv ({err!r})") from None
+        raise InputError(f"{table}: not a trials.csv ({err!r})") from None
     points = []
     for row in rows:
         if row["power_limit_w"]:
@@ -217,7 +222,7 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = Non
         d: dict[str, Any] = read_json(path)
         cfg = d["config"]
         if cfg["dataset_name"] != "random" or cfg["request_rate"] != "inf":
-            raise _InputError(f"{path}: only closed-loop random workloads are replayed")
+            raise InputError(f"{path}: only closed-loop random workloads are replayed")
         concurrency = int(cfg["max_concurrency"])
         return RealPoint(
             path=path,
@@ -247,7 +252,7 @@ def _point(path: Path, *, name: str, server: str, max_num_seqs: int | None = Non
             ),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise _InputError(f"{path}: not a bench result JSON ({err!r})") from None
+        raise InputError(f"{path}: not a bench result JSON ({err!r})") from None
 
 
 def _engine_config(
@@ -560,14 +565,14 @@ def print_latency_table(rows: list[tuple[RealPoint, Figures]]) -> None:
         )
 
 
-def _simulator(profile_path: Path | None) -> tuple[GpuModel, PerfConstants]:
+def simulator(profile_path: Path | None) -> tuple[GpuModel, PerfConstants]:
     """The built-in H100, or the GPU and constants of a calibrated profile."""
     if profile_path is None:
         return H100, DEFAULT_PERF
     try:
         profile = load_profile(profile_path)
     except ValueError as err:
-        raise _InputError(f"--gpu-profile: {err}") from None
+        raise InputError(f"--gpu-profile: {err}") from None
     return apply_profile(gpu_model(profile.gpu), DEFAULT_PERF, profile.parameters)
 
 
@@ -594,11 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         started_s = time.perf_counter()
-        gpu, perf = _simulator(args.gpu_profile)
+        gpu, perf = simulator(args.gpu_profile)
         points = [p for folder in args.results for p in load_points(folder)]
         rows = replay_all(points, prefix_caching=not args.no_prefix_caching, perf=perf, gpu=gpu)
         elapsed_s = time.perf_counter() - started_s
-    except _InputError as err:
+    except InputError as err:
         print(f"sim_fidelity: error: {err}", file=sys.stderr)
         return 2
     errors = gate(rows)

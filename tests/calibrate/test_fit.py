@@ -93,12 +93,15 @@ def test_one_context_length_cannot_split_per_sequence_from_per_token_cost() -> N
     assert "kv_bw_efficiency" in one and "kv_bw_efficiency" in two
 
 
-def test_without_a_single_stream_nothing_pins_the_prefill_and_the_api_server() -> None:
-    # Only a one-stream TTFT is fitted (beyond it TTFT measures the closed loop's waves).
+def test_one_stream_ttft_at_two_prompt_lengths_pins_the_prefill_and_the_api_server() -> None:
+    # Only a one-stream TTFT is fitted (beyond it TTFT measures the closed loop's waves); one
+    # prompt length cannot split the API server's fixed time from the prefill's per token.
     batch = [_obs(8, 512, 256, None), _obs(64, 1024, 128, None)]
     assert {"gemm_efficiency", "frontend_s"}.isdisjoint(fitted_parameters(batch))
-    with_one = fitted_parameters([_obs(1, 1024, 128, None), *batch])
-    assert {"gemm_efficiency", "frontend_s"} <= set(with_one)
+    one_length = set(fitted_parameters([_obs(1, 1024, 128, None), *batch]))
+    assert "frontend_s" in one_length and "gemm_efficiency" not in one_length
+    two = set(fitted_parameters([_obs(1, 1024, 128, None), _obs(1, 512, 256, None), *batch]))
+    assert {"gemm_efficiency", "frontend_s"} <= two
 
 
 def test_only_power_limits_pin_dram_power() -> None:

@@ -12,7 +12,8 @@ What a batch sweep can pin (`fitted_parameters`):
   host time (from ITL and throughput across batch sizes; the last two only separate with two
   context lengths, else the per-sequence time stays built-in),
 * the GEMM efficiency and the API server's time (TTFT of a single stream: one prefill and
-  the hand-over, at two prompt lengths; without a single-stream point both stay built-in),
+  the hand-over, at two prompt lengths; at one length only the API server's time, without a
+  single-stream point neither),
 * the SM-activity and tensor power (average power and, where the GPU's own limit binds,
   its clock), with the loaded idle power measured directly before each run.
 
@@ -105,9 +106,13 @@ class FitResult:
 def fitted_parameters(observations: Sequence[Observation]) -> tuple[str, ...]:
     """The parameters these measurements can pin (see the module docstring)."""
     names = list(_BATCH_PARAMETERS)
-    if not any(o.concurrency <= _TTFT_MAX_CONCURRENCY for o in observations):
-        # Only a single stream's TTFT is fitted: without one, nothing pins these two.
+    prompts = {o.point.workload.input_len for o in observations if o.concurrency <= 1}
+    # Only a single stream's TTFT is fitted, and it separates the API server's fixed time
+    # from the prefill's per-token time only at two prompt lengths; J/token and power see the
+    # GEMM efficiency too, but traded against the tensor power.
+    if len(prompts) < 2:
         names.remove("gemm_efficiency")
+    if not prompts:
         names.remove("frontend_s")
     contexts = sorted(
         {o.point.workload.input_len + o.point.workload.output_len / 2 for o in observations}

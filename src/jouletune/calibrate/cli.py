@@ -351,7 +351,7 @@ def _fit(plan: CalibrationPlan, out_dir: Path, *, batch_only: bool, path: Path |
     measured = load_measured(plan, out_dir)
     for note in batch_limit_notes(plan, measured):
         _log(f"note: {note}")
-    _log(f"fitting the simulator to {len(measured)} point(s)")
+    _log(f"fitting the simulator ({len(measured)} point(s) measured; any left out are marked *)")
     profile = fit_profile(
         plan,
         measured,

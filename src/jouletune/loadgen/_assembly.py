@@ -289,7 +289,7 @@ def _environment(server: ServerInfo, telemetry: Telemetry) -> EnvironmentInfo:
         aiohttp_version=aiohttp.__version__,
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         client_cpu=_cpu_model(),
-        client_cpu_count=os.cpu_count(),
+        client_cpu_count=_usable_cpus(),
         server_model=server.model,
         server_model_root=server.model_root,
         server_version=server.version,
@@ -299,7 +299,8 @@ def _environment(server: ServerInfo, telemetry: Telemetry) -> EnvironmentInfo:
 
 
 def _cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows, else None."""
+    """The CPU's model name from /proc/cpuinfo (x86 Linux), else what `platform` knows (on
+    ARM Linux, which names no model there, only the architecture), else None."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -307,7 +308,14 @@ def _cpu_model() -> str | None:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return platform.processor() or platform.machine() or None
+
+
+def _usable_cpus() -> int | None:
+    """The CPUs this process may run on (a container's share, where the OS says), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def _details(run: MeasuredRun, window: Window | None) -> list[RequestDetail]:

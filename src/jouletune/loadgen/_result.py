@@ -213,7 +213,9 @@ class EnvironmentInfo(_Model):
         " serving host (one-host runs), the host's CPU sets vLLM's step launch and API-server"
         " time, which differ up to 2x between hosts with the same GPU (docs/validation.md)",
     )
-    client_cpu_count: int | None = Field(default=None, description="its logical CPUs")
+    client_cpu_count: int | None = Field(
+        default=None, description="the logical CPUs the bench process could run on"
+    )
     server_model: str
     server_model_root: str | None
     server_version: str | None
