@@ -1,13 +1,16 @@
 """A read-only calibration on one real GPU, checked on runs of that GPU it did not fit.
 
     python benchmarks/calibrate_heldout.py [DIR]   # default results/h100-calibrate-heldout
+    python benchmarks/calibrate_heldout.py benchmarks/results/h200-calibrate-heldout
 
 DIR holds one vLLM server's session (`benchmarks/h100_vllm/tokenizer_session.sh` with
 `SECTIONS="sweep calib"`, then `jouletune bench` runs of other workloads; its README has the
 commands): `calibrate/profile.json` (the fit of `jouletune calibrate --read-only` to its own
 points), and `sweep/c*.json` and `held/c*_w*.json`, runs of batch sizes and context lengths
 the calibration never measured. Each held-out run is replayed as it ran (its own prompts and
-closed loop, `sim_fidelity.py`'s replay) on the built-in GPU and on the profile, and the
+closed loop, `sim_fidelity.py`'s replay) on the catalog's entry for the profile's GPU with the
+built-in constants (for an H200, its datasheet and the H100's fitted constants) and on the
+profile, and the
 errors of both are printed side by side with each figure's worst. Predictions, not
 measurements; the real figures are the runs'.
 """
@@ -20,9 +23,19 @@ from pathlib import Path
 
 import sim_fidelity as fidelity
 
+from jouletune.gpu.simulated import GpuModel, gpu_model
+from jouletune.profile import load_profile
+from jouletune.sim import DEFAULT_PERF, PerfConstants
+
 _DEFAULT = Path(__file__).resolve().parent / "results" / "h100-calibrate-heldout"
 _FIGURES = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w", "output_tok_s")
 _LABELS = ("J/out-tok", "ITL p50 ms", "TTFT p50 ms", "power W", "tok/s")
+
+
+def _catalog_gpu(profile: Path) -> tuple[GpuModel, PerfConstants]:
+    """The catalog's entry for the profile's GPU (an H200's from its datasheet) and the
+    built-in constants: the simulator before the calibration."""
+    return gpu_model(load_profile(profile).gpu), DEFAULT_PERF
 
 
 def print_errors(
@@ -57,7 +70,7 @@ def main() -> int:
         return 2
     try:
         points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
-        simulators = {"built-in": fidelity.simulator(None), "profile": fidelity.simulator(profile)}
+        simulators = {"built-in": _catalog_gpu(profile), "profile": fidelity.simulator(profile)}
     except fidelity.InputError as err:
         print(f"calibrate_heldout: error: {err}", file=sys.stderr)
         return 2
@@ -65,7 +78,7 @@ def main() -> int:
         label: fidelity.simulate_server(points, gpu=gpu, perf=perf)
         for label, (gpu, perf) in simulators.items()
     }
-    print(f"# {len(points)} held-out runs of {folder}, replayed on the built-in GPU and {profile}")
+    print(f"# {len(points)} held-out runs of {folder}, replayed on the catalog GPU and {profile}")
     for label, errors in print_errors(points, sims).items():
         print(f"worst, {label}: " + ", ".join(f"{n} {e:+.1%}" for n, e in errors.items()))
     return 0
