@@ -26,7 +26,7 @@ from jouletune.loadgen import BenchResult
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
 from tests.calibrate.hidden import BUILT_IN, HIDDEN, MODEL, SERVER_FLAGS, HeldOut, h100_setup
 from tests.left_records import leave_record
-from tests.procs import free_port, jouletune_process
+from tests.procs import sim_exporter, sim_server
 from tests.validity import SHORT_RUN
 
 # Short closed loops (a CI machine measures them in ~45 s): three batch sizes, two context
@@ -94,19 +94,9 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calibratio
         sources=dict.fromkeys(ProfileParameters.model_fields, "built-in"),
         power_limits_measured=False,
     ).write(hidden)
-    port, exporter_port = free_port(), free_port()
-    server_args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)]
     with (
-        jouletune_process(
-            [*server_args, *SERVER_FLAGS, "--gpu-profile", str(hidden)],
-            port=port,
-            health_path="/health",
-        ) as server,
-        jouletune_process(
-            ["exporter", "--sim", server.url, "--host", "127.0.0.1", "--port", str(exporter_port)],
-            port=exporter_port,
-            health_path="/healthz",
-        ) as exporter,
+        sim_server(MODEL, *SERVER_FLAGS, "--gpu-profile", str(hidden)) as server,
+        sim_exporter(server.url) as exporter,
     ):
         argv = ["--base-url", server.url, "--exporter-url", exporter.url, "--out", str(root)]
         done = _calibrate([*argv, *PLAN, *CAP, "--state-dir", str(root / "state")])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import Proc, free_port, jouletune_process
+from tests.procs import Proc, sim_exporter, sim_server
 from tests.validity import SHORT_RUN
 
 __all__ = ["SHORT_RUN"]  # re-exported for the load generator's tests
@@ -43,29 +43,11 @@ class BenchRun:
 
 
 @contextmanager
-def sim_server(*extra: str) -> Iterator[Proc]:
-    """A `jouletune sim-server` on a free loopback port, until the block ends."""
-    port = free_port()
-    args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port), *extra]
-    with jouletune_process(args, port=port, health_path="/health") as proc:
-        yield proc
-
-
-@contextmanager
-def exporter_for(sim_url: str, port: int | None = None) -> Iterator[Proc]:
-    """A `jouletune exporter --sim sim_url` on loopback, until the block ends."""
-    port = port or free_port()
-    args = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--sim", sim_url]
-    with jouletune_process(args, port=port, health_path="/healthz") as proc:
-        yield proc
-
-
-@contextmanager
 def sim_stack(*sim_args: str) -> Iterator[SimStack]:
     """A sim-server with its exporter."""
     with ExitStack() as stack:
-        sim = stack.enter_context(sim_server(*sim_args))
-        exporter = stack.enter_context(exporter_for(sim.url))
+        sim = stack.enter_context(sim_server(MODEL, *sim_args))
+        exporter = stack.enter_context(sim_exporter(sim.url))
         yield SimStack(sim=sim, exporter=exporter)
 
 

@@ -25,15 +25,14 @@ from jouletune.loadgen._checks import Evidence, run_checks
 from jouletune.loadgen._sources import GpuReading
 from jouletune.loadgen._telemetry import ExporterScrape, measure_energy
 from tests.loadgen.conftest import (
+    MODEL,
     SimStack,
     bench_args,
-    exporter_for,
     generated_tokens,
     run_bench_cli,
-    sim_server,
 )
 from tests.poll import wait_for
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, sim_exporter, sim_server
 
 LOAD = ["--max-concurrency", "32", "--num-prompts", "100000", "--random-input-len", "256",
         "--random-output-len", "64"]  # fmt: skip
@@ -43,8 +42,8 @@ LOAD = ["--max-concurrency", "32", "--num-prompts", "100000", "--random-input-le
 def stack() -> Iterator[SimStack]:
     """A sim-server that refuses prompts over 2048 tokens, and its exporter."""
     with ExitStack() as stack:
-        sim = stack.enter_context(sim_server("--max-model-len", "2048"))
-        exporter = stack.enter_context(exporter_for(sim.url))
+        sim = stack.enter_context(sim_server(MODEL, "--max-model-len", "2048"))
+        exporter = stack.enter_context(sim_exporter(sim.url))
         yield SimStack(sim=sim, exporter=exporter)
 
 
@@ -127,8 +126,8 @@ def _cap_once_running(sim_url: str, after_s: float, watts: float) -> threading.T
 
 def test_a_power_cap_set_mid_run_moves_the_clock(tmp_path: Path) -> None:
     with ExitStack() as stack:  # a fresh server: its token counter tells when the run starts
-        sim = stack.enter_context(sim_server())
-        fresh = SimStack(sim=sim, exporter=stack.enter_context(exporter_for(sim.url)))
+        sim = stack.enter_context(sim_server(MODEL))
+        fresh = SimStack(sim=sim, exporter=stack.enter_context(sim_exporter(sim.url)))
         thread = _cap_once_running(sim.url, 3.5, 250.0)
         failing = _failing(fresh, tmp_path, *LOAD, "--duration", "7")
         thread.join()

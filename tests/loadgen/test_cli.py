@@ -12,19 +12,18 @@ from pathlib import Path
 import pytest
 
 from tests.loadgen.conftest import (
+    MODEL,
     SHORT_RUN,
     SimStack,
     bench_args,
-    exporter_for,
     generated_tokens,
     get_json,
     no_traceback,
     run_bench_cli,
-    sim_server,
     spawn_bench,
 )
 from tests.poll import wait_for
-from tests.procs import free_port
+from tests.procs import free_port, sim_exporter, sim_server
 
 # Small, fast workload for the tests that are not about accuracy.
 SMALL = ["--random-input-len", "64", "--random-output-len", "16", *SHORT_RUN]
@@ -133,7 +132,7 @@ def test_no_steady_state_is_invalid_but_written(stack: SimStack, tmp_path: Path)
 
 def test_server_dying_mid_run_keeps_partial_result(tmp_path: Path) -> None:
     result = tmp_path / "r.json"
-    with sim_server() as sim:
+    with sim_server(MODEL) as sim:
         before = generated_tokens(sim.url)
         args = ["--max-concurrency", "4", "--num-prompts", "2000"]
         bench = spawn_bench(bench_args(sim.url, *SMALL, *args, result=result))
@@ -159,9 +158,9 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
     result = tmp_path / "r.json"
     port = free_port()
     # `busy` starts first and runs the load, so its counter is the higher one.
-    with sim_server() as busy, sim_server() as fresh, ExitStack() as first_exporter:
+    with sim_server(MODEL) as busy, sim_server(MODEL) as fresh, ExitStack() as first_exporter:
         assert _energy_j(busy.url) > _energy_j(fresh.url)
-        first_exporter.enter_context(exporter_for(busy.url, port))
+        first_exporter.enter_context(sim_exporter(busy.url, port))
         args = [
             "--max-concurrency",
             "4",
@@ -177,7 +176,7 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
                 lambda: generated_tokens(busy.url) > start + 500, timeout_s=30, what="progress"
             )
             first_exporter.close()
-            with exporter_for(fresh.url, port):
+            with sim_exporter(fresh.url, port):
                 _, stderr = bench.communicate(timeout=90)
         finally:
             bench.kill()

@@ -22,9 +22,9 @@ from jouletune.loadgen import Window
 from jouletune.loadgen._sources import GpuFilter, dialect_of, parse_text
 from jouletune.loadgen._telemetry import ExporterScrape, measure_energy
 from tests.deploy.tools import tool
-from tests.loadgen.conftest import bench_args, get_json, run_bench_cli, sim_server, truth
+from tests.loadgen.conftest import MODEL, bench_args, get_json, run_bench_cli, truth
 from tests.poll import wait_for
-from tests.procs import Proc, free_port, jouletune_process, prometheus_process
+from tests.procs import Proc, free_port, jouletune_process, prometheus_process, sim_server
 
 AGREEMENT = 0.01  # the bound: within 1% of the truth and of the sidecar
 LOAD = [
@@ -50,7 +50,7 @@ def _exporter(stack: ExitStack, sim_url: str, *extra: str) -> Proc:
 @pytest.fixture(scope="module")
 def two_formats() -> Iterator[Stack]:
     with ExitStack() as stack:
-        sim = stack.enter_context(sim_server())
+        sim = stack.enter_context(sim_server(MODEL))
         sidecar = _exporter(stack, sim.url)
         dcgm = _exporter(stack, sim.url, "--format", "dcgm")
         uuid = get_json(sim.url + "/sim/gpus")["gpus"][0]["uuid"]

@@ -15,7 +15,7 @@ from jouletune.gpu.simulated import gpu_model
 from jouletune.profile import GpuProfile, ProfileParameters, load_profile
 from jouletune.sim import DEFAULT_PERF, apply_profile, builtin_parameters
 from jouletune.sim.cli import build_config, parse_args
-from tests.procs import free_port, jouletune_process
+from tests.procs import sim_server
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 H100 = gpu_model("h100-80gb")
@@ -91,13 +91,7 @@ def test_sim_server_refuses_a_missing_or_contradicted_profile(tmp_path: Path) ->
 
 def test_a_running_sim_server_draws_the_profiles_idle_power(tmp_path: Path) -> None:
     path = _write(tmp_path / "p.json", BUILT_IN.model_copy(update={"idle_loaded_w": 157.0}))
-    port = free_port()
-    args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    with jouletune_process(
-        [*args, "--gpu-profile", str(path)],
-        port=port,
-        health_path="/health",
-    ) as server:
+    with sim_server(MODEL, "--gpu-profile", str(path)) as server:
         with urllib.request.urlopen(server.url + "/sim/gpus", timeout=5) as resp:
             gpus = json.loads(resp.read())["gpus"]
         # Power averages the last second, which may reach back before the server loaded.

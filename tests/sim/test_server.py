@@ -21,7 +21,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procs import Proc, free_port, jouletune_process
+from tests.procs import Proc, sim_server
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 EXPOSITION = (
@@ -36,11 +36,9 @@ MAX_NUM_SEQS = 4
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Proc]:
-    port = free_port()
-    args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", "2048"]
+    args = ["--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", "2048"]
     args += ["--load-format", "dummy", "--enforce-eager"]  # vLLM flags the sim ignores
-    with jouletune_process(args, port=port, health_path="/health") as proc:
+    with sim_server(MODEL, *args) as proc:
         yield proc
 
 
