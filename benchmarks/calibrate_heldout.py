@@ -70,7 +70,8 @@ def main() -> int:
         return 2
     try:
         points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
-        simulators = {"built-in": _catalog_gpu(profile), "profile": fidelity.simulator(profile)}
+        calibrated = fidelity.simulator(profile)  # reads and checks the profile
+        simulators = {"built-in": _catalog_gpu(profile), "profile": calibrated}
     except fidelity.InputError as err:
         print(f"calibrate_heldout: error: {err}", file=sys.stderr)
         return 2

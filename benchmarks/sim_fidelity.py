@@ -177,7 +177,7 @@ def load_points(folder: Path) -> list[RealPoint]:
         points.append(replace(point, stalled_client=stalled))
     if (folder / "calibrate" / "profile.json").is_file():
         for pattern in _HELDOUT_PATTERNS:
-            points += [heldout_point(path, folder) for path in find_results(folder, pattern)]
+            points += [_heldout_point(path, folder) for path in find_results(folder, pattern)]
     if not points:
         raise InputError(
             f"no bench results (n*_w*.json[.gz], */trials.csv, jouletune_c*, or a calibration's"
@@ -186,7 +186,7 @@ def load_points(folder: Path) -> list[RealPoint]:
     return points
 
 
-def heldout_point(path: Path, folder: Path) -> RealPoint:
+def _heldout_point(path: Path, folder: Path) -> RealPoint:
     """A held-out run of a calibration session (`calibrate_heldout.py`): BPE prompts, one
     server of `--server-max-num-seqs` for the whole session, its runs in the order they ran."""
     name = f"{folder.name}/{path.parent.name}/{result_stem(path)}"
