@@ -38,7 +38,7 @@ from tests.validity import SHORT_RUN
 # part of a short prefill's GPU time (a one-stream TTFT at 512 tokens moves 3.5 ms between
 # GEMM efficiency 0.75 and 1.0, at 1,024 tokens 7 ms), and with 512:128 the fit sometimes
 # traded the efficiency to its ceiling against twice the tensor power (1 module run in 8
-# failed); with 1024:128 three runs fitted 0.65-0.74 (hidden 0.75).
+# failed); with 1024:128 six runs fitted 0.65-0.77 (hidden 0.75).
 PLAN = [
     *("--concurrency", "1,8,32"),
     *("--workload", "64:64", "--workload", "1024:128"),
