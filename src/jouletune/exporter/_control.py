@@ -128,7 +128,7 @@ def _watts(environ: WSGIEnvironment) -> float | None:
 def _mhz(environ: WSGIEnvironment) -> int | None:
     try:
         return sm_clock_lock_mhz(_body(environ))
-    except (ValueError, KeyError, TypeError):
+    except ValueError:  # a bad body, JSON's errors and a bad Content-Length included
         raise _BadRequest(
             "400 Bad Request", 'expected a JSON body {"mhz": <whole number or null>}'
         ) from None
