@@ -114,6 +114,9 @@ def test_custom_dataset_and_chat_endpoint(stack: SimStack, tmp_path: Path) -> No
     assert res is not None and res["completed"] == 16 and res["failed"] == 0
     assert res["energy_j"] is None and res["gpus"] == []  # no exporter given: no energy, not 0
     assert res["run"]["output_tokens"] == 2 * sum(4 + i for i in range(8))
+    # A chat stream opens with a role chunk, counted as vLLM's benchmark counts it: fewer
+    # tokens than chunks, nothing merged, nothing to warn of.
+    assert res["tokens_per_chunk"] < 1 and res["warnings"] == []
     assert "TTFT" in run.stdout and "steady-state window" in run.stdout  # the rich summary
 
 
@@ -202,6 +205,7 @@ def test_open_loop_rate_with_warmup(stack: SimStack, tmp_path: Path) -> None:
     # 120 requests at 40/s take ~3 s to send; the window sits inside the sending phase.
     assert 0 < res["window"]["start_s"] < res["window"]["end_s"] <= res["duration_s"]
     assert res["energy_per_output_token_j"] > 0 and res["avg_batch_size_source"] == "server"
+    assert res["tokens_per_chunk"] == 1.0  # the sim-server streams each token as it comes
 
 
 def test_duration_caps_the_sending(stack: SimStack, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jouletune.loadgen import RequestRecord, Window, compute_metrics
+from jouletune.loadgen._assembly import merged_tokens_warning
 
 
 def _rec(
@@ -67,6 +68,8 @@ def test_whole_run_statistics_match_hand_computed_values() -> None:
     assert m.run_output_token_throughput == pytest.approx(8 / 1.15)
     assert m.total_input_tokens == 30
     assert m.window_output_tokens is None and m.request_throughput is None
+    # Successful requests' tokens over their chunks: (3 + 4 + 1) / (3 + 2 + 1).
+    assert m.tokens_per_chunk == pytest.approx(8 / 6)
 
 
 def test_window_scopes_latency_and_counts_tokens_whose_chunks_arrived_inside() -> None:
@@ -95,6 +98,16 @@ def test_no_samples_give_none_never_zero() -> None:
     assert (m.completed, m.failed) == (0, 1)
     empty = compute_metrics([], None)
     assert empty.run_duration_s == 0.0 and empty.run_output_token_throughput is None
+
+
+def test_merged_tokens_are_flagged_with_itl_against_tpot() -> None:
+    one_each = compute_metrics([_rec(0, 0.0, [0.1, 0.2, 0.3, 0.4], tokens=4)], None)
+    assert one_each.tokens_per_chunk == 1.0 and merged_tokens_warning(one_each) == []
+    # 7 tokens in 4 chunks 100 ms apart: TPOT (400 - 100) / (7 - 1) = 50 ms.
+    merged = compute_metrics([_rec(0, 0.0, [0.1, 0.2, 0.3, 0.4], tokens=7)], None)
+    (warning,) = merged_tokens_warning(merged)
+    assert "1.75 tokens per chunk" in warning
+    assert "ITL 100.0 ms mean against TPOT 50.0 ms" in warning
 
 
 def test_usage_tokens_override_chunk_count() -> None:

@@ -80,6 +80,10 @@ class BenchMetrics:
         run_ttft_ms: TTFT of every successful request, ramp-up included (vLLM's scope).
         run_tpot_ms: TPOT of every successful request, ramp-up included (vLLM's scope).
         total_input_tokens: `usage.prompt_tokens` summed over successful requests that sent it.
+        tokens_per_chunk: output tokens per streamed chunk over the latency scope; 1.0 when
+            every chunk carried one token, more when the server merged tokens into a chunk
+            (vLLM does when its API server falls behind the engine: ITL then spans several
+            tokens and TPOT is the per-token figure). None without chunks.
     """
 
     completed: int
@@ -102,6 +106,7 @@ class BenchMetrics:
     run_ttft_ms: LatencyStats
     run_tpot_ms: LatencyStats
     total_input_tokens: int
+    tokens_per_chunk: float | None
 
 
 def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> BenchMetrics:
@@ -136,7 +141,13 @@ def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> 
         run_ttft_ms=_ttft(ok),
         run_tpot_ms=_tpot(ok),
         total_input_tokens=sum(r.prompt_tokens or 0 for r in ok),
+        tokens_per_chunk=_tokens_per_chunk(scoped),
     )
+
+
+def _tokens_per_chunk(records: Sequence[RequestRecord]) -> float | None:
+    chunks = sum(len(r.chunk_times_s) for r in records)
+    return sum(r.tokens for r in records if r.chunk_times_s) / chunks if chunks else None
 
 
 def _ttft(records: Sequence[RequestRecord]) -> LatencyStats:

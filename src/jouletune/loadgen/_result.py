@@ -232,7 +232,8 @@ class BenchResult(_Model):
     Besides the contract's keys: `latency_scope` (`window`: the latency statistics cover the
     steady-state cohort, requests sent after the plateau moment that ended inside the window;
     `all`: every successful request, used when there is no window), `latency_requests` (how
-    many requests the statistics cover), `window_output_tokens`, `power_cap_bound_fraction`
+    many requests the statistics cover), `tokens_per_chunk` (above 1: the server merged tokens,
+    so ITL spans several), `window_output_tokens`, `power_cap_bound_fraction`
     (fraction of exporter scrapes in the window at >= `cap_bound_ratio` x the power limit),
     `avg_batch_size_source` (`server`: vLLM's `num_requests_running` gauge; `client`: the
     client's in-flight count),
@@ -253,6 +254,11 @@ class BenchResult(_Model):
     tpot_ms: LatencySummary
     itl_ms: LatencySummary
     e2el_ms: LatencySummary
+    tokens_per_chunk: float | None = Field(
+        None,
+        description="output tokens per streamed chunk in the latency scope: more than 1 when the"
+        " server merged tokens, so ITL spans several tokens (None in older results)",
+    )
     request_throughput: float | None
     output_token_throughput: float | None
     window_output_tokens: float | None

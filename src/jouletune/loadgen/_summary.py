@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from jouletune.loadgen._result import BenchResult, LatencySummary
 
@@ -89,8 +90,9 @@ def _latency(result: BenchResult) -> Table:
 
 
 def summary(result: BenchResult) -> Group:
-    """The summary as a rich renderable: overview, then the latency table."""
-    return Group(_overview(result), _latency(result))
+    """The summary as a rich renderable: overview, the latency table, then any warnings."""
+    warnings = [Text(f"warning: {w}", style="yellow") for w in result.warnings]
+    return Group(_overview(result), _latency(result), *warnings)
 
 
 def print_summary(result: BenchResult, console: Console | None = None) -> None:
