@@ -23,19 +23,12 @@ from pathlib import Path
 
 import sim_fidelity as fidelity
 
-from jouletune.gpu.simulated import GpuModel, gpu_model
-from jouletune.profile import load_profile
-from jouletune.sim import DEFAULT_PERF, PerfConstants
+from jouletune.gpu.simulated import gpu_model
+from jouletune.sim import DEFAULT_PERF
 
 _DEFAULT = Path(__file__).resolve().parent / "results" / "h100-calibrate-heldout"
 _FIGURES = ("j_per_output_token", "itl_ms_p50", "ttft_ms_p50", "avg_power_w", "output_tok_s")
 _LABELS = ("J/out-tok", "ITL p50 ms", "TTFT p50 ms", "power W", "tok/s")
-
-
-def _catalog_gpu(profile: Path) -> tuple[GpuModel, PerfConstants]:
-    """The catalog's entry for the profile's GPU (an H200's from its datasheet) and the
-    built-in constants: the simulator before the calibration."""
-    return gpu_model(load_profile(profile).gpu), DEFAULT_PERF
 
 
 def print_errors(
@@ -71,7 +64,10 @@ def main() -> int:
     try:
         points = sorted(fidelity.load_points(folder), key=lambda p: p.window_start_unix_s)
         calibrated = fidelity.simulator(profile)  # reads and checks the profile
-        simulators = {"built-in": _catalog_gpu(profile), "profile": calibrated}
+        # The simulator before the calibration: the catalog's entry for the profile's GPU (an
+        # H200's from its datasheet) and the built-in constants.
+        catalog = (gpu_model(calibrated[0].key), DEFAULT_PERF)
+        simulators = {"built-in": catalog, "profile": calibrated}
     except fidelity.InputError as err:
         print(f"calibrate_heldout: error: {err}", file=sys.stderr)
         return 2

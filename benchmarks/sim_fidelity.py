@@ -571,9 +571,10 @@ def simulator(profile_path: Path | None) -> tuple[GpuModel, PerfConstants]:
         return H100, DEFAULT_PERF
     try:
         profile = load_profile(profile_path)
+        gpu = gpu_model(profile.gpu)
     except ValueError as err:
-        raise InputError(f"--gpu-profile: {err}") from None
-    return apply_profile(gpu_model(profile.gpu), DEFAULT_PERF, profile.parameters)
+        raise InputError(f"--gpu-profile {profile_path}: {err}") from None
+    return apply_profile(gpu, DEFAULT_PERF, profile.parameters)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,10 +89,10 @@ def sim_server(model: str, *flags: str) -> Iterator[Proc]:
 
 
 @contextmanager
-def sim_exporter(server_url: str, port: int | None = None) -> Iterator[Proc]:
-    """`jouletune exporter --sim SERVER_URL` on loopback (a free port unless `port`)."""
+def sim_exporter(server_url: str, *flags: str, port: int | None = None) -> Iterator[Proc]:
+    """`jouletune exporter --sim SERVER_URL FLAGS` on loopback (a free port unless `port`)."""
     port = port or free_port()
-    args = ["exporter", "--sim", server_url, "--host", "127.0.0.1", "--port", str(port)]
+    args = ["exporter", "--sim", server_url, "--host", "127.0.0.1", "--port", str(port), *flags]
     with jouletune_process(args, port=port, health_path="/healthz") as proc:
         yield proc
 

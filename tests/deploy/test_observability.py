@@ -24,7 +24,7 @@ import yaml
 from tests.deploy import dashboards
 from tests.deploy.tools import PROMETHEUS, RULES, tool
 from tests.poll import wait_for
-from tests.procs import free_port, jouletune_process, prometheus_process
+from tests.procs import free_port, jouletune_process, prometheus_process, sim_exporter
 
 # The labels a trial's targets carry (in Kubernetes the PodMonitor sets them from pod labels).
 _TRIAL = {"namespace": "e2e", "benchmark": "bench-e2e", "trial": "0"}
@@ -140,12 +140,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     tmp_path = tmp_path_factory.mktemp("observability")
     sim_port, exporter_port = free_port(), free_port()
     sim_args = ["sim-server", _MODEL, "--host", "127.0.0.1", "--port", str(sim_port)]
-    exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
     with (
         jouletune_process(sim_args, port=sim_port, health_path="/health") as sim,
-        jouletune_process(
-            [*exporter_args, "--sim", sim.url], port=exporter_port, health_path="/healthz"
-        ) as exporter,
+        sim_exporter(sim.url, port=exporter_port) as exporter,
         _prometheus(
             tmp_path,
             {"exporter": f"127.0.0.1:{exporter_port}", "vllm": f"127.0.0.1:{sim_port}"},

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jouletune.exporter._dcgm import DcgmLabels, render_dcgm
 from jouletune.gpu import GpuSample
 from jouletune.loadgen._sources import GpuFilter, dialect_of, parse_text
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, sim_exporter
 
 # The rows of default-counters.csv these fields come from, verbatim ("name, type, help").
 CSV_ROWS = """\
@@ -69,16 +69,13 @@ def test_the_load_generator_reads_it_back_in_jouletunes_units() -> None:
 
 
 def test_the_exporter_serves_a_sim_servers_gpus_in_dcgms_format() -> None:
-    sim_port, port = free_port(), free_port()
+    sim_port = free_port()
     sim_args = ["sim-server", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1"]
-    exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--format", "dcgm"]
     with (
         jouletune_process(
             [*sim_args, "--port", str(sim_port)], port=sim_port, health_path="/health"
         ) as sim,
-        jouletune_process(
-            [*exporter_args, "--sim", sim.url], port=port, health_path="/healthz"
-        ) as exporter,
+        sim_exporter(sim.url, "--format", "dcgm") as exporter,
         urllib.request.urlopen(exporter.url + "/metrics", timeout=10) as resp,
     ):
         text = resp.read().decode()

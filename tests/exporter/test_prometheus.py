@@ -16,19 +16,14 @@ from typing import Any
 import pytest
 
 from tests.gpu.fake_sim import FakeSimState, fake_sim_server
-from tests.procs import free_port, jouletune_process, prometheus_process
+from tests.procs import prometheus_process, sim_exporter
 
 # Needs Debian's prometheus package (scripts/install-tools.sh); missing, the tests fail.
 
 
 @contextmanager
 def _exporter(state: FakeSimState) -> Iterator[str]:
-    port = free_port()
-    args = ["exporter", "--host", "127.0.0.1", "--port", str(port)]
-    with (
-        fake_sim_server(state) as sim_url,
-        jouletune_process([*args, "--sim", sim_url], port=port, health_path="/healthz") as proc,
-    ):
+    with fake_sim_server(state) as sim_url, sim_exporter(sim_url) as proc:
         yield proc.url
 
 

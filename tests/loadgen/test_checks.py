@@ -32,7 +32,7 @@ from tests.loadgen.conftest import (
     run_bench_cli,
 )
 from tests.poll import wait_for
-from tests.procs import free_port, jouletune_process, sim_exporter, sim_server
+from tests.procs import sim_exporter, sim_server
 
 LOAD = ["--max-concurrency", "32", "--num-prompts", "100000", "--random-input-len", "256",
         "--random-output-len", "64"]  # fmt: skip
@@ -87,14 +87,11 @@ def test_a_trickle_of_requests(stack: SimStack, tmp_path: Path) -> None:
 
 
 def test_an_exporter_that_refreshes_once_a_second(stack: SimStack, tmp_path: Path) -> None:
-    port = free_port()
-    args = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--sim", stack.sim.url,
-            "--format", "dcgm", "--collect-interval-s", "1"]  # fmt: skip
     # Decode-heavy: the stale exporter's few SM-clock readings (three a half) must not land on
     # prefill steps, whose clock under the 700 W limit is 30% lower, or the clock check fails
     # too (one run in four with LOAD's 256:64).
     decode_heavy = [*LOAD, "--random-input-len", "64", "--random-output-len", "256"]  # last wins
-    with jouletune_process(args, port=port, health_path="/healthz") as stale:
+    with sim_exporter(stack.sim.url, "--format", "dcgm", "--collect-interval-s", "1") as stale:
         failing = _failing(
             stack, tmp_path, *decode_heavy, "--duration", "7", "--energy-source", "dcgm",
             exporter=stale.url,

@@ -163,7 +163,7 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
     # `busy` starts first and runs the load, so its counter is the higher one.
     with sim_server(MODEL) as busy, sim_server(MODEL) as fresh, ExitStack() as first_exporter:
         assert _energy_j(busy.url) > _energy_j(fresh.url)
-        first_exporter.enter_context(sim_exporter(busy.url, port))
+        first_exporter.enter_context(sim_exporter(busy.url, port=port))
         args = [
             "--max-concurrency",
             "4",
@@ -179,7 +179,7 @@ def test_energy_counter_going_backwards_invalidates(tmp_path: Path) -> None:
                 lambda: generated_tokens(busy.url) > start + 500, timeout_s=30, what="progress"
             )
             first_exporter.close()
-            with sim_exporter(fresh.url, port):
+            with sim_exporter(fresh.url, port=port):
                 _, stderr = bench.communicate(timeout=90)
         finally:
             bench.kill()

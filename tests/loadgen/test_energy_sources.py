@@ -24,7 +24,12 @@ from jouletune.loadgen._telemetry import ExporterScrape, measure_energy
 from tests.deploy.tools import tool
 from tests.loadgen.conftest import MODEL, bench_args, get_json, run_bench_cli, truth
 from tests.poll import wait_for
-from tests.procs import Proc, free_port, jouletune_process, prometheus_process, sim_server
+from tests.procs import (
+    Proc,
+    prometheus_process,
+    sim_exporter,
+    sim_server,
+)
 
 AGREEMENT = 0.01  # the bound: within 1% of the truth and of the sidecar
 LOAD = [
@@ -41,18 +46,12 @@ class Stack:
     uuid: str
 
 
-def _exporter(stack: ExitStack, sim_url: str, *extra: str) -> Proc:
-    port = free_port()
-    args = ["exporter", "--host", "127.0.0.1", "--port", str(port), "--sim", sim_url, *extra]
-    return stack.enter_context(jouletune_process(args, port=port, health_path="/healthz"))
-
-
 @pytest.fixture(scope="module")
 def two_formats() -> Iterator[Stack]:
     with ExitStack() as stack:
         sim = stack.enter_context(sim_server(MODEL))
-        sidecar = _exporter(stack, sim.url)
-        dcgm = _exporter(stack, sim.url, "--format", "dcgm")
+        sidecar = stack.enter_context(sim_exporter(sim.url))
+        dcgm = stack.enter_context(sim_exporter(sim.url, "--format", "dcgm"))
         uuid = get_json(sim.url + "/sim/gpus")["gpus"][0]["uuid"]
         yield Stack(sim=sim, sidecar=sidecar, dcgm=dcgm, uuid=uuid)
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jouletune.contract import GPU_ENERGY
 from jouletune.sim.cli import build_config, parse_args
 from tests.poll import wait_for
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, sim_exporter
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -46,16 +46,14 @@ def _energy_series(url: str) -> dict[str, float]:
 
 def test_the_exporter_counts_only_the_gpu_the_engine_lists(tmp_path: Path) -> None:
     listed = tmp_path / "gpus"
-    sim_port, exporter_port = free_port(), free_port()
+    sim_port = free_port()
     sim_args = ["sim-server", MODEL, "--host", "127.0.0.1", "--port", str(sim_port)]
     sim_args += ["-tp", "1", "--node-gpus", "2", "--gpu-list-file", str(listed)]
     with jouletune_process(sim_args, port=sim_port, health_path="/health") as sim:
         node = _get_json(f"{sim.url}/sim/gpus")["gpus"]
         assert [g["index"] for g in node] == [0, 1], "the node's two GPUs"
         assert listed.read_text() == f"{node[0]['uuid']}\n", "the engine's one GPU"
-        exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
-        exporter_args += ["--sim", sim.url, "--gpus-file", str(listed)]
-        with jouletune_process(exporter_args, port=exporter_port, health_path="/healthz") as ex:
+        with sim_exporter(sim.url, "--gpus-file", str(listed)) as ex:
             before = _energy_series(ex.url)
             idle_before = _get_json(f"{sim.url}/sim/gpus")["gpus"][1]["energy_j"]
             assert set(before) == {node[0]["uuid"]}

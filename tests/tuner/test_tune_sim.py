@@ -15,7 +15,7 @@ import pytest
 from jouletune.tuner import Role, Study, TrialState, load_spec, open_storage
 from jouletune.tuner._process import port_busy
 from tests.poll import wait_for
-from tests.procs import free_port, jouletune_process
+from tests.procs import free_port, jouletune_process, sim_exporter
 from tests.tuner.tune_procs import (
     clock_locks_set,
     power_limits_set,
@@ -135,7 +135,7 @@ def test_resume_after_sigkill_repeats_no_finished_trial(killed_and_resumed: dict
 def _bench_j_per_token(
     tmp: Path, point: dict[str, Any], spec_workload: dict[str, Any], tag: str
 ) -> float:
-    port, exporter_port = free_port(), free_port()
+    port = free_port()
     args = [
         "sim-server",
         "meta-llama/Llama-3.1-8B-Instruct",
@@ -150,19 +150,18 @@ def _bench_j_per_token(
     ]
     if point["power_limit_w"] is not None:
         args += ["--power-limit", str(point["power_limit_w"])]
-    with jouletune_process(args, port=port, health_path="/health") as server:
-        exporter_args = ["exporter", "--host", "127.0.0.1", "--port", str(exporter_port)]
-        with jouletune_process(
-            [*exporter_args, "--sim", server.url], port=exporter_port, health_path="/healthz"
-        ) as exporter:
-            readings = []
-            for run in range(3):  # the mean of three windows, as the tune takes its finalists
-                result = tmp / f"{tag}-{run}.json"
-                code, output = _bench(server.url, exporter.url, spec_workload, result)
-                assert code == 0, output
-                data = json.loads(result.read_text())
-                assert data["valid"], data["invalid_reason"]
-                readings.append(float(data["energy_per_output_token_j"]))
+    with (
+        jouletune_process(args, port=port, health_path="/health") as server,
+        sim_exporter(server.url) as exporter,
+    ):
+        readings = []
+        for run in range(3):  # the mean of three windows, as the tune takes its finalists
+            result = tmp / f"{tag}-{run}.json"
+            code, output = _bench(server.url, exporter.url, spec_workload, result)
+            assert code == 0, output
+            data = json.loads(result.read_text())
+            assert data["valid"], data["invalid_reason"]
+            readings.append(float(data["energy_per_output_token_j"]))
     return statistics.fmean(readings)
 
 

@@ -106,7 +106,9 @@ class FitResult:
 def fitted_parameters(observations: Sequence[Observation]) -> tuple[str, ...]:
     """The parameters these measurements can pin (see the module docstring)."""
     names = list(_BATCH_PARAMETERS)
-    prompts = {o.point.workload.input_len for o in observations if o.concurrency <= 1}
+    prompts = {
+        o.point.workload.input_len for o in observations if o.concurrency <= _TTFT_MAX_CONCURRENCY
+    }
     # Only a single stream's TTFT is fitted, and it separates the API server's fixed time
     # from the prefill's per-token time only at two prompt lengths; J/token and power see the
     # GEMM efficiency too, but traded against the tensor power.

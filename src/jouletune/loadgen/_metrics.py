@@ -80,7 +80,8 @@ class BenchMetrics:
         run_ttft_ms: TTFT of every successful request, ramp-up included (vLLM's scope).
         run_tpot_ms: TPOT of every successful request, ramp-up included (vLLM's scope).
         total_input_tokens: `usage.prompt_tokens` summed over successful requests that sent it.
-        tokens_per_chunk: output tokens per streamed chunk over the latency scope; 1.0 when
+        tokens_per_chunk: output tokens per streamed chunk of the requests that ended in the
+            window (every successful request without one); 1.0 when
             every chunk carried one token, more when the server merged tokens into a chunk
             (vLLM does when its API server falls behind the engine: ITL then spans several
             tokens and TPOT is the per-token figure). None without chunks.
@@ -141,13 +142,15 @@ def compute_metrics(records: Sequence[RequestRecord], window: Window | None) -> 
         run_ttft_ms=_ttft(ok),
         run_tpot_ms=_tpot(ok),
         total_input_tokens=sum(r.prompt_tokens or 0 for r in ok),
-        tokens_per_chunk=_tokens_per_chunk(scoped),
+        tokens_per_chunk=_tokens_per_chunk(ended_in),
     )
 
 
 def _tokens_per_chunk(records: Sequence[RequestRecord]) -> float | None:
+    # A server's trait, not a latency statistic: every request of the window counts, not only
+    # the latency scope's cohort (at 256 streams that can be one request).
     chunks = sum(len(r.chunk_times_s) for r in records)
-    return sum(r.tokens for r in records if r.chunk_times_s) / chunks if chunks else None
+    return sum(r.tokens for r in records) / chunks if chunks else None
 
 
 def _ttft(records: Sequence[RequestRecord]) -> LatencyStats:
