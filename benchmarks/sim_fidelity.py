@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -81,6 +83,9 @@ _FIXED_CLIENT = "fixed-client"
 # with `calibrate/profile.json` (an H200 session's `sweep/` is not an H100 point).
 _HELDOUT_RESULTS = _RESULTS.parent / "h100-calibrate-heldout"
 _HELDOUT_PATTERNS = ("sweep/c*", "held/c*_w*")
+# 512 streams on one and on two API-server processes (campaign points; vLLM's log names the
+# count): the front end, not the GPU, sets the batch there.
+_API_SERVER_RESULTS = _RESULTS.parent / "h100-api-server"
 _MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 H100 = gpu_model("h100-80gb")
 # Gated figures and the bound on each one's error, in the order gate() returns them.
@@ -145,6 +150,7 @@ class RealPoint:
     word_prompts: bool = True
     model_tokenizer: bool = False
     stalled_client: bool = False
+    api_server_count: int = 1  # the server's --api-server-count
 
 
 Row = tuple[RealPoint, Figures]
@@ -163,7 +169,9 @@ def load_points(folder: Path) -> list[RealPoint]:
         sub = path.parent.relative_to(folder).as_posix()
         prefix = "" if sub == "." else f"{sub}/"
         point = _point(path, name=prefix + result_stem(path), server="", max_num_seqs=None)
-        points.append(replace(point, server=f"{prefix}n{point.concurrency}"))
+        api_servers = _api_server_count(path.parent / f"vllm_n{point.concurrency}.log.gz")
+        server = f"{prefix}n{point.concurrency}"
+        points.append(replace(point, server=server, api_server_count=api_servers))
     for table in sorted(folder.glob("*/trials.csv")):
         points += _trial_points(table)
     for path in find_results(folder, "**/jouletune_c*"):
@@ -184,6 +192,19 @@ def load_points(folder: Path) -> list[RealPoint]:
             f" sweep/ and held/) in {folder}"
         )
     return points
+
+
+def _api_server_count(log: Path) -> int:
+    """The `--api-server-count` a campaign server ran with, from the flags vLLM logs at its
+    start ("non-default args: {...}"); 1, vLLM's default, without a log or the flag."""
+    if not log.is_file():
+        return 1
+    with gzip.open(log, "rt", errors="replace") as f:
+        for line in f:
+            if "non-default args" in line:
+                found = re.search(r"'api_server_count': (\d+)", line)
+                return int(found[1]) if found else 1
+    return 1
 
 
 def _heldout_point(path: Path, folder: Path) -> RealPoint:
@@ -330,13 +351,16 @@ def replay_runs(
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
     gpu: GpuModel = H100,
+    api_server_count: int = 1,
 ) -> Iterator[ReplayedRun]:
-    """Replay one real server's runs, in their order, on one simulated server."""
+    """Replay one real server's runs, in their order, on one simulated server (with
+    `api_server_count` API-server processes, vLLM's `--api-server-count`)."""
     if not points[0].word_prompts:
         perf = replace(perf, render_s_per_token=perf.render_s_per_token * _BPE_RENDER_RATIO)
     config = _engine_config(
         points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf, gpu=gpu
     )
+    config = replace(config, api_server_count=api_server_count)
     replay = ClosedLoopReplay(config)
     for point in points:
         traced = replay.run(
@@ -351,9 +375,12 @@ def simulate_server(
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
     gpu: GpuModel = H100,
+    api_server_count: int = 1,
 ) -> list[Figures]:
     """The figures of one real server's runs, replayed in their order on one simulated server."""
-    runs = replay_runs(points, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
+    runs = replay_runs(
+        points, prefix_caching=prefix_caching, perf=perf, gpu=gpu, api_server_count=api_server_count
+    )
     return [_measure(replay, traced, point.concurrency) for point, replay, traced in runs]
 
 
@@ -366,7 +393,9 @@ def replay_point(
     if point is None:
         return None
     runs = sorted((p for p in points if p.server == point.server), key=_started)
-    *_, last = replay_runs(runs[: runs.index(point) + 1], perf=perf)
+    *_, last = replay_runs(
+        runs[: runs.index(point) + 1], perf=perf, api_server_count=point.api_server_count
+    )
     return last
 
 
@@ -391,7 +420,13 @@ def replay_all(
     rows: list[Row] = []
     for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
         runs = sorted(by_server[server], key=_started)
-        figures = simulate_server(runs, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
+        figures = simulate_server(
+            runs,
+            prefix_caching=prefix_caching,
+            perf=perf,
+            gpu=gpu,
+            api_server_count=runs[0].api_server_count,
+        )
         rows += zip(runs, figures, strict=True)
     return rows
 
@@ -447,11 +482,11 @@ def _err(sim: float, real: float) -> float:
     return sim / real - 1
 
 
-PointKey = tuple[int, int, int, int, float, int]
+PointKey = tuple[int, int, int, int, float, int, int]
 
 
 def _key(point: RealPoint) -> PointKey:
-    """What makes two measurements the same point: server setting, workload and prompts.
+    """What makes two measurements the same point: server settings, workload and prompts.
 
     A BPE run's prompts share no prefix whatever their seed, so runs that differ only in it
     are the same point to the server and to the replay: their seed is left out.
@@ -463,6 +498,7 @@ def _key(point: RealPoint) -> PointKey:
         point.output_len,
         point.range_ratio,
         point.seed if point.word_prompts else -1,
+        point.api_server_count,
     )
 
 
@@ -584,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         "--results",
         type=Path,
         nargs="+",
-        default=[_RESULTS, _TOKENIZER_RESULTS, _HELDOUT_RESULTS],
+        default=[_RESULTS, _TOKENIZER_RESULTS, _HELDOUT_RESULTS, _API_SERVER_RESULTS],
         help="folders of bench JSONs",
     )
     parser.add_argument(

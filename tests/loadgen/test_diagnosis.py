@@ -4,7 +4,9 @@ result's diagnosis recomputed from its own JSON."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,8 +20,10 @@ from tests.loadgen.conftest import SHORT_RUN, SimStack, bench_args, run_bench_cl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import diagnose_results
+from result_files import read_json
 
 LLAMA = model_arch("meta-llama/Llama-3.1-8B-Instruct")
+API_SERVER_RUNS = Path(__file__).resolve().parents[2] / "benchmarks/results/h100-api-server"
 
 
 def test_every_committed_h100_result_is_diagnosed_and_the_best_lies_near_the_floor() -> None:
@@ -60,17 +64,59 @@ BASE = DiagnosisInputs(
          "higher cap"),
         ({"batch": 40.0, "client_concurrency": 48}, "load", "more would cut"),
         ({"batch": 40.0}, "scheduler", "max_num_batched_tokens"),
+        ({"batch": 40.0, "waiting": 80.0, "in_flight": 128.0}, "scheduler", "max_num_batched"),
+        ({"batch": 40.0, "waiting": 0.0, "in_flight": 128.0}, "api server", "--api-server-count"),
+        ({"waiting": 2.0, "in_flight": 128.0}, "memory bandwidth", "larger max_num_seqs"),
         ({"mean_prompt_tokens": 8192.0, "mean_output_tokens": 16.0}, "compute", "TTFT"),
         ({"batch": 2048.0, "max_num_seqs": 2048, "client_concurrency": 2048,
           "mean_prompt_tokens": 16.0, "mean_output_tokens": 16.0, "window_completed": 10},
          "compute", "locked SM clock"),
     ],
-    ids=["memory", "idle", "cap", "client", "scheduler", "prefill", "compute"],
+    ids=["memory", "idle", "cap", "client", "scheduler", "queued", "api-server", "few-outside",
+         "prefill", "compute"],
 )  # fmt: skip
 def test_each_cause_and_its_knob(change: dict[str, object], cause: str, knob: str) -> None:
     d = diagnose(BASE.model_copy(update=change), model=LLAMA, model_name="llama")
     assert d.held_back_by == cause, d.sentence
     assert knob in d.sentence
+
+
+def _logged_waiting(log: Path) -> list[int]:
+    """vLLM's `Waiting: N reqs` in every stats line it logged while it ran requests."""
+    pattern = re.compile(r"Running: (\d+) reqs, Waiting: (\d+) reqs")
+    with gzip.open(log, "rt") as f:
+        pairs = [(int(m[1]), int(m[2])) for line in f if (m := pattern.search(line))]
+    return [waiting for running, waiting in pairs if running > 0]
+
+
+def _in_flight(result: BenchResult) -> float:
+    """The client's mean requests in flight over the window, from the per-request detail."""
+    assert result.window is not None and result.requests is not None
+    start, end = result.window.start_unix_s, result.window.end_unix_s
+    busy = sum(
+        max(0.0, min(r.end_unix_s, end) - max(r.send_unix_s, start)) for r in result.requests
+    )
+    return busy / (end - start)
+
+
+def test_a_real_api_server_that_held_the_batch_back_is_named_with_its_knob() -> None:
+    # 512 streams of 128/256 on the H100 with one API server (h100-api-server/api1): vLLM ran
+    # ~300 of them and queued none. That run predates the result's own waiting and in-flight
+    # figures, so they come from vLLM's log and the per-request detail.
+    run = API_SERVER_RUNS / "api1"
+    result = BenchResult.model_validate(read_json(run / "n512_w128-256.json.gz"))
+    waiting = _logged_waiting(run / "vllm_n512.log.gz")
+    assert len(waiting) >= 2 and max(waiting) == 0
+    in_flight = _in_flight(result)
+    assert in_flight == pytest.approx(512, rel=0.01)
+    inputs = inputs_of(result).model_copy(update={"waiting": 0.0, "in_flight": in_flight})
+    diagnosis = diagnose(inputs, model=LLAMA, model_name="llama")
+    assert diagnosis.held_back_by == "api server" and "--api-server-count" in diagnosis.sentence
+    assert diagnosis.front_end_requests is not None and diagnosis.front_end_requests > 150
+    # Without the engine's queue the diagnosis cannot tell, and says the old cause.
+    assert diagnose(inputs_of(result), model=LLAMA, model_name="llama").held_back_by != (
+        "api server"
+    )
 
 
 def test_a_result_is_diagnosed_again_from_its_own_json(stack: SimStack, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jouletune.operator import BenchmarkStatus, Condition, TrialRow
+from jouletune.operator._context import trial_events
 from jouletune.operator._table import build_status
 from jouletune.tuner import (
     Point,
@@ -52,6 +53,7 @@ def test_a_full_record_round_trips_through_a_row() -> None:
         duration_s=5.0,
         server_start_s=3.0,
         result_path="/runs/x/trials/0003",
+        warnings=["the server streamed 1.54 tokens per chunk"],
     )
     row = TrialRow.of(record, pod="b-trial-3", started_at="2026-01-01T00:00:00Z")
     wire = row.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -63,8 +65,25 @@ def test_a_full_record_round_trips_through_a_row() -> None:
     }
     assert wire["state"] == "complete" and wire["figures"]["energyPerOutputTokenJ"] == 0.2
     assert wire["figures"]["latencyMs"] == {"tpot_p90": 20.0, "ttft_p50": 300.0}
+    assert wire["warnings"] == ["the server streamed 1.54 tokens per chunk"]
     back = TrialRow.model_validate(wire).to_record()
     assert back == record
+
+
+def test_each_warning_of_a_trial_is_an_event_of_its_own() -> None:
+    spec = parse_spec({"model": "m", "searchSpace": {"maxNumSeqs": [64]}})
+    point = Point(tensor_parallel_size=1, max_num_seqs=64)
+    done = TrialRecord(number=4, role=Role.SEARCH, state=TrialState.COMPLETE, point=point,
+                       figures=FIGURES, warnings=["merged tokens", "a failed scrape"])  # fmt: skip
+    assert [(t, r) for t, r, _ in trial_events(done, None, spec)] == [
+        ("Normal", "TrialFinished"), ("Warning", "TrialWarning"), ("Warning", "TrialWarning")
+    ]  # fmt: skip
+    assert trial_events(done, None, spec)[1][2] == "trial 4: merged tokens"
+    failed = done.model_copy(update={"state": TrialState.FAILED, "fail_reason": "no window"})
+    events = trial_events(failed, "InvalidMeasurement", spec)
+    assert events[0] == ("Warning", "TrialFailed", "trial 4: InvalidMeasurement: no window")
+    assert len(events) == 3
+    assert trial_events(done.model_copy(update={"warnings": []}), None, spec)[1:] == []
 
 
 def test_a_study_rebuilt_from_the_status_continues_where_it_was() -> None:

@@ -63,6 +63,15 @@ def test_a_point_that_failed_becomes_an_invalid_measurement() -> None:
     assert measured.figures is not None and measured.duration_s == 12.0
 
 
+def test_warnings_cross_one_line_each_the_first_two() -> None:
+    warnings = ("merged tokens:\n" + "x" * 500, "a failed scrape", "power did not settle")
+    trial = PodTrial.of(POINT, TrialOutcome(figures=figures(), warnings=warnings))
+    back = PodResult.from_message(PodResult(ok=True, trials=[trial]).to_message()).trials[0]
+    first, second = back.outcome().warnings
+    assert first.startswith("merged tokens: xxx") and len(first) == 300 and first.endswith("…")
+    assert second == "a failed scrape"
+
+
 def test_failures_are_one_line_and_bounded() -> None:
     failure = PodResult.failure("BenchFailed", "line one\nline two " + "z" * 1000)
     assert failure.message is not None and "\n" not in failure.message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from jouletune.tuner._plot import figure, plot_label, plot_points
 from tests.tuner.browser import WINDOW, render
 from tests.tuner.synthetic import figures, measured
 from tests.tuner.tune_procs import run_tune, write_spec
+
+MERGED = "the server streamed 1.54 tokens per chunk, so an ITL spans several tokens"
 
 PREDICTED = (
     f"predicted by jouletune's simulator (jouletune {__version__}, GPU model h100-80gb, "
@@ -173,6 +176,8 @@ def test_a_failed_trial_shows_its_reasons_and_greyed_figures(tmp_path: Path) -> 
                 checks=checks,
                 duration_s=3.0,
             )
+        elif plan.number == 2:  # counted, with what the bench warned of
+            outcome = replace(measured(plan.point), warnings=(MERGED, "a failed scrape"))
         else:
             outcome = measured(plan.point)
         study.tell(plan, outcome)
@@ -192,6 +197,12 @@ def test_a_failed_trial_shows_its_reasons_and_greyed_figures(tmp_path: Path) -> 
     assert failed["details"]["height"] > 0
     assert failed["figureColor"] == "rgb(170, 170, 170)" != fine["figureColor"]
     assert not fine["failed"] and fine["details"] is None
+    warned = by_number[2]
+    assert not warned["failed"] and f"#2 warning: {MERGED}" in warned["details"]["text"]
+    assert "#2 warning: a failed scrape" in warned["details"]["text"]
+    with open(out / "trials.csv", newline="") as f:
+        rows = {row["number"]: row for row in csv.DictReader(f)}
+    assert rows["2"]["warnings"] == f"{MERGED} | a failed scrape" and rows["0"]["warnings"] == ""
     # No provenance in these records: the page says the origin is unknown, not "measured".
     assert probe["banner"]["text"].startswith("Origin unknown.")
     # The diagnosis column shows each record's sentence once records carry one.

@@ -35,6 +35,7 @@ from jouletune.loadgen._telemetry import (
     ExporterScrape,
     ServerScrape,
     avg_running,
+    avg_waiting,
     energy_during,
     measure_energy,
 )
@@ -214,6 +215,8 @@ def _assemble(
         gpus=list(energy.gpus) if energy else [],
         avg_batch_size=batch if batch is not None else metrics.avg_in_flight,
         avg_batch_size_source=batch_source,
+        avg_waiting_requests=avg_waiting(telemetry.server, window) if window else None,
+        avg_in_flight=metrics.avg_in_flight,
         idle_power_w=idle_power_w,
         run=RunSummary(
             output_tokens=metrics.run_output_tokens,

@@ -5,6 +5,8 @@ set by how well the batch fills the GPU. From one bench result, the model's shap
 (`jouletune.models`) and the GPU's datasheet (`jouletune.gpu`), the diagnosis gives:
 
 - the batch the engine ran, and how full it was against the server's `max_num_seqs`;
+- the requests the client had in flight that the engine neither ran nor queued: they were in
+  the serving framework's front end (vLLM's API server), taking in prompts or writing tokens;
 - GPU utilisation, and the SM clock against its maximum (what a binding power cap costs);
 - whether a decode step at that batch is memory- or compute-bound: its flops over its bytes
   (weights, the experts the batch touches, the KV cache) against the GPU's ridge point;
@@ -41,8 +43,12 @@ _GEMM_EFFICIENCY = 675.38e12 / 989e12
 _IDLE_SHARE = 0.25  # a quarter of the energy with nothing to run: the load sets the cost
 _CAP_BOUND = 0.5  # at the cap half the window
 _FULL = 0.8  # a batch this full of max_num_seqs is the configuration's, not the load's
+# A tenth of the client's requests neither running nor waiting in the engine: the front end.
+_OUTSIDE_SHARE = 0.1
 
-Cause = Literal["load", "power cap", "scheduler", "memory bandwidth", "compute", "unknown"]
+Cause = Literal[
+    "load", "power cap", "api server", "scheduler", "memory bandwidth", "compute", "unknown"
+]
 
 
 class Diagnosis(BaseModel):
@@ -55,6 +61,12 @@ class Diagnosis(BaseModel):
     batch: float | None = Field(description="mean requests the engine ran")
     batch_fill: float | None = Field(description="batch / the server's max_num_seqs")
     client_concurrency: int | None = Field(description="the client's cap on requests in flight")
+    client_in_flight: float | None = Field(None, description="mean requests the client had out")
+    engine_waiting: float | None = Field(None, description="mean requests the engine queued")
+    front_end_requests: float | None = Field(
+        None,
+        description="client_in_flight - batch - engine_waiting: requests in the API server",
+    )
     gpu_utilization: float | None = Field(description="mean fraction of time a kernel ran")
     sm_clock_ratio: float | None = Field(description="mean SM clock / the GPU's maximum")
     cap_bound_fraction: float | None = Field(description="fraction of the window at the cap")
@@ -102,6 +114,8 @@ class DiagnosisInputs(BaseModel):
     sm_clock_hz: float | None
     cap_bound_fraction: float | None
     power_limit_w: float | None
+    waiting: float | None = None  # the engine's queue (vLLM's num_requests_waiting), mean
+    in_flight: float | None = None  # the client's requests in flight, mean
 
 
 def floor_flops_per_joule(gpu: GpuModel) -> tuple[float, str]:
@@ -125,6 +139,9 @@ def diagnose(inputs: DiagnosisInputs, *, model: ModelArch | None, model_name: st
         "batch": inputs.batch,
         "batch_fill": _ratio(inputs.batch, inputs.max_num_seqs),
         "client_concurrency": inputs.client_concurrency,
+        "client_in_flight": inputs.in_flight,
+        "engine_waiting": inputs.waiting,
+        "front_end_requests": _front_end_requests(inputs),
         "gpu_utilization": inputs.utilization,
         "sm_clock_ratio": _ratio(inputs.sm_clock_hz, gpu.max_sm_clock_hz if gpu else None),
         "cap_bound_fraction": inputs.cap_bound_fraction,
@@ -145,6 +162,12 @@ def diagnose(inputs: DiagnosisInputs, *, model: ModelArch | None, model_name: st
     }
     cause, sentence = _verdict(parts)
     return Diagnosis.model_validate({**parts, "held_back_by": cause, "sentence": sentence})
+
+
+def _front_end_requests(inputs: DiagnosisInputs) -> float | None:
+    if inputs.in_flight is None or inputs.batch is None or inputs.waiting is None:
+        return None
+    return inputs.in_flight - inputs.batch - inputs.waiting
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -200,7 +223,7 @@ def _verdict(p: Mapping[str, object]) -> tuple[Cause, str]:
     """What held the trial back, in the order a user would fix it, and one sentence."""
     floor = p["floor_distance"]
     tail = f" J/token is {floor:.1f}x the floor." if isinstance(floor, float) else ""
-    for rule in (_idle, _capped, _small_batch, _prefill, _decode):
+    for rule in (_idle, _capped, _front_end, _small_batch, _prefill, _decode):
         found = rule(p)
         if found is not None:
             return found[0], found[1] + tail
@@ -226,6 +249,20 @@ def _capped(p: Mapping[str, object]) -> tuple[Cause, str] | None:
     return "power cap", (
         f"The power cap bound {cap:.0%} of the window{at}: it traded speed for power; a higher"
         f" cap cuts latency, a lower one saves energy only while the SLO allows."
+    )
+
+
+def _front_end(p: Mapping[str, object]) -> tuple[Cause, str] | None:
+    outside, in_flight = p["front_end_requests"], p["client_in_flight"]
+    if not (isinstance(outside, float) and isinstance(in_flight, float)):
+        return None
+    if outside <= max(1.0, _OUTSIDE_SHARE * in_flight):
+        return None
+    return "api server", (
+        f"The client kept {in_flight:.0f} requests in flight, the engine ran {p['batch']:.0f}"
+        f" and queued {p['engine_waiting']:.0f}: the other {outside:.0f} were in the API"
+        f" server, taking in prompts or writing tokens more slowly than the engine served"
+        f" them; more API server processes (vLLM's --api-server-count) fill the batch."
     )
 
 

@@ -236,7 +236,9 @@ class BenchResult(_Model):
     so ITL spans several), `window_output_tokens`, `power_cap_bound_fraction`
     (fraction of exporter scrapes in the window at >= `cap_bound_ratio` x the power limit),
     `avg_batch_size_source` (`server`: vLLM's `num_requests_running` gauge; `client`: the
-    client's in-flight count),
+    client's in-flight count), `avg_waiting_requests` (the engine's queue) and `avg_in_flight`
+    (the client's requests out: more than the engine ran and queued means the API server held
+    the rest),
     `idle_power_w` (total GPU power just before the run), `valid`/`invalid_reason`, `partial`
     (the server was lost mid-run), `errors` (up to 10 distinct request errors), `warnings`,
     `requests` (per-request detail with `save_detailed`).
@@ -270,6 +272,12 @@ class BenchResult(_Model):
     gpus: list[GpuResult]
     avg_batch_size: float | None
     avg_batch_size_source: Literal["server", "client"] | None
+    avg_waiting_requests: float | None = Field(
+        None, description="mean of vLLM's num_requests_waiting over the window (the engine's queue)"
+    )
+    avg_in_flight: float | None = Field(
+        None, description="the client's mean requests in flight over the window"
+    )
     idle_power_w: float | None
     run: RunSummary
     environment: EnvironmentInfo
@@ -315,4 +323,6 @@ def inputs_of(result: BenchResult) -> DiagnosisInputs:
         sm_clock_hz=sum(clocks) / len(clocks) if clocks else None,
         cap_bound_fraction=result.power_cap_bound_fraction,
         power_limit_w=next((g.power_limit_w for g in gpus if g.power_limit_w), None),
+        waiting=result.avg_waiting_requests,
+        in_flight=result.avg_in_flight,
     )

@@ -31,6 +31,7 @@ __all__ = [
     "ExporterScrape",
     "ServerScrape",
     "avg_running",
+    "avg_waiting",
     "energy_during",
     "measure_energy",
     "parse_server_text",
@@ -97,12 +98,14 @@ def parse_server_text(text: str) -> tuple[float | None, float | None]:
 
 def avg_running(scrapes: Sequence[ServerScrape], window: Window) -> float | None:
     """Mean of `vllm:num_requests_running` over the scrapes inside the window, or None."""
-    values = [
-        s.running
-        for s in scrapes
-        if s.running is not None and window.start_s <= s.t_s <= window.end_s
-    ]
-    return sum(values) / len(values) if values else None
+    inside = [s.running for s in scrapes if window.start_s <= s.t_s <= window.end_s]
+    return _mean(inside)
+
+
+def avg_waiting(scrapes: Sequence[ServerScrape], window: Window) -> float | None:
+    """Mean of `vllm:num_requests_waiting` over the scrapes inside the window, or None."""
+    inside = [s.waiting for s in scrapes if window.start_s <= s.t_s <= window.end_s]
+    return _mean(inside)
 
 
 def refreshed_after(scrapes: Sequence[ExporterScrape], t_s: float) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 
 from jouletune.operator._adopt import conclude, serve_args_of
-from jouletune.operator._context import Context, trial_event
+from jouletune.operator._context import Context, trial_events
 from jouletune.operator._harvest import Told, harvest
 from jouletune.operator._pods import (
     LABEL_BENCHMARK,
@@ -401,7 +401,8 @@ class BenchmarkLoop:
 
     def _event_trial_end(self, record: TrialRecord, placement: Placement) -> None:
         assert self._spec is not None, "spec is loaded first"
-        self._event(*trial_event(record, placement.reason, self._spec))
+        for event in trial_events(record, placement.reason, self._spec):
+            self._event(*event)
 
     def _event(self, type_: str, reason: str, message: str) -> None:
         body = {

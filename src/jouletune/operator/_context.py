@@ -14,7 +14,7 @@ from jouletune.operator._kube import KubeApi
 from jouletune.operator._metrics import OperatorMetrics
 from jouletune.tuner import BenchmarkSpec, TrialRecord, TrialState
 
-__all__ = ["Context", "EventSink", "kopf_events", "trial_event"]
+__all__ = ["Context", "EventSink", "kopf_events", "trial_events"]
 
 
 class EventSink(Protocol):
@@ -44,21 +44,26 @@ class Context:
         return self.wakeups.setdefault((namespace, name), asyncio.Event())
 
 
-def trial_event(
+def trial_events(
     record: TrialRecord, reason: str | None, spec: BenchmarkSpec
-) -> tuple[str, str, str]:
-    """(type, reason, message) of the Event saying how a trial ended: its J/token and the
-    latency statistics the spec is about, or why it failed."""
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events saying how a trial ended: its J/token and the
+    latency statistics the spec is about, or why it failed; then one Warning for each thing
+    its measurement warned of (an ITL of merged tokens, a failed scrape)."""
+    warnings = [
+        ("Warning", "TrialWarning", f"trial {record.number}: {warning}")
+        for warning in record.warnings
+    ]
     if record.state is TrialState.COMPLETE and record.figures is not None:
         latency = ", ".join(
             f"{m.value} {v:.4g} ms"
             for m in spec.latency_metrics()
             if (v := record.figures.latency(m)) is not None
         )
-        return (
-            "Normal",
-            "TrialFinished",
+        message = (
             f"trial {record.number}: {record.point.label()}: "
-            f"{record.figures.energy_per_output_token_j:.4g} J/token, {latency}",
+            f"{record.figures.energy_per_output_token_j:.4g} J/token, {latency}"
         )
-    return "Warning", "TrialFailed", f"trial {record.number}: {reason}: {record.fail_reason}"
+        return [("Normal", "TrialFinished", message), *warnings]
+    failed = f"trial {record.number}: {reason}: {record.fail_reason}"
+    return [("Warning", "TrialFailed", failed), *warnings]

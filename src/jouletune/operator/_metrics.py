@@ -65,7 +65,7 @@ class OperatorMetrics:
         self._held_back = Gauge(
             "jouletune_operator_trial_held_back",
             "1 per measured trial, `cause` naming what its diagnosis says held it back (load, "
-            "power cap, scheduler, memory bandwidth, compute).",
+            "power cap, api server, scheduler, memory bandwidth, compute).",
             [*labels, "trial", "cause"],
             registry=registry,
         )

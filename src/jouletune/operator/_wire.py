@@ -33,6 +33,8 @@ ENV_PLAN = "JOULETUNE_TRIAL"
 # The kubelet truncates a termination message beyond 4096 bytes (and beyond 12 KiB for all
 # containers of a pod together); a truncated JSON could not be parsed at all.
 TERMINATION_MESSAGE_MAX_BYTES = 4096
+# A point's warnings travel in that message too: the first few, each cut to one line.
+_WARNINGS_KEPT = 2
 # A message that starts so is base64 of gzip'd JSON: figures compress about 4x.
 _GZIP_PREFIX = "gz:"
 # Figures keep 6 significant digits: far finer than run-to-run noise, and short.
@@ -105,6 +107,7 @@ class PodTrial(_Model):
         provenance: measured or predicted by the simulator, and on what.
         duration_s: wall time of the measurement.
         power_limit_w: the per-GPU limit read back while measuring.
+        warnings: what the measurement warned of (the first few, one line each).
     """
 
     point: Point
@@ -116,6 +119,7 @@ class PodTrial(_Model):
     provenance: Provenance | None = None
     duration_s: float = 0.0
     power_limit_w: float | None = None
+    warnings: list[str] = Field(default_factory=list)
 
     @classmethod
     def of(cls, point: Point, outcome: TrialOutcome) -> PodTrial:
@@ -131,6 +135,7 @@ class PodTrial(_Model):
             provenance=outcome.provenance,
             duration_s=round(outcome.duration_s, 3),
             power_limit_w=outcome.power_limit_w,
+            warnings=[_one_line(w, 300) for w in outcome.warnings[:_WARNINGS_KEPT]],
         )
 
     def outcome(self, *, duration_s: float | None = None, pod: str | None = None) -> TrialOutcome:
@@ -150,6 +155,7 @@ class PodTrial(_Model):
             provenance=self.provenance,
             duration_s=self.duration_s if duration_s is None else duration_s,
             power_limit_w=self.power_limit_w,
+            warnings=tuple(self.warnings),
         )
 
 

@@ -208,10 +208,6 @@ class Engine:
             (t for api in self.api_servers if (t := api.next_event_s()) is not None), default=None
         )
 
-    def requests_in_api_server(self) -> int:
-        """Requests that arrived and are not yet through an API server."""
-        return sum(api.requests() for api in self.api_servers)
-
     def can_schedule(self) -> bool:
         """True when a step would have something to run."""
         return bool(self.running or self.waiting)

@@ -85,20 +85,14 @@ class ApiServer(Generic[R, Out]):
         self._now_s = -math.inf
         self._served = 0.0
         self._active = 0
-        self._requests = 0  # requests arrived or in progress
         self.work_s = 0.0  # loop time of all work taken up so far
 
     def __len__(self) -> int:
         """Pieces of work arrived or in progress (a step's output counts once)."""
         return len(self._arrivals) + len(self._jobs)
 
-    def requests(self) -> int:
-        """Requests that arrived and are not yet through the loop."""
-        return self._requests
-
     def submit(self, request: R, arrival_s: float) -> None:
         """A request arrives at `arrival_s`."""
-        self._requests += 1
         heapq.heappush(self._arrivals, (arrival_s, next(self._order), request, None, 1))
 
     def output(self, output: Out, chunks: int, arrival_s: float) -> None:
@@ -132,7 +126,6 @@ class ApiServer(Generic[R, Out]):
                 self._now_s, self._served = max(self._now_s, done_s), tag
                 self._active -= count
                 if request is not None:
-                    self._requests -= 1
                     self._rendered_s = max(done_s, self._rendered_s) + self._render_s(request)
                     self._on_ready(request, self._rendered_s + self.latency_s)
                 else:

@@ -245,7 +245,7 @@ def _trials_table(records: Sequence[TrialRecord], columns: Sequence[Column]) -> 
         cells += [_checks_cell(r), _note_cell(r), _Cell(_diagnosis(r), cls="text diagnosis")]
         failed = r.state is TrialState.FAILED
         rows.append(_row(cells, "trial failed" if failed else "trial", r.number))
-        if failed:
+        if failed or r.warnings:
             rows.append(_details_row(r, len(head)))
     return _table(head, rows, table_id="trials")
 
@@ -273,19 +273,26 @@ def _note_cell(record: TrialRecord) -> _Cell:
         return _Cell("failed: see below", cls="text nowrap reason")
     if record.duplicate_of is not None:
         return _Cell(f"same point as #{record.duplicate_of}", cls="text")
+    if record.warnings:
+        return _Cell("warned: see below", cls="text nowrap")
     return _Cell("", cls="text")
 
 
 def _details_row(record: TrialRecord, width: int) -> str:
     """Under a failed trial: its reason, each failed check measured against its threshold,
-    and whether its (greyed) figures were kept."""
+    and whether its (greyed) figures were kept; under any trial, what its measurement warned
+    of."""
     e = html.escape
-    reason = record.fail_reason or "no reason recorded"
-    lines = [f"#{record.number} failed: {reason}"]
-    # The reason often quotes the failed checks already; list only those it leaves out.
-    lines += [c.message for c in record.checks if c.verdict == "fail" and c.message not in reason]
-    if record.figures is not None:
-        lines.append("its figures (greyed above) are shown, never ranked or recommended")
+    lines = []
+    if record.state is TrialState.FAILED:
+        reason = record.fail_reason or "no reason recorded"
+        lines.append(f"#{record.number} failed: {reason}")
+        # The reason often quotes the failed checks already; list only those it leaves out.
+        failed = [c.message for c in record.checks if c.verdict == "fail"]
+        lines += [message for message in failed if message not in reason]
+        if record.figures is not None:
+            lines.append("its figures (greyed above) are shown, never ranked or recommended")
+    lines += [f"#{record.number} warning: {w}" for w in record.warnings]
     text = "<br>".join(e(line) for line in lines)
     cell = f"<td colspan='{width}'>{text}</td>"
     return f"<tr class='details' data-details='{record.number}'>{cell}</tr>"

@@ -176,6 +176,7 @@ async def measure_point(
         duration_s=time.monotonic() - start,
         power_limit_w=limit_w,
         result_path=None if trial_dir is None else str(trial_dir),
+        warnings=tuple(result.warnings),
     )
 
 

@@ -125,9 +125,10 @@ def setting_caveat(profile: SimProfile | None, *, setting: Literal["cap", "lock"
 # requests reach the scheduler decides it, and at fixed lengths real vLLM itself reads it far
 # apart run to run.
 PREDICTED_TTFT_CAVEAT = (
-    "The TTFT figures are the simulator's predictions, its least accurate: against 47 real "
+    "The TTFT figures are the simulator's predictions, its least accurate: against 49 real "
     "H100 vLLM points its TTFT p50 is within 25% at 39. Where request lengths vary it misses "
-    "at one point of six (39% low); where every request has the same lengths it "
+    "at three points of eight (39% low at 128 streams; 36% and 30% low at 512, where vLLM's "
+    "API server held requests back); where every request has the same lengths it "
     "misses from 45% low to 45% high, and one real run does not pin TTFT down there: six runs "
     "of 1024-token prompts at 256 streams read 625 to 2641 ms, and one stream's TTFT is the "
     "serving host's launch of its prefill, 18 to 37 ms on hosts of one H100 pool "
@@ -143,7 +144,8 @@ PREDICTED_ITL_CAVEAT = (
     "streams of 512/256 +-50% read ITL p50 from 11.5 ms on one machine to 14.3 ms on "
     "another, the simulator 12.1 to 14.2 ms depending on the prompts), while at fixed "
     "lengths it is within 10% of the mean of the runs at every point measured, a single run "
-    "off by up to 15% where the median sits between two modes (docs/validation.md). "
+    "off by up to 15% where the median sits between two modes; at 512 streams, where vLLM's "
+    "API server is the bottleneck, it misses by 14% to 47% (docs/validation.md). "
     "Measure ITL on the serving host (`jouletune tune --backend local`) before relying on an "
     "ITL bound."
 )

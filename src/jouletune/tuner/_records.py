@@ -66,8 +66,8 @@ class TrialOutcome:
         fail_reason: one line saying why the trial failed; None when it counts. A measurement
             that failed its validity checks has both: it is kept and shown, never ranked.
         checks: the measurement's validity checks.
-        held_back_by: what the diagnosis says held the measurement back (load, power cap,
-            scheduler, memory bandwidth, compute), and `diagnosis` its one sentence.
+        held_back_by: what the diagnosis says held the measurement back (load, power cap, api
+            server, scheduler, memory bandwidth, compute), and `diagnosis` its one sentence.
         provenance: measured or predicted, and on what; None when nothing was measured.
         duration_s: wall-clock seconds the measurement took (drain, warm-up, window, cool-down).
         server_start_s: seconds spent starting a server for this plan; None when one that
@@ -76,6 +76,8 @@ class TrialOutcome:
             differ only in their power limit, for the cap report).
         power_limit_w: the per-GPU limit in force while measuring, read back from the GPU.
         result_path: where the runner stored the full result and logs, if anywhere.
+        warnings: what the measurement warned of (the bench's warnings: merged tokens, failed
+            scrapes, power that did not settle).
     """
 
     figures: TrialFigures | None = None
@@ -89,6 +91,7 @@ class TrialOutcome:
     server_run: str | None = None
     power_limit_w: float | None = None
     result_path: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         assert self.figures is not None or self.fail_reason is not None, (
@@ -119,6 +122,7 @@ class TrialRecord(BaseModel):
         server_start_s: time spent starting its server, if it started one.
         fail_reason: why it failed, one line.
         result_path: where the full result and logs are.
+        warnings: what its measurement warned of, one line each.
         duplicate_of: answered from this earlier trial of the same point.
         interrupted: its process died before it finished; it is measured again.
     """
@@ -147,6 +151,7 @@ class TrialRecord(BaseModel):
     server_run: str | None = Field(None, description="the server start that served it")
     fail_reason: str | None = Field(None, description="why the trial failed, one line")
     result_path: str | None = None
+    warnings: list[str] = Field(default_factory=list, description="the measurement's warnings")
     duplicate_of: int | None = Field(None, description="answered from this earlier trial")
     interrupted: bool = False
 
@@ -191,6 +196,7 @@ class TrialRecord(BaseModel):
             "server_run": outcome.server_run,
             "measured_power_limit_w": outcome.power_limit_w,
             "result_path": outcome.result_path,
+            "warnings": list(outcome.warnings),
         }
         figures = outcome.figures
         needed = dict.fromkeys([objective, *(s.metric for s in slos)])

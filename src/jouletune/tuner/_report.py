@@ -90,7 +90,8 @@ def _write_csv(path: Path, records: Sequence[TrialRecord]) -> None:
     columns = [c.name for c in TrialFigures.columns()]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*_RECORD_HEAD, *point_fields, *columns, *_RECORD_TAIL, *_PROVENANCE])
+        head = [*_RECORD_HEAD, *point_fields, *columns, *_RECORD_TAIL, *_PROVENANCE, "warnings"]
+        writer.writerow(head)
         for record in records:
             row = record.model_dump(mode="json")
             figures = record.figures.flat() if record.figures else {}
@@ -100,6 +101,7 @@ def _write_csv(path: Path, records: Sequence[TrialRecord]) -> None:
                 *(figures.get(c) for c in columns),
                 *(row[k] for k in _RECORD_TAIL),
                 *_provenance_cells(record),
+                " | ".join(record.warnings),
             ]
             writer.writerow(["" if v is None else v for v in cells])
 
