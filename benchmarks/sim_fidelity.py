@@ -351,16 +351,17 @@ def replay_runs(
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
     gpu: GpuModel = H100,
-    api_server_count: int = 1,
+    api_server_count: int | None = None,
 ) -> Iterator[ReplayedRun]:
-    """Replay one real server's runs, in their order, on one simulated server (with
-    `api_server_count` API-server processes, vLLM's `--api-server-count`)."""
+    """Replay one real server's runs, in their order, on one simulated server with
+    `api_server_count` API-server processes (vLLM's `--api-server-count`; by default the
+    count the real server ran with)."""
     if not points[0].word_prompts:
         perf = replace(perf, render_s_per_token=perf.render_s_per_token * _BPE_RENDER_RATIO)
     config = _engine_config(
         points[0].max_num_seqs, prefix_caching=prefix_caching, perf=perf, gpu=gpu
     )
-    config = replace(config, api_server_count=api_server_count)
+    config = replace(config, api_server_count=api_server_count or points[0].api_server_count)
     replay = ClosedLoopReplay(config)
     for point in points:
         traced = replay.run(
@@ -375,7 +376,7 @@ def simulate_server(
     prefix_caching: bool = True,
     perf: PerfConstants = DEFAULT_PERF,
     gpu: GpuModel = H100,
-    api_server_count: int = 1,
+    api_server_count: int | None = None,
 ) -> list[Figures]:
     """The figures of one real server's runs, replayed in their order on one simulated server."""
     runs = replay_runs(
@@ -393,9 +394,7 @@ def replay_point(
     if point is None:
         return None
     runs = sorted((p for p in points if p.server == point.server), key=_started)
-    *_, last = replay_runs(
-        runs[: runs.index(point) + 1], perf=perf, api_server_count=point.api_server_count
-    )
+    *_, last = replay_runs(runs[: runs.index(point) + 1], perf=perf)
     return last
 
 
@@ -420,13 +419,7 @@ def replay_all(
     rows: list[Row] = []
     for server in sorted(by_server, key=lambda k: (by_server[k][0].concurrency, k)):
         runs = sorted(by_server[server], key=_started)
-        figures = simulate_server(
-            runs,
-            prefix_caching=prefix_caching,
-            perf=perf,
-            gpu=gpu,
-            api_server_count=runs[0].api_server_count,
-        )
+        figures = simulate_server(runs, prefix_caching=prefix_caching, perf=perf, gpu=gpu)
         rows += zip(runs, figures, strict=True)
     return rows
 

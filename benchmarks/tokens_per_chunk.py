@@ -28,7 +28,9 @@ def tokens_per_chunk(result: dict[str, Any]) -> float | None:
     start, end = window["start_unix_s"], window["end_unix_s"]
     ended = [r for r in details if r["success"] and start < r["end_unix_s"] <= end]
     chunks = sum(len(r["itl_ms"]) + 1 for r in ended)
-    return sum(r["output_tokens"] for r in ended) / chunks if chunks else None
+    # The bench counts the chunks where the server sent no usage.
+    tokens = sum(r["output_tokens"] or len(r["itl_ms"]) + 1 for r in ended)
+    return tokens / chunks if chunks else None
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import string
+
 import pytest
 
 from jouletune.operator import PodResult, PodTrial, ResultError
@@ -70,6 +73,20 @@ def test_warnings_cross_one_line_each_the_first_two() -> None:
     first, second = back.outcome().warnings
     assert first.startswith("merged tokens: xxx") and len(first) == 300 and first.endswith("…")
     assert second == "a failed scrape"
+
+
+def test_warnings_that_would_not_fit_are_left_out_not_the_figures() -> None:
+    rng = random.Random(0)
+
+    def warned() -> TrialOutcome:  # two warnings of 300 random letters: nothing for gzip
+        noise = ("".join(rng.choices(string.ascii_letters, k=300)) for _ in range(2))
+        return TrialOutcome(figures=figures(), warnings=tuple(noise))
+
+    trials = [PodTrial.of(POINT, warned()) for _ in range(8)]
+    message = PodResult(ok=True, trials=trials).to_message()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_MAX_BYTES
+    back = PodResult.from_message(message).trials
+    assert len(back) == 8 and all(t.figures is not None and t.warnings == [] for t in back)
 
 
 def test_failures_are_one_line_and_bounded() -> None:

@@ -258,8 +258,8 @@ class BenchResult(_Model):
     e2el_ms: LatencySummary
     tokens_per_chunk: float | None = Field(
         None,
-        description="output tokens per streamed chunk in the latency scope: more than 1 when the"
-        " server merged tokens, so ITL spans several tokens (None in older results)",
+        description="output tokens per streamed chunk of the requests that ended in the window:"
+        " more than 1 when the server merged tokens, so ITL spans several (None in older results)",
     )
     request_throughput: float | None
     output_token_throughput: float | None

@@ -178,15 +178,23 @@ class PodResult(_Model):
         return cls(ok=False, reason=reason, message=_one_line(message))
 
     def to_message(self) -> str:
-        """The termination message: compact JSON, or gzip+base64 of it past 4096 bytes."""
-        text = self.model_dump_json(exclude_none=True)
+        """The termination message: compact JSON, or gzip+base64 of it past 4096 bytes; the
+        points' warnings are left out if they alone would not let it fit (result.json keeps
+        them)."""
+        text = self._packed()
         if len(text.encode()) > TERMINATION_MESSAGE_MAX_BYTES:
-            packed = base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
-            text = _GZIP_PREFIX + packed
+            bare = [t.model_copy(update={"warnings": []}) for t in self.trials]
+            text = self.model_copy(update={"trials": bare})._packed()
         assert len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES, (
             f"a trial result of {len(self.trials)} points does not fit: {len(text)=}"
         )
         return text
+
+    def _packed(self) -> str:
+        text = self.model_dump_json(exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES:
+            return text
+        return _GZIP_PREFIX + base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
     @classmethod
     def from_message(cls, text: str) -> PodResult:

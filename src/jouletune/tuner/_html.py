@@ -245,7 +245,7 @@ def _trials_table(records: Sequence[TrialRecord], columns: Sequence[Column]) -> 
         cells += [_checks_cell(r), _note_cell(r), _Cell(_diagnosis(r), cls="text diagnosis")]
         failed = r.state is TrialState.FAILED
         rows.append(_row(cells, "trial failed" if failed else "trial", r.number))
-        if failed or r.warnings:
+        if failed or (r.warnings and r.duplicate_of is None):
             rows.append(_details_row(r, len(head)))
     return _table(head, rows, table_id="trials")
 
@@ -268,7 +268,8 @@ def _checks_cell(record: TrialRecord) -> _Cell:
 
 
 def _note_cell(record: TrialRecord) -> _Cell:
-    # A failed trial's reason has a row of its own under it (`_details_row`).
+    # A failed trial's reason, and a trial's warnings, have a row of their own under it
+    # (`_details_row`); a duplicate's are its original's.
     if record.state is TrialState.FAILED:
         return _Cell("failed: see below", cls="text nowrap reason")
     if record.duplicate_of is not None:

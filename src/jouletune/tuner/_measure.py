@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,7 +165,8 @@ async def measure_point(
     try:
         figures = TrialFigures.from_result(result, num_gpus=point.tensor_parallel_size)
     except InvalidMeasurementError as err:
-        return _failed(problem or str(err), start, limit_w, result_path=trial_dir)
+        failed = _failed(problem or str(err), start, limit_w, result_path=trial_dir)
+        return replace(failed, warnings=tuple(result.warnings))
     return TrialOutcome(
         figures=figures,
         fail_reason=problem,  # an invalid measurement keeps its figures, and fails
