@@ -25,6 +25,23 @@ def test_serve_args_leave_unset_flags_to_vllm() -> None:
     assert args.shell() == "vllm serve m --port 8000 --max-num-seqs 64 --load-format dummy"
 
 
+def test_the_api_server_count_is_a_flag_both_ways_and_left_to_vllm_when_unset() -> None:
+    args = ServeArgs.parse(["m", "--api-server-count=2", "--max-num-seqs", "512"])
+    assert (args.api_server_count, args.max_num_seqs, args.extra) == (2, 512, ())
+    assert args.flags() == ["--max-num-seqs", "512", "--api-server-count", "2"]
+    assert args.knobs_left_to_vllm() == ["--max-num-batched-tokens"]
+    unset = ServeArgs(model="m", max_num_seqs=8, port=8000)
+    assert unset.knobs_left_to_vllm() == ["--max-num-batched-tokens", "--api-server-count"]
+    with pytest.raises(ValueError, match="--api-server-count needs an integer, got 'two'"):
+        ServeArgs.parse(["m", "--api-server-count", "two"])
+
+
+def test_merge_drops_a_knob_left_to_vllms_default() -> None:
+    existing = ["m", "--api-server-count", "4", "--port", "8000", "--max-num-seqs", "256"]
+    merged = merge_args(existing, ["--max-num-seqs", "512"], drop=["--api-server-count"])
+    assert merged == ["m", "--port", "8000", "--max-num-seqs", "512"]
+
+
 @pytest.mark.parametrize(
     ("name", "memory_gib", "expected"),
     [

@@ -171,6 +171,8 @@ class ServeArgs:
         max_num_seqs: most sequences in one engine step.
         max_num_batched_tokens: most tokens in one engine step.
         max_model_len: longest context.
+        api_server_count: API-server processes (HTTP, tokenization, streaming) in front of
+            the engine.
         extra: further flags, as given (the spec's `engine.args`).
     """
 
@@ -181,20 +183,30 @@ class ServeArgs:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
+    api_server_count: int | None = None
     extra: tuple[str, ...] = ()
 
     def flags(self) -> list[str]:
         """The flags after the model: where it listens, the engine's knobs, then `extra`."""
-        valued = (
+        valued = self._valued()
+        out = [part for flag, value in valued if value is not None for part in (flag, str(value))]
+        return [*out, *self.extra]
+
+    def knobs_left_to_vllm(self) -> list[str]:
+        """The searched knobs' flags this command line leaves out so that vLLM's default
+        applies: a running server adopting it must drop its own value of them."""
+        return [flag for flag, value in self._valued() if flag in _DEFAULTABLE and value is None]
+
+    def _valued(self) -> tuple[tuple[str, int | str | None], ...]:
+        return (
             ("--host", self.host),
             ("--port", self.port),
             ("--tensor-parallel-size", self.tensor_parallel_size),
             ("--max-num-seqs", self.max_num_seqs),
             ("--max-num-batched-tokens", self.max_num_batched_tokens),
             ("--max-model-len", self.max_model_len),
+            ("--api-server-count", self.api_server_count),
         )
-        out = [part for flag, value in valued if value is not None for part in (flag, str(value))]
-        return [*out, *self.extra]
 
     def argv(self) -> list[str]:
         """`MODEL FLAGS...`: the arguments of `vllm serve` (and of the vLLM image's entrypoint)."""
@@ -235,6 +247,9 @@ class ServeArgs:
         return cls(model=model, extra=tuple(extra), **_typed(values))
 
 
+# Searched knobs that a point may leave to vLLM's default (the others it always sets).
+_DEFAULTABLE = frozenset({"--max-num-batched-tokens", "--api-server-count"})
+
 # The flags `ServeArgs` names, by spelling (`-tp` is vLLM's short form).
 _FIELD_OF_FLAG = {
     "--host": "host",
@@ -244,6 +259,7 @@ _FIELD_OF_FLAG = {
     "--max-num-seqs": "max_num_seqs",
     "--max-num-batched-tokens": "max_num_batched_tokens",
     "--max-model-len": "max_model_len",
+    "--api-server-count": "api_server_count",
 }
 
 
@@ -279,10 +295,12 @@ def _takes_value(flag: str) -> bool:
     return "=" not in flag and flag not in BOOLEAN_FLAGS
 
 
-def merge_args(existing: Sequence[str], recommended: Sequence[str]) -> list[str]:
-    """`existing` without the flags `recommended` sets (as `--f v` or `--f=v`), then
-    `recommended`: a container keeps its model, port and every other flag."""
-    ours = {a.split("=", 1)[0] for a in recommended if a.startswith("--")}
+def merge_args(
+    existing: Sequence[str], recommended: Sequence[str], *, drop: Collection[str] = ()
+) -> list[str]:
+    """`existing` without the flags `recommended` sets or `drop` names (as `--f v` or
+    `--f=v`), then `recommended`: a container keeps its model, port and every other flag."""
+    ours = {a.split("=", 1)[0] for a in recommended if a.startswith("--")} | set(drop)
     kept: list[str] = []
     i = 0
     while i < len(existing):

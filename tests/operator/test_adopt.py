@@ -136,6 +136,27 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
     assert "metadata" not in uncapped["spec"]["template"]
 
 
+def test_a_knob_recommended_at_vllms_default_drops_the_containers_own_flag() -> None:
+    # The trial measured one API server (vLLM's default, no flag): the adopted server runs one.
+    deployment = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "vllm", "args": ["org/model", "--api-server-count", "4"]},
+                    ]
+                }
+            }
+        }
+    }
+    patch = deployment_patch(
+        deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+    )
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert "--api-server-count" not in container["args"]
+    assert container["args"][:3] == ["org/model", "--tensor-parallel-size", "1"]
+
+
 def test_a_missing_container_is_named() -> None:
     deployment = {"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}}
     with pytest.raises(AdoptionError, match=r"no container 'vllm' \(it has \['app'\]\)") as err:

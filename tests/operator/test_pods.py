@@ -94,7 +94,9 @@ def test_long_names_fit_labels_and_hostnames_and_stay_distinct() -> None:
 
 def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
     spec = {"backend": "vllm", "gpu": {"count": 2}, "engine": {"args": ["--enforce-eager"]}}
-    point = Point(tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096)
+    point = Point(
+        tensor_parallel_size=2, max_num_seqs=64, max_num_batched_tokens=4096, api_server_count=2
+    )
     engine = containers(build(spec, point))["engine"]
     assert engine["command"][:2] == ["/bin/sh", "-c"], "lists its GPUs, then execs vllm serve"
     args = engine["args"]
@@ -103,6 +105,7 @@ def test_vllm_engine_gets_gpus_shm_readiness_and_the_trial_args() -> None:
         ("--tensor-parallel-size", "2"),
         ("--max-num-seqs", "64"),
         ("--max-num-batched-tokens", "4096"),
+        ("--api-server-count", "2"),
         ("--port", "8000"),
     ):
         assert args[args.index(flag) + 1] == value

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from optuna.distributions import CategoricalDistribution
 
 from jouletune.engine import EngineDefaults
-from jouletune.tuner import BaselineError, Point, SpecError, parse_spec, resolve_baseline
+from jouletune.tuner import (
+    BaselineError,
+    Point,
+    SearchGrid,
+    SpecError,
+    parse_spec,
+    resolve_baseline,
+)
 
 
 @pytest.mark.parametrize(("gpu", "seqs"), [("h100-80gb", 1024), ("a100-80gb", 256)])
@@ -40,6 +48,24 @@ def test_the_users_flags_in_either_spelling() -> None:
     baseline = resolve_baseline(spec, defaults=None)
     assert baseline.point == Point(tensor_parallel_size=2, max_num_seqs=96)
     assert baseline.source == "`--max-num-seqs=96 -tp 2 --enforce-eager`"
+
+
+def test_the_users_api_server_count_joins_the_searched_ones() -> None:
+    spec = parse_spec(
+        {
+            "searchSpace": {"maxNumSeqs": [256, 512], "apiServerCount": [2]},
+            "baseline": {"serveArgs": ["--max-num-seqs", "512", "--api-server-count", "4"]},
+        }
+    )
+    baseline = resolve_baseline(spec, defaults=None)
+    assert baseline.point == Point(tensor_parallel_size=1, max_num_seqs=512, api_server_count=4)
+    grid = SearchGrid(spec=spec, baseline=baseline.point)
+    # vLLM's default (one API server) first, then the searched count and the baseline's.
+    assert list(grid.api_server_count_choices) == [None, 2, 4]
+    assert grid.size() == len(grid.points()) == 2 * 3
+    assert {p.api_server_count for p in grid.points()} == {None, 2, 4}
+    assert grid.distributions()["api_server_count"] == CategoricalDistribution([None, 2, 4])
+    assert baseline.point.server_label() == "tp1 seqs512 api4"
 
 
 @pytest.mark.parametrize(

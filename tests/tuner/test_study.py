@@ -21,8 +21,10 @@ from jouletune.tuner import (
     default_storage_url,
     open_storage,
     parse_spec,
+    resolve_baseline,
 )
 from jouletune.tuner._boundary import brackets_closed, gpu_ladders, next_gpu_step
+from jouletune.tuner._optuna import fingerprint
 from tests.tuner.synthetic import figures, measured
 
 SPACE: dict[str, Any] = {
@@ -358,3 +360,13 @@ def test_read_only_collapses_the_clock_axis_too(tmp_path: Path) -> None:
     study = Study.open(spec=spec, name="ro", storage=storage, read_only=True)
     assert list(study.grid.sm_clocks_mhz) == [None]
     assert {p.point.sm_clock_mhz for p in _run(study)} == {None}
+
+
+def test_a_study_stored_before_api_server_counts_resumes_while_none_is_searched() -> None:
+    space: dict[str, Any] = {"maxNumSeqs": [64, 128], "powerLimitW": [400]}
+    spec = parse_spec({"model": "org/model", "searchSpace": space})
+    baseline = resolve_baseline(spec, defaults=None).point
+    # The fingerprint jouletune stored for this spec before the knob existed (at 895e9c0).
+    assert fingerprint(spec, read_only=False, baseline=baseline) == "3f5d598720c2015b"
+    searched = parse_spec({"model": "org/model", "searchSpace": {**space, "apiServerCount": [2]}})
+    assert fingerprint(searched, read_only=False, baseline=baseline) != "3f5d598720c2015b"

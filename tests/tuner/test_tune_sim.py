@@ -342,3 +342,38 @@ def test_an_energy_source_the_spec_cannot_serve_is_one_line_before_any_trial(
     assert line.startswith("jouletune tune: --energy-source kepler: spec.energy: ")
     assert "kepler needs exporterUrl or prometheusUrl" in line
     assert not (tmp_path / "out" / "trials").exists()
+
+
+API_SPEC = """\
+apiVersion: jouletune.io/v1alpha1
+kind: EnergyBenchmark
+metadata: {name: api-servers}
+spec:
+  model: meta-llama/Llama-3.1-8B-Instruct
+  engine: {maxModelLen: 512, startupTimeoutS: 60}
+  searchSpace: {maxNumSeqs: [8], apiServerCount: [2]}
+  baseline: {serveArgs: [--max-num-seqs, "8"]}
+  workload: {inputLen: 64, outputLen: 16, maxConcurrency: 8, numPrompts: 200, durationS: 1.5}
+  slos: [{metric: tpot_p90, maxMs: 1000}]
+  budget: {maxTrials: 2, finalistRepeats: 0, trialTimeoutS: 60}
+  validity: {minWindowS: 0.2, minWindowOutputTokens: 20, minEnergySamples: 4}
+"""
+
+
+def test_a_tune_over_api_server_counts_starts_a_server_for_each(tmp_path: Path) -> None:
+    config = tmp_path / "api.yaml"
+    config.write_text(API_SPEC)
+    out = tmp_path / "out"
+    code, output = run_tune(config, out)
+    assert code == 0, output
+    # One server per count (a restart), each started with its own flag, which it models.
+    commands = [log.read_text().splitlines()[0] for log in server_logs(out)]
+    assert ["--api-server-count 2" in c for c in commands] == [False, True]
+    assert not any("does not model" in log.read_text() for log in server_logs(out))
+    with (out / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["api_server_count"] for row in rows) == ["", "2"]
+    rec = json.loads((out / "recommendation.json").read_text())
+    count = rec["recommended"]["point"]["api_server_count"]
+    flag = ["--api-server-count", "2"]
+    assert (rec["artifacts"]["vllm_serve_args"][-2:] == flag) == (count == 2)

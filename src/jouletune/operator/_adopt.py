@@ -5,7 +5,8 @@ Always: a ConfigMap `<benchmark>-recommendation` with the `vllm serve` flags, th
 the SM clock lock and a strategic-merge patch for a vLLM container. With `spec.adopt.mode:
 Apply` and a `targetRef`, the operator applies that patch to the Deployment: the container's
 args keep everything the benchmark did not search and get the recommended values of what it did
-(`jouletune.engine.merge_args`).
+(`jouletune.engine.merge_args`); a knob recommended at vLLM's default (`maxNumBatchedTokens`,
+`apiServerCount` null) loses the container's own flag, as the trial that measured it ran.
 
 A recommended GPU power limit or SM clock lock is applied and held for real: the patch adds
 `jouletune exporter --power-limit-w W --lock-sm-clock-mhz T` (each flag only when recommended)
@@ -47,7 +48,7 @@ from jouletune.operator._kube import KubeApi
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
 from jouletune.operator._status import BenchmarkStatus, Condition, Phase, now_iso
 from jouletune.operator._table import COND_ADOPTED, COND_COMPLETE, COND_PROGRESSING, set_failed
-from jouletune.tuner import BenchmarkSpec, Recommendation
+from jouletune.tuner import BenchmarkSpec, Recommendation, serve_args
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
@@ -243,7 +244,10 @@ def deployment_patch(
     """
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     current = _container(deployment, container)
-    args = merge_args(current.get("args") or [spec.model], rec.artifacts.vllm_serve_args)
+    # A knob recommended at vLLM's default is measured without its flag: the server drops its.
+    defaulted = serve_args(rec.recommended.point, spec).knobs_left_to_vllm()
+    existing = current.get("args") or [spec.model]
+    args = merge_args(existing, rec.artifacts.vllm_serve_args, drop=defaulted)
     patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
     held = _Held(watts=rec.artifacts.power_limit_w, mhz=rec.artifacts.sm_clock_mhz)
     if held.watts is not None or held.mhz is not None:

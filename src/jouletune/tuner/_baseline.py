@@ -82,5 +82,6 @@ def resolve_baseline(
         tensor_parallel_size=tp or min(spec.search_space.tensor_parallel_size),
         max_num_seqs=seqs,
         max_num_batched_tokens=batched,
+        api_server_count=given.api_server_count,
     )
     return Baseline(point=point, source=" + ".join(parts))

@@ -3,9 +3,9 @@
 Two regularities of LLM serving make the boundary cheap to find (the H100 calibration shows
 both): raising max_num_seqs lowers J/output-token and raises per-token latency, and lowering
 a binding power cap lowers J/output-token and raises latency. So the feasible region, per
-server family (tensor parallelism, max_num_batched_tokens), is max_num_seqs at or below a
-boundary s*, with a cap no lower than a boundary cap for each, and the minimum-energy point
-sits on that boundary. The search:
+server family (tensor parallelism, max_num_batched_tokens, API servers), is max_num_seqs at
+or below a boundary s*, with a cap no lower than a boundary cap for each, and the
+minimum-energy point sits on that boundary. The search:
 
 1. brackets s* over max_num_seqs, uncapped (one server start each): at the midpoint until
    both ends of the bracket are measured, then at the largest value under the SLO crossing of
@@ -116,12 +116,14 @@ def gpu_ladders(caps: Sequence[float | None], clocks: Sequence[int | None]) -> l
 class _Family:
     tensor_parallel_size: int
     max_num_batched_tokens: int | None
+    api_server_count: int | None
 
     def point(self, seqs: int, cap: float | None = None) -> Point:
         return Point(
             tensor_parallel_size=self.tensor_parallel_size,
             max_num_seqs=seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            api_server_count=self.api_server_count,
             power_limit_w=cap,
         )
 
@@ -261,9 +263,10 @@ def _usable(records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 def _families(grid: SearchGrid) -> list[_Family]:
     return [
-        _Family(tp, mbt)
+        _Family(tp, mbt, api)
         for tp in grid.tensor_parallel_sizes
         for mbt in grid.max_num_batched_tokens_choices
+        for api in grid.api_server_count_choices
     ]
 
 
@@ -402,6 +405,7 @@ def _in_family(record: TrialRecord, family: _Family) -> bool:
     return (
         record.point.tensor_parallel_size == family.tensor_parallel_size
         and record.point.max_num_batched_tokens == family.max_num_batched_tokens
+        and record.point.api_server_count == family.api_server_count
     )
 
 

@@ -109,6 +109,10 @@ def sampler(spec: BenchmarkSpec) -> BaseSampler:
     return RandomSampler(seed=spec.seed)
 
 
+# Knobs added after studies had been stored (clock locks, API-server counts).
+_LATER_KNOBS = ("sm_clock_mhz", "api_server_count")
+
+
 def fingerprint(spec: BenchmarkSpec, *, read_only: bool, baseline: Point) -> str:
     """What a resumed study must share with the stored one: everything that shapes results."""
     keep = spec.model_dump(
@@ -117,9 +121,10 @@ def fingerprint(spec: BenchmarkSpec, *, read_only: bool, baseline: Point) -> str
     )
     keep["read_only"] = read_only
     keep["baseline"] = baseline.model_dump(mode="json")
-    # Studies stored before clock locks existed keep their fingerprint while none is searched.
-    if not keep["search_space"]["sm_clock_mhz"]:
-        del keep["search_space"]["sm_clock_mhz"]
-    if baseline.sm_clock_mhz is None:
-        del keep["baseline"]["sm_clock_mhz"]
+    # Studies stored before a knob existed keep their fingerprint while it is not searched.
+    for knob in _LATER_KNOBS:
+        if not keep["search_space"][knob]:
+            del keep["search_space"][knob]
+        if getattr(baseline, knob) is None:
+            del keep["baseline"][knob]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -74,6 +74,8 @@ def plot_label(point: Point) -> str:
     parts.append(f"seqs {point.max_num_seqs}")
     if point.max_num_batched_tokens is not None:
         parts.append(f"mbt {point.max_num_batched_tokens}")
+    if point.api_server_count is not None:
+        parts.append(f"{point.api_server_count} API servers")
     cap = point.power_limit_w
     parts.append("no cap" if cap is None else f"{cap:g} W")
     if point.sm_clock_mhz is not None:

@@ -24,6 +24,8 @@ class Point(BaseModel):
         tensor_parallel_size: GPUs the server shards the model over.
         max_num_seqs: most sequences in one engine step (vLLM's batch bound).
         max_num_batched_tokens: most tokens in one engine step; None keeps vLLM's default.
+        api_server_count: API-server processes in front of the engine (vLLM's
+            `--api-server-count`); None keeps vLLM's default (one, with one engine).
         power_limit_w: per-GPU power cap, watts; None leaves the GPU's limit as found (the
             baseline's "no cap", and the only value in read-only mode).
         sm_clock_mhz: the SM clock every GPU is locked at (`nvidia-smi -lgc T,T`), MHz; None
@@ -40,6 +42,7 @@ class Point(BaseModel):
     tensor_parallel_size: Annotated[int, Field(ge=1)]
     max_num_seqs: Annotated[int, Field(ge=1)]
     max_num_batched_tokens: Annotated[int, Field(ge=1)] | None = None
+    api_server_count: Annotated[int, Field(ge=1)] | None = None
     power_limit_w: Annotated[float, Field(gt=0)] | None = Field(
         None, description="per-GPU cap, W; null leaves the limit as found"
     )
@@ -78,6 +81,8 @@ class Point(BaseModel):
         text = f"tp{self.tensor_parallel_size} seqs{self.max_num_seqs}"
         if self.max_num_batched_tokens is not None:
             text += f" mbt{self.max_num_batched_tokens}"
+        if self.api_server_count is not None:
+            text += f" api{self.api_server_count}"
         return text
 
     def run_order(self) -> tuple[Any, ...]:
@@ -85,5 +90,6 @@ class Point(BaseModel):
         then clock locks from high to low."""
         cap = -math.inf if self.power_limit_w is None else -self.power_limit_w
         lock = -math.inf if self.sm_clock_mhz is None else -self.sm_clock_mhz
-        mbt = self.max_num_batched_tokens
-        return (self.tensor_parallel_size, self.max_num_seqs, mbt is not None, mbt or 0, cap, lock)
+        mbt, api = self.max_num_batched_tokens, self.api_server_count
+        server = (self.tensor_parallel_size, self.max_num_seqs, mbt is not None, mbt or 0)
+        return (*server, api is not None, api or 0, cap, lock)

@@ -31,6 +31,7 @@ def serve_args(
         tensor_parallel_size=point.tensor_parallel_size,
         max_num_seqs=point.max_num_seqs,
         max_num_batched_tokens=point.max_num_batched_tokens,
+        api_server_count=point.api_server_count,
         max_model_len=spec.engine.max_model_len,
         extra=tuple(spec.engine.args),
     )
@@ -46,6 +47,8 @@ class SearchGrid:
         # None is vLLM's default; like the baseline's values it joins the searched ones.
         mbt = {*space.max_num_batched_tokens, baseline.max_num_batched_tokens} - {None}
         self._mbt: list[int | None] = [None, *sorted(v for v in mbt if v is not None)]
+        api = {*space.api_server_count, baseline.api_server_count} - {None}
+        self._api: list[int | None] = [None, *sorted(v for v in api if v is not None)]
         caps = [] if read_only else sorted(set(space.power_limit_w), reverse=True)
         # None first: "as found" is the highest limit a search can meet, caps go downwards.
         self._power: list[float | None] = [None, *caps]
@@ -79,12 +82,18 @@ class SearchGrid:
         """max_num_batched_tokens values, None (vLLM's default) first."""
         return self._mbt
 
+    @property
+    def api_server_count_choices(self) -> Sequence[int | None]:
+        """API-server counts, None (vLLM's default) first."""
+        return self._api
+
     def distributions(self) -> dict[str, BaseDistribution]:
         """One categorical per `Point` field, in the field order."""
         choices: dict[str, Sequence[int | float | None]] = {
             "tensor_parallel_size": self._tp,
             "max_num_seqs": self._seqs,
             "max_num_batched_tokens": self._mbt,
+            "api_server_count": self._api,
             "power_limit_w": self._power,
             "sm_clock_mhz": self._clocks,
         }
@@ -100,15 +109,16 @@ class SearchGrid:
                 tensor_parallel_size=tp,
                 max_num_seqs=seqs,
                 max_num_batched_tokens=mbt,
+                api_server_count=api,
                 power_limit_w=power,
                 sm_clock_mhz=clock,
             )
-            for tp, seqs, mbt, power, clock in itertools.product(
-                self._tp, self._seqs, self._mbt, self._power, self._clocks
+            for tp, seqs, mbt, api, power, clock in itertools.product(
+                self._tp, self._seqs, self._mbt, self._api, self._power, self._clocks
             )
         ]
 
     def size(self) -> int:
         """How many points the space holds."""
-        servers = len(self._tp) * len(self._seqs) * len(self._mbt)
+        servers = len(self._tp) * len(self._seqs) * len(self._mbt) * len(self._api)
         return servers * len(self._power) * len(self._clocks)

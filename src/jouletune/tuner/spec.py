@@ -142,6 +142,11 @@ class SearchSpace(_Model):
     max_num_batched_tokens: list[Annotated[int, Field(ge=16)]] = Field(
         default_factory=list, description="empty keeps vLLM's default"
     )
+    api_server_count: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=list,
+        description="API-server processes to try (vLLM's --api-server-count); at high"
+        " concurrency one can hold the batch back. Empty keeps vLLM's default (one)",
+    )
 
 
 class BaselineSpec(_Model):
