@@ -263,6 +263,13 @@ _FIELD_OF_FLAG = {
 }
 
 
+def named_flags(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """The flags of `argv` that `ServeArgs` has fields for (`--max-num-seqs`, `--port`, ...),
+    each as spelled there with its field's name."""
+    flags = [arg.split("=", 1)[0] for arg in argv]
+    return [(flag, _FIELD_OF_FLAG[flag]) for flag in flags if flag in _FIELD_OF_FLAG]
+
+
 def _typed(values: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field, text in values.items():

@@ -31,6 +31,17 @@ from jouletune.tuner import Point, SpecError, bench_config, load_spec, parse_spe
         ),
         ({"searchSpace": {"smClockMhz": [1410.5]}}, "spec.searchSpace.smClockMhz.0: Input"),
         (
+            {"engine": {"args": ["--enforce-eager", "--max-num-seqs=8"]}},
+            "spec: engine.args sets --max-num-seqs, which each trial sets itself",
+        ),
+        (
+            {
+                "engine": {"args": ["--api-server-count", "4"]},
+                "searchSpace": {"apiServerCount": [2]},
+            },
+            "spec: engine.args sets --api-server-count, which each trial sets itself",
+        ),
+        (
             {"gpu": {"count": 1}, "searchSpace": {"tensorParallelSize": [1, 2]}},
             "spec: searchSpace.tensorParallelSize [2] exceeds gpu.count=1",
         ),
@@ -53,6 +64,11 @@ def test_errors_name_the_field_path(data: dict[str, object], line: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_spec(data)
     assert line in str(info.value)
+
+
+def test_an_unsearched_knob_may_be_fixed_in_engine_args() -> None:
+    spec = parse_spec({"engine": {"args": ["--api-server-count", "4", "--enforce-eager"]}})
+    assert spec.engine.args == ["--api-server-count", "4", "--enforce-eager"]
 
 
 def test_every_error_is_reported_one_per_line() -> None:

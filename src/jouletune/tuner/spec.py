@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from jouletune.engine import IMAGE
+from jouletune.engine import IMAGE, named_flags
 from jouletune.loadgen import EnergySource, ValidityThresholds
 from jouletune.tuner._kube import KubeTypeError
 from jouletune.tuner._podspec import (
@@ -341,7 +341,21 @@ class BenchmarkSpec(_Model):
             )
         self._model_path_is_servable()
         self._energy_sees_the_gpus()
+        self._engine_args_leave_the_knobs()
         return self
+
+    def _engine_args_leave_the_knobs(self) -> None:
+        # vLLM takes a repeated flag's last value, and engine.args come last: a flag here that
+        # a trial sets (a searched knob, the context length, where it listens) would silently
+        # override every trial's own value. An unsearched knob (an empty list) may be fixed.
+        clash = [
+            f for f, field in named_flags(self.engine.args) if getattr(self.search_space, field, 1)
+        ]
+        if clash:
+            raise ValueError(
+                f"engine.args sets {', '.join(clash)}, which each trial sets itself (searchSpace,"
+                " engine.maxModelLen or the runner): remove it"
+            )
 
     def _energy_sees_the_gpus(self) -> None:
         energy = self.energy
