@@ -33,6 +33,7 @@ from jouletune.tuner import (
 )
 from jouletune.tuner._plot import plot_label
 from jouletune.tuner._provenance import (
+    PREDICTED_API_SERVER_CAVEAT,
     PREDICTED_CLOCK_CAVEAT,
     PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
@@ -230,6 +231,22 @@ def test_a_predicted_itl_at_varied_lengths_is_labelled(
     rec = recommend(spec=spec, records=records, finalists=[small, large], done=True)
     assert (PREDICTED_ITL_CAVEAT in rec.caveats) is caveat
     assert PREDICTED_TTFT_CAVEAT not in rec.caveats
+
+
+@pytest.mark.parametrize(
+    ("kind", "counts", "caveat"),
+    [("predicted", [2], True), ("predicted", [], False), ("measured", [2], False)],
+)
+def test_a_predicted_api_server_count_is_labelled(
+    kind: str, counts: list[int], caveat: bool
+) -> None:
+    provenance = Provenance(kind=kind, gpu="h100-80gb", engine="vLLM", jouletune_version="0.1")
+    one = Point(tensor_parallel_size=1, max_num_seqs=512)
+    two = one.model_copy(update={"api_server_count": 2 if counts else None, "max_num_seqs": 256})
+    records = [_trial(0, one, 0.05, provenance), _trial(1, two, 0.04, provenance)]
+    spec = parse_spec({"searchSpace": {"maxNumSeqs": [256, 512], "apiServerCount": counts}})
+    rec = recommend(spec=spec, records=records, finalists=[one, two], done=True)
+    assert (PREDICTED_API_SERVER_CAVEAT in rec.caveats) is caveat
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAP_EVIDENCE",
+    "PREDICTED_API_SERVER_CAVEAT",
     "PREDICTED_CAP_CAVEAT",
     "PREDICTED_CLOCK_CAVEAT",
     "PREDICTED_ITL_CAVEAT",
@@ -148,6 +149,14 @@ PREDICTED_ITL_CAVEAT = (
     "API server is the bottleneck, it misses by 14% to 47% (docs/validation.md). "
     "Measure ITL on the serving host (`jouletune tune --backend local`) before relying on an "
     "ITL bound."
+)
+
+PREDICTED_API_SERVER_CAVEAT = (
+    "What the API-server count does is the simulator's prediction, and it predicts less than "
+    "vLLM did: at 512 streams on a real H100 a second API server filled the batch one server "
+    "had held at 302 of 512 and cut J/output-token 14.7%; the simulator's one server held "
+    "323 and a second saved 1.8% (docs/validation.md). Search apiServerCount on the serving "
+    "host (`jouletune tune --backend local`, or backend vllm) before choosing a count."
 )
 
 

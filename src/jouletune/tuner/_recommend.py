@@ -20,6 +20,7 @@ from jouletune.tuner._figures import TrialFigures
 from jouletune.tuner._pareto import pareto_front
 from jouletune.tuner._point import Point
 from jouletune.tuner._provenance import (
+    PREDICTED_API_SERVER_CAVEAT,
     PREDICTED_ITL_CAVEAT,
     PREDICTED_TTFT_CAVEAT,
     Provenance,
@@ -302,7 +303,8 @@ def _caveats(
     """A power cap's or clock lock's saving from the simulator is a prediction: until a
     calibrated profile of the GPU under them exists, say so, with the published evidence;
     with one, say which. So is a TTFT the answer rests on (an SLO or the objective), the
-    simulator's weakest figure, and an ITL where request lengths vary."""
+    simulator's weakest figure, an ITL where request lengths vary, and whatever a searched
+    API-server count did."""
     if provenance is None or not provenance.predicted:
         return []
     caveats = []
@@ -316,6 +318,8 @@ def _caveats(
     lengths_vary = spec.workload.dataset != "random" or spec.workload.range_ratio > 0
     if lengths_vary and any(m.startswith("itl") for m in metrics):
         caveats.append(PREDICTED_ITL_CAVEAT)
+    if spec.search_space.api_server_count:
+        caveats.append(PREDICTED_API_SERVER_CAVEAT)
     return caveats
 
 
