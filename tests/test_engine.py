@@ -12,6 +12,7 @@ from jouletune.engine import (
     installed_defaults,
     installed_version,
     merge_args,
+    named_flags,
     split_flags,
     vllm_command,
 )
@@ -29,11 +30,30 @@ def test_the_api_server_count_is_a_flag_both_ways_and_left_to_vllm_when_unset() 
     args = ServeArgs.parse(["m", "--api-server-count=2", "--max-num-seqs", "512"])
     assert (args.api_server_count, args.max_num_seqs, args.extra) == (2, 512, ())
     assert args.flags() == ["--max-num-seqs", "512", "--api-server-count", "2"]
-    assert args.knobs_left_to_vllm() == ["--max-num-batched-tokens"]
+    assert args.knobs_left_to_vllm() == [("--max-num-batched-tokens", "max_num_batched_tokens")]
     unset = ServeArgs(model="m", max_num_seqs=8, port=8000)
-    assert unset.knobs_left_to_vllm() == ["--max-num-batched-tokens", "--api-server-count"]
+    assert [flag for flag, _ in unset.knobs_left_to_vllm()] == [
+        "--max-num-batched-tokens",
+        "--api-server-count",
+    ]
     with pytest.raises(ValueError, match="--api-server-count needs an integer, got 'two'"):
         ServeArgs.parse(["m", "--api-server-count", "two"])
+
+
+def test_underscore_spellings_are_vllms_flags_too() -> None:
+    # vLLM's parser reads --max_num_seqs as --max-num-seqs.
+    assert ServeArgs.parse(["m", "--max_num_seqs", "96", "--api_server_count=2"]) == ServeArgs(
+        model="m", max_num_seqs=96, api_server_count=2
+    )
+    assert named_flags(["--enforce-eager", "--max_num_seqs=8", "-tp", "2"]) == [
+        ("--max_num_seqs", "max_num_seqs"),
+        ("-tp", "tensor_parallel_size"),
+    ]
+    assert merge_args(["m", "--max_num_seqs", "9"], ["--max-num-seqs", "64"]) == [
+        "m",
+        "--max-num-seqs",
+        "64",
+    ]
 
 
 def test_merge_drops_a_knob_left_to_vllms_default() -> None:

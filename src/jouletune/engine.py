@@ -192,10 +192,14 @@ class ServeArgs:
         out = [part for flag, value in valued if value is not None for part in (flag, str(value))]
         return [*out, *self.extra]
 
-    def knobs_left_to_vllm(self) -> list[str]:
-        """The searched knobs' flags this command line leaves out so that vLLM's default
-        applies: a running server adopting it must drop its own value of them."""
-        return [flag for flag, value in self._valued() if flag in _DEFAULTABLE and value is None]
+    def knobs_left_to_vllm(self) -> list[tuple[str, str]]:
+        """The knobs this command line leaves out so that vLLM's default applies, as (flag,
+        field name): a server adopting it drops its own value of those the search tried."""
+        return [
+            (flag, _FIELD_OF_FLAG[flag])
+            for flag, value in self._valued()
+            if flag in _DEFAULTABLE and value is None
+        ]
 
     def _valued(self) -> tuple[tuple[str, int | str | None], ...]:
         return (
@@ -232,7 +236,7 @@ class ServeArgs:
         while i < len(argv):
             arg = argv[i]
             flag, eq, inline = arg.partition("=")
-            field = _FIELD_OF_FLAG.get(flag)
+            field = _FIELD_OF_FLAG.get(_canonical(flag))
             if field is None:
                 if not arg.startswith("-") and not model and not extra:
                     model = arg
@@ -267,7 +271,16 @@ def named_flags(argv: Sequence[str]) -> list[tuple[str, str]]:
     """The flags of `argv` that `ServeArgs` has fields for (`--max-num-seqs`, `--port`, ...),
     each as spelled there with its field's name."""
     flags = [arg.split("=", 1)[0] for arg in argv]
-    return [(flag, _FIELD_OF_FLAG[flag]) for flag in flags if flag in _FIELD_OF_FLAG]
+    return [
+        (flag, _FIELD_OF_FLAG[_canonical(flag)])
+        for flag in flags
+        if _canonical(flag) in _FIELD_OF_FLAG
+    ]
+
+
+def _canonical(flag: str) -> str:
+    """vLLM's spelling of a long flag: its parser reads `--max_num_seqs` as `--max-num-seqs`."""
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
 
 
 def _typed(values: dict[str, str]) -> dict[str, Any]:
@@ -307,12 +320,12 @@ def merge_args(
 ) -> list[str]:
     """`existing` without the flags `recommended` sets or `drop` names (as `--f v` or
     `--f=v`), then `recommended`: a container keeps its model, port and every other flag."""
-    ours = {a.split("=", 1)[0] for a in recommended if a.startswith("--")} | set(drop)
+    ours = {_canonical(a.split("=", 1)[0]) for a in [*recommended, *drop] if a.startswith("--")}
     kept: list[str] = []
     i = 0
     while i < len(existing):
         arg = existing[i]
-        if arg.split("=", 1)[0] in ours:
+        if _canonical(arg.split("=", 1)[0]) in ours:
             i += 2 if _takes_value(arg) and i + 1 < len(existing) else 1
             continue
         kept.append(arg)

@@ -136,8 +136,13 @@ def test_the_deployment_patch_keeps_other_args_and_carries_gpus_and_cap() -> Non
     assert "metadata" not in uncapped["spec"]["template"]
 
 
-def test_a_knob_recommended_at_vllms_default_drops_the_containers_own_flag() -> None:
-    # The trial measured one API server (vLLM's default, no flag): the adopted server runs one.
+@pytest.mark.parametrize(("searched", "kept"), [([2], False), ([], True)])
+def test_a_searched_knob_recommended_at_vllms_default_drops_the_containers_own_flag(
+    searched: list[int], kept: bool
+) -> None:
+    # The search tried two API servers and recommends one (vLLM's default, no flag): the
+    # adopted server runs one, as measured. A knob the search never tried stays as it was.
+    spec = parse_spec({"model": "org/model", "searchSpace": {"apiServerCount": searched}})
     deployment = {
         "spec": {
             "template": {
@@ -150,11 +155,11 @@ def test_a_knob_recommended_at_vllms_default_drops_the_containers_own_flag() -> 
         }
     }
     patch = deployment_patch(
-        deployment, spec=SPEC, rec=recommendation(None), container="vllm", settings=SETTINGS
+        deployment, spec=spec, rec=recommendation(None), container="vllm", settings=SETTINGS
     )
     (container,) = patch["spec"]["template"]["spec"]["containers"]
-    assert "--api-server-count" not in container["args"]
-    assert container["args"][:3] == ["org/model", "--tensor-parallel-size", "1"]
+    assert ("--api-server-count" in container["args"]) is kept
+    assert container["args"][0] == "org/model" and "--max-num-seqs" in container["args"]
 
 
 def test_a_missing_container_is_named() -> None:

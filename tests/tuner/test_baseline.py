@@ -68,6 +68,19 @@ def test_the_users_api_server_count_joins_the_searched_ones() -> None:
     assert baseline.point.server_label() == "tp1 seqs512 api4"
 
 
+def test_one_api_server_is_vllms_default_not_a_second_server() -> None:
+    spec = parse_spec(
+        {
+            "searchSpace": {"apiServerCount": [1, 2]},
+            "baseline": {"serveArgs": ["--max-num-seqs", "64", "--api-server-count", "1"]},
+        }
+    )
+    baseline = resolve_baseline(spec, defaults=None)
+    assert baseline.point.api_server_count is None
+    grid = SearchGrid(spec=spec, baseline=baseline.point)
+    assert list(grid.api_server_count_choices) == [None, 2]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

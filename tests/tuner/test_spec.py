@@ -66,6 +66,27 @@ def test_errors_name_the_field_path(data: dict[str, object], line: str) -> None:
     assert line in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "flag"),
+    [
+        ({"engine": {"args": ["-tp", "2"]}}, "-tp"),
+        ({"engine": {"args": ["--port=9000"]}}, "--port"),
+        ({"engine": {"args": ["--max_model_len", "8192"]}}, "--max_model_len"),
+        (
+            {
+                "engine": {"args": ["--api-server-count", "1"]},
+                "baseline": {"serveArgs": ["--api-server-count", "4"]},
+            },
+            "--api-server-count",
+        ),
+    ],
+)
+def test_engine_args_may_not_set_what_a_trial_sets(data: dict[str, object], flag: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    assert f"spec: engine.args sets {flag}, which each trial sets itself" in str(info.value)
+
+
 def test_an_unsearched_knob_may_be_fixed_in_engine_args() -> None:
     spec = parse_spec({"engine": {"args": ["--api-server-count", "4", "--enforce-eager"]}})
     assert spec.engine.args == ["--api-server-count", "4", "--enforce-eager"]

@@ -5,8 +5,9 @@ Always: a ConfigMap `<benchmark>-recommendation` with the `vllm serve` flags, th
 the SM clock lock and a strategic-merge patch for a vLLM container. With `spec.adopt.mode:
 Apply` and a `targetRef`, the operator applies that patch to the Deployment: the container's
 args keep everything the benchmark did not search and get the recommended values of what it did
-(`jouletune.engine.merge_args`); a knob recommended at vLLM's default (`maxNumBatchedTokens`,
-`apiServerCount` null) loses the container's own flag, as the trial that measured it ran.
+(`jouletune.engine.merge_args`); a knob the search tried at a value and recommends at vLLM's
+default (`maxNumBatchedTokens`, `apiServerCount` null) loses the container's own flag, as the
+trial that measured it ran.
 
 A recommended GPU power limit or SM clock lock is applied and held for real: the patch adds
 `jouletune exporter --power-limit-w W --lock-sm-clock-mhz T` (each flag only when recommended)
@@ -244,10 +245,8 @@ def deployment_patch(
     """
     assert rec.artifacts is not None and rec.recommended is not None, "no recommendation"
     current = _container(deployment, container)
-    # A knob recommended at vLLM's default is measured without its flag: the server drops its.
-    defaulted = serve_args(rec.recommended.point, spec).knobs_left_to_vllm()
     existing = current.get("args") or [spec.model]
-    args = merge_args(existing, rec.artifacts.vllm_serve_args, drop=defaulted)
+    args = merge_args(existing, rec.artifacts.vllm_serve_args, drop=_defaulted(spec, rec))
     patch = _container_patch(container, args, rec.recommended.point.tensor_parallel_size)
     held = _Held(watts=rec.artifacts.power_limit_w, mhz=rec.artifacts.sm_clock_mhz)
     if held.watts is not None or held.mhz is not None:
@@ -255,6 +254,20 @@ def deployment_patch(
     elif any(c.get("name") == SIDECAR for c in _pod_spec(deployment).get("initContainers") or []):
         _remove_holder(patch, current, annotated=_annotations(deployment))
     return patch
+
+
+def _defaulted(spec: BenchmarkSpec, rec: Recommendation) -> list[str]:
+    """The flags of knobs the search tried at a value (listed in the space, or the baseline's)
+    that the recommendation leaves at vLLM's default: it was measured without them, so the
+    server drops its own."""
+    assert rec.recommended is not None
+    base = rec.baseline.point if rec.baseline is not None else None
+    left = serve_args(rec.recommended.point, spec).knobs_left_to_vllm()
+    return [
+        flag
+        for flag, field in left
+        if getattr(spec.search_space, field) or (base and getattr(base, field) is not None)
+    ]
 
 
 @dataclass(frozen=True)

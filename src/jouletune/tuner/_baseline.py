@@ -82,6 +82,7 @@ def resolve_baseline(
         tensor_parallel_size=tp or min(spec.search_space.tensor_parallel_size),
         max_num_seqs=seqs,
         max_num_batched_tokens=batched,
-        api_server_count=given.api_server_count,
+        # One is vLLM's default: the same server as none given.
+        api_server_count=None if given.api_server_count == 1 else given.api_server_count,
     )
     return Baseline(point=point, source=" + ".join(parts))

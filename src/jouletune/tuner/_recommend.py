@@ -243,7 +243,9 @@ def recommend(
         artifacts=artifacts(best.point, spec),
         finalists=[by_point[f] for f in finalists if f in by_point],
         closest=[],
-        caveats=_caveats(best, common["provenance"], spec, sim_profile),
+        caveats=_caveats(
+            best, common["provenance"], spec, sim_profile, counts=_api_counts(records)
+        ),
         **common,
     )
 
@@ -294,17 +296,24 @@ def _summarize(point: Point, group: Sequence[TrialRecord], spec: BenchmarkSpec) 
     )
 
 
+def _api_counts(records: Sequence[TrialRecord]) -> int:
+    """How many API-server counts the study tried."""
+    return len({r.point.api_server_count for r in records})
+
+
 def _caveats(
     best: PointSummary,
     provenance: Provenance | None,
     spec: BenchmarkSpec,
     profile: SimProfile | None,
+    *,
+    counts: int,
 ) -> list[str]:
     """A power cap's or clock lock's saving from the simulator is a prediction: until a
     calibrated profile of the GPU under them exists, say so, with the published evidence;
     with one, say which. So is a TTFT the answer rests on (an SLO or the objective), the
-    simulator's weakest figure, an ITL where request lengths vary, and whatever a searched
-    API-server count did."""
+    simulator's weakest figure, an ITL where request lengths vary, and the choice between the
+    API-server counts it tried (`counts`)."""
     if provenance is None or not provenance.predicted:
         return []
     caveats = []
@@ -318,7 +327,7 @@ def _caveats(
     lengths_vary = spec.workload.dataset != "random" or spec.workload.range_ratio > 0
     if lengths_vary and any(m.startswith("itl") for m in metrics):
         caveats.append(PREDICTED_ITL_CAVEAT)
-    if spec.search_space.api_server_count:
+    if counts > 1:
         caveats.append(PREDICTED_API_SERVER_CAVEAT)
     return caveats
 

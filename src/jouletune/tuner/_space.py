@@ -47,7 +47,8 @@ class SearchGrid:
         # None is vLLM's default; like the baseline's values it joins the searched ones.
         mbt = {*space.max_num_batched_tokens, baseline.max_num_batched_tokens} - {None}
         self._mbt: list[int | None] = [None, *sorted(v for v in mbt if v is not None)]
-        api = {*space.api_server_count, baseline.api_server_count} - {None}
+        # One API server is vLLM's default (with one engine): the same server as None.
+        api = {*space.api_server_count, baseline.api_server_count} - {None, 1}
         self._api: list[int | None] = [None, *sorted(v for v in api if v is not None)]
         caps = [] if read_only else sorted(set(space.power_limit_w), reverse=True)
         # None first: "as found" is the highest limit a search can meet, caps go downwards.

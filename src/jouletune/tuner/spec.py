@@ -347,9 +347,13 @@ class BenchmarkSpec(_Model):
     def _engine_args_leave_the_knobs(self) -> None:
         # vLLM takes a repeated flag's last value, and engine.args come last: a flag here that
         # a trial sets (a searched knob, the context length, where it listens) would silently
-        # override every trial's own value. An unsearched knob (an empty list) may be fixed.
+        # override every trial's own value. A knob neither listed (an empty list) nor in the
+        # baseline's flags may be fixed there.
+        baseline = {field for _, field in named_flags(self.baseline.serve_args)}
         clash = [
-            f for f, field in named_flags(self.engine.args) if getattr(self.search_space, field, 1)
+            flag
+            for flag, field in named_flags(self.engine.args)
+            if getattr(self.search_space, field, True) or field in baseline
         ]
         if clash:
             raise ValueError(
