@@ -104,3 +104,16 @@ def test_a_baseline_that_cannot_be_known_is_one_line(spec: dict[str, object], me
 def test_from_target_needs_a_target() -> None:
     with pytest.raises(SpecError, match=r"baseline\.fromTarget needs adopt\.targetRef"):
         parse_spec({"baseline": {"fromTarget": True}})
+
+
+def test_a_deployments_flag_that_engine_args_override_is_one_line() -> None:
+    # fromTarget: the operator reads the Deployment's args, which the spec never saw.
+    spec = parse_spec({"engine": {"args": ["--api-server-count", "1"]}})
+    with pytest.raises(BaselineError) as err:
+        resolve_baseline(
+            spec, defaults=None, serve_args=["--max-num-seqs", "256", "--api-server-count=4"]
+        )
+    assert str(err.value) == (
+        "engine.args sets --api-server-count, which the baseline's serve args set too and each"
+        " trial sets itself: remove it from engine.args"
+    )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from jouletune.engine import EngineDefaults, ServeArgs, engine_defaults
+from jouletune.engine import EngineDefaults, ServeArgs, engine_defaults, named_flags
 from jouletune.gpu.simulated import gpu_model
 from jouletune.tuner._point import Point
 from jouletune.tuner.spec import BenchmarkSpec
@@ -72,6 +72,14 @@ def resolve_baseline(
         given = ServeArgs.parse(argv)
     except ValueError as err:
         raise BaselineError(f"the baseline's serve args: {err}") from None
+    # A Deployment's flags (read by the operator) reach here unvalidated by the spec: a knob
+    # they set joins the search, and engine.args, which come last, would override it.
+    ours = {field for _, field in named_flags(argv)}
+    if clash := [flag for flag, field in named_flags(spec.engine.args) if field in ours]:
+        raise BaselineError(
+            f"engine.args sets {', '.join(clash)}, which the baseline's serve args set too and"
+            " each trial sets itself: remove it from engine.args"
+        )
     seqs, batched, tp = given.max_num_seqs, given.max_num_batched_tokens, given.tensor_parallel_size
     parts = [f"`{' '.join(argv)}`"] if argv else []
     if seqs is None:
