@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from jouletune.calibrate import PlanPoint, Workload
 from jouletune.calibrate.cli import main
-from tests.calibrate.hidden import MODEL
+from jouletune.gpu.simulated import gpu_model
+from jouletune.sim import DEFAULT_PERF, ClosedLoopReplay, builtin_parameters
+from tests.calibrate.hidden import MODEL, h100_setup
 from tests.calibrate.test_cli import _plan
 from tests.procs import Proc, sim_exporter, sim_server
 
 SERVER_SEQS = 4
+BUILT_IN = builtin_parameters(gpu_model("h100-80gb"), DEFAULT_PERF)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +67,7 @@ def test_a_smaller_server_batch_is_noted_and_fitted_again_with_the_flag(
         # the saved points sent 128 + 64 tokens a request: the server took at least that many
         (["--max-model-len", "100"], ["--max-model-len 100", "192"]),
         (["--max-num-seqs", "8", "--max-num-batched-tokens", "4"], ["below max_num_seqs 8"]),
+        (["--api-server-count", "0"], ["--api-server-count 0", "greater than or equal to 1"]),
     ],
 )
 def test_fit_only_refuses_server_flags_the_points_contradict_in_one_line(
@@ -75,3 +80,13 @@ def test_fit_only_refuses_server_flags_the_points_contradict_in_one_line(
     for word in words:
         assert word in line, line
     assert (tmp_path / "plan.json").read_text() == saved.model_dump_json()  # left as it was
+
+
+def test_the_replay_runs_as_many_api_servers_as_the_server() -> None:
+    # A server started with --api-server-count 2 is replayed with two (each takes in and
+    # streams half the requests), not vLLM's default one.
+    setup = h100_setup()
+    two = replace(setup, server=setup.server.model_copy(update={"api_server_count": 2}))
+    assert setup.engine_config(BUILT_IN).api_server_count == 1
+    assert two.engine_config(BUILT_IN).api_server_count == 2
+    assert len(ClosedLoopReplay(two.engine_config(BUILT_IN)).engine.api_servers) == 2

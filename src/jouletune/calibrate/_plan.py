@@ -103,6 +103,8 @@ class ServerSettings(_Model):
         gpu_memory_utilization: fraction of GPU memory the engine may use.
         tensor_parallel_size: GPUs the server runs on.
         enable_prefix_caching: whether the engine reuses cached prefixes.
+        api_server_count: API-server processes in front of the engine (vLLM's
+            `--api-server-count`).
     """
 
     model: str
@@ -113,6 +115,7 @@ class ServerSettings(_Model):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)]
     tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
     enable_prefix_caching: bool = True
+    api_server_count: Annotated[int, Field(ge=1)] = 1
 
 
 class CalibrationPlan(_Model):

@@ -67,6 +67,7 @@ class SimSetup:
             gpu_memory_utilization=self.server.gpu_memory_utilization,
             perf=perf,
             enable_prefix_caching=self.server.enable_prefix_caching,
+            api_server_count=self.server.api_server_count,
         )
 
 

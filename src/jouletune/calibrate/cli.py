@@ -91,7 +91,12 @@ _CLOCK_ROUND_MHZ = 15
 _MAX_STREAMS = 16384
 # The server's engine flags that default to vLLM's own when not given (`ServerSettings`
 # fields; the context limit, which the server reports, is taken apart).
-_DEFAULTED_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+_DEFAULTED_FLAGS = (
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "gpu_memory_utilization",
+    "api_server_count",
+)
 T = TypeVar("T")
 
 
@@ -146,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         "--fit-only",
         action="store_true",
         help="fit OUT's saved points again (--model, --max-num-seqs, --max-num-batched-tokens, "
-        "--max-model-len and --gpu-memory-utilization, where given, replace the plan's)",
+        "--max-model-len, --gpu-memory-utilization and --api-server-count, where given, replace "
+        "the plan's)",
     )
     p.add_argument(
         "--concurrency", type=_ints, default=DEFAULT_CONCURRENCY,
@@ -201,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the server's (default: what it reports, else the model's)",
     )
     p.add_argument("--gpu-memory-utilization", type=float, help="the server's (default: vLLM's)")
+    p.add_argument("--api-server-count", type=int, help="the server's (default: vLLM's, 1)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     return p
@@ -483,6 +490,7 @@ def _server(args: argparse.Namespace, target: Target, gpu_key: str) -> ServerSet
         gpu_memory_utilization=_given(args.gpu_memory_utilization, defaults.gpu_memory_utilization),
         tensor_parallel_size=args.tensor_parallel_size,
         enable_prefix_caching=args.enable_prefix_caching,
+        api_server_count=_given(args.api_server_count, 1),
     )
 
 
