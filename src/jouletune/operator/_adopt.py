@@ -49,7 +49,7 @@ from jouletune.operator._kube import KubeApi
 from jouletune.operator._pods import LABEL_BENCHMARK, BenchmarkRef, benchmark_label
 from jouletune.operator._status import BenchmarkStatus, Condition, Phase, now_iso
 from jouletune.operator._table import COND_ADOPTED, COND_COMPLETE, COND_PROGRESSING, set_failed
-from jouletune.tuner import BenchmarkSpec, Recommendation, serve_args
+from jouletune.tuner import BenchmarkSpec, Recommendation, SearchGrid, serve_args
 
 __all__ = [
     "ANNOTATION_POWER_LIMIT",
@@ -257,17 +257,15 @@ def deployment_patch(
 
 
 def _defaulted(spec: BenchmarkSpec, rec: Recommendation) -> list[str]:
-    """The flags of knobs the search tried at a value (listed in the space, or the baseline's)
-    that the recommendation leaves at vLLM's default: it was measured without them, so the
-    server drops its own."""
+    """The flags of knobs the search tried at a value (its grid's choices beyond vLLM's
+    default) that the recommendation leaves at vLLM's default: it was measured without them,
+    so the server drops its own."""
     assert rec.recommended is not None
-    base = rec.baseline.point if rec.baseline is not None else None
-    left = serve_args(rec.recommended.point, spec).knobs_left_to_vllm()
-    return [
-        flag
-        for flag, field in left
-        if getattr(spec.search_space, field) or (base and getattr(base, field) is not None)
-    ]
+    best = rec.recommended.point
+    grid = SearchGrid(spec=spec, baseline=rec.baseline.point if rec.baseline else best)
+    choices = grid.choices()
+    left = serve_args(best, spec).knobs_left_to_vllm()
+    return [flag for flag, field in left if len(choices[field]) > 1]
 
 
 @dataclass(frozen=True)

@@ -88,8 +88,8 @@ class SearchGrid:
         """API-server counts, None (vLLM's default) first."""
         return self._api
 
-    def distributions(self) -> dict[str, BaseDistribution]:
-        """One categorical per `Point` field, in the field order."""
+    def choices(self) -> dict[str, Sequence[int | float | None]]:
+        """The values of each `Point` field, by field name, in the field order."""
         choices: dict[str, Sequence[int | float | None]] = {
             "tensor_parallel_size": self._tp,
             "max_num_seqs": self._seqs,
@@ -98,8 +98,12 @@ class SearchGrid:
             "power_limit_w": self._power,
             "sm_clock_mhz": self._clocks,
         }
-        assert list(choices) == list(Point.model_fields), "one distribution per Point field"
-        return {name: CategoricalDistribution(list(c)) for name, c in choices.items()}
+        assert list(choices) == list(Point.model_fields), "choices for every Point field"
+        return choices
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """One categorical per `Point` field, in the field order."""
+        return {name: CategoricalDistribution(list(c)) for name, c in self.choices().items()}
 
     def points(self) -> list[Point]:
         """Every point, grouped by server configuration, each group from the highest limit
